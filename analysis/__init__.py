@@ -1,0 +1,22 @@
+"""Low-rank subspace analysis of LoRA adapters.
+
+Read any common LoRA checkpoint into exact factored updates ΔW = s·B·A and
+reproduce the analyses of Section 7 of the LoRA paper (Hu et al., 2021).
+
+>>> import analysis
+>>> ad = analysis.load_adapter("checkpoints/r8_seed0")          # doctest: +SKIP
+>>> U, S, V = ad["model.layers.15.self_attn.q_proj"].svd()     # doctest: +SKIP
+"""
+
+from analysis.adapter import Adapter, split_name
+from analysis.core import FactoredSVD, LowRank
+from analysis.errors import AdapterError, MissingAlphaError, UnsupportedAdapterError
+from analysis.io import load_adapter
+from analysis.metrics import (SimilarityResult, module_similarity, principal_angles, random_null,
+                              subspace_similarity)
+
+__version__ = "0.1.0"
+
+__all__ = ["Adapter", "AdapterError", "FactoredSVD", "LowRank", "MissingAlphaError",
+           "SimilarityResult", "UnsupportedAdapterError", "load_adapter", "module_similarity",
+           "principal_angles", "random_null", "split_name", "subspace_similarity"]

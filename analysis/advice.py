@@ -1,0 +1,228 @@
+"""Stability-based rank advice: how many directions of ΔW two trainings agree on.
+
+Given two adapters of the same base model (two seeds, or rank r and a larger
+rank), a module's advised rank is the number of leading directions of ΔW the
+two runs reproduce beyond chance, from
+:func:`~analysis.metrics.stability.prefix_stability`: the principal angles
+between the top-i singular directions of the two updates, counted when their
+squared cosine exceeds the mean + n·sd of what random i-dimensional subspaces
+reach (seeded Monte Carlo). ``shared`` is the largest such count over the
+prefixes, ``needed`` the smallest prefix (rank) holding them all. Directions
+beyond look no more alike across runs than random subspaces: training them
+again would give something else, so a rank at the advice keeps what is
+reproducible. (The diagonal test φ(i, i) > null + n·sd of
+``SimilarityResult.shared_dims`` is not used: one shared top direction keeps
+φ(i, i) ≈ 1/i + i/d above it for every i < d / (n√2).)
+
+Which basis (``side``):
+
+- ``"both"`` (default): the smaller advice of ΔW's input side (right singular
+  vectors) and output side (left singular vectors), both ordered by ΔW's own
+  singular values. A direction of ΔW is a rank-1 term σ u vᵀ; it is
+  reproduced only if both u and v are. ΔW's order is also the one rank
+  reduction keeps (Eckart–Young, ``python -m analysis.resize``), so "advised
+  k" means "the top k directions of ΔW", what a rank-k LoRA can hold.
+- ``"input"`` / ``"output"``: one side only. ``"output"`` is the lenient
+  one: A starts random and keeps a large part of it (the reference runs
+  move it by ‖A − A₀‖_F / ‖A₀‖_F ≈ 0.8), so ΔW ≈ G·P_A for the gradient G,
+  whose output directions survive a different random A better than its
+  input directions (on r8 vs r64 the input side is the smaller advice in
+  58 of 60 modules).
+- ``"A"`` / ``"B"``: the LoRA paper's bases (singular vectors of lora_A /
+  lora_B ordered by *their own* singular values). Not the default: A's
+  singular values mix the random init with the update, so its order is not
+  ΔW's and a prefix of it is not what truncation keeps.
+
+The advice is capped by the smaller numerical rank of the two updates; a
+module at the cap (``capped``) may need more (compare with a larger rank).
+"""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from analysis.adapter import Adapter, split_name
+from analysis.errors import AdapterError
+from analysis.metrics.stability import prefix_stability
+
+__all__ = ["ADVICE_SIDES", "RankAdvice", "advise_ranks"]
+
+ADVICE_SIDES = ("both", "input", "output", "A", "B")
+
+
+@dataclass(frozen=True)
+class RankAdvice:
+    """Per-module advised ranks from two adapters.
+
+    Attributes
+    ----------
+    frame : pandas.DataFrame
+        One row per shared module: ``name, layer, module, d_out, d_in, r_a,
+        r_b, rank_a, rank_b, zero``, per basis s ∈ {input, output, A, B}
+        ``shared_s`` (directions shared) and ``needed_s`` (smallest prefix
+        holding them), then for the chosen side: ``basis`` (for ``"both"``,
+        the ΔW side with the smaller need), ``shared``, ``needed``, ``cap``
+        (the smaller rank), ``advised`` = max(needed, min_rank), ``capped``
+        (every direction up to the cap shared: the need may be higher) and
+        ``top_cos2`` (squared cosine between the two top directions).
+    side : str
+    n_std : float
+    min_rank : int
+        Floor of ``advised`` (PEFT cannot hold r = 0).
+    a_path, b_path : str
+    only_a, only_b : list of str
+        Modules present in one adapter only (not advised on).
+    target_modules : list of str
+        For :meth:`lora_config`.
+    """
+
+    frame: object
+    side: str
+    n_std: float
+    min_rank: int
+    a_path: str = ""
+    b_path: str = ""
+    only_a: list = field(default_factory=list)
+    only_b: list = field(default_factory=list)
+    target_modules: list = field(default_factory=list)
+
+    def to_frame(self):
+        """The per-module table (a copy)."""
+        return self.frame.copy()
+
+    def rank_pattern(self):
+        """``(r, rank_pattern)`` in PEFT's syntax.
+
+        ``r`` is the most common advised rank; ``rank_pattern`` maps a key
+        matching each other module (PEFT's ``get_pattern_key`` rule, see
+        :func:`~analysis.io.peft_writer.pattern_keys`) to its rank.
+        """
+        from analysis.io.peft_writer import pattern_keys
+
+        adv = dict(zip(self.frame["name"], (int(x) for x in self.frame["advised"])))
+        if not adv:
+            return self.min_rank, {}
+        counts = Counter(adv.values())
+        r0 = max(counts, key=lambda k: (counts[k], k))
+        keys = pattern_keys(adv)
+        return r0, {keys[n]: k for n, k in adv.items() if k != r0}
+
+    def lora_config(self):
+        """Keyword arguments for ``peft.LoraConfig``: ``r``, ``rank_pattern``, ``target_modules``."""
+        r0, pat = self.rank_pattern()
+        return {"r": r0, "rank_pattern": pat, "target_modules": list(self.target_modules)}
+
+    def to_dict(self):
+        """JSON-ready summary: settings, ``lora_config`` and one record per module."""
+        from analysis._cli import json_ready
+
+        return json_ready({"a": self.a_path, "b": self.b_path, "side": self.side, "n_std": self.n_std,
+                           "min_rank": self.min_rank, "lora_config": self.lora_config(),
+                           "only_a": self.only_a, "only_b": self.only_b,
+                           "modules": self.frame.to_dict(orient="records")})
+
+
+def _targets(a, names):
+    t = a.config.get("target_modules") if a.format == "peft" else None
+    if isinstance(t, list) and t:
+        return sorted(t)
+    if isinstance(t, str) and t:
+        return t  # a regex in PEFT: kept as is
+    return sorted({n.rsplit(".", 1)[-1] for n in names})
+
+
+def _natural_key(name):
+    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", name)]
+
+
+def advise_ranks(a, b, *, side="both", n_std=3.0, min_rank=1, modules=None, layers=None, trials=200, seed=0,
+                 progress=False, keep_cache=False):
+    """Advised rank per module: the leading directions two adapters share.
+
+    Parameters
+    ----------
+    a, b : Adapter
+        Two adapters of the same base model (two seeds, or r and a larger r).
+    side : {"both", "input", "output", "A", "B"}
+        Basis compared (see the module docstring); ``"both"`` = min of the
+        input and output sides of ΔW.
+    n_std : float
+        A squared principal cosine counts as shared above the random mean +
+        n_std · sd.
+    min_rank : int
+        Floor of the advice (≥ 1 for PEFT; modules sharing nothing get it).
+    modules, layers
+        Filters, see :func:`analysis.sweep.select_modules`.
+    trials, seed
+        Of the Monte-Carlo null (:func:`~analysis.metrics.stability.random_max_cos2`).
+    progress : bool
+        Progress bar on standard error.
+    keep_cache : bool
+        Keep each module's SVDs cached after use.
+
+    Returns
+    -------
+    RankAdvice
+    """
+    import pandas as pd
+
+    from analysis.sweep import select_modules
+
+    if side not in ADVICE_SIDES:
+        raise ValueError(f"side must be one of {ADVICE_SIDES}, got {side!r}")
+    if not (np.isfinite(n_std) and n_std >= 0):
+        raise ValueError(f"n_std must be a non-negative number, got {n_std!r}")
+    if int(min_rank) != min_rank or min_rank < 0:
+        raise ValueError(f"min_rank must be a non-negative integer, got {min_rank!r}")
+    for x in (a, b):
+        if not isinstance(x, Adapter):
+            raise TypeError(f"expected analysis.Adapter objects, got {type(x).__name__}")
+        if x.format == "kohya" and a.format != b.format:
+            raise AdapterError("kohya module names cannot be matched to another format's names", path=x.path)
+    ea, eb = a.expanded(), b.expanded()
+    names = select_modules(sorted(set(ea) & set(eb), key=_natural_key), modules=modules, layers=layers)
+    only_a = sorted(set(ea) - set(eb), key=_natural_key)
+    only_b = sorted(set(eb) - set(ea), key=_natural_key)
+    it = names
+    if progress:
+        from tqdm.auto import tqdm
+
+        it = tqdm(names, desc="modules", unit="mod", leave=False)
+    rows = []
+    for name in it:
+        la, lb = ea[name], eb[name]
+        if la.shape != lb.shape:
+            raise AdapterError(f"module {name!r} has ΔW of shape {lb.shape} here and {la.shape} in {a.path}; "
+                               "compare adapters of the same base model", path=b.path)
+        zero = la.is_zero or lb.is_zero
+        st = {}
+        for s in ("input", "output", "A", "B"):
+            st[s] = None if zero else prefix_stability(la.basis(s), lb.basis(s), n_std=n_std, trials=trials,
+                                                       seed=seed)
+        shared = {s: (0 if v is None else v.shared) for s, v in st.items()}
+        needed = {s: (0 if v is None else v.needed) for s, v in st.items()}
+        caps = {s: (0 if v is None else v.cap) for s, v in st.items()}
+        if side == "both":
+            pick = min(("input", "output"), key=lambda s: (needed[s], shared[s]))
+        else:
+            pick = side
+        layer, module = split_name(name)
+        rows.append({"name": name, "layer": layer, "module": module, "d_out": la.shape[0], "d_in": la.shape[1],
+                     "r_a": la.r, "r_b": lb.r, "rank_a": la.rank, "rank_b": lb.rank, "zero": zero,
+                     **{f"shared_{s}": v for s, v in shared.items()},
+                     **{f"needed_{s}": v for s, v in needed.items()},
+                     "basis": pick, "shared": shared[pick], "needed": needed[pick], "cap": caps[pick],
+                     "advised": max(needed[pick], int(min_rank)),
+                     "capped": bool(st[pick] is not None and st[pick].at_cap),
+                     "top_cos2": float(st[pick].cos2[0, 0]) if st[pick] is not None else np.nan})
+        if not keep_cache:
+            la.clear_cache()
+            lb.clear_cache()
+    frame = pd.DataFrame(rows)
+    return RankAdvice(frame=frame, side=side, n_std=float(n_std), min_rank=int(min_rank), a_path=a.path,
+                      b_path=b.path, only_a=only_a, only_b=only_b,
+                      target_modules=_targets(a, frame["name"] if len(frame) else []))

@@ -1,0 +1,137 @@
+"""Readers: every checkpoint format becomes an :class:`~analysis.adapter.Adapter`.
+
+The format is sniffed from the path: a PEFT folder (``adapter_config.json``),
+a PEFT adapter in a named subfolder, or a single file whose keys tell the
+format (PEFT ``…lora_A.weight``, loralib ``…lora_A``, kohya ``…lora_down.weight``).
+Every format quirk is settled here and nowhere else.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from analysis.errors import AdapterError, UnsupportedAdapterError
+from analysis.io._tensors import TENSOR_SUFFIXES, read_tensors
+
+__all__ = ["load_adapter", "sniff_format"]
+
+_LYCORIS_MARKERS = ("hada_w1_a", "hada_w2_a", "lokr_w1", "lokr_w2", ".oft_", "oft_blocks", "lokr_t")
+
+
+def sniff_format(keys) -> str:
+    """Name the checkpoint format from its tensor keys.
+
+    Parameters
+    ----------
+    keys : iterable of str
+
+    Returns
+    -------
+    {"peft", "loralib", "kohya", "lycoris", "unknown"}
+    """
+    keys = list(keys)
+    if any(any(m in k for m in _LYCORIS_MARKERS) for k in keys):
+        return "lycoris"
+    if any(".lora_down." in k or k.endswith(".lora_down.weight") for k in keys):
+        return "kohya"
+    if any(k.endswith((".lora_A.weight", ".lora_B.weight")) or ".lora_A." in k or "lora_embedding_A" in k
+           or "lora_magnitude_vector" in k or k.endswith(".lora_E") for k in keys):  # lora_E: AdaLoRA
+        return "peft"
+    if any(k.endswith(("lora_A", "lora_B")) for k in keys):
+        return "loralib"
+    return "unknown"
+
+
+def _pick_file(folder: Path) -> Path:
+    files = sorted(f for f in folder.iterdir() if f.is_file() and f.suffix in TENSOR_SUFFIXES)
+    if not files:
+        entries = list(folder.iterdir())
+        what = "the folder is empty" if not entries else (
+            "no adapter_config.json and no checkpoint file (" + ", ".join(TENSOR_SUFFIXES) + ") in it")
+        raise AdapterError(f"not a LoRA checkpoint: {what}", path=folder)
+    if len(files) > 1:
+        raise AdapterError(
+            "several checkpoint files and no adapter_config.json; pass one file: "
+            + ", ".join(f.name for f in files[:5]), path=folder)
+    return files[0]
+
+
+def load_adapter(path, *, alpha=None, lazy=False, **options):
+    """Read a LoRA checkpoint of any supported format.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        A PEFT folder (or its ``adapter_model.safetensors`` / ``.bin``), a
+        folder holding one PEFT adapter in a named subfolder, a loralib
+        ``.pt`` / ``.bin`` state dict, or a kohya sd-scripts ``.safetensors``.
+    alpha : float, optional
+        Scale numerator α where the format does not store it (loralib, a
+        bare PEFT weights file). Ignored with a note where the file stores α.
+    lazy : bool
+        PEFT safetensors adapters only (other formats are read eagerly):
+        validate keys, shapes and ranks from the file header now, and read a
+        module's two factors (checking them for NaN / Inf) only when it is
+        accessed; returns a :class:`~analysis.io.lazy.LazyAdapter`, whose
+        memory stays bounded by the modules in use. For large adapters.
+    **options
+        Format options: ``enable_lora`` (loralib MergedLinear, e.g.
+        ``[True, False, True]``), ``adapter_name`` (PEFT subfolder).
+
+    Returns
+    -------
+    Adapter
+        Mapping of module name (``name + ".weight"`` is the base tensor) to
+        :class:`~analysis.core.LowRank`.
+
+    Raises
+    ------
+    AdapterError
+        With a one-line message naming the file, the key and what was expected.
+    """
+    from analysis.io import kohya, loralib, peft
+
+    if alpha is not None:
+        try:
+            alpha = float(alpha)
+        except (TypeError, ValueError):
+            raise AdapterError(f"alpha must be a number, got {alpha!r}", path=path) from None
+    p = Path(path)
+    if not p.exists():
+        raise AdapterError("no such file or folder", path=p)
+    if p.is_dir():
+        name = options.pop("adapter_name", None)
+        if name is not None:
+            sub = p / name
+            if not peft.is_peft_dir(sub):
+                raise AdapterError(f"no PEFT adapter named '{name}' (expected {sub}/adapter_config.json)",
+                                   path=p)
+            return peft.load_peft(sub, alpha=alpha, lazy=lazy, **options)
+        if peft.is_peft_dir(p):
+            return peft.load_peft(p, alpha=alpha, lazy=lazy, **options)
+        subs = sorted(d for d in p.iterdir() if d.is_dir() and peft.is_peft_dir(d))
+        if len(subs) == 1:
+            return peft.load_peft(subs[0], alpha=alpha, lazy=lazy, **options)
+        if len(subs) > 1:
+            raise AdapterError(
+                "several PEFT adapters in named subfolders; pass one folder or adapter_name=: "
+                + ", ".join(d.name for d in subs), path=p)
+        p = _pick_file(p)
+    if peft.is_peft_file(p):
+        return peft.load_peft(p, alpha=alpha, lazy=lazy, **options)
+    tensors = read_tensors(p)
+    fmt = sniff_format(tensors)
+    if fmt == "peft":
+        return peft.load_peft(p, alpha=alpha, tensors=tensors, **options)
+    if fmt == "loralib":
+        return loralib.load_loralib(p, tensors, alpha=alpha, **options)
+    if fmt == "kohya":
+        return kohya.load_kohya(p, tensors, alpha=alpha, **options)
+    if fmt == "lycoris":
+        raise UnsupportedAdapterError(
+            "LyCORIS LoHa / LoKr / OFT adapter: its update is not s·B·A (Hadamard or Kronecker "
+            "products of factors) and is not supported", path=p)
+    sample = ", ".join(list(tensors)[:3]) or "none"
+    raise AdapterError(
+        "no LoRA tensors found: expected keys ending in lora_A/lora_B (PEFT, loralib) or "
+        f"lora_down/lora_up (kohya); first keys: {sample}", path=p)

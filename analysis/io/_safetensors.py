@@ -1,0 +1,143 @@
+"""Torch-free, one-tensor-at-a-time reading of a safetensors file.
+
+The header and the data offsets are validated by ``safetensors.safe_open``
+(framework ``"numpy"``: it parses the header without needing torch, even for
+bf16 files); each tensor is then read on request with one positioned read into
+a fresh numpy array (no memory map stays open, so the resident set holds only
+the tensors in use), upcast from fp16 / bf16 to float32 and checked for
+NaN / Inf. bf16 is widened exactly by shifting its 16 bits into the high half
+of a float32.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import struct
+from pathlib import Path
+
+import numpy as np
+
+from analysis.errors import AdapterError
+from analysis.io._tensors import check_finite
+
+__all__ = ["SafetensorsFile", "FLOAT_DTYPES"]
+
+#: safetensors dtype -> numpy dtype of the stored bytes (bf16 read as uint16).
+_STORED = {"F64": np.float64, "F32": np.float32, "F16": np.float16, "BF16": np.uint16}
+#: Floating dtypes this reader returns (as float32, or float64 for F64).
+FLOAT_DTYPES = frozenset(_STORED)
+
+
+class SafetensorsFile:
+    """Header of a safetensors file, and per-tensor reads on request.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+
+    Attributes
+    ----------
+    path : str
+    shapes : dict[str, tuple of int]
+        Tensor key -> shape, from the header (no data read).
+    dtypes : dict[str, str]
+        Tensor key -> safetensors dtype name (``"BF16"``, ``"F32"``, …).
+
+    Raises
+    ------
+    AdapterError
+        Missing, empty, truncated or corrupt file (naming the file).
+    """
+
+    def __init__(self, path):
+        from safetensors import SafetensorError, safe_open
+
+        p = Path(path)
+        self.path = str(p)
+        if not p.is_file():
+            raise AdapterError("no such file", path=p)
+        size = p.stat().st_size
+        if size == 0:
+            raise AdapterError("the file is empty (0 bytes)", path=p)
+        try:  # the official parser validates the header, dtypes and offsets
+            with safe_open(self.path, framework="numpy") as f:
+                keys = list(f.keys())
+        except SafetensorError as e:
+            msg = " ".join(str(e).split())[:200]
+            raise AdapterError(f"not a valid safetensors file (truncated or corrupt?): {msg}", path=p) from None
+        except (OSError, ValueError, RuntimeError, TypeError) as e:
+            msg = " ".join(str(e).split())[:200] or type(e).__name__
+            raise AdapterError(f"cannot read as safetensors (truncated or corrupt?): {msg}", path=p) from None
+        with open(self.path, "rb") as fh:
+            (n,) = struct.unpack("<Q", fh.read(8))
+            header = json.loads(fh.read(n))
+        self._data_start = 8 + n
+        self._offsets = {}
+        self.shapes = {}
+        self.dtypes = {}
+        for k in keys:
+            info = header[k]
+            self.shapes[k] = tuple(int(s) for s in info["shape"])
+            self.dtypes[k] = str(info["dtype"])
+            self._offsets[k] = tuple(int(o) for o in info["data_offsets"])
+
+    def keys(self):
+        """Tensor keys in header order."""
+        return list(self.shapes)
+
+    @property
+    def all_float(self) -> bool:
+        """True when every tensor is F64, F32, F16 or BF16 (what :meth:`read` handles)."""
+        return all(d in FLOAT_DTYPES for d in self.dtypes.values())
+
+    def read(self, key):
+        """Read one tensor: float32 (float64 for F64), validated finite.
+
+        Parameters
+        ----------
+        key : str
+
+        Returns
+        -------
+        ndarray
+            With the header's shape.
+
+        Raises
+        ------
+        AdapterError
+            Unknown key, unsupported dtype, short read, or NaN / Inf (naming
+            the file and the key).
+        """
+        if key not in self.shapes:
+            raise AdapterError("no such tensor in the file", path=self.path, key=key)
+        dt = self.dtypes[key]
+        if dt not in _STORED:
+            raise AdapterError(f"expected a floating tensor (F64, F32, F16, BF16), got {dt}", path=self.path,
+                               key=key)
+        shape = self.shapes[key]
+        count = math.prod(shape)
+        begin, _ = self._offsets[key]
+        stored = np.dtype(_STORED[dt]).newbyteorder("<")
+        try:
+            with open(self.path, "rb") as fh:
+                fh.seek(self._data_start + begin)
+                raw = np.fromfile(fh, dtype=stored, count=count)
+        except OSError as e:
+            raise AdapterError(f"cannot read the tensor: {e}", path=self.path, key=key) from None
+        if raw.size != count:
+            raise AdapterError(f"expected {count} values, got {raw.size} (truncated file?)", path=self.path,
+                               key=key)
+        if dt == "BF16":
+            wide = raw.astype(np.uint32)  # bf16 bits are the high half of a float32
+            del raw
+            wide <<= 16
+            x = wide.view(np.float32)
+        elif dt == "F16":
+            x = raw.astype(np.float32)
+        else:
+            x = raw.astype(stored.newbyteorder("="), copy=False)
+        return check_finite(x.reshape(shape), self.path, key)
+
+    def __repr__(self):
+        return f"SafetensorsFile({self.path!r}, {len(self.shapes)} tensors)"

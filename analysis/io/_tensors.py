@@ -1,0 +1,177 @@
+"""Safe reading of tensor files: safetensors, and ``.pt`` / ``.bin`` pickles.
+
+Pickles are loaded only with ``torch.load(..., weights_only=True)``, never
+with full unpickling, and only on torch ≥ 2.10 (older releases had ways around
+``weights_only``). Every tensor is checked for NaN / Inf and upcast from
+fp16 / bf16 to float32. Every failure is an :class:`~analysis.errors.AdapterError`
+naming the file and, where there is one, the key.
+"""
+
+from __future__ import annotations
+
+import re
+import zipfile
+from pathlib import Path
+
+import numpy as np
+
+from analysis.errors import AdapterError
+
+__all__ = ["read_tensors", "check_finite", "TENSOR_SUFFIXES", "MIN_TORCH"]
+
+TENSOR_SUFFIXES = (".safetensors", ".pt", ".pth", ".bin", ".ckpt")
+MIN_TORCH = (2, 10)
+_NESTED_KEYS = ("model_state_dict", "state_dict", "model", "module")
+
+
+def _to_numpy(t, path, key):
+    """Torch tensor -> numpy, upcasting half precision to float32."""
+    import torch
+
+    if not isinstance(t, torch.Tensor):
+        raise AdapterError(f"expected a tensor, got {type(t).__name__}", path=path, key=key)
+    if t.is_complex():
+        raise AdapterError(f"expected a real tensor, got {t.dtype}", path=path, key=key)
+    if t.is_floating_point() and t.element_size() < 4:  # fp16, bf16, fp8
+        t = t.to(torch.float32)
+    return t.detach().cpu().numpy()
+
+
+def check_finite(x, path, key):
+    """Raise if a floating tensor holds NaN or Inf.
+
+    Parameters
+    ----------
+    x : ndarray
+    path : str
+        File named in the message.
+    key : str
+        Tensor key named in the message.
+    """
+    if x.dtype.kind == "f" and not np.isfinite(x).all():
+        n_nan = int(np.isnan(x).sum())
+        n_inf = int(np.isinf(x).sum())
+        raise AdapterError(
+            f"expected finite values, found {n_nan} NaN and {n_inf} Inf in a tensor of shape {tuple(x.shape)}",
+            path=path, key=key)
+    return x
+
+
+def _torch_version_ok():
+    import torch
+
+    parts = []
+    for p in torch.__version__.split("+")[0].split(".")[:2]:
+        digits = "".join(ch for ch in p if ch.isdigit())
+        parts.append(int(digits or 0))
+    return tuple(parts) >= MIN_TORCH
+
+
+def _flatten(obj, path, prefix=""):
+    """Flatten nested dicts of tensors (e.g. ``{"model_state_dict": {...}}``)."""
+    import torch
+
+    out = {}
+    if isinstance(obj, torch.Tensor):
+        out[prefix.rstrip(".")] = obj
+        return out
+    if isinstance(obj, dict):
+        # A checkpoint dict whose weights sit under a conventional key.
+        for k in _NESTED_KEYS:
+            if k in obj and isinstance(obj[k], dict) and not prefix:
+                return _flatten(obj[k], path)
+        for k, v in obj.items():
+            if isinstance(v, (dict, torch.Tensor)):
+                out.update(_flatten(v, path, f"{prefix}{k}."))
+    return out
+
+
+def _read_pickle(path):
+    import pickle
+
+    import torch
+
+    if not _torch_version_ok():
+        raise AdapterError(
+            f"refusing to read a pickle with torch {torch.__version__}: torch >= "
+            f"{MIN_TORCH[0]}.{MIN_TORCH[1]} is required for a safe weights_only load", path=path)
+    try:
+        obj = torch.load(str(path), map_location="cpu", weights_only=True, mmap=False)
+    except pickle.UnpicklingError as e:
+        text = re.sub(r"\x1b\[[0-9;]*m", "", str(e)).strip()
+        first = text.splitlines()[0] if text else type(e).__name__
+        raise AdapterError(
+            "refused to load: the pickle is not a plain state dict (torch.load weights_only=True "
+            f"rejected it: {first[:200]})", path=path) from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError, KeyError,
+            AttributeError, TypeError, IndexError) as e:
+        msg = " ".join(str(e).split())[:200] or type(e).__name__
+        raise AdapterError(
+            f"cannot read as a torch checkpoint (truncated or corrupt?): {type(e).__name__}: {msg}",
+            path=path) from None
+    if not isinstance(obj, dict):
+        raise AdapterError(f"expected a state dict (mapping of name to tensor), got {type(obj).__name__}",
+                           path=path)
+    return _flatten(obj, path)
+
+
+def _read_safetensors(path, keys=None):
+    from safetensors import SafetensorError, safe_open
+
+    out = {}
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            names = list(f.keys()) if keys is None else [k for k in keys if k in set(f.keys())]
+            for k in names:
+                out[k] = f.get_tensor(k)
+    except SafetensorError as e:
+        msg = " ".join(str(e).split())[:200]
+        raise AdapterError(f"not a valid safetensors file (truncated or corrupt?): {msg}", path=path) from None
+    except (OSError, ValueError, RuntimeError, TypeError) as e:
+        msg = " ".join(str(e).split())[:200] or type(e).__name__
+        raise AdapterError(f"cannot read as safetensors (truncated or corrupt?): {msg}", path=path) from None
+    return out
+
+
+def read_tensors(path, *, keys=None):
+    """Read the tensors of one file as numpy arrays, validated.
+
+    Parameters
+    ----------
+    path : str or Path
+        A ``.safetensors`` file, or a ``.pt`` / ``.pth`` / ``.bin`` / ``.ckpt``
+        torch pickle (loaded with ``weights_only=True`` only). Nested state
+        dicts (``{"model_state_dict": {...}}``) are flattened.
+    keys : iterable of str, optional
+        Read only these keys (safetensors only; others are read whole).
+
+    Returns
+    -------
+    dict[str, ndarray]
+        Float16 / bfloat16 tensors upcast to float32; all values finite.
+
+    Raises
+    ------
+    AdapterError
+        Missing, truncated, corrupt or unsafe file, or NaN / Inf values.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise AdapterError("no such file", path=path)
+    if path.stat().st_size == 0:
+        raise AdapterError("the file is empty (0 bytes)", path=path)
+    with open(path, "rb") as fh:
+        head = fh.read(8)
+    is_zip = head[:4] == b"PK\x03\x04"
+    is_pickle = head[:1] == b"\x80"
+    if path.suffix == ".safetensors" or not (is_zip or is_pickle):
+        if path.suffix not in (".safetensors",) and path.suffix not in TENSOR_SUFFIXES:
+            raise AdapterError(
+                f"unknown file format (expected one of {', '.join(TENSOR_SUFFIXES)})", path=path)
+        raw = _read_safetensors(path, keys)
+    else:
+        raw = _read_pickle(path)
+    out = {}
+    for k, t in raw.items():
+        out[k] = check_finite(_to_numpy(t, path, k), path, k)
+    return out

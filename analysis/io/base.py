@@ -1,0 +1,424 @@
+"""Lazy reader of frozen base-model weights (safetensors or GGUF).
+
+``open_base(path)`` accepts
+
+* an HF model folder with ``model.safetensors``, or with shards listed in
+  ``model.safetensors.index.json``;
+* a single ``.safetensors`` file;
+* a ``.gguf`` file of a Llama-architecture model (llama.cpp): tensors are
+  dequantised with the ``gguf`` package, renamed to HF Llama names, and the
+  row permutation llama.cpp's converter applies to Wq and Wk for its rotary
+  embedding is undone, so that the weights line up with adapters trained on
+  the HF model.
+
+Module names are HF names without the ``.weight`` suffix (e.g.
+``model.layers.0.self_attn.q_proj``); ``weight(name)`` returns float32 in the
+``nn.Linear`` orientation, shape (d_out, d_in), read one tensor at a time and
+checked for NaN / Inf.
+
+Example
+-------
+>>> with open_base("SmolLM2-135M-Instruct.Q4_1.gguf") as base:  # doctest: +SKIP
+...     W = base.weight("model.layers.15.self_attn.q_proj")    # (576, 576) float32
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+
+import numpy as np
+
+from analysis.errors import AdapterError
+
+__all__ = [
+    "BaseWeights",
+    "SafetensorsBase",
+    "GGUFBase",
+    "open_base",
+    "gguf_to_hf_name",
+    "unpermute_rope_rows",
+]
+
+_INDEX = "model.safetensors.index.json"
+_SINGLE = "model.safetensors"
+
+
+def _check_finite(W, path, key):
+    if not np.isfinite(W).all():
+        n_nan = int(np.isnan(W).sum())
+        n_inf = int(np.isinf(W).sum())
+        raise AdapterError(f"expected finite values, got {n_nan} NaN and {n_inf} Inf of {W.size}",
+                           path=path, key=key)
+    return W
+
+
+class BaseWeights:
+    """Common interface of the base-weight readers; use through :func:`open_base`.
+
+    A context manager; ``names()`` lists module names, ``weight(name)`` reads one
+    tensor, ``weights(names)`` iterates efficiently over several.
+    """
+
+    path: str
+
+    def names(self, *, matrices_only=False):
+        """List module names (HF naming, without ``.weight``).
+
+        Parameters
+        ----------
+        matrices_only : bool
+            Keep only 2-D weights (linear layers and embeddings).
+
+        Returns
+        -------
+        list of str
+        """
+        return [n for n, ndim in self._index().items() if not matrices_only or ndim == 2]
+
+    def __contains__(self, name):
+        return name in self._index()
+
+    def weight(self, name):
+        """Read one weight.
+
+        Parameters
+        ----------
+        name : str
+            Module name; ``name + ".weight"`` is the HF tensor key.
+
+        Returns
+        -------
+        W : (d_out, d_in) ndarray of float32
+            ``nn.Linear`` orientation (1-D for norms).
+
+        Raises
+        ------
+        AdapterError
+            If the key is missing or the tensor holds NaN / Inf.
+        """
+        self._require(name)
+        return self._read(name)
+
+    def weights(self, names=None):
+        """Yield ``(name, W)`` for several modules, each file opened once.
+
+        Parameters
+        ----------
+        names : iterable of str, optional
+            Default: all names.
+
+        Yields
+        ------
+        name : str
+        W : (d_out, d_in) ndarray of float32
+        """
+        names = self.names() if names is None else list(names)
+        for name in names:
+            self._require(name)
+        yield from self._read_many(names)
+
+    def _require(self, name):
+        if name not in self._index():
+            some = ", ".join(list(self._index())[:3])
+            raise AdapterError(f"expected a tensor for module '{name}', got no such key "
+                               f"({len(self._index())} weights, e.g. {some})", path=self.path, key=name + ".weight")
+
+    def _read_many(self, names):
+        for name in names:
+            yield name, self._read(name)
+
+    def close(self):
+        """Release open files."""
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+        return False
+
+    def __repr__(self):
+        return f"{type(self).__name__}({self.path!r}, {len(self._index())} weights)"
+
+
+class SafetensorsBase(BaseWeights):
+    """Base weights in one safetensors file or in shards listed by an index.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        A ``.safetensors`` file, or a folder with ``model.safetensors`` or
+        ``model.safetensors.index.json``.
+    """
+
+    def __init__(self, path):
+        from safetensors import safe_open
+
+        self._safe_open = safe_open
+        path = os.fspath(path)
+        self.path = path
+        if os.path.isdir(path):
+            index = os.path.join(path, _INDEX)
+            single = os.path.join(path, _SINGLE)
+            if os.path.exists(index):
+                shard_of = self._read_index(index)
+            elif os.path.exists(single):
+                shard_of = None
+                files = [single]
+            else:
+                raise AdapterError(f"expected {_SINGLE} or {_INDEX} in the folder, got neither", path=path)
+        else:
+            shard_of = None
+            files = [path]
+        if shard_of is not None:
+            files = sorted(set(shard_of.values()))
+        self._keys = {}  # tensor key -> file
+        self._ndim = {}  # module name -> ndim
+        for f in files:
+            if not os.path.exists(f):
+                raise AdapterError(f"expected shard file {os.path.basename(f)} listed in {_INDEX}, got a missing file",
+                                   path=f)
+            try:
+                with safe_open(f, framework="numpy") as fh:
+                    for key in fh.keys():
+                        if shard_of is not None and shard_of.get(key) != f:
+                            continue
+                        if key.endswith(".weight"):
+                            self._keys[key] = f
+                            self._ndim[key[: -len(".weight")]] = len(fh.get_slice(key).get_shape())
+            except AdapterError:
+                raise
+            except Exception as err:  # safetensors raises its own error types on bad headers
+                raise AdapterError(f"expected a valid safetensors file, got {type(err).__name__}: {err}",
+                                   path=f) from None
+        if shard_of is not None:
+            missing = sorted(k for k in shard_of if k.endswith(".weight") and k not in self._keys)
+            if missing:
+                raise AdapterError(f"expected it in shard {os.path.basename(shard_of[missing[0]])} as listed in "
+                                   f"{_INDEX}, got no such tensor", path=shard_of[missing[0]], key=missing[0])
+
+    def _read_index(self, index):
+        try:
+            with open(index) as fh:
+                weight_map = json.load(fh)["weight_map"]
+        except (OSError, ValueError, KeyError, TypeError) as err:
+            raise AdapterError(f"expected JSON with a 'weight_map' object, got {type(err).__name__}: {err}",
+                               path=index, key="weight_map") from None
+        if not isinstance(weight_map, dict):
+            raise AdapterError(f"expected an object, got {type(weight_map).__name__}", path=index, key="weight_map")
+        folder = os.path.dirname(index)
+        return {k: os.path.join(folder, v) for k, v in weight_map.items()}
+
+    def _index(self):
+        return self._ndim
+
+    @staticmethod
+    def _get(fh, f, key):
+        sl = fh.get_slice(key)
+        if sl.get_dtype() in ("BF16", "F8_E4M3", "F8_E5M2"):  # numpy has no such dtype: go through torch
+            import torch  # noqa: F401  (needed by framework="pt")
+            from safetensors import safe_open
+
+            with safe_open(f, framework="pt") as pt:
+                W = pt.get_tensor(key).float().numpy()
+        else:
+            W = fh.get_tensor(key)
+        return np.ascontiguousarray(W, dtype=np.float32)
+
+    def _read(self, name):
+        key = name + ".weight"
+        f = self._keys[key]
+        with self._safe_open(f, framework="numpy") as fh:
+            W = self._get(fh, f, key)
+        return _check_finite(W, f, key)
+
+    def _read_many(self, names):
+        by_file = {}
+        for name in names:
+            by_file.setdefault(self._keys[name + ".weight"], []).append(name)
+        for f, group in by_file.items():
+            with self._safe_open(f, framework="numpy") as fh:
+                for name in group:
+                    key = name + ".weight"
+                    yield name, _check_finite(self._get(fh, f, key), f, key)
+
+
+# GGUF (llama.cpp) -> HF Llama names, per block and global.
+_GGUF_BLOCK = {
+    "attn_q": "self_attn.q_proj",
+    "attn_k": "self_attn.k_proj",
+    "attn_v": "self_attn.v_proj",
+    "attn_output": "self_attn.o_proj",
+    "ffn_gate": "mlp.gate_proj",
+    "ffn_up": "mlp.up_proj",
+    "ffn_down": "mlp.down_proj",
+    "attn_norm": "input_layernorm",
+    "ffn_norm": "post_attention_layernorm",
+}
+_GGUF_GLOBAL = {"token_embd": "model.embed_tokens", "output_norm": "model.norm", "output": "lm_head"}
+_BLK = re.compile(r"^blk\.(\d+)\.([a-z_]+)\.weight$")
+
+
+def gguf_to_hf_name(gguf_name):
+    """Map a llama.cpp tensor name to an HF Llama module name.
+
+    Parameters
+    ----------
+    gguf_name : str
+        E.g. ``"blk.3.attn_q.weight"``.
+
+    Returns
+    -------
+    str or None
+        E.g. ``"model.layers.3.self_attn.q_proj"``; None if unknown (or not a weight).
+
+    Examples
+    --------
+    >>> gguf_to_hf_name("blk.3.attn_q.weight")
+    'model.layers.3.self_attn.q_proj'
+    >>> gguf_to_hf_name("token_embd.weight")
+    'model.embed_tokens'
+    """
+    m = _BLK.match(gguf_name)
+    if m:
+        part = _GGUF_BLOCK.get(m.group(2))
+        return None if part is None else f"model.layers.{m.group(1)}.{part}"
+    if gguf_name.endswith(".weight"):
+        return _GGUF_GLOBAL.get(gguf_name[: -len(".weight")])
+    return None
+
+
+def unpermute_rope_rows(W, n_head):
+    """Undo llama.cpp's rotary row permutation of Wq / Wk.
+
+    ``convert_hf_to_gguf.py`` stores ``W.reshape(n_head, 2, hd/2, d_in).swapaxes(1, 2)``
+    (interleaving the two rotary halves of each head); this applies the inverse.
+
+    Parameters
+    ----------
+    W : (n_head * head_dim, d_in) ndarray
+        The weight as stored in the GGUF file (rows permuted).
+    n_head : int
+        Number of heads of this projection (``head_count`` for Wq,
+        ``head_count_kv`` for Wk).
+
+    Returns
+    -------
+    (n_head * head_dim, d_in) ndarray
+        The HF row order.
+
+    Raises
+    ------
+    ValueError
+        If the row count is not a multiple of ``2 * n_head``.
+    """
+    rows = W.shape[0]
+    if n_head < 1 or rows % (2 * n_head):
+        raise ValueError(f"W has {rows} rows, not a multiple of 2 * n_head = {2 * n_head}: "
+                         f"got W of shape {W.shape}")
+    half = rows // n_head // 2
+    return W.reshape(n_head, half, 2, *W.shape[1:]).swapaxes(1, 2).reshape(W.shape)
+
+
+class GGUFBase(BaseWeights):
+    """Base weights of a Llama-architecture GGUF file, dequantised to float32.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        A ``.gguf`` file.
+    """
+
+    def __init__(self, path):
+        try:
+            import gguf
+        except ImportError:
+            raise AdapterError("expected the 'gguf' package to read GGUF files, got ImportError "
+                               "(pip install gguf)", path=path) from None
+        self._gguf = gguf
+        self.path = os.fspath(path)
+        try:
+            self._reader = gguf.GGUFReader(self.path)
+        except Exception as err:
+            raise AdapterError(f"expected a valid GGUF file, got {type(err).__name__}: {err}", path=path) from None
+        arch = self._field("general.architecture")
+        if arch != "llama":
+            raise AdapterError(f"expected architecture 'llama', got {arch!r}", path=path, key="general.architecture")
+        self.n_head = int(self._field("llama.attention.head_count"))
+        kv = self._field("llama.attention.head_count_kv", required=False)
+        self.n_head_kv = self.n_head if kv is None else int(kv)
+        self._tensors = {}
+        self._ndim = {}
+        for t in self._reader.tensors:
+            hf = gguf_to_hf_name(t.name)
+            if hf is not None:
+                self._tensors[hf] = t
+                self._ndim[hf] = len(t.shape)
+
+    def _field(self, key, *, required=True):
+        field = self._reader.fields.get(key)
+        if field is None:
+            if required:
+                raise AdapterError("expected this metadata key, got none", path=self.path, key=key)
+            return None
+        return field.contents()
+
+    def _index(self):
+        return self._ndim
+
+    def _read(self, name):
+        t = self._tensors[name]
+        W = np.asarray(self._gguf.quants.dequantize(t.data, t.tensor_type), dtype=np.float32)
+        shape = tuple(int(s) for s in reversed(t.shape))  # GGUF lists ne0 (d_in) first
+        if W.shape != shape:
+            raise AdapterError(f"expected shape {shape} after dequantisation, got {W.shape}",
+                               path=self.path, key=t.name)
+        if name.endswith("self_attn.q_proj"):
+            W = unpermute_rope_rows(W, self.n_head)
+        elif name.endswith("self_attn.k_proj"):
+            W = unpermute_rope_rows(W, self.n_head_kv)
+        return _check_finite(np.ascontiguousarray(W), self.path, t.name)
+
+    def close(self):
+        """Drop the memory map."""
+        self._reader = None
+        self._tensors = {}
+        self._ndim = {}
+
+
+def open_base(path):
+    """Open base-model weights for lazy, one-tensor-at-a-time reading.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        HF folder (``model.safetensors`` or sharded with
+        ``model.safetensors.index.json``), a ``.safetensors`` file, or a
+        Llama ``.gguf`` file.
+
+    Returns
+    -------
+    BaseWeights
+        A context manager with ``names()``, ``weight(name)`` and ``weights(names)``.
+
+    Raises
+    ------
+    AdapterError
+        If the path does not exist or is not one of the supported layouts.
+    """
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise AdapterError("expected a base-model folder, .safetensors or .gguf file, got a missing path",
+                           path=path)
+    if os.path.isdir(path):
+        return SafetensorsBase(path)
+    with open(path, "rb") as fh:
+        magic = fh.read(4)
+    if magic == b"GGUF":
+        return GGUFBase(path)
+    if path.endswith(".safetensors"):
+        return SafetensorsBase(path)
+    raise AdapterError(f"expected a .safetensors file or a GGUF file (magic b'GGUF'), got magic {magic!r}",
+                       path=path)

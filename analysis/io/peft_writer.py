@@ -1,0 +1,194 @@
+"""Write low-rank updates as a PEFT LoRA adapter that PEFT itself loads.
+
+The folder gets ``adapter_model.safetensors`` (float32) and
+``adapter_config.json``. One global ``lora_alpha`` is written; every module's
+rank goes into ``r`` (the most common one) or ``rank_pattern``, so PEFT's
+scale ``lora_alpha / r_module`` must equal each module's ``LowRank.scale``
+(the surgery functions build factors that way, see
+:func:`analysis.surgery.from_svd`). ``target_modules`` is the exact list of
+module names, so PEFT adapts exactly these modules and no others.
+
+Rank-pattern keys follow PEFT's ``get_pattern_key``: a key ``p`` matches a
+module name ``n`` when ``re.match(rf"(.*\\.)?({p})$", n)``; the key written
+for a module is its shortest dotted suffix (starting at a non-numeric
+component, e.g. ``layers.3.self_attn.q_proj``) that matches no other written
+module, which older PEFT releases (``.*\\.{p}$``) also match.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+
+from analysis.errors import AdapterError
+
+__all__ = ["write_peft_adapter", "pattern_keys", "peft_factors", "CONFIG_NAME", "WEIGHTS_NAME"]
+
+CONFIG_NAME = "adapter_config.json"
+WEIGHTS_NAME = "adapter_model.safetensors"
+_PREFIX = "base_model.model."
+
+
+def _matches(key, name):
+    try:
+        return re.match(rf"(.*\.)?({key})$", name) is not None
+    except re.error:
+        return False
+
+
+def pattern_keys(names):
+    """A short PEFT ``rank_pattern`` key for each module name.
+
+    Parameters
+    ----------
+    names : iterable of str
+        Dotted module names in the base model (``model.layers.3.self_attn.q_proj``).
+
+    Returns
+    -------
+    dict[str, str]
+        ``name -> key`` such that, under PEFT's rule, ``key`` matches ``name``
+        and none of the other names.
+
+    Examples
+    --------
+    >>> pattern_keys(["model.layers.1.self_attn.q_proj", "model.layers.11.self_attn.q_proj"])
+    {'model.layers.1.self_attn.q_proj': 'layers.1.self_attn.q_proj', 'model.layers.11.self_attn.q_proj': 'layers.11.self_attn.q_proj'}
+    """
+    names = list(names)
+    out = {}
+    for name in names:
+        parts = name.split(".")
+        chosen = name
+        # shortest suffix first; keep at least one component before it when possible
+        for start in range(len(parts) - 1, 0, -1):
+            if parts[start].isdigit():
+                continue
+            key = ".".join(parts[start:])
+            if _matches(key, name) and not any(_matches(key, o) for o in names if o != name):
+                chosen = key
+                break
+        out[name] = chosen if _matches(chosen, name) else re.escape(name)
+    return out
+
+
+def peft_factors(lr):
+    """PEFT's saved tensors for one update: ``{suffix: array}``.
+
+    Parameters
+    ----------
+    lr : LowRank
+        ``kind`` linear (also fan_in_fan_out / merged: one update of the whole
+        weight), conv or embedding.
+
+    Returns
+    -------
+    dict[str, ndarray]
+        Linear: ``lora_A.weight`` (r, d_in), ``lora_B.weight`` (d_out, r).
+        Conv: ``lora_A.weight`` (r, c_in, *kernel), ``lora_B.weight``
+        (c_out, r, 1, …). Embedding: ``lora_embedding_A`` (r, num_embeddings),
+        ``lora_embedding_B`` (embedding_dim, r).
+    """
+    A = np.ascontiguousarray(lr.lora_A, dtype=np.float32)  # (r, d_in)
+    B = np.ascontiguousarray(lr.lora_B, dtype=np.float32)  # (d_out, r)
+    r = A.shape[0]
+    if lr.kind in ("linear", "merged"):
+        return {"lora_A.weight": A, "lora_B.weight": B}
+    if lr.kind == "conv":
+        ws = tuple(lr.weight_shape)
+        return {"lora_A.weight": A.reshape(r, *ws[1:]),
+                "lora_B.weight": B.reshape(ws[0], r, *([1] * (len(ws) - 2)))}
+    if lr.kind == "embedding":
+        # PEFT: ΔW = (B_e A_e)ᵀ s with A_e (r, num_emb), B_e (emb_dim, r); here ΔW = lora_B lora_A
+        return {"lora_embedding_A": np.ascontiguousarray(B.T), "lora_embedding_B": np.ascontiguousarray(A.T)}
+    raise ValueError(f"cannot write a LowRank of kind {lr.kind!r}")
+
+
+def _fan_in_fan_out(modules, out):
+    flags = {bool(lr.meta.get("fan_in_fan_out")) for lr in modules.values() if lr.kind in ("linear", "merged")}
+    if len(flags) > 1:
+        raise AdapterError("expected all linear modules to share one orientation, got both nn.Linear and "
+                           "fan_in_fan_out (Conv1D) modules; PEFT's config has one fan_in_fan_out flag: "
+                           "write them as two adapters", path=out)
+    return flags.pop() if flags else False
+
+
+def write_peft_adapter(out, modules, *, lora_alpha, base_model_name_or_path=None, task_type=None,
+                       overwrite=False):
+    """Save updates as a PEFT LoRA adapter folder.
+
+    Parameters
+    ----------
+    out : str or os.PathLike
+        Folder to create (or reuse when empty / ``overwrite``).
+    modules : Mapping[str, LowRank]
+        Module name in the base model -> update, each with rank ≥ 1 and
+        ``scale == lora_alpha / r`` (PEFT's scale for that module).
+    lora_alpha : float
+        The single α written to the config.
+    base_model_name_or_path, task_type : str, optional
+        Copied into the config (e.g. from the source adapter).
+    overwrite : bool
+        Replace an existing adapter in ``out``.
+
+    Returns
+    -------
+    dict
+        The config written.
+
+    Raises
+    ------
+    AdapterError
+        ``out`` already holds an adapter, modules mix orientations, or a
+        module's scale is not ``lora_alpha / r``.
+    """
+    from safetensors.numpy import save_file
+
+    out = Path(out)
+    alpha = float(lora_alpha)
+    if not (math.isfinite(alpha) and alpha > 0):
+        raise ValueError(f"lora_alpha must be a positive number, got {lora_alpha!r}")
+    if not modules:
+        raise AdapterError("no module to write", path=out)
+    if out.exists() and not out.is_dir():
+        raise AdapterError("expected a folder to write the adapter into, got an existing file", path=out)
+    if out.is_dir() and not overwrite and any((out / n).exists() for n in (CONFIG_NAME, WEIGHTS_NAME)):
+        raise AdapterError("an adapter already exists here; choose another folder or pass overwrite "
+                           "(--force)", path=out)
+    fan = _fan_in_fan_out(modules, out)
+    tensors, ranks = {}, {}
+    for name, lr in modules.items():
+        r = lr.r
+        if r < 1:
+            raise AdapterError(f"expected rank >= 1 (PEFT cannot load r = 0), got lora_A {lr.lora_A.shape}",
+                               path=out, key=name)
+        if lr.scale is None or not math.isclose(lr.scale, alpha / r, rel_tol=1e-9):
+            raise AdapterError(f"expected scale lora_alpha / r = {alpha:g} / {r} = {alpha / r:.6g}, got "
+                               f"{lr.scale}; rebuild the factors with analysis.surgery.from_svd",
+                               path=out, key=name)
+        for suffix, arr in peft_factors(lr).items():
+            tensors[f"{_PREFIX}{name}.{suffix}"] = arr
+        ranks[name] = r
+    counts = Counter(ranks.values())
+    r0 = max(counts, key=lambda k: (counts[k], k))
+    keys = pattern_keys(ranks)
+    rank_pattern = {keys[n]: r for n, r in ranks.items() if r != r0}
+    config = {
+        "peft_type": "LORA", "task_type": task_type, "base_model_name_or_path": base_model_name_or_path,
+        "r": int(r0), "lora_alpha": alpha if not alpha.is_integer() else int(alpha),
+        "target_modules": sorted(modules), "rank_pattern": rank_pattern, "alpha_pattern": {},
+        "lora_dropout": 0.0, "fan_in_fan_out": fan, "bias": "none", "use_rslora": False,
+        "use_dora": False, "init_lora_weights": True, "inference_mode": True, "modules_to_save": None,
+        "revision": None,
+    }
+    out.mkdir(parents=True, exist_ok=True)
+    save_file(tensors, str(out / WEIGHTS_NAME), metadata={"format": "pt"})
+    with open(out / CONFIG_NAME, "w", encoding="utf-8") as fh:
+        json.dump(config, fh, indent=2)
+        fh.write("\n")
+    return config

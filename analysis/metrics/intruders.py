@@ -1,0 +1,206 @@
+"""Intruder dimensions (Shuttleworth et al., 2024, "LoRA vs Full Fine-tuning: An Illusion of Equivalence").
+
+A singular vector y_j of the fine-tuned weight W + ΔW is an *intruder
+dimension* when it is close to none of the singular vectors x_i of the base
+weight W: max_i |cos(y_j, x_i)| < ε. It is counted over the top k singular
+vectors of W + ΔW. Defaults: k = 10, ε = 0.5 and the left (output-side)
+singular vectors, the setting of the paper's main text; the absolute value
+because singular vectors are defined up to sign.
+
+What it measures: W is (nearly) full rank, so no direction lies outside the
+span of its singular vectors; the test asks whether y_j is aligned with a
+*single* x_i. A direction spread evenly over m of W's singular vectors scores
+1/√m (m ≥ 4 fails ε = 0.5), and a random direction in R^d scores about
+√(2 ln d / d). Near-tied singular values of W (or of W + ΔW) make the
+individual vectors, hence the count, ill-defined inside the tie.
+
+Cost per module: one thin SVD of W (all its singular vectors are needed) and
+the top k of W + ΔW (full or seeded randomized SVD), O(d_out d_in min(d_out, d_in)).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from analysis.core.lowrank import LowRank
+from analysis.core.randomized import randomized_svd
+
+__all__ = ["IntruderResult", "intruder_dimensions", "base_singular_vectors", "INTRUDER_SIDES", "INTRUDER_METHODS"]
+
+INTRUDER_SIDES = ("left", "right")
+INTRUDER_METHODS = ("full", "randomized")
+
+
+@dataclass(frozen=True)
+class IntruderResult:
+    """Intruder test of the top singular vectors of W + ΔW for one module.
+
+    Attributes
+    ----------
+    name : str
+    top_k : int
+        Number of top singular vectors of W + ΔW tested (≤ min(d_out, d_in)).
+    threshold : float
+        ε: a vector is an intruder when its max |cos| is below it.
+    side : {"left", "right"}
+    sigma : (top_k,) ndarray of float64
+        Singular values of W + ΔW.
+    max_cos : (top_k,) ndarray of float64
+        max_i |cos(y_j, x_i)| over all singular vectors x_i of W.
+    best_match : (top_k,) ndarray of int
+        0-based index (in W's spectrum) of the x_i reaching it.
+    zero : bool
+        ΔW is exactly zero (then W + ΔW = W and nothing intrudes).
+    seconds : float
+        Wall time of the computation.
+    """
+
+    name: str
+    top_k: int
+    threshold: float
+    side: str
+    sigma: np.ndarray
+    max_cos: np.ndarray
+    best_match: np.ndarray
+    zero: bool
+    seconds: float
+
+    @property
+    def is_intruder(self) -> np.ndarray:
+        """(top_k,) bool: which of the top singular vectors are intruders."""
+        return self.max_cos < self.threshold
+
+    @property
+    def count(self) -> int:
+        """Number of intruder dimensions among the top k."""
+        return int(np.count_nonzero(self.is_intruder))
+
+    @property
+    def ranks(self) -> tuple:
+        """1-based positions of the intruders in the spectrum of W + ΔW."""
+        return tuple(int(i) + 1 for i in np.flatnonzero(self.is_intruder))
+
+    @property
+    def energy_share(self) -> float:
+        """Share of Σ_{j≤k} σ_j² carried by the intruders (0 when there are none)."""
+        tot = float(np.sum(self.sigma ** 2))
+        return float(np.sum(self.sigma[self.is_intruder] ** 2)) / tot if tot > 0 else 0.0
+
+    def to_frame(self):
+        """One row per tested vector: ``name, j, sigma, max_cos, best_match, intruder``."""
+        import pandas as pd
+
+        return pd.DataFrame({"name": self.name, "j": np.arange(1, self.top_k + 1), "sigma": self.sigma,
+                             "max_cos": self.max_cos, "best_match": self.best_match + 1,
+                             "intruder": self.is_intruder})
+
+
+def base_singular_vectors(W, *, side="left"):
+    """All singular vectors of W on one side (thin SVD, float64).
+
+    Parameters
+    ----------
+    W : (d_out, d_in) array_like
+    side : {"left", "right"}
+
+    Returns
+    -------
+    (d_out, n) or (d_in, n) ndarray of float64
+        n = min(d_out, d_in); columns ordered by W's singular values.
+    """
+    if side not in INTRUDER_SIDES:
+        raise ValueError(f"side must be one of {INTRUDER_SIDES}, got {side!r}")
+    W = np.asarray(W, dtype=np.float64)
+    U, _, Vt = np.linalg.svd(W, full_matrices=False)  # (d_out, n), (n,), (n, d_in)
+    return U if side == "left" else Vt.T
+
+
+def _dense_delta(delta, shape):
+    if isinstance(delta, LowRank):
+        if delta.shape != shape:
+            raise ValueError(f"ΔW of {delta.name!r} has shape {delta.shape}, W has {shape}; pass W in the "
+                             "nn.Linear orientation (transpose a Conv1D / fan_in_fan_out weight)")
+        return None if delta.is_zero else delta.delta()  # (d_out, d_in) float64
+    D = np.asarray(delta, dtype=np.float64)
+    if D.shape != shape:
+        raise ValueError(f"ΔW has shape {D.shape}, W has {shape}; they must match")
+    return None if not D.any() else D
+
+
+def intruder_dimensions(W, delta, *, top_k=10, threshold=0.5, side="left", method="full", seed=0,
+                        base_vectors=None, name=""):
+    """Count the intruder dimensions among the top-k singular vectors of W + ΔW.
+
+    Parameters
+    ----------
+    W : (d_out, d_in) array_like
+        The base weight, nn.Linear orientation.
+    delta : LowRank or (d_out, d_in) array_like
+        The update ΔW (scale included).
+    top_k : int
+        How many top singular vectors of W + ΔW to test (clipped to
+        min(d_out, d_in)).
+    threshold : float in (0, 1]
+        ε of the definition.
+    side : {"left", "right"}
+        Left (output-side, R^d_out) or right (input-side) singular vectors.
+    method : {"full", "randomized"}
+        SVD of W + ΔW: LAPACK, or :func:`~analysis.core.randomized_svd` with ``seed``.
+    seed : int
+    base_vectors : (d, n) ndarray, optional
+        W's singular vectors on ``side`` if already computed
+        (:func:`base_singular_vectors`).
+    name : str
+
+    Returns
+    -------
+    IntruderResult
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> W = np.diag([4.0, 3.0, 1.0, 1.0])
+    >>> u = np.array([0, 0, 1.0, 1.0]) / np.sqrt(2)      # spread over W's 3rd and 4th vectors
+    >>> res = intruder_dimensions(W, 10 * np.outer(u, u), top_k=2)
+    >>> res.sigma.round(3), res.max_cos.round(3), res.count
+    (array([11.,  4.]), array([0.707, 1.   ]), 0)
+    >>> intruder_dimensions(W, 10 * np.outer(u, u), top_k=2, threshold=0.75).ranks
+    (1,)
+    """
+    t0 = time.perf_counter()
+    if side not in INTRUDER_SIDES:
+        raise ValueError(f"side must be one of {INTRUDER_SIDES}, got {side!r}")
+    if method not in INTRUDER_METHODS:
+        raise ValueError(f"method must be one of {INTRUDER_METHODS}, got {method!r}")
+    if not 0 < threshold <= 1:
+        raise ValueError(f"threshold must be in (0, 1], got {threshold!r}")
+    if int(top_k) != top_k or top_k < 1:
+        raise ValueError(f"top_k must be a positive integer, got {top_k!r}")
+    W = np.asarray(W, dtype=np.float64)
+    if W.ndim != 2:
+        raise ValueError(f"W must be 2-D (d_out, d_in), got shape {W.shape}")
+    if not np.isfinite(W).all():
+        raise ValueError(f"W of {name or 'the module'} contains NaN or Inf")
+    k = min(int(top_k), *W.shape)
+    D = _dense_delta(delta, W.shape)
+    if D is None:  # W + ΔW = W: its singular vectors are W's own
+        S = np.linalg.svd(W, compute_uv=False)[:k]
+        return IntruderResult(name, k, float(threshold), side, S, np.ones(k), np.arange(k), True,
+                              time.perf_counter() - t0)
+    X = base_singular_vectors(W, side=side) if base_vectors is None else np.asarray(base_vectors, np.float64)
+    M = W + D  # (d_out, d_in)
+    if method == "full":
+        U, S, Vt = np.linalg.svd(M, full_matrices=False)  # (d_out, n), (n,), (n, d_in)
+        Y = U[:, :k] if side == "left" else Vt[:k].T  # (d, k)
+        S = S[:k]
+    else:
+        U, S, V = randomized_svd(M, k, seed=seed)  # (d_out, k), (k,), (d_in, k)
+        Y = U if side == "left" else V
+    if X.shape[0] != Y.shape[0]:
+        raise ValueError(f"base_vectors have {X.shape[0]} rows, expected {Y.shape[0]} ({side} side)")
+    C = np.abs(X.T @ Y)  # (n, k): |cos| between every base vector and every top vector
+    return IntruderResult(name, k, float(threshold), side, np.asarray(S, dtype=np.float64),
+                          np.clip(C.max(axis=0), 0.0, 1.0), C.argmax(axis=0), False, time.perf_counter() - t0)

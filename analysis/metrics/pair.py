@@ -1,0 +1,203 @@
+"""Subspace similarity between the same module of two adapters (Section 7.2)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from analysis.core.lowrank import LowRank
+from analysis.metrics.similarity import (_phi_and_angles, random_null,
+                                         random_null_std)
+
+__all__ = ["SIDES", "SimilarityResult", "module_similarity", "near_tied_cuts", "gaussian_similarity"]
+
+SIDES = ("A", "B", "input", "output")
+_SIDE_DOC = {
+    "A": "right-singular vectors of lora_A, ordered by A's singular values (the paper's choice)",
+    "B": "left-singular vectors of lora_B, ordered by B's singular values",
+    "input": "right-singular vectors of ΔW (input side, R^d_in)",
+    "output": "left-singular vectors of ΔW (output side, R^d_out)",
+}
+
+
+def _cols(parts):
+    """Columns of a basis given as ``(Q, Y)`` (see ``LowRank._basis_parts``)."""
+    return parts[0].shape[1] if parts[1] is None else parts[1].shape[1]
+
+
+def near_tied_cuts(s, *, rtol=1e-3):
+    """Prefix cuts that fall inside near-tied singular values.
+
+    A prefix of i singular vectors is not rotation-invariant when
+    σ_i and σ_{i+1} are (nearly) equal: any rotation inside their joint space
+    is as valid, and φ at that cut is arbitrary.
+
+    Parameters
+    ----------
+    s : (k,) ndarray
+        Singular values in descending order.
+    rtol : float
+        Gap below ``rtol · σ₁`` counts as a tie.
+
+    Returns
+    -------
+    tuple of int
+        The cuts i (1 ≤ i < k) with σ_i − σ_{i+1} ≤ rtol · σ₁.
+    """
+    s = np.asarray(s, dtype=np.float64)
+    if s.size < 2 or not s[0] > 0:
+        return ()
+    gaps = s[:-1] - s[1:]
+    return tuple(int(i) + 1 for i in np.flatnonzero(gaps <= rtol * s[0]))
+
+
+@dataclass(frozen=True)
+class SimilarityResult:
+    """φ grid between one module of two adapters.
+
+    Attributes
+    ----------
+    name : str
+        Module name.
+    side : str
+        Which basis was compared (see :data:`SIDES`).
+    phi : (k1, k2) ndarray of float64
+        φ(i, j) at ``[i-1, j-1]``; empty when an update is zero.
+    null : (k1, k2) ndarray of float64
+        E[φ] for random subspaces, max(i, j) / d.
+    null_std : (k1, k2) ndarray of float64
+        Its standard deviation (large-d approximation).
+    angles : (min(k1, k2),) ndarray of float64
+        Principal angles between the full spans, radians, ascending.
+    d : int
+        Dimension of the space the bases live in.
+    r1, r2 : int
+        Stored ranks.
+    zero1, zero2 : bool
+        True when that adapter's ΔW is exactly zero (e.g. untrained, B = 0).
+    ties1, ties2 : tuple of int
+        Prefix cuts inside near-tied singular values (φ there is not
+        rotation-invariant).
+    """
+
+    name: str
+    side: str
+    phi: np.ndarray
+    null: np.ndarray
+    null_std: np.ndarray
+    angles: np.ndarray
+    d: int
+    r1: int
+    r2: int
+    zero1: bool = False
+    zero2: bool = False
+    ties1: tuple = field(default_factory=tuple)
+    ties2: tuple = field(default_factory=tuple)
+
+    @property
+    def zero(self) -> bool:
+        """True if either update is zero (no similarity is defined)."""
+        return self.zero1 or self.zero2
+
+    @property
+    def phi11(self) -> float | None:
+        """φ(1, 1): squared cosine between the two top directions; None if zero."""
+        if self.zero or self.phi.size == 0:
+            return None
+        return float(self.phi[0, 0])
+
+    def shared_dims(self, *, n_std: float = 3.0) -> int:
+        """Largest i such that φ(i', i') > null + n_std · sd for every i' ≤ i.
+
+        The number of leading directions the two adapters share beyond what
+        random subspaces would; 0 when the top direction is not shared or an
+        update is zero.
+        """
+        if self.zero or self.phi.size == 0:
+            return 0
+        k = min(self.phi.shape)
+        diag = np.diag(self.phi)[:k]
+        thr = np.diag(self.null)[:k] + n_std * np.diag(self.null_std)[:k]
+        above = diag > thr
+        return int(k if above.all() else np.argmin(above))
+
+    def to_frame(self):
+        """Tidy DataFrame: one row per (i, j) with φ, the null and its sd."""
+        import pandas as pd
+
+        k1, k2 = self.phi.shape
+        i, j = np.meshgrid(np.arange(1, k1 + 1), np.arange(1, k2 + 1), indexing="ij")
+        return pd.DataFrame({"name": self.name, "side": self.side, "i": i.ravel(), "j": j.ravel(),
+                             "phi": self.phi.ravel(), "null": self.null.ravel(),
+                             "null_std": self.null_std.ravel()})
+
+
+def module_similarity(lr1: LowRank, lr2: LowRank, *, side: str = "A", tie_rtol: float = 1e-3,
+                      name: str | None = None) -> SimilarityResult:
+    """φ(i, j) for every prefix pair between the same module of two adapters.
+
+    Parameters
+    ----------
+    lr1, lr2 : LowRank
+        Two updates of the same base module (same (d_out, d_in)).
+    side : {"A", "B", "input", "output"}
+        ``"A"``: the paper's basis, right-singular vectors of lora_A ordered by
+        A's singular values; ``"B"``: left-singular vectors of lora_B;
+        ``"input"`` / ``"output"``: ΔW's right / left singular vectors.
+    tie_rtol : float
+        Relative gap under which neighbouring singular values count as tied.
+    name : str, optional
+        Defaults to ``lr1.name``.
+
+    Returns
+    -------
+    SimilarityResult
+    """
+    if side not in SIDES:
+        raise ValueError(f"side must be one of {SIDES}, got {side!r}")
+    if lr1.shape != lr2.shape:
+        raise ValueError(
+            f"module {name or lr1.name!r}: ΔW shapes differ, {lr1.shape} vs {lr2.shape}; "
+            "compare the same module of adapters on the same base model")
+    d = lr1.shape[1] if side in ("A", "input") else lr1.shape[0]
+    zero1, zero2 = lr1.is_zero, lr2.is_zero
+    # the bases as (Q, Y) products: only the smaller one is formed (O(d r1 r2), not O(d r²))
+    p1 = None if zero1 else lr1._basis_parts(side)
+    p2 = None if zero2 else lr2._basis_parts(side)
+    if p1 is None or p2 is None or 0 in (_cols(p1), _cols(p2)):
+        phi = np.zeros((0, 0))
+        angles = np.zeros(0)
+    else:
+        phi, angles = _phi_and_angles(p1, p2)
+    k1, k2 = phi.shape
+    return SimilarityResult(
+        name=name if name is not None else lr1.name, side=side, phi=phi,
+        null=random_null(k1, k2, d), null_std=random_null_std(k1, k2, d), angles=angles, d=d,
+        r1=lr1.r, r2=lr2.r, zero1=zero1, zero2=zero2,
+        ties1=near_tied_cuts(lr1.side_singular_values(side), rtol=tie_rtol) if not zero1 else (),
+        ties2=near_tied_cuts(lr2.side_singular_values(side), rtol=tie_rtol) if not zero2 else ())
+
+
+def gaussian_similarity(r1: int, r2: int, d: int, *, seed: int = 0) -> SimilarityResult:
+    """φ between the row spaces of two seeded Gaussian (r, d) matrices: Fig. 4's random panel.
+
+    Parameters
+    ----------
+    r1, r2 : int
+        Ranks (rows of the two matrices).
+    d : int
+        Ambient dimension (columns), e.g. d_in of the module compared.
+    seed : int
+
+    Returns
+    -------
+    SimilarityResult
+        On the ``"A"`` side; φ ≈ max(i, j) / d up to sampling noise.
+    """
+    if min(r1, r2, d) < 1:
+        raise ValueError(f"r1, r2 and d must be positive, got {r1}, {r2}, {d}")
+    rng = np.random.default_rng(seed)
+    a = LowRank(rng.standard_normal((r1, d)), rng.standard_normal((1, r1)))  # (r1, d), (1, r1)
+    b = LowRank(rng.standard_normal((r2, d)), rng.standard_normal((1, r2)))
+    return module_similarity(a, b, side="A", name=f"gaussian ({r1}, {d}) vs ({r2}, {d})")

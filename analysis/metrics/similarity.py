@@ -1,0 +1,207 @@
+"""The paper's subspace similarity φ and principal angles between subspaces.
+
+φ(i, j) = ‖U₁^{i ⊤} U₂^{j}‖_F² / min(i, j) for orthonormal bases U₁, U₂
+(Section 7.2 of the LoRA paper), computed for every (i, j) at once: one
+k₁ × k₂ product, squared, a 2-D cumulative sum, divided by min(i, j).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+__all__ = ["subspace_similarity", "principal_angles", "random_null", "random_null_std",
+           "check_orthonormal"]
+
+
+def check_orthonormal(U, name="U", *, atol=None):
+    """Validate a basis: 2-D, finite, with orthonormal columns.
+
+    Parameters
+    ----------
+    U : (d, k) array_like
+    name : str
+        Used in error messages.
+    atol : float, optional
+        Tolerance on ``|UᵀU − I|``; default ``1e-4`` for float32 input and
+        ``1e-8`` for float64.
+
+    Returns
+    -------
+    (d, k) ndarray of float64
+    """
+    U = np.asarray(U)
+    if U.ndim != 2:
+        raise ValueError(f"{name} must be a 2-D (d, k) array of orthonormal columns, got shape {U.shape}")
+    if U.dtype.kind not in "fiu":
+        raise TypeError(f"{name} must be real, got dtype {U.dtype}")
+    if atol is None:
+        atol = 1e-4 if U.dtype.kind == "f" and U.dtype.itemsize <= 4 else 1e-8
+    U = U.astype(np.float64, copy=False)
+    if not np.isfinite(U).all():
+        raise ValueError(f"{name} contains NaN or Inf")
+    if U.shape[1]:
+        G = U.T @ U  # (k, k)
+        err = np.abs(G - np.eye(U.shape[1])).max()
+        if err > atol:
+            raise ValueError(
+                f"{name} of shape {U.shape} does not have orthonormal columns (max |UᵀU - I| = {err:.2e}); "
+                "pass singular vectors, e.g. LowRank.basis(), or orthonormalise with np.linalg.qr")
+    return U
+
+
+def _phi_grid(U1, U2):
+    return _phi_from(U1.T @ U2)  # (k1, k2)
+
+
+def _phi_from(M):
+    """φ grid from the (k1, k2) products M = U1ᵀ U2."""
+    C = np.cumsum(np.cumsum(M * M, axis=0), axis=1)  # (k1, k2): ‖U1^iᵀ U2^j‖_F²
+    i = np.arange(1, M.shape[0] + 1)[:, None]
+    j = np.arange(1, M.shape[1] + 1)[None, :]
+    return np.clip(C / np.minimum(i, j), 0.0, 1.0)
+
+
+def subspace_similarity(U1, U2):
+    """Normalised subspace similarity φ(i, j) for every prefix pair.
+
+    Parameters
+    ----------
+    U1 : (d, k1) array_like
+        Orthonormal columns, ordered (e.g. by singular value).
+    U2 : (d, k2) array_like
+        Orthonormal columns in the same space R^d.
+
+    Returns
+    -------
+    (k1, k2) ndarray of float64
+        Entry ``[i-1, j-1]`` is φ(i, j) = ‖U1[:, :i]ᵀ U2[:, :j]‖_F² / min(i, j),
+        in [0, 1]: 1 when one prefix subspace contains the other, 0 when
+        orthogonal. Empty if either basis has no columns (a zero update).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> I = np.eye(4)
+    >>> subspace_similarity(I[:, :2], I[:, 1:3])  # span{e1, e2} vs span{e2, e3}
+    array([[0. , 0. ],
+           [1. , 0.5]])
+    """
+    U1 = check_orthonormal(U1, "U1")
+    U2 = check_orthonormal(U2, "U2")
+    if U1.shape[0] != U2.shape[0]:
+        raise ValueError(
+            f"U1 and U2 must live in the same space: U1 has {U1.shape[0]} rows and U2 has "
+            f"{U2.shape[0]}; compare bases of the same side of modules of the same shape")
+    return _phi_grid(U1, U2)
+
+
+def principal_angles(U1, U2):
+    """Principal angles between the column spans of two orthonormal bases.
+
+    Small angles are computed from sines and large ones from cosines, as
+    ``scipy.linalg.subspace_angles`` does, so near-identical subspaces give
+    accurate angles near 0.
+
+    Parameters
+    ----------
+    U1 : (d, k1) array_like
+    U2 : (d, k2) array_like
+        Orthonormal columns.
+
+    Returns
+    -------
+    (min(k1, k2),) ndarray of float64
+        Angles in radians, in **ascending** order (scipy returns them descending).
+    """
+    U1 = check_orthonormal(U1, "U1")
+    U2 = check_orthonormal(U2, "U2")
+    if U1.shape[0] != U2.shape[0]:
+        raise ValueError(f"U1 has {U1.shape[0]} rows and U2 has {U2.shape[0]}; they must match")
+    return _principal_angles(U1, U2)
+
+
+def _principal_angles(U1, U2):
+    """:func:`principal_angles` without the input checks, for bases known orthonormal (LowRank.basis)."""
+    k = min(U1.shape[1], U2.shape[1])
+    if k == 0:
+        return np.zeros(0)
+    M = U1.T @ U2  # (k1, k2)
+    if U1.shape[1] >= U2.shape[1]:
+        R = U2 - U1 @ M  # (d, k2): component of U2 outside span(U1)
+    else:
+        R = U1 - U2 @ M.T  # (d, k1)
+    return _angles_from(M, R)
+
+
+def _angles_from(M, R):
+    """Principal angles from M = U1ᵀ U2 (k1, k2) and the residual R (d, min(k1, k2)) of the
+    smaller basis outside the other's span: sines for small angles, cosines for large ones."""
+    k = min(M.shape)
+    cos = np.linalg.svd(M, compute_uv=False)[:k]  # descending cosines
+    sin = np.linalg.svd(R, compute_uv=False)  # descending sines
+    sin = np.sort(sin)[:k]  # ascending sines <-> descending cosines
+    theta_cos = np.arccos(np.clip(cos, -1.0, 1.0))  # ascending
+    theta_sin = np.arcsin(np.clip(sin, -1.0, 1.0))  # ascending
+    return np.where(cos ** 2 >= 0.5, theta_sin, theta_cos)
+
+
+def _phi_and_angles(p1, p2):
+    """φ grid and principal angles of two orthonormal bases given as ``(Q, Y)``, basis = ``Q @ Y``
+    (``Y`` None: ``Q`` is the basis), e.g. from ``LowRank._basis_parts``.
+
+    Only the basis with fewer columns is formed; the other is only multiplied, so comparing a
+    rank-8 with a rank-64 update costs O(d · 8 · 64) instead of O(d · 64²). Both results are
+    invariant to the signs of the basis columns.
+
+    Returns
+    -------
+    phi : (k1, k2) ndarray
+    angles : (min(k1, k2),) ndarray, ascending
+    """
+    def cols(p):
+        return p[0].shape[1] if p[1] is None else p[1].shape[1]
+
+    swap = cols(p1) > cols(p2)
+    (Qs, Ys), (Ql, Yl) = (p2, p1) if swap else (p1, p2)
+    Us = Qs if Ys is None else Qs @ Ys  # (d, ks): the smaller basis, formed
+    G = Us.T @ Ql  # (ks, d) @ (d, rl) -> (ks, rl)
+    M = G if Yl is None else G @ Yl  # (ks, kl) = Usᵀ Ul
+    R = Us - Ql @ (M.T if Yl is None else Yl @ M.T)  # (d, ks): Us outside span(Ul)
+    return _phi_from(M.T if swap else M), _angles_from(M, R)
+
+
+def random_null(k1, k2, d):
+    """Expected φ(i, j) between uniformly random subspaces: max(i, j) / d.
+
+    Parameters
+    ----------
+    k1, k2 : int
+        Grid size.
+    d : int
+        Ambient dimension.
+
+    Returns
+    -------
+    (k1, k2) ndarray of float64
+    """
+    if d <= 0:
+        raise ValueError(f"d must be positive, got {d}")
+    i = np.arange(1, k1 + 1)[:, None]
+    j = np.arange(1, k2 + 1)[None, :]
+    return np.minimum(np.maximum(i, j) / d, 1.0).astype(np.float64)
+
+
+def random_null_std(k1, k2, d):
+    """Standard deviation of φ(i, j) between random subspaces (large-d approximation).
+
+    ‖U₁^{i⊤} U₂^{j}‖_F² is a sum of i·j squared near-Gaussian entries of
+    variance 1/d, so its standard deviation is about √(2ij)/d;
+    φ divides it by min(i, j).
+
+    Returns
+    -------
+    (k1, k2) ndarray of float64
+    """
+    i = np.arange(1, k1 + 1)[:, None]
+    j = np.arange(1, k2 + 1)[None, :]
+    return np.sqrt(2.0 * i * j) / d / np.minimum(i, j)

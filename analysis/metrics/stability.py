@@ -1,0 +1,163 @@
+"""How many leading directions two updates share beyond chance (for rank advice).
+
+For orthonormal bases U₁ (d, k₁), U₂ (d, k₂) ordered by importance and each
+prefix size i ≤ cap = min(k₁, k₂), take the principal angles between the
+top-i prefixes span(U₁[:, :i]) and span(U₂[:, :i]): their squared cosines
+c_1(i) ≥ … ≥ c_i(i) are the squared singular values of the i × i block of
+M = U₁ᵀ U₂ (note Σ_a c_a(i) = i · φ(i, i)). A cosine counts as shared when
+it exceeds what two *random* i-dimensional subspaces of R^d reach at most:
+the mean + n·sd of their largest squared principal cosine (seeded Monte
+Carlo; for i = 1 this is φ(1, 1)'s null, 1/d and ≈ √2/d). Then
+
+- n(i) = number of shared cosines between the top-i prefixes;
+- ``shared`` = max_i n(i), the number of directions the two updates share;
+- ``needed`` = the smallest i with n(i) = shared: the prefix (rank) that
+  holds all of them (≥ shared when the two orders differ).
+
+Why not the diagonal φ(i, i) > i/d + n·√2/d (``SimilarityResult.shared_dims``):
+φ(i, i) averages over the prefix, so one shared top direction keeps
+φ(i, i) ≥ 1/i above that null up to i ≈ d / (n√2) — every prefix of a LoRA
+looks shared. Counting principal angles counts directions.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import lru_cache
+
+import numpy as np
+
+from analysis.metrics.similarity import check_orthonormal
+
+__all__ = ["PrefixStability", "prefix_stability", "random_max_cos2"]
+
+
+@lru_cache(maxsize=64)
+def _null(d, k, trials, seed):
+    rng = np.random.default_rng(seed)
+    Q = np.linalg.qr(rng.standard_normal((trials, d, k)))[0]  # (trials, d, k) random orthonormal
+    top = np.empty((trials, k))
+    for i in range(1, k + 1):
+        # against the first k coordinate axes: principal cosines of prefix i = singular values of Q[:i, :i]
+        top[:, i - 1] = np.linalg.svd(Q[:, :i, :i], compute_uv=False)[:, 0] ** 2  # (trials,)
+    return top.mean(axis=0), top.std(axis=0, ddof=1)
+
+
+def random_max_cos2(d, k, *, trials=200, seed=0):
+    """Mean and sd of the largest squared principal cosine between random subspaces.
+
+    Parameters
+    ----------
+    d : int
+        Ambient dimension.
+    k : int
+        Largest prefix size.
+    trials : int
+        Monte-Carlo draws (cached per arguments).
+    seed : int
+
+    Returns
+    -------
+    mean, sd : (k,) ndarray of float64
+        Entry ``i-1``: over two uniformly random i-dimensional subspaces of R^d.
+        For i = 1 the exact values are 1/d and √(2(d−1)) / (d √(d+2)).
+    """
+    if not (1 <= k <= d):
+        raise ValueError(f"need 1 <= k <= d, got k={k}, d={d}")
+    mean, sd = _null(int(d), int(k), int(trials), int(seed))
+    return mean.copy(), sd.copy()
+
+
+@dataclass(frozen=True)
+class PrefixStability:
+    """Shared leading directions of two ordered bases.
+
+    Attributes
+    ----------
+    cos2 : (cap, cap) ndarray of float64
+        Row ``i-1``: squared principal cosines between the top-i prefixes,
+        descending, NaN-padded after i.
+    threshold : (cap,) ndarray of float64
+        Mean + n_std · sd of the largest squared cosine of random i-prefixes.
+    counts : (cap,) ndarray of int
+        n(i): cosines of prefix i above its threshold.
+    shared : int
+        max_i n(i).
+    needed : int
+        Smallest i with n(i) = shared (0 when nothing is shared).
+    d, cap : int
+    n_std : float
+    """
+
+    cos2: np.ndarray
+    threshold: np.ndarray
+    counts: np.ndarray
+    shared: int
+    needed: int
+    d: int
+    cap: int
+    n_std: float
+
+    @property
+    def at_cap(self) -> bool:
+        """True when every prefix direction up to the cap is shared (the need may be larger)."""
+        return self.cap > 0 and self.shared == self.cap
+
+    def to_frame(self):
+        """One row per prefix i: ``i, count, threshold, top_cos2, min_cos2``."""
+        import pandas as pd
+
+        i = np.arange(1, self.cap + 1)
+        return pd.DataFrame({"i": i, "count": self.counts, "threshold": self.threshold,
+                             "top_cos2": self.cos2[:, 0] if self.cap else np.zeros(0),
+                             "min_cos2": self.cos2[i - 1, i - 1] if self.cap else np.zeros(0)})
+
+
+def prefix_stability(U1, U2, *, n_std=3.0, trials=200, seed=0):
+    """Count the leading directions two ordered orthonormal bases share.
+
+    Parameters
+    ----------
+    U1 : (d, k1) array_like
+    U2 : (d, k2) array_like
+        Orthonormal columns in the same R^d, each ordered by importance
+        (e.g. ``LowRank.basis("output")``).
+    n_std : float
+        Threshold = mean + n_std · sd of the random null.
+    trials, seed
+        Of the Monte-Carlo null, see :func:`random_max_cos2`.
+
+    Returns
+    -------
+    PrefixStability
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> Q = np.linalg.qr(np.random.default_rng(0).standard_normal((200, 8)))[0]
+    >>> U1, U2 = Q[:, :4], Q[:, [0, 1, 4, 5]]          # the first two columns shared
+    >>> st = prefix_stability(U1, U2)
+    >>> st.shared, st.needed, st.counts.tolist()
+    (2, 2, [1, 2, 2, 2])
+    """
+    U1 = check_orthonormal(U1, "U1")
+    U2 = check_orthonormal(U2, "U2")
+    if U1.shape[0] != U2.shape[0]:
+        raise ValueError(f"U1 has {U1.shape[0]} rows and U2 has {U2.shape[0]}; compare bases of the same space")
+    if not (np.isfinite(n_std) and n_std >= 0):
+        raise ValueError(f"n_std must be a non-negative number, got {n_std!r}")
+    d = U1.shape[0]
+    cap = min(U1.shape[1], U2.shape[1])
+    if cap == 0:
+        z = np.zeros(0)
+        return PrefixStability(np.zeros((0, 0)), z, np.zeros(0, dtype=int), 0, 0, d, 0, float(n_std))
+    M = U1[:, :cap].T @ U2[:, :cap]  # (cap, cap)
+    cos2 = np.full((cap, cap), np.nan)
+    for i in range(1, cap + 1):
+        cos2[i - 1, :i] = np.clip(np.linalg.svd(M[:i, :i], compute_uv=False) ** 2, 0.0, 1.0)
+    mean, sd = random_max_cos2(d, cap, trials=trials, seed=seed)
+    thr = mean + n_std * sd  # (cap,)
+    counts = np.array([int(np.count_nonzero(cos2[i, : i + 1] > thr[i])) for i in range(cap)])
+    shared = int(counts.max())
+    needed = int(np.argmax(counts == shared)) + 1 if shared else 0
+    return PrefixStability(cos2, thr, counts, shared, needed, d, cap, float(n_std))

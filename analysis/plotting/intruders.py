@@ -1,0 +1,67 @@
+"""Intruder dimensions per layer (from :func:`analysis.intruders.intruder_sweep`)."""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+from analysis.plotting._common import get_ax, module_label
+
+__all__ = ["IntruderArtists", "plot_intruders"]
+
+
+class IntruderArtists(NamedTuple):
+    """What :func:`plot_intruders` drew."""
+
+    ax: object
+    bars: list
+
+
+def plot_intruders(frame, *, ax=None, modules=None, value="count", top_k=None, width=0.8, **bar_kw):
+    """Intruder count (or energy share) per layer, grouped bars per module type.
+
+    Parameters
+    ----------
+    frame : pandas.DataFrame or IntruderSweep
+        One row per module with ``layer``, ``module`` and ``value``.
+    ax : matplotlib Axes, optional
+    modules : sequence of str, optional
+        Module types to draw; default all.
+    value : {"count", "energy_share"}
+    top_k : int, optional
+        Sets the y limit for counts and names it on the axis.
+    width : float
+        Total width of one layer's group of bars.
+    **bar_kw
+        Passed to ``Axes.bar``.
+
+    Returns
+    -------
+    IntruderArtists
+    """
+    frame = getattr(frame, "frame", frame)
+    if value not in ("count", "energy_share"):
+        raise ValueError(f"value must be 'count' or 'energy_share', got {value!r}")
+    missing = {"layer", "module", value} - set(getattr(frame, "columns", ()))
+    if missing:
+        raise ValueError(f"expected a frame with columns layer, module, {value} (from intruder_sweep); "
+                         f"missing {sorted(missing)}")
+    ax = get_ax(ax)
+    types = list(dict.fromkeys(frame["module"])) if modules is None else list(modules)
+    n = max(len(types), 1)
+    bars = []
+    for i, t in enumerate(types):
+        g = frame[(frame["module"] == t) & frame["layer"].notna()].sort_values("layer")
+        x = g["layer"].to_numpy(dtype=float) + (i - (n - 1) / 2) * width / n
+        bars.append(ax.bar(x, g[value].to_numpy(dtype=float), width=width / n, label=module_label(t), **bar_kw))
+    ax.set_xlabel("layer")
+    if value == "count":
+        ax.set_ylabel("intruder dimensions" + (f" (of top {top_k})" if top_k else ""))
+        ax.yaxis.get_major_locator().set_params(integer=True)
+        if top_k:
+            ax.set_ylim(0, top_k)
+    else:
+        ax.set_ylabel("share of top-k energy in intruders")
+        ax.set_ylim(0, 1)
+    if types:
+        ax.legend(loc="best", fontsize="small")
+    return IntruderArtists(ax, bars)

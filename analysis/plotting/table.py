@@ -1,0 +1,65 @@
+"""A DataFrame rendered as a table on an Axes (Table 7)."""
+
+from __future__ import annotations
+
+import math
+
+from analysis.plotting._common import get_ax
+
+__all__ = ["plot_table"]
+
+
+def _fmt(v, fmt):
+    if isinstance(v, float) and math.isnan(v):
+        return "–"
+    if isinstance(v, (int, float)) and not isinstance(v, bool):
+        return fmt.format(v)
+    return str(v)
+
+
+def plot_table(frame, *, ax=None, columns=None, col_labels=None, fmt="{:.3g}", title=None, fontsize=9,
+               col_widths=None):
+    """Draw the rows of ``frame`` as a table; the Axes itself is hidden.
+
+    Parameters
+    ----------
+    frame : pandas.DataFrame
+    ax : matplotlib.axes.Axes, optional
+    columns : sequence of str, optional
+        Columns shown, in order; default all.
+    col_labels : sequence of str, optional
+        Header labels (mathtext allowed); default the column names.
+    fmt : str or Mapping[str, str]
+        ``str.format`` pattern for numbers, or one per column.
+    title : str, optional
+    fontsize : float
+    col_widths : sequence of float, optional
+        Relative widths.
+
+    Returns
+    -------
+    matplotlib.table.Table
+    """
+    columns = list(frame.columns) if columns is None else list(columns)
+    missing = set(columns) - set(frame.columns)
+    if missing:
+        raise ValueError(f"frame has no column(s) {sorted(missing)}")
+    col_labels = columns if col_labels is None else list(col_labels)
+    if len(col_labels) != len(columns):
+        raise ValueError(f"got {len(col_labels)} col_labels for {len(columns)} columns")
+    ax = get_ax(ax)
+    cells = [[_fmt(v, fmt.get(c, "{:.3g}") if hasattr(fmt, "get") else fmt) for c, v in zip(columns, row)]
+             for row in frame[columns].itertuples(index=False)]
+    table = ax.table(cellText=cells, colLabels=col_labels, loc="center", cellLoc="center",
+                     colWidths=col_widths)
+    table.auto_set_font_size(False)
+    table.set_fontsize(fontsize)
+    table.scale(1.0, 1.5)
+    for (r, _), cell in table.get_celld().items():
+        if r == 0:
+            cell.set_facecolor("#e8e8e8")
+            cell.set_text_props(weight="bold")
+    ax.axis("off")
+    if title:
+        ax.set_title(title, fontsize=fontsize + 1)
+    return table

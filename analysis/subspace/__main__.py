@@ -1,0 +1,5 @@
+import sys
+
+from analysis.subspace.cli import main
+
+sys.exit(main())

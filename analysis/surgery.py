@@ -1,0 +1,272 @@
+"""Exact rank reduction of LoRA updates (Eckart–Young, from the factored SVD).
+
+The best rank-k approximation of ΔW = U diag(S) Vᵀ in Frobenius and spectral
+norm is ΔW_k = U_k diag(S_k) V_kᵀ. Written as LoRA factors for a PEFT scale
+s = α / k::
+
+    lora_B = U_k · √(S_k / s)      (d_out, k)
+    lora_A = √(S_k / s) · V_kᵀ     (k, d_in)      so  s · lora_B lora_A = ΔW_k
+
+(balanced factors, the scale absorbed). The energy kept is Σ_{i≤k} σ_i² / Σ σ_i²
+and the relative error ‖ΔW − ΔW_k‖_F / ‖ΔW‖_F = √(1 − energy).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections import Counter
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from analysis.adapter import Adapter, split_name
+from analysis.core.lowrank import LowRank
+from analysis.errors import AdapterError
+from analysis.metrics.pair import near_tied_cuts
+from analysis.metrics.spectrum import rank_for_energy
+
+__all__ = ["from_svd", "truncate", "resize_adapter", "ResizeResult", "read_rank_pattern", "rank_from_pattern"]
+
+
+def from_svd(U, S, V, *, alpha, name="", kind="linear", weight_shape=None, meta=None, source=None):
+    """LoRA factors of ``U diag(S) Vᵀ`` for PEFT's scale ``alpha / k``.
+
+    Parameters
+    ----------
+    U : (d_out, k) ndarray
+        Orthonormal left singular vectors.
+    S : (k,) ndarray
+        Singular values (non-negative).
+    V : (d_in, k) ndarray
+        Orthonormal right singular vectors.
+    alpha : float
+        PEFT's ``lora_alpha``; the scale is ``alpha / k``.
+    name, kind, weight_shape, meta, source
+        Passed to :class:`~analysis.core.LowRank`. For k = 0 a rank-1 zero
+        update is returned (PEFT cannot hold r = 0).
+
+    Returns
+    -------
+    LowRank
+        Float64 factors with ``scale · lora_B @ lora_A == U diag(S) Vᵀ``.
+    """
+    U = np.asarray(U, dtype=np.float64)
+    S = np.asarray(S, dtype=np.float64)
+    V = np.asarray(V, dtype=np.float64)
+    if U.ndim != 2 or V.ndim != 2 or S.ndim != 1 or not U.shape[1] == V.shape[1] == S.size:
+        raise ValueError(f"expected U (d_out, k), S (k,), V (d_in, k), got {U.shape}, {S.shape}, {V.shape}")
+    if not (math.isfinite(alpha) and alpha > 0):
+        raise ValueError(f"alpha must be a positive number, got {alpha!r}")
+    k = S.size
+    meta = dict(meta or {})
+    if k == 0:
+        A, B, k = np.zeros((1, V.shape[0])), np.zeros((U.shape[0], 1)), 1
+    else:
+        scale = alpha / k
+        root = np.sqrt(S / scale)  # (k,)
+        B = U * root  # (d_out, k)
+        A = (V * root).T  # (k, d_in)
+    meta.update(r=k, alpha=alpha)
+    return LowRank(A, B, alpha / k, name=name, source=source, kind=kind, weight_shape=weight_shape, meta=meta)
+
+
+def truncate(lr, k, *, alpha=None):
+    """Best rank-k approximation of one update, as LoRA factors.
+
+    Parameters
+    ----------
+    lr : LowRank
+        Scale must be known.
+    k : int
+        Target rank (≥ 0); ranks above the numerical rank keep everything.
+    alpha : float, optional
+        ``lora_alpha`` of the result (scale α / k); default k (scale 1).
+
+    Returns
+    -------
+    LowRank
+        ``kind`` linear (a merged module is truncated as one whole update),
+        conv or embedding, ``meta`` keeping ``fan_in_fan_out``.
+    """
+    if int(k) != k or k < 0:
+        raise ValueError(f"k must be a non-negative integer, got {k!r}")
+    U, S, V = lr.svd()  # (d_out, n), (n,), (d_in, n): U diag(S) Vᵀ = ΔW, sign of the scale included
+    k = min(int(k), S.size)
+    kind = "linear" if lr.kind == "merged" else lr.kind
+    meta = {"format": "peft", "fan_in_fan_out": bool(lr.meta.get("fan_in_fan_out")), "source_r": lr.r}
+    return from_svd(U[:, :k], S[:k], V[:, :k], alpha=float(alpha if alpha is not None else max(k, 1)),
+                    name=lr.name, kind=kind, weight_shape=lr.weight_shape, meta=meta, source=lr.source)
+
+
+def read_rank_pattern(spec):
+    """Read a rank pattern: ``(default_r or None, {pattern: rank})``.
+
+    Parameters
+    ----------
+    spec : str, os.PathLike or dict
+        A JSON file or dict: the ``--json`` output of ``python -m analysis.rank``
+        (its ``lora_config``), a PEFT ``adapter_config.json`` / LoraConfig dict
+        (``r`` and ``rank_pattern``), or a flat ``{pattern: rank}``.
+
+    Returns
+    -------
+    tuple
+        ``(r, pattern)``; ``r`` is None when the spec gives no default.
+    """
+    path = None
+    if not isinstance(spec, dict):
+        path = str(spec)
+        try:
+            with open(path, encoding="utf-8") as fh:
+                spec = json.load(fh)
+        except json.JSONDecodeError as e:
+            raise AdapterError(f"expected JSON, got invalid JSON ({e.msg} at line {e.lineno})", path=path) from None
+    if not isinstance(spec, dict):
+        raise AdapterError(f"expected a JSON object, got {type(spec).__name__}", path=path)
+    if isinstance(spec.get("lora_config"), dict):
+        spec = spec["lora_config"]
+    if "rank_pattern" in spec or "r" in spec:
+        r, pattern = spec.get("r"), spec.get("rank_pattern") or {}
+    else:
+        r, pattern = None, spec
+    ok = lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 0  # noqa: E731
+    if r is not None and not ok(r):
+        raise AdapterError(f"expected a non-negative integer rank, got {r!r}", path=path, key="r")
+    if not isinstance(pattern, dict) or not all(ok(v) for v in pattern.values()):
+        raise AdapterError(f"expected an object mapping module patterns to non-negative integer ranks, got "
+                           f"{str(pattern)[:120]}", path=path, key="rank_pattern")
+    return r, dict(pattern)
+
+
+def rank_from_pattern(name, r, pattern, *, source=None):
+    """The rank PEFT would give module ``name`` (None when nothing applies)."""
+    from analysis.io._peft_config import get_pattern_key
+
+    key = get_pattern_key(pattern, name, source, "rank_pattern")
+    return pattern.get(key, r)
+
+
+@dataclass(frozen=True)
+class ResizeResult:
+    """Truncated updates and what they keep.
+
+    Attributes
+    ----------
+    modules : dict[str, LowRank]
+        The rank-k updates, ready for :func:`~analysis.io.peft_writer.write_peft_adapter`.
+    frame : pandas.DataFrame
+        One row per module: ``name, layer, module, r, rank, k, r_written,
+        energy, rel_error, fro, fro_kept, sigma_k, sigma_next, cut_tied``.
+    alpha : float
+        ``lora_alpha`` of the result (each module's scale is α / r_written).
+    source : Adapter
+    notes : tuple of str
+    """
+
+    modules: dict
+    frame: object
+    alpha: float
+    source: object = None
+    notes: tuple = field(default_factory=tuple)
+
+    def to_frame(self):
+        """The per-module table."""
+        return self.frame.copy()
+
+    def write(self, out, *, overwrite=False):
+        """Save as a PEFT adapter folder; returns the config written."""
+        from analysis.io.peft_writer import write_peft_adapter
+
+        cfg = getattr(self.source, "config", {}) or {}
+        return write_peft_adapter(out, self.modules, lora_alpha=self.alpha, overwrite=overwrite,
+                                  base_model_name_or_path=cfg.get("base_model_name_or_path"),
+                                  task_type=cfg.get("task_type"))
+
+
+def _default_alpha(adapter, ks):
+    a = adapter.config.get("lora_alpha") if adapter.config.get("peft_type", "LORA") == "LORA" else None
+    if isinstance(a, (int, float)) and not isinstance(a, bool) and a > 0:
+        return float(a)
+    counts = Counter(max(k, 1) for k in ks)
+    return float(max(counts, key=lambda k: (counts[k], k)))
+
+
+def resize_adapter(adapter, *, rank=None, energy=None, pattern=None, alpha=None, tie_rtol=1e-3):
+    """Truncate every module of an adapter to its best rank-k approximation.
+
+    Parameters
+    ----------
+    adapter : Adapter
+        PEFT, loralib (α known) or any format with dotted module names;
+        kohya is refused (its names cannot be mapped to the base model's).
+    rank : int, optional
+        Keep k = min(rank, numerical rank) directions everywhere.
+    energy : float in (0, 1], optional
+        Per module, the smallest k keeping this fraction of ‖ΔW‖_F².
+    pattern : str, os.PathLike, dict or tuple, optional
+        Per-module ranks, see :func:`read_rank_pattern` (or its ``(r, pattern)``
+        result); modules it does not cover keep their rank.
+    alpha : float, optional
+        ``lora_alpha`` written; default the source's ``lora_alpha`` (PEFT) or
+        else the most common new rank.
+    tie_rtol : float
+        ``cut_tied`` flags cuts where σ_k − σ_{k+1} ≤ tie_rtol · σ₁ (the
+        truncation is then not unique).
+
+    Returns
+    -------
+    ResizeResult
+    """
+    import pandas as pd
+
+    if sum(x is not None for x in (rank, energy, pattern)) != 1:
+        raise ValueError("give exactly one of rank=, energy= or pattern=")
+    if not isinstance(adapter, Adapter):
+        raise TypeError(f"expected an analysis.Adapter, got {type(adapter).__name__}")
+    if adapter.format == "kohya":
+        raise AdapterError("kohya module names (lora_unet_…, lora_te_…) cannot be mapped to the dotted "
+                           "module names a PEFT adapter needs; resize works on PEFT and loralib adapters",
+                           path=adapter.path)
+    if rank is not None and (int(rank) != rank or rank < 1):
+        raise ValueError(f"rank must be a positive integer, got {rank!r}")
+    if energy is not None and not 0 < energy <= 1:
+        raise ValueError(f"energy must be in (0, 1], got {energy!r}")
+    if pattern is not None and not isinstance(pattern, tuple):
+        pattern = read_rank_pattern(pattern)
+    spectra, targets = {}, {}
+    for name, lr in adapter.items():
+        S = lr.singular_values()  # (n,); raises MissingAlphaError if α is unknown
+        spectra[name] = S
+        if rank is not None:
+            t = int(rank)
+        elif energy is not None:
+            t = rank_for_energy(S, energy)
+        else:
+            t = rank_from_pattern(name, pattern[0], pattern[1], source=adapter.path)
+            t = lr.r if t is None else t
+        targets[name] = min(t, S.size)
+    alpha = float(alpha) if alpha is not None else _default_alpha(adapter, targets.values())
+    modules, rows = {}, []
+    for name, lr in adapter.items():
+        S, k = spectra[name], targets[name]
+        modules[name] = truncate(lr, k, alpha=alpha)
+        lr.clear_cache()
+        tot = float(np.sum(S * S))
+        kept = float(np.sum(S[:k] ** 2))
+        e = kept / tot if tot > 0 else 1.0
+        layer, module = split_name(name)
+        rows.append({"name": name, "layer": layer, "module": module, "r": lr.r, "rank": int(S.size), "k": k,
+                     "r_written": modules[name].r, "energy": e, "rel_error": math.sqrt(max(1.0 - e, 0.0)),
+                     "fro": math.sqrt(tot), "fro_kept": math.sqrt(kept),
+                     "sigma_k": float(S[k - 1]) if k else 0.0,
+                     "sigma_next": float(S[k]) if k < S.size else 0.0,
+                     "cut_tied": k in near_tied_cuts(S, rtol=tie_rtol)})
+    notes = []
+    if any(lr.kind == "merged" for lr in adapter.values()):
+        notes.append("merged (loralib MergedLinear) modules are truncated as one update of the whole weight")
+    if any("lora_B_bias" in lr.meta for lr in adapter.values()):
+        notes.append("lora_bias terms (s·lora_B.bias) are not part of ΔW and are not written")
+    if adapter.config.get("modules_to_save"):
+        notes.append(f"modules_to_save {adapter.config['modules_to_save']!r} are not low-rank and are not written")
+    return ResizeResult(modules=modules, frame=pd.DataFrame(rows), alpha=alpha, source=adapter, notes=tuple(notes))

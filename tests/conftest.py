@@ -1,0 +1,41 @@
+"""Shared fixtures: tiny real PEFT adapters built from configs (no downloads)."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+
+def make_peft_adapter(out, *, r=4, seed=0, alpha=8, targets=("q_proj", "v_proj"), layers=2,
+                      zero_b=False, hidden=32):
+    """Save a real PEFT LoRA of a tiny random Llama to ``out``; return the PEFT model."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(1234)  # the same base model for every adapter
+    cfg = LlamaConfig(vocab_size=64, hidden_size=hidden, intermediate_size=2 * hidden,
+                      num_hidden_layers=layers, num_attention_heads=4, num_key_value_heads=2,
+                      max_position_embeddings=32)
+    base = LlamaForCausalLM(cfg)
+    torch.manual_seed(seed)
+    model = get_peft_model(base, LoraConfig(r=r, lora_alpha=alpha, target_modules=list(targets),
+                                            lora_dropout=0.0))
+    if not zero_b:
+        g = torch.Generator().manual_seed(seed + 1)
+        with torch.no_grad():
+            for n, p in model.named_parameters():
+                if "lora_B" in n:
+                    p.copy_(torch.randn(p.shape, generator=g) * 0.1)
+    model.save_pretrained(str(out))
+    return model
+
+
+@pytest.fixture(scope="session")
+def peft_pair(tmp_path_factory):
+    """Two real PEFT adapters (r=2 and r=4) of the same tiny Llama."""
+    root = tmp_path_factory.mktemp("pair")
+    make_peft_adapter(root / "r2", r=2, seed=0)
+    make_peft_adapter(root / "r4", r=4, seed=1)
+    return root / "r2", root / "r4"

@@ -1,0 +1,78 @@
+"""Smoke test of the reference training path on a tiny random Llama (no download)."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+pytest.importorskip("transformers")
+pytest.importorskip("peft")
+safetensors_numpy = pytest.importorskip("safetensors.numpy")
+
+from analysis.reference import train  # noqa: E402
+
+WORDNET = "/usr/share/wordnet/data.noun"
+
+
+@pytest.mark.skipif(not os.path.exists(WORDNET), reason="WordNet 3.0 data files not installed")
+def test_tiny_training_writes_adapter_and_manifest(tmp_path):
+    out = tmp_path / "r2_seed0"
+    rc = train.main(["--tiny", "--rank", "2", "--seed", "0", "--steps", "2", "--batch-size", "4",
+                     "--n-val", "8", "--out", str(out)])
+    assert rc == 0
+    assert sorted(os.listdir(out)) == ["adapter_config.json", "adapter_model.safetensors", "manifest.json"]
+
+    tensors = safetensors_numpy.load_file(str(out / "adapter_model.safetensors"))
+    a_keys = sorted(k for k in tensors if "lora_A" in k)
+    b_keys = sorted(k for k in tensors if "lora_B" in k)
+    # 2 layers x (q_proj, v_proj)
+    assert len(a_keys) == len(b_keys) == 4
+    assert all(tensors[k].dtype == np.float32 for k in tensors)
+    assert all(tensors[k].shape[0] == 2 for k in a_keys)  # lora_A: (r, d_in)
+    assert all(tensors[k].shape[1] == 2 for k in b_keys)  # lora_B: (d_out, r)
+    assert any(np.abs(tensors[k]).max() > 0 for k in b_keys)  # B moved off zero
+
+    cfg = json.loads((out / "adapter_config.json").read_text())
+    assert cfg["r"] == 2 and cfg["lora_alpha"] == 16
+    assert sorted(cfg["target_modules"]) == ["q_proj", "v_proj"]
+
+    m = json.loads((out / "manifest.json").read_text())
+    for key in ("command", "data_hash", "n_train", "n_val", "steps", "lr", "alpha", "rank", "seed",
+                "batch_size", "max_len", "val_loss_base", "val_loss_adapter", "A_movement", "B_norm",
+                "wall_time_s", "versions"):
+        assert key in m, key
+    assert m["steps"] == 2 and m["rank"] == 2 and m["seed"] == 0 and m["batch_size"] == 4
+    assert len(m["data_hash"]) == 64
+    assert m["n_val_eval"] == 8
+    assert np.isfinite(m["val_loss_base"]) and np.isfinite(m["val_loss_adapter"])
+    assert m["A_movement"]["all"]["max"] > 0
+    assert m["command"].startswith("python -m analysis.reference.train --tiny")
+    for pkg in ("torch", "transformers", "peft", "python"):
+        assert m["versions"][pkg]
+
+
+@pytest.mark.skipif(not os.path.exists(WORDNET), reason="WordNet 3.0 data files not installed")
+def test_data_split_is_deterministic():
+    from analysis.reference.data import data_hash, read_wordnet, split_examples
+
+    ex = read_wordnet()
+    tr1, va1 = split_examples(ex)
+    tr2, va2 = split_examples(list(reversed(ex)))
+    assert set(va1) == set(va2) and va1 == va2  # val is sorted by digest
+    assert data_hash(tr1) == data_hash(list(reversed(tr2)))
+    assert not set(va1) & set(tr1)
+    e = va1[0]
+    assert e.prompt.startswith('Define "') and e.prompt.endswith("):")
+    assert "_" not in e.lemma and '; "' not in e.gloss
+
+
+def test_import_does_not_pull_training_deps():
+    code = ("import sys, analysis.reference, analysis.reference.train; "
+            "bad = [m for m in ('transformers', 'peft', 'gguf') if m in sys.modules]; "
+            "print(bad); sys.exit(1 if bad else 0)")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    assert res.returncode == 0, res.stdout + res.stderr
