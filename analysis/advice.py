@@ -10,9 +10,9 @@ reach (seeded Monte Carlo). ``shared`` is the largest such count over the
 prefixes, ``needed`` the smallest prefix (rank) holding them all. Directions
 beyond look no more alike across runs than random subspaces: training them
 again would give something else, so a rank at the advice keeps what is
-reproducible. (The diagonal test φ(i, i) > null + n·sd of
-``SimilarityResult.shared_dims`` is not used: one shared top direction keeps
-φ(i, i) ≈ 1/i + i/d above it for every i < d / (n√2).)
+reproducible. (A diagonal test φ(i, i) > null + n·sd would not do: one
+shared top direction keeps φ(i, i) ≈ 1/i + i/d above it for every
+i < d / (n√2).)
 
 Which basis (``side``):
 

@@ -15,13 +15,30 @@ safetensors_numpy = pytest.importorskip("safetensors.numpy")
 from analysis.reference import train  # noqa: E402
 
 WORDNET = "/usr/share/wordnet/data.noun"
+_POS = {"noun": "n", "verb": "v", "adj": "s", "adv": "r"}
 
 
-@pytest.mark.skipif(not os.path.exists(WORDNET), reason="WordNet 3.0 data files not installed")
-def test_tiny_training_writes_adapter_and_manifest(tmp_path):
+@pytest.fixture
+def mini_wordnet(tmp_path):
+    """A WordNet 3.0 data.* layout with 120 synthetic synsets per part of speech (when the Debian files are absent)."""
+    if os.path.exists(WORDNET):
+        return os.path.dirname(WORDNET)
+    root = tmp_path / "wordnet"
+    root.mkdir()
+    for name, ss in _POS.items():
+        lines = ["  1 This software and database is being provided ... (license header)"]
+        for i in range(120):
+            lemma = f"{name}_word{i}" + ("(a)" if ss == "s" else "")
+            lines.append(f"{10000000 + i:08d} 03 {ss} 01 {lemma} 0 000 | a made-up {name} number {i}; "
+                         f'"an example of {name} {i}"')
+        (root / f"data.{name}").write_text("\n".join(lines) + "\n")
+    return str(root)
+
+
+def test_tiny_training_writes_adapter_and_manifest(tmp_path, mini_wordnet):
     out = tmp_path / "r2_seed0"
     rc = train.main(["--tiny", "--rank", "2", "--seed", "0", "--steps", "2", "--batch-size", "4",
-                     "--n-val", "8", "--out", str(out)])
+                     "--n-val", "8", "--wordnet", mini_wordnet, "--out", str(out)])
     assert rc == 0
     assert sorted(os.listdir(out)) == ["adapter_config.json", "adapter_model.safetensors", "manifest.json"]
 
@@ -54,11 +71,10 @@ def test_tiny_training_writes_adapter_and_manifest(tmp_path):
         assert m["versions"][pkg]
 
 
-@pytest.mark.skipif(not os.path.exists(WORDNET), reason="WordNet 3.0 data files not installed")
-def test_data_split_is_deterministic():
+def test_data_split_is_deterministic(mini_wordnet):
     from analysis.reference.data import data_hash, read_wordnet, split_examples
 
-    ex = read_wordnet()
+    ex = read_wordnet(mini_wordnet)
     tr1, va1 = split_examples(ex)
     tr2, va2 = split_examples(list(reversed(ex)))
     assert set(va1) == set(va2) and va1 == va2  # val is sorted by digest

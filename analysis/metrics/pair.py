@@ -9,6 +9,7 @@ import numpy as np
 from analysis.core.lowrank import LowRank
 from analysis.metrics.similarity import (_phi_and_angles, random_null,
                                          random_null_std)
+from analysis.metrics.stability import PrefixStability, _stability_from
 
 __all__ = ["SIDES", "SimilarityResult", "module_similarity", "near_tied_cuts", "gaussian_similarity"]
 
@@ -79,6 +80,9 @@ class SimilarityResult:
     ties1, ties2 : tuple of int
         Prefix cuts inside near-tied singular values (φ there is not
         rotation-invariant).
+    overlap : (k1, k2) ndarray of float64
+        U1ᵀ U2, the cosines between the two bases' columns (φ is made of
+        their squares); empty when an update is zero.
     """
 
     name: str
@@ -94,6 +98,7 @@ class SimilarityResult:
     zero2: bool = False
     ties1: tuple = field(default_factory=tuple)
     ties2: tuple = field(default_factory=tuple)
+    overlap: np.ndarray = field(default_factory=lambda: np.zeros((0, 0)))
 
     @property
     def zero(self) -> bool:
@@ -107,20 +112,26 @@ class SimilarityResult:
             return None
         return float(self.phi[0, 0])
 
-    def shared_dims(self, *, n_std: float = 3.0) -> int:
-        """Largest i such that φ(i', i') > null + n_std · sd for every i' ≤ i.
+    def stability(self, *, n_std: float = 3.0) -> PrefixStability:
+        """Principal cosines between the two top-i prefixes, counted against random subspaces.
 
-        The number of leading directions the two adapters share beyond what
-        random subspaces would; 0 when the top direction is not shared or an
-        update is zero.
+        See :func:`analysis.metrics.stability.prefix_stability`.
         """
-        if self.zero or self.phi.size == 0:
+        return _stability_from(self.overlap, self.d, n_std)
+
+    def shared_dims(self, *, n_std: float = 3.0) -> int:
+        """Number of leading directions the two updates share beyond chance.
+
+        The largest count, over prefixes i, of principal cosines² between the
+        top-i prefixes above what two random i-dimensional subspaces of R^d
+        reach (mean + n_std · sd of their largest cosine²); 0 when an update
+        is zero. Not the run of φ(i, i) above its null: φ(i, i) averages over
+        the prefix, so a single shared top direction keeps it above the null
+        up to i ≈ d / (n_std √2).
+        """
+        if self.zero or self.overlap.size == 0:
             return 0
-        k = min(self.phi.shape)
-        diag = np.diag(self.phi)[:k]
-        thr = np.diag(self.null)[:k] + n_std * np.diag(self.null_std)[:k]
-        above = diag > thr
-        return int(k if above.all() else np.argmin(above))
+        return self.stability(n_std=n_std).shared
 
     def to_frame(self):
         """Tidy DataFrame: one row per (i, j) with φ, the null and its sd."""
@@ -166,15 +177,15 @@ def module_similarity(lr1: LowRank, lr2: LowRank, *, side: str = "A", tie_rtol: 
     p1 = None if zero1 else lr1._basis_parts(side)
     p2 = None if zero2 else lr2._basis_parts(side)
     if p1 is None or p2 is None or 0 in (_cols(p1), _cols(p2)):
-        phi = np.zeros((0, 0))
+        phi = overlap = np.zeros((0, 0))
         angles = np.zeros(0)
     else:
-        phi, angles = _phi_and_angles(p1, p2)
+        phi, angles, overlap = _phi_and_angles(p1, p2)
     k1, k2 = phi.shape
     return SimilarityResult(
         name=name if name is not None else lr1.name, side=side, phi=phi,
         null=random_null(k1, k2, d), null_std=random_null_std(k1, k2, d), angles=angles, d=d,
-        r1=lr1.r, r2=lr2.r, zero1=zero1, zero2=zero2,
+        r1=lr1.r, r2=lr2.r, zero1=zero1, zero2=zero2, overlap=overlap,
         ties1=near_tied_cuts(lr1.side_singular_values(side), rtol=tie_rtol) if not zero1 else (),
         ties2=near_tied_cuts(lr2.side_singular_values(side), rtol=tie_rtol) if not zero2 else ())
 

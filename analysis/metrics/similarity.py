@@ -157,6 +157,8 @@ def _phi_and_angles(p1, p2):
     -------
     phi : (k1, k2) ndarray
     angles : (min(k1, k2),) ndarray, ascending
+    M : (k1, k2) ndarray
+        The products U1ᵀ U2 the φ grid is made of.
     """
     def cols(p):
         return p[0].shape[1] if p[1] is None else p[1].shape[1]
@@ -167,7 +169,8 @@ def _phi_and_angles(p1, p2):
     G = Us.T @ Ql  # (ks, d) @ (d, rl) -> (ks, rl)
     M = G if Yl is None else G @ Yl  # (ks, kl) = Usᵀ Ul
     R = Us - Ql @ (M.T if Yl is None else Yl @ M.T)  # (d, ks): Us outside span(Ul)
-    return _phi_from(M.T if swap else M), _angles_from(M, R)
+    M12 = M.T if swap else M  # (k1, k2) = U1ᵀ U2
+    return _phi_from(M12), _angles_from(M, R), M12
 
 
 def random_null(k1, k2, d):

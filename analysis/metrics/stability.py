@@ -35,11 +35,14 @@ __all__ = ["PrefixStability", "prefix_stability", "random_max_cos2"]
 @lru_cache(maxsize=64)
 def _null(d, k, trials, seed):
     rng = np.random.default_rng(seed)
-    Q = np.linalg.qr(rng.standard_normal((trials, d, k)))[0]  # (trials, d, k) random orthonormal
     top = np.empty((trials, k))
-    for i in range(1, k + 1):
-        # against the first k coordinate axes: principal cosines of prefix i = singular values of Q[:i, :i]
-        top[:, i - 1] = np.linalg.svd(Q[:, :i, :i], compute_uv=False)[:, 0] ** 2  # (trials,)
+    chunk = max(1, min(trials, 2**22 // (d * k)))  # bounds the draws held at once to ~32 MiB
+    for t0 in range(0, trials, chunk):
+        n = min(chunk, trials - t0)
+        Q = np.linalg.qr(rng.standard_normal((n, d, k)))[0]  # (n, d, k) random orthonormal
+        for i in range(1, k + 1):
+            # against the first k coordinate axes: principal cosines of prefix i = singular values of Q[:i, :i]
+            top[t0:t0 + n, i - 1] = np.linalg.svd(Q[:, :i, :i], compute_uv=False)[:, 0] ** 2  # (n,)
     return top.mean(axis=0), top.std(axis=0, ddof=1)
 
 
@@ -146,12 +149,17 @@ def prefix_stability(U1, U2, *, n_std=3.0, trials=200, seed=0):
         raise ValueError(f"U1 has {U1.shape[0]} rows and U2 has {U2.shape[0]}; compare bases of the same space")
     if not (np.isfinite(n_std) and n_std >= 0):
         raise ValueError(f"n_std must be a non-negative number, got {n_std!r}")
-    d = U1.shape[0]
     cap = min(U1.shape[1], U2.shape[1])
+    return _stability_from(U1[:, :cap].T @ U2[:, :cap], U1.shape[0], n_std, trials, seed)  # (cap, cap)
+
+
+def _stability_from(M, d, n_std=3.0, trials=200, seed=0):
+    """:func:`prefix_stability` from the products M = U1ᵀ U2 (k1, k2) of two ordered bases of R^d."""
+    cap = min(M.shape)
     if cap == 0:
         z = np.zeros(0)
         return PrefixStability(np.zeros((0, 0)), z, np.zeros(0, dtype=int), 0, 0, d, 0, float(n_std))
-    M = U1[:, :cap].T @ U2[:, :cap]  # (cap, cap)
+    M = M[:cap, :cap]
     cos2 = np.full((cap, cap), np.nan)
     for i in range(1, cap + 1):
         cos2[i - 1, :i] = np.clip(np.linalg.svd(M[:i, :i], compute_uv=False) ** 2, 0.0, 1.0)

