@@ -17,6 +17,31 @@ from analysis.metrics import (SimilarityResult, module_similarity, principal_ang
 
 __version__ = "0.1.0"
 
+# Sweeps, frames and surgery need pandas; they are imported on first use so that
+# ``import analysis`` stays light (no pandas, matplotlib or torch).
+_LAZY = {
+    "analyse_adapter": "analysis.sweep", "compare_adapters": "analysis.sweep",
+    "save_frame": "analysis.frames", "load_frame": "analysis.frames",
+    "spectra_frame": "analysis.spectra", "spectra_long": "analysis.spectra",
+    "advise_ranks": "analysis.advice", "resize_adapter": "analysis.surgery",
+    "finetune_deltas": "analysis.finetune", "intruder_sweep": "analysis.intruders",
+    "open_base": "analysis.io.base",
+}
+
 __all__ = ["Adapter", "AdapterError", "FactoredSVD", "LowRank", "MissingAlphaError",
            "SimilarityResult", "UnsupportedAdapterError", "load_adapter", "module_similarity",
-           "principal_angles", "random_null", "split_name", "subspace_similarity"]
+           "principal_angles", "random_null", "split_name", "subspace_similarity", *_LAZY]
+
+
+def __getattr__(name):
+    if name in _LAZY:
+        import importlib
+
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'analysis' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_LAZY))

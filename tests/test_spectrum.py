@@ -124,19 +124,19 @@ def test_plot_spectra_draws_one_line_per_module():
     pytest.importorskip("matplotlib")
     from matplotlib.figure import Figure
 
-    from analysis.plotting.spectra_rank import plot_spectra
+    from analysis.plotting.spectra_rank import plot_energy_spectra
 
     rng = np.random.default_rng(2)
     ad = random_adapter(rng, {f"model.layers.{i}.self_attn.{m}": (12, 10) for i in range(3)
                               for m in ("q_proj", "v_proj")}, r=3)
     long = spectra_long(ad)
     ax = Figure().add_subplot()
-    art = plot_spectra(long, ax=ax, y="energy")
+    art = plot_energy_spectra(long, ax=ax, y="energy")
     assert art.ax is ax and len(art.lines) == 6 and len(art.guides) == 2
     assert art.colorbar is not None and ax.get_legend() is not None
-    art = plot_spectra(long, y="sigma", modules=["self_attn.q_proj"], colorbar=False)
+    art = plot_energy_spectra(long, y="sigma", modules=["self_attn.q_proj"], colorbar=False)
     assert len(art.lines) == 3 and art.ax.get_yscale() == "log" and art.colorbar is None
     with pytest.raises(ValueError, match="y must be"):
-        plot_spectra(long, y="nope")
+        plot_energy_spectra(long, y="nope")
     with pytest.raises(ValueError, match="spectra_long"):
-        plot_spectra(spectra_frame(ad))
+        plot_energy_spectra(spectra_frame(ad))

@@ -9,7 +9,7 @@ import pytest
 from analysis import load_adapter
 from analysis.frames import load_frame, save_frame
 from analysis.metrics.correlation import weight_correlation
-from analysis.sweep import analyse_adapter, base_matrix, compare_adapters
+from analysis.sweep import analyse_adapter, analyse_adapters, base_matrix, compare_adapters
 
 from _synthetic import write_base_for
 
@@ -48,9 +48,39 @@ def test_analyse_adapter_with_base_matches_direct_metrics(adapter_and_base):
         assert row["proj_delta"] == pytest.approx(ref.proj_delta, rel=1e-9)
         assert row["amplification"] == pytest.approx(ref.amplification, rel=1e-9)
         s = np.linalg.svd(weights[row["name"]].astype(float), compute_uv=False)
-        assert row["proj_w"] == pytest.approx(math.sqrt(np.sum(s[:row["rank"]] ** 2)), rel=1e-9)
+        # float32 weights: the products with W run in float32 (the stated tolerance, ~1e-6 · σ₁)
+        assert row["proj_w"] == pytest.approx(math.sqrt(np.sum(s[:row["rank"]] ** 2)), rel=1e-6)
         assert row["w_norm"] == pytest.approx(np.linalg.norm(s), rel=1e-6)
         assert 0 <= row["phi_w_output"] <= 1 and row["null_w_output"] == row["rank"] / row["d_out"]
+
+
+class _CountingBase(dict):
+    """A mapping base that counts how often each weight is read."""
+
+    def __init__(self, weights):
+        super().__init__(weights)
+        self.reads = {}
+
+    def __getitem__(self, key):
+        self.reads[key] = self.reads.get(key, 0) + 1
+        return super().__getitem__(key)
+
+
+def test_analyse_adapters_reads_each_weight_once_and_matches_one_by_one(peft_pair, adapter_and_base):
+    _, _, weights = adapter_and_base
+    a, b = (load_adapter(p) for p in peft_pair)  # r = 2 and r = 4 on the same modules
+    base = _CountingBase(weights)
+    sa, sb = analyse_adapters([a, b], base=base)
+    assert set(base.reads) == set(weights) and set(base.reads.values()) == {1}
+    for ad, sw in ((a, sa), (b, sb)):
+        alone = analyse_adapter(ad, base=weights).frame.set_index("name")
+        both = sw.frame.set_index("name")
+        assert list(both.index) == list(alone.index) and list(both.columns) == list(alone.columns)
+        for col in ("proj_delta", "amplification", "proj_random", "w_norm", "norm", "rank"):
+            np.testing.assert_allclose(both[col], alone[col], rtol=1e-9)
+        # W's top triplets come from one SVD for the larger rank: equal to the stated tolerance
+        np.testing.assert_allclose(both["proj_w"], alone["proj_w"], rtol=1e-6)
+        np.testing.assert_allclose(both["phi_w_output"], alone["phi_w_output"], atol=1e-6)
 
 
 def test_missing_base_weight_is_a_clear_error(adapter_and_base):

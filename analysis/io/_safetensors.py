@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from analysis.errors import AdapterError
-from analysis.io._tensors import check_finite
+from analysis.io._tensors import check_finite, safetensors_errors
 
 __all__ = ["SafetensorsFile", "FLOAT_DTYPES"]
 
@@ -51,7 +51,7 @@ class SafetensorsFile:
     """
 
     def __init__(self, path):
-        from safetensors import SafetensorError, safe_open
+        from safetensors import safe_open
 
         p = Path(path)
         self.path = str(p)
@@ -60,15 +60,9 @@ class SafetensorsFile:
         size = p.stat().st_size
         if size == 0:
             raise AdapterError("the file is empty (0 bytes)", path=p)
-        try:  # the official parser validates the header, dtypes and offsets
+        with safetensors_errors(p):  # the official parser validates the header, dtypes and offsets
             with safe_open(self.path, framework="numpy") as f:
                 keys = list(f.keys())
-        except SafetensorError as e:
-            msg = " ".join(str(e).split())[:200]
-            raise AdapterError(f"not a valid safetensors file (truncated or corrupt?): {msg}", path=p) from None
-        except (OSError, ValueError, RuntimeError, TypeError) as e:
-            msg = " ".join(str(e).split())[:200] or type(e).__name__
-            raise AdapterError(f"cannot read as safetensors (truncated or corrupt?): {msg}", path=p) from None
         with open(self.path, "rb") as fh:
             (n,) = struct.unpack("<Q", fh.read(8))
             header = json.loads(fh.read(n))

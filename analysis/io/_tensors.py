@@ -9,6 +9,7 @@ naming the file and, where there is one, the key.
 
 from __future__ import annotations
 
+import contextlib
 import re
 import zipfile
 from pathlib import Path
@@ -17,7 +18,7 @@ import numpy as np
 
 from analysis.errors import AdapterError
 
-__all__ = ["read_tensors", "check_finite", "TENSOR_SUFFIXES", "MIN_TORCH"]
+__all__ = ["read_tensors", "check_finite", "safetensors_errors", "TENSOR_SUFFIXES", "MIN_TORCH"]
 
 TENSOR_SUFFIXES = (".safetensors", ".pt", ".pth", ".bin", ".ckpt")
 MIN_TORCH = (2, 10)
@@ -115,21 +116,30 @@ def _read_pickle(path):
     return _flatten(obj, path)
 
 
-def _read_safetensors(path, keys=None):
-    from safetensors import SafetensorError, safe_open
+@contextlib.contextmanager
+def safetensors_errors(path):
+    """Turn what ``safetensors`` raises on a bad file into one-line :class:`AdapterError` s."""
+    from safetensors import SafetensorError
 
-    out = {}
     try:
-        with safe_open(str(path), framework="pt") as f:
-            names = list(f.keys()) if keys is None else [k for k in keys if k in set(f.keys())]
-            for k in names:
-                out[k] = f.get_tensor(k)
+        yield
     except SafetensorError as e:
         msg = " ".join(str(e).split())[:200]
         raise AdapterError(f"not a valid safetensors file (truncated or corrupt?): {msg}", path=path) from None
     except (OSError, ValueError, RuntimeError, TypeError) as e:
         msg = " ".join(str(e).split())[:200] or type(e).__name__
         raise AdapterError(f"cannot read as safetensors (truncated or corrupt?): {msg}", path=path) from None
+
+
+def _read_safetensors(path, keys=None):
+    from safetensors import safe_open
+
+    out = {}
+    with safetensors_errors(path):
+        with safe_open(str(path), framework="pt") as f:
+            names = list(f.keys()) if keys is None else [k for k in keys if k in set(f.keys())]
+            for k in names:
+                out[k] = f.get_tensor(k)
     return out
 
 

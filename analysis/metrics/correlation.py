@@ -24,7 +24,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from analysis.core.lowrank import FactoredSVD, LowRank
-from analysis.core.randomized import randomized_svd
+from analysis.core.randomized import _mm, _work_dtype, randomized_svd
 from analysis.metrics.similarity import _phi_grid, random_null, random_null_std
 
 __all__ = ["WeightCorrelation", "weight_correlation", "WeightOverlap", "weight_overlap",
@@ -46,7 +46,8 @@ def _check_W(W, lr=None, name=None):
         raise ValueError(f"module {name or lr.name!r}: base weight W has shape {W.shape} but ΔW has "
                          f"shape {lr.shape} (d_out, d_in); pass the base weight of the same module "
                          f"in nn.Linear orientation{hint}")
-    W = W.astype(np.float64, copy=False)
+    # products with W run in its own precision (float32 for float32 / bf16 / fp16 weights), see _proj
+    W = W.astype(_work_dtype(W), copy=False)
     if not np.isfinite(W).all():
         raise ValueError(f"W of shape {W.shape} contains NaN or Inf")
     return W
@@ -82,7 +83,8 @@ def projection_norm(W, U, V):
 
 
 def _proj(W, U, V):
-    P = (U.T @ W) @ V  # (k, d_out) @ (d_out, d_in) -> (k, d_in); @ (d_in, k2) -> (k, k2)
+    UW = _mm(W.T, U).T  # ((d_in, d_out) @ (d_out, k))ᵀ -> (k, d_in), in W's precision, then float64
+    P = UW @ V  # (k, d_in) @ (d_in, k2) -> (k, k2)
     return float(np.linalg.norm(P))
 
 
@@ -239,7 +241,7 @@ def weight_correlation(W, lr: LowRank, *, n_random: int = 10, seed: int = 0, w_s
         raise ValueError(f"n_random must be >= 1, got {n_random}")
     d_out, d_in = W.shape
     k = lr.rank
-    w_norm = float(np.linalg.norm(W))
+    w_norm = float(np.sqrt(np.einsum("ij,ij->", W, W, dtype=np.float64)))
     delta_norm = math.nan if lr.scale is None else lr.norm()
     if k == 0:
         return WeightCorrelation(name or lr.name, lr.r, 0, d_out, d_in, w_norm, 0.0 if lr.scale is not None

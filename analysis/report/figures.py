@@ -14,7 +14,7 @@ from analysis.plotting._common import module_label
 
 __all__ = ["fig_rank_pair", "fig_seed_pair", "fig_layers", "fig_table7", "fig_weight_overlap",
            "fig_weight_overlap_heatmap",
-           "fig_phi11_layers", "fig_amplification_layers", "fig_spectra", "PAPER_TABLE7"]
+           "fig_phi11_layers", "fig_amplification_layers", "fig_spectra", "fig_rank_advice", "PAPER_TABLE7"]
 
 #: Table 7 of the paper (GPT-3, layer 48 of 96, ΔWq; ‖Wq‖_F = 61.95).
 PAPER_TABLE7 = [dict(r=4, proj_delta=0.32, proj_w=21.67, proj_random=0.02, w_norm=61.95, delta_norm=6.91,
@@ -252,4 +252,16 @@ def fig_spectra(data, *, ranks=None):
         for b, m in enumerate(data.modules):
             plot_spectra(sw, ax=axes[a, b], module=m, title=f"{module_label(m)}, r = {r}: spectrum per layer")
     fig.suptitle("Singular values of ΔW (normalised by σ₁), one line per layer", fontsize=10)
+    return fig
+
+
+def fig_rank_advice(data):
+    """Beyond the paper: the rank each module needs, from the directions the two seeds of r = high share."""
+    from analysis.plotting import plot_advised_rank
+
+    cfg = data.config
+    fig = _figure(7, 3.8)
+    art = plot_advised_rank(data.advice, ax=fig.add_subplot())
+    art.ax.set_title(f"Advised rank per layer: directions of ΔW that r = {cfg.high} seeds {cfg.seeds[0]} and "
+                     f"{cfg.seeds[1]} share beyond chance", fontsize="medium")
     return fig

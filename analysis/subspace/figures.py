@@ -77,7 +77,7 @@ def write_pair_figures(sweep, a, b, out, *, sweeps=None, layer=None):
                 plot_phi(res, ax=axes[row, col], title=f"{m} ({basis})",
                          ylabel=f"i ({ta}, r={res.r1})", xlabel=f"j ({tb}, r={res.r2})")
         fig.suptitle(f"Subspace similarity φ(i, j) between {ta} and {tb}" + (f", layer {L}" if L is not None
-                     else "") + f"\nrandom subspaces: φ ≈ max(i, j)/d", fontsize=10)
+                     else "") + "\nrandom subspaces: φ ≈ max(i, j)/d", fontsize=10)
         save(fig, f"phi_layer{L}.png" if L is not None else "phi.png")
     if fr["layer"].notna().any():
         f2 = fr.copy()
