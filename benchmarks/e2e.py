@@ -213,7 +213,7 @@ _TOOLKIT_READ = (
 
 def _flops(shape_list, k, *, n_iter=8, n_random=10):
     """Flops of analyse_adapter's W work with the default randomized SVD (block Krylov, block
-    max(2k, k + 10, 48), at most n_iter = 8 iterations: an upper bound when it stops early)."""
+    max(2k, k + 10, 48), n_iter = 8) and the projections ‖Uᵀ W V‖."""
     total = 0
     for m, n in shape_list:
         p = max(2 * k, k + 10, 48)
@@ -247,8 +247,8 @@ def base_weights(adapter, base, names, shapes, *, layers, r, n_random=10, repeat
            "rss_analyse_bytes": max(x["maxrss_bytes"] for x in runs),
            "flops": _flops(shapes, r, n_random=n_random)}
     rec["ratio_time"] = rec["t_analyse_in_s"] / rec["t_read_in_s"]
-    rec["ratio_time_proc"] = rec["t_analyse_proc_s"] / rec["t_read_proc_s"]
     rec["gflops_per_s"] = rec["flops"] / rec["t_analyse_in_s"] / 1e9
+    rec["ratio_time_proc"] = rec["t_analyse_proc_s"] / rec["t_read_proc_s"]
     log(f"base weights r={r}, {layers} layers ({rec['bytes'] / 2**30:.2f} GiB bf16): analyse "
         f"{rec['t_analyse_in_s']:.1f} s vs pure read {rec['t_read_in_s']:.2f} s (x{rec['ratio_time']:.0f}); "
         f"toolkit read {rec['t_toolkit_read_in_s']:.2f} s; {rec['flops'] / 1e12:.2f} Tflop at "

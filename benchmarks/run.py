@@ -307,8 +307,8 @@ def _notes(res):
     for b in res.get("base", []):
         gbps = b["bytes"] / b["t_read_in_s"] / 1e9
         out.append(f"- Base weights (r = {b['r']}): compute-bound, not read-bound: the default randomized SVD "
-                   f"(block Krylov, block of 48 columns, up to 8 iterations) and the {b['n_random'] + 2} "
-                   f"projections ‖Uᵀ W V‖ cost up to {b['flops'] / 1e12:.2f} Tflop, in float32 since W is bf16 "
+                   f"(block Krylov, blocks of 48 columns, 8 iterations) and the {b['n_random'] + 2} projections "
+                   f"‖Uᵀ W V‖ cost {b['flops'] / 1e12:.2f} Tflop, in float32 since W is bf16 "
                    f"({b['flops'] / b['bytes']:.0f} flop per byte read), while the bytes arrive at {gbps:.1f} GB/s; within 2× of the read would need "
                    f"≥ {b['flops'] / (2 * b['t_read_in_s']) / 1e9:.0f} Gflop/s.")
     return (["**What bounds the ratios**", ""] + out + [""]) if out else []
