@@ -40,6 +40,24 @@ def test_null_matches_the_exact_one_dimensional_law():
         random_max_cos2(3, 5)
 
 
+@pytest.mark.parametrize("d, k", [(40, 6), (600, 12)])
+def test_bartlett_draws_match_the_qr_of_gaussian_matrices(d, k):
+    """The d-free sampler of the null (Wishart by Bartlett) has the law of the top block of a QR."""
+    from analysis.metrics.stability import _top_blocks
+
+    n = 3000
+    fast = _top_blocks(np.random.default_rng(0), n, d, k)  # (n, k, k)
+    slow = np.linalg.qr(np.random.default_rng(1).standard_normal((n, d, k)))[0][:, :k, :k]
+    for i in (1, k // 2, k):
+        a = np.linalg.svd(fast[:, :i, :i], compute_uv=False) ** 2  # (n, i) squared principal cosines
+        b = np.linalg.svd(slow[:, :i, :i], compute_uv=False) ** 2
+        for x, y in ((a[:, 0], b[:, 0]), (a.sum(1), b.sum(1))):  # the largest one, and their sum
+            se = np.sqrt((x.var() + y.var()) / n)
+            assert abs(x.mean() - y.mean()) < 4 * se
+    # E Σ cos² = i² / d for two random i-dim subspaces (the φ null i/d times i)
+    assert (np.linalg.svd(fast, compute_uv=False) ** 2).sum(1).mean() == pytest.approx(k * k / d, rel=0.05)
+
+
 def test_one_shared_direction_is_one_not_the_whole_prefix():
     """One shared top direction is one direction, though φ(i, i), a prefix average, stays above its null."""
     rng = np.random.default_rng(3)

@@ -32,17 +32,32 @@ from analysis.metrics.similarity import check_orthonormal
 __all__ = ["PrefixStability", "prefix_stability", "random_max_cos2"]
 
 
+def _top_blocks(rng, n, d, k):
+    """``n`` draws of Q[:k, :k] for Q (d, k) from the QR of a Gaussian (d, k) matrix G, in O(k³) each.
+
+    Q = G R⁻¹ with R the Cholesky factor of Gᵀ G = G₁ᵀ G₁ + G₂ᵀ G₂ (G₁ = G[:k]); G₂ᵀ G₂ is
+    Wishart(d − k, I_k), drawn by Bartlett's decomposition, so d never enters the cost. R⁻¹ is upper
+    triangular: Q[:, :i] spans G[:, :i] for every prefix i, as with a QR. Needs d ≥ 2k.
+    """
+    G1 = rng.standard_normal((n, k, k))  # (n, k, k): the first k rows of G
+    idx = np.arange(k)
+    T = np.tril(rng.standard_normal((n, k, k)), -1)  # Bartlett: G₂ᵀ G₂ = T Tᵀ
+    T[:, idx, idx] = np.sqrt(rng.chisquare(d - k - idx, size=(n, k)))
+    L = np.linalg.cholesky(G1.transpose(0, 2, 1) @ G1 + T @ T.transpose(0, 2, 1))  # Gᵀ G = L Lᵀ, R = Lᵀ
+    return np.linalg.solve(L, G1.transpose(0, 2, 1)).transpose(0, 2, 1)  # G₁ R⁻¹ = (L⁻¹ G₁ᵀ)ᵀ
+
+
 @lru_cache(maxsize=64)
 def _null(d, k, trials, seed):
     rng = np.random.default_rng(seed)
+    if d >= 2 * k:
+        Q1 = _top_blocks(rng, trials, d, k)  # (trials, k, k)
+    else:  # small d: the QR itself is cheap
+        Q1 = np.linalg.qr(rng.standard_normal((trials, d, k)))[0][:, :k, :k]  # (trials, k, k)
     top = np.empty((trials, k))
-    chunk = max(1, min(trials, 2**22 // (d * k)))  # bounds the draws held at once to ~32 MiB
-    for t0 in range(0, trials, chunk):
-        n = min(chunk, trials - t0)
-        Q = np.linalg.qr(rng.standard_normal((n, d, k)))[0]  # (n, d, k) random orthonormal
-        for i in range(1, k + 1):
-            # against the first k coordinate axes: principal cosines of prefix i = singular values of Q[:i, :i]
-            top[t0:t0 + n, i - 1] = np.linalg.svd(Q[:, :i, :i], compute_uv=False)[:, 0] ** 2  # (n,)
+    for i in range(1, k + 1):
+        # against the first k coordinate axes: principal cosines of prefix i = singular values of Q[:i, :i]
+        top[:, i - 1] = np.linalg.svd(Q1[:, :i, :i], compute_uv=False)[:, 0] ** 2  # (trials,)
     return top.mean(axis=0), top.std(axis=0, ddof=1)
 
 
@@ -159,13 +174,15 @@ def _stability_from(M, d, n_std=3.0, trials=200, seed=0):
     if cap == 0:
         z = np.zeros(0)
         return PrefixStability(np.zeros((0, 0)), z, np.zeros(0, dtype=int), 0, 0, d, 0, float(n_std))
-    M = M[:cap, :cap]
-    cos2 = np.full((cap, cap), np.nan)
-    for i in range(1, cap + 1):
-        cos2[i - 1, :i] = np.clip(np.linalg.svd(M[:i, :i], compute_uv=False) ** 2, 0.0, 1.0)
+    # every prefix block M[:i, :i] zero-padded to (cap, cap): one batched SVD; the padding adds zeros only
+    i = np.arange(1, cap + 1)
+    keep = (np.arange(cap)[None, :, None] < i[:, None, None]) & (np.arange(cap)[None, None, :] < i[:, None, None])
+    blocks = np.where(keep, M[None, :cap, :cap], 0.0)  # (cap, cap, cap): block i-1 holds M[:i, :i]
+    cos2 = np.clip(np.linalg.svd(blocks, compute_uv=False) ** 2, 0.0, 1.0)  # (cap, cap), descending rows
+    cos2[np.arange(cap)[None, :] >= i[:, None]] = np.nan  # prefix i has i cosines
     mean, sd = random_max_cos2(d, cap, trials=trials, seed=seed)
     thr = mean + n_std * sd  # (cap,)
-    counts = np.array([int(np.count_nonzero(cos2[i, : i + 1] > thr[i])) for i in range(cap)])
+    counts = np.count_nonzero(cos2 > thr[:, None], axis=1)  # NaN compares False
     shared = int(counts.max())
     needed = int(np.argmax(counts == shared)) + 1 if shared else 0
     return PrefixStability(cos2, thr, counts, shared, needed, d, cap, float(n_std))
