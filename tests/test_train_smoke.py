@@ -29,7 +29,9 @@ def mini_wordnet(tmp_path):
         lines = ["  1 This software and database is being provided ... (license header)"]
         for i in range(120):
             lemma = f"{name}_word{i}" + ("(a)" if ss == "s" else "")
-            lines.append(f"{10000000 + i:08d} 03 {ss} 01 {lemma} 0 000 | a made-up {name} number {i}; "
+            words = f"02 {lemma} 0 {name}_alias{i} 0" if i % 2 else f"01 {lemma} 0"
+            ptrs = f"001 @ {10000000 + i - 1:08d} {ss} 0000" if i and name in ("noun", "verb") else "000"
+            lines.append(f"{10000000 + i:08d} 03 {ss} {words} {ptrs} | a made-up {name} number {i}; "
                          f'"an example of {name} {i}"')
         (root / f"data.{name}").write_text("\n".join(lines) + "\n")
     return str(root)
@@ -92,3 +94,81 @@ def test_import_does_not_pull_training_deps():
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     assert res.returncode == 0, res.stdout + res.stderr
+
+
+def _tiny_kwargs(mini_wordnet, **kw):
+    return {**dict(tiny=True, rank=2, seed=0, steps=6, batch_size=4, n_val=8, wordnet=mini_wordnet), **kw}
+
+
+def test_interrupted_run_resumes_bit_for_bit(tmp_path, mini_wordnet, monkeypatch):
+    """A run stopped after its step-4 checkpoint and restarted ends with exactly the uninterrupted weights."""
+    kw = _tiny_kwargs(mini_wordnet, save_steps=(2, 4), state_every=1)
+    train.train_one(out=str(tmp_path / "ref"), state_dir=str(tmp_path / "s1"), **kw)
+    orig, calls = train._loss, {"n": 0}
+
+    def fail_at_step_5(*a, **k):  # calls: base val, steps 1-2, val@2, steps 3-4, val@4, step 5
+        calls["n"] += 1
+        if calls["n"] == 8:
+            raise KeyboardInterrupt
+        return orig(*a, **k)
+
+    monkeypatch.setattr(train, "_loss", fail_at_step_5)
+    with pytest.raises(KeyboardInterrupt):
+        train.train_one(out=str(tmp_path / "run"), state_dir=str(tmp_path / "s2"), **kw)
+    assert sorted(os.listdir(tmp_path / "run")) == ["checkpoint-2", "checkpoint-4"]
+    monkeypatch.setattr(train, "_loss", orig)
+    m = train.train_one(out=str(tmp_path / "run"), state_dir=str(tmp_path / "s2"), **kw)
+    assert m["resumed"] == [{"at_step": 4, "optimizer": "restored"}]
+    assert [s for s, _ in m["val_loss"]] == [2, 4, 6]
+    a = safetensors_numpy.load_file(str(tmp_path / "ref" / "checkpoint-6" / "adapter_model.safetensors"))
+    b = safetensors_numpy.load_file(str(tmp_path / "run" / "checkpoint-6" / "adapter_model.safetensors"))
+    assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
+    assert not os.listdir(tmp_path / "s2")  # the resumable state is removed once the run is done
+
+
+def test_lost_state_resumes_from_last_checkpoint_with_fresh_optimizer(tmp_path, mini_wordnet):
+    kw = _tiny_kwargs(mini_wordnet, steps=4, save_steps=(2,))
+    train.train_one(out=str(tmp_path / "run"), state_dir=str(tmp_path / "s"), **kw)
+    first = json.loads((tmp_path / "run" / "checkpoint-4" / "manifest.json").read_text())
+    assert first["resumed"] == []
+    import shutil
+
+    shutil.rmtree(tmp_path / "run" / "checkpoint-4")
+    os.remove(tmp_path / "run" / "manifest.json")
+    m = train.train_one(out=str(tmp_path / "run"), state_dir=str(tmp_path / "s"), **kw)
+    assert m["resumed"] == [{"at_step": 2, "optimizer": "fresh (saved state not found)"}]
+    with pytest.raises(ValueError, match="other settings"):
+        train.train_one(out=str(tmp_path / "run"), state_dir=str(tmp_path / "s"), **{**kw, "lr": 1e-4})
+
+
+def test_data_and_init_seeds_are_separate(tmp_path, mini_wordnet):
+    """init_seed alone sets A's initialisation; data_seed alone sets the example order."""
+    kw = _tiny_kwargs(mini_wordnet, steps=1)
+
+    def A0_and_B(**seeds):
+        out = tmp_path / "_".join(f"{k}{v}" for k, v in seeds.items())
+        train.train_one(out=str(out), **kw, **seeds)
+        t = safetensors_numpy.load_file(str(out / "adapter_model.safetensors"))
+        return json.loads((out / "manifest.json").read_text()), t
+
+    m00, t00 = A0_and_B(data_seed=0, init_seed=0)
+    m01, t01 = A0_and_B(data_seed=0, init_seed=1)
+    m10, t10 = A0_and_B(data_seed=1, init_seed=0)
+    assert (m01["data_seed"], m01["init_seed"]) == (0, 1)
+    key = next(k for k in t00 if "lora_B" in k)
+    # one step of Adam moves every B entry by about lr whatever the data: compare A, which starts random
+    akey = key.replace("lora_B", "lora_A")
+    assert not np.allclose(t00[akey], t01[akey], atol=1e-2)   # another init
+    assert np.allclose(t00[akey], t10[akey], atol=5e-3)       # same init, one step apart at most
+
+
+def test_wordnet_tasks(mini_wordnet):
+    from analysis.reference.data import TASKS, read_task
+
+    for task in TASKS:
+        ex = read_task(task, mini_wordnet)
+        assert ex and all(e.prompt and e.target.startswith(" ") for e in ex), task
+    word = read_task("word", mini_wordnet)[0]
+    assert word.prompt.startswith('Word for "') and "_" not in word.target
+    with pytest.raises(ValueError, match="task must be one of"):
+        read_task("nope", mini_wordnet)

