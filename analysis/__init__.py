@@ -8,8 +8,7 @@ reproduce the analyses of Section 7 of the LoRA paper (Hu et al., 2021).
 >>> U, S, V = ad["model.layers.15.self_attn.q_proj"].svd()     # doctest: +SKIP
 """
 
-from analysis.adapter import Adapter, split_name
-from analysis.core import FactoredSVD, LowRank
+from analysis.core import Adapter, FactoredSVD, LowRank, split_name
 from analysis.errors import AdapterError, MissingAlphaError, UnsupportedAdapterError
 from analysis.io import load_adapter
 from analysis.metrics import (SimilarityResult, module_similarity, principal_angles, random_null,
@@ -17,14 +16,15 @@ from analysis.metrics import (SimilarityResult, module_similarity, principal_ang
 
 __version__ = "0.1.0"
 
-# Sweeps, frames and surgery need pandas; they are imported on first use so that
+# Sweeps and frames need pandas; they are imported on first use so that
 # ``import analysis`` stays light (no pandas, matplotlib or torch).
 _LAZY = {
-    "analyse_adapter": "analysis.sweep", "compare_adapters": "analysis.sweep",
-    "save_frame": "analysis.frames", "load_frame": "analysis.frames",
-    "spectra_frame": "analysis.spectra", "spectra_long": "analysis.spectra",
-    "advise_ranks": "analysis.advice", "resize_adapter": "analysis.surgery",
-    "finetune_deltas": "analysis.finetune", "intruder_sweep": "analysis.intruders",
+    "analyse_adapter": "analysis.sweeps.adapter", "analyse_adapters": "analysis.sweeps.adapter",
+    "compare_adapters": "analysis.sweeps.pair",
+    "save_frame": "analysis.io.frames", "load_frame": "analysis.io.frames",
+    "spectra_frame": "analysis.sweeps.spectra", "spectra_long": "analysis.sweeps.spectra",
+    "advise_ranks": "analysis.sweeps.advice", "resize_adapter": "analysis.sweeps.resize",
+    "finetune_deltas": "analysis.sweeps.finetune", "intruder_sweep": "analysis.sweeps.intruders",
     "open_base": "analysis.io.base",
 }
 

@@ -141,7 +141,7 @@ _IMPORT_PROBE = (
 def import_times(*, repeats=3):
     """Median in-process import time of ``analysis``, the CLI module and torch, and what they pull in."""
     out = {}
-    for mod in ("analysis", "analysis.subspace.cli", "pandas", "torch"):
+    for mod in ("analysis", "analysis.cli.subspace", "pandas", "torch"):
         runs = [run_child([sys.executable, "-c", _IMPORT_PROBE.format(mod=mod)])["stdout"].split()
                 for _ in range(repeats)]
         out[mod] = {"t_s": _median([float(x[0]) for x in runs]),
@@ -191,7 +191,7 @@ _ANALYSE_BASE = (
     "import sys, json, time\n"
     "t0 = time.perf_counter()\n"
     "from analysis import load_adapter\n"
-    "from analysis.sweep import analyse_adapter\n"
+    "from analysis.sweeps.adapter import analyse_adapter\n"
     "ad = load_adapter(sys.argv[1], lazy=True)\n"
     "t = time.perf_counter()\n"
     "sw = analyse_adapter(ad, base=sys.argv[2], layers=sys.argv[3], n_random=int(sys.argv[4]))\n"

@@ -9,7 +9,7 @@ import pytest
 import scipy.linalg
 
 from analysis import load_adapter
-from analysis.subspace.cli import main
+from analysis.cli.subspace import main
 
 from conftest import make_peft_adapter
 

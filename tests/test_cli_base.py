@@ -11,7 +11,7 @@ from safetensors.numpy import save_file
 
 from analysis import load_adapter
 from analysis.metrics.correlation import weight_correlation
-from analysis.subspace.cli import main
+from analysis.cli.subspace import main
 
 from _synthetic import write_base_for
 

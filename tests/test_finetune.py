@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from analysis import load_adapter
-from analysis.finetune import finetune_deltas, is_embedding_name, main
+from analysis.finetune import main
+from analysis.sweeps.finetune import finetune_deltas, is_embedding_name
 
 from _rank_tiny import base_state, tiny_llama
 

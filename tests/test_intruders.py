@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from analysis import load_adapter
-from analysis.intruders import intruder_sweep, main
+from analysis.intruders import main
+from analysis.sweeps.intruders import intruder_sweep
 from analysis.metrics.intruders import base_singular_vectors, intruder_dimensions
 
 from _rank_tiny import lowrank_from, orthonormal, tiny_llama

@@ -23,7 +23,7 @@ from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausa
 
 from analysis.errors import AdapterError, MissingAlphaError, UnsupportedAdapterError  # noqa: E402
 from analysis.io import load_adapter  # noqa: E402
-from analysis.io._peft_config import get_pattern_key  # noqa: E402
+from analysis.io.peft_config import get_pattern_key  # noqa: E402
 from analysis.io.peft import is_peft_dir, is_peft_file, load_peft  # noqa: E402
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning", "ignore::FutureWarning",

@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 
 from analysis import load_adapter
-from analysis.adapter import Adapter
+from analysis.core.adapter import Adapter
 from analysis.errors import AdapterError
 from analysis.io._safetensors import SafetensorsFile
 from analysis.io.lazy import LazyAdapter
-from analysis.sweep import compare_adapters
+from analysis.sweeps.pair import compare_adapters
 
 torch = pytest.importorskip("torch")
 save_pt = pytest.importorskip("safetensors.torch").save_file

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from analysis import Adapter, module_similarity
-from analysis.advice import advise_ranks
+from analysis.sweeps.advice import advise_ranks
 from analysis.metrics.stability import prefix_stability, random_max_cos2
 from analysis.rank import main
 
@@ -137,7 +137,7 @@ def test_cli_on_real_peft_adapters(peft_pair, tmp_path, capsys):
     assert len(rec["modules"]) == 4 and all(m["cap"] == 2 for m in rec["modules"])
     assert png.read_bytes()[:4] == b"\x89PNG" and csv.read_text().startswith("name,")
     # the advice JSON drives the resize tool
-    from analysis.surgery import read_rank_pattern
+    from analysis.sweeps.resize import read_rank_pattern
 
     r, pat = read_rank_pattern(js)
     assert r == rec["lora_config"]["r"] and pat == rec["lora_config"]["rank_pattern"]

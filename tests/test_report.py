@@ -2,9 +2,9 @@
 
 import pytest
 
-from analysis.frames import load_frame
+from analysis.io.frames import load_frame
 from analysis.report import ReportConfig, compute_report
-from analysis.report.cli import main
+from analysis.cli.report import main
 from analysis.report.readme import findings
 
 from conftest import make_peft_adapter

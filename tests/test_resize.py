@@ -8,7 +8,8 @@ import pytest
 from analysis import Adapter, AdapterError, LowRank, load_adapter
 from analysis.io.peft_writer import pattern_keys, peft_factors, write_peft_adapter
 from analysis.resize import main
-from analysis.surgery import from_svd, read_rank_pattern, resize_adapter, truncate
+from analysis.core.truncate import from_svd, truncate
+from analysis.sweeps.resize import read_rank_pattern, resize_adapter
 
 from _rank_tiny import base_state, tiny_llama
 from conftest import make_peft_adapter

@@ -6,7 +6,7 @@ import pytest
 from analysis import Adapter, LowRank
 from analysis.metrics.spectrum import (effective_rank, energy_retained, rank_for_energy, rank_for_error,
                                        spectrum_summary, stable_rank)
-from analysis.spectra import spectra_frame, spectra_long
+from analysis.sweeps.spectra import spectra_frame, spectra_long
 
 from _rank_tiny import random_adapter
 

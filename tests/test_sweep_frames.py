@@ -7,9 +7,11 @@ import pandas as pd
 import pytest
 
 from analysis import load_adapter
-from analysis.frames import load_frame, save_frame
+from analysis.io.frames import load_frame, save_frame
 from analysis.metrics.correlation import weight_correlation
-from analysis.sweep import analyse_adapter, analyse_adapters, base_matrix, compare_adapters
+from analysis.io.base import base_matrix
+from analysis.sweeps.adapter import analyse_adapter, analyse_adapters
+from analysis.sweeps.pair import compare_adapters
 
 from _synthetic import write_base_for
 
@@ -28,11 +30,11 @@ def test_analyse_adapter_without_base(peft_pair):
     sw = analyse_adapter(ad)
     fr = sw.frame
     assert len(fr) == 4 and list(fr["layer"]) == [0, 0, 1, 1]
-    for col in ("r", "rank", "norm", "sigma1", "effective_rank", "stable_rank", "rank90", "top1_energy"):
+    for col in ("r", "rank", "fro", "sigma1", "effective_rank", "stable_rank", "rank90", "top1_energy"):
         assert col in fr.columns
     assert "amplification" not in fr.columns
     name = fr["name"][0]
-    assert fr["norm"][0] == pytest.approx(ad[name].norm(), rel=1e-12)
+    assert fr["fro"][0] == pytest.approx(ad[name].norm(), rel=1e-12)
     np.testing.assert_allclose(sw.spectra[name], ad[name].singular_values())
     assert len(analyse_adapter(ad, modules=["v_proj"], layers="1").frame) == 1
 
@@ -76,7 +78,7 @@ def test_analyse_adapters_reads_each_weight_once_and_matches_one_by_one(peft_pai
         alone = analyse_adapter(ad, base=weights).frame.set_index("name")
         both = sw.frame.set_index("name")
         assert list(both.index) == list(alone.index) and list(both.columns) == list(alone.columns)
-        for col in ("proj_delta", "amplification", "proj_random", "w_norm", "norm", "rank"):
+        for col in ("proj_delta", "amplification", "proj_random", "w_norm", "fro", "rank"):
             np.testing.assert_allclose(both[col], alone[col], rtol=1e-9)
         # W's top triplets come from one SVD for the larger rank: equal to the stated tolerance
         np.testing.assert_allclose(both["proj_w"], alone["proj_w"], rtol=1e-6)

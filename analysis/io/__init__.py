@@ -1,4 +1,4 @@
-"""Readers: every checkpoint format becomes an :class:`~analysis.adapter.Adapter`.
+"""Readers: every checkpoint format becomes an :class:`~analysis.core.adapter.Adapter`.
 
 The format is sniffed from the path: a PEFT folder (``adapter_config.json``),
 a PEFT adapter in a named subfolder, or a single file whose keys tell the

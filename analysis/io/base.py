@@ -34,6 +34,9 @@ from analysis.errors import AdapterError
 
 __all__ = [
     "BaseWeights",
+    "base_matrix",
+    "base_tensor_name",
+    "read_base",
     "SafetensorsBase",
     "GGUFBase",
     "open_base",
@@ -422,3 +425,95 @@ def open_base(path):
         return SafetensorsBase(path)
     raise AdapterError(f"expected a .safetensors file or a GGUF file (magic b'GGUF'), got magic {magic!r}",
                        path=path)
+
+
+# ---------------------------------------------------------------------------- a module's base weight
+
+def base_tensor_name(name, lr):
+    """Name of the base tensor a module's update applies to (a MergedLinear part's: its parent's).
+
+    Parameters
+    ----------
+    name : str
+        Module name in the adapter (``…c_attn:q`` for a part).
+    lr : LowRank
+
+    Returns
+    -------
+    str
+        ``name`` without ``.weight``.
+    """
+    return lr.meta.get("parent") or name
+
+
+def read_base(base, names):
+    """Yield ``(name, W)`` for the named base tensors, one at a time.
+
+    Parameters
+    ----------
+    base : BaseWeights or Mapping[str, ndarray]
+        An open reader (:func:`open_base`), or a mapping ``name -> weight``.
+    names : sequence of str
+
+    Yields
+    ------
+    (str, ndarray)
+    """
+    if hasattr(base, "weights"):
+        yield from base.weights(names)
+        return
+    for n in names:
+        if n not in base:
+            raise AdapterError(f"expected a base weight for module '{n}', got none", key=n + ".weight")
+        yield n, base[n]
+
+
+def base_matrix(W, lr, *, name=None, path=None):
+    """The base weight of a module in ΔW's (d_out, d_in) orientation: one rule for every command.
+
+    - A convolution kernel (out, in, kh, kw) is flattened to (out, in·kh·kw), as ΔW is.
+    - A loralib MergedLinear part (``…:q``) gets its rows of the fused weight.
+    - A weight is read as stored (d_in, d_out) and transposed when the adapter says its layer stores it so
+      (``fan_in_fan_out``: GPT-2's Conv1D); as (d_out, d_in) when the adapter says it is an ``nn.Linear``;
+      when the adapter does not say (loralib without a base, kohya), either orientation is accepted where the
+      shape tells them apart (a square weight is taken as (d_out, d_in)).
+    - Any other shape is refused: the base is not the one the adapter was trained on.
+
+    Parameters
+    ----------
+    W : ndarray
+        The base tensor as read (``name + ".weight"``, or the parent's for a part).
+    lr : LowRank
+    name : str, optional
+        Module name, for messages (default ``lr.name``).
+    path : str, optional
+        The base model's path, for messages.
+
+    Returns
+    -------
+    (d_out, d_in) ndarray
+    """
+    W = np.asarray(W)
+    name = name or lr.name
+    d_out, d_in = lr.shape
+    key = base_tensor_name(name, lr) + ".weight"
+    if W.ndim > 2:
+        W = W.reshape(W.shape[0], -1)  # (out, in, kh, kw) -> (out, in·kh·kw)
+    if W.ndim != 2:
+        raise AdapterError(f"expected a matrix, got a base weight of shape {W.shape}", path=path, key=key)
+    fifo = lr.meta.get("fan_in_fan_out")
+    rows = lr.meta.get("rows") if lr.meta.get("parent") else None
+    if rows is not None:
+        if W.shape[1] != d_in and W.shape[0] == d_in:
+            W = W.T  # a fused Conv1D weight (in, out_total) -> (out_total, in)
+        lo, hi = rows
+        W = W[lo:hi]  # (d_out, d_in): this part's rows of the fused weight
+    elif fifo and W.shape == (d_in, d_out):
+        return W.T
+    elif fifo is None and d_in != d_out and W.shape == (d_in, d_out):
+        return W.T
+    if W.shape == (d_out, d_in) and not (fifo and rows is None):
+        return W
+    stored = f"({d_in}, {d_out}), as its fan_in_fan_out layer stores it" if fifo else f"({d_out}, {d_in})"
+    raise AdapterError(f"base weight has shape {W.shape} but ΔW is {lr.shape} (d_out, d_in): expected {stored}; "
+                       "is this the adapter's base model?", path=path, key=key)

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from analysis.adapter import Adapter
+from analysis.core.adapter import Adapter
 from analysis.core.lowrank import LowRank
 from analysis.errors import AdapterError, UnsupportedAdapterError
 
@@ -133,7 +133,7 @@ def _component(name):
 
 
 def load_kohya(path, tensors, *, alpha=None, **options):
-    """Read a kohya sd-scripts LoRA file into an :class:`~analysis.adapter.Adapter`.
+    """Read a kohya sd-scripts LoRA file into an :class:`~analysis.core.adapter.Adapter`.
 
     Parameters
     ----------

@@ -1,4 +1,4 @@
-"""``LazyAdapter``: an :class:`~analysis.adapter.Adapter` that reads a module when it is accessed.
+"""``LazyAdapter``: an :class:`~analysis.core.adapter.Adapter` that reads a module when it is accessed.
 
 Large adapters (a 70B-shaped r = 64 LoRA on all projections is ~1.7 GB in
 bf16, 3.3 GB once upcast to float32) need not be held in memory to be
@@ -17,7 +17,7 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from analysis.adapter import Adapter
+from analysis.core.adapter import Adapter
 
 __all__ = ["LazyAdapter", "placeholder"]
 
@@ -61,13 +61,13 @@ class LazyAdapter(Adapter):
     ranks : Mapping[str, int]
         Stored rank per module (known from the header).
     path, format, config, notes
-        As for :class:`~analysis.adapter.Adapter`.
+        As for :class:`~analysis.core.adapter.Adapter`.
 
     Notes
     -----
     ``adapter[name]`` reads the two factors of that module each time it is
     called (nothing is cached); ``expanded()`` is a lazy view, so
-    :func:`~analysis.sweep.compare_adapters` holds one module of each adapter
+    :func:`~analysis.sweeps.pair.compare_adapters` holds one module of each adapter
     at a time. Errors on the values (NaN / Inf) are raised on access, with the
     file and key named.
     """
@@ -110,7 +110,7 @@ class LazyAdapter(Adapter):
                            format=self.format, config=self.config, notes=self.notes)
 
     def eager(self) -> Adapter:
-        """Read every module now: an ordinary in-memory :class:`~analysis.adapter.Adapter`."""
+        """Read every module now: an ordinary in-memory :class:`~analysis.core.adapter.Adapter`."""
         return Adapter({k: f() for k, f in self._loaders.items()}, path=self.path, format=self.format,
                        config=self.config, notes=self.notes)
 

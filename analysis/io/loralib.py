@@ -29,18 +29,15 @@ How each loralib layer is represented (``delta()`` always (d_out, d_in)):
 
 from __future__ import annotations
 
-import re
 
 import numpy as np
 
-from analysis.adapter import Adapter
+from analysis.core.adapter import Adapter, is_embedding_name
 from analysis.core.lowrank import LowRank
 from analysis.errors import AdapterError, UnsupportedAdapterError
 
 __all__ = ["load_loralib"]
 
-_EMBED_RE = re.compile(r"(^|_)(wte|wpe|shared|emb|embed|embeds|embedding|embeddings|embed_tokens|"
-                       r"embed_positions|embed_in)$", re.IGNORECASE)
 _FUSED_QKV = frozenset({"c_attn", "qkv", "qkv_proj", "query_key_value", "wqkv", "to_qkv", "in_proj"})
 
 
@@ -78,10 +75,6 @@ def _pairs(tensors, path):
                                    f"got shape {tuple(t.shape)}", path=path, key=pre + which)
         pairs[name] = (A, B)
     return pairs
-
-
-def _is_embedding_name(name):
-    return bool(_EMBED_RE.search(name.rsplit(".", 1)[-1]))
 
 
 def _check_enable_lora(enable_lora, path):
@@ -228,7 +221,7 @@ def _module(name, A, B, tensors, alpha, enable_lora, path, notes):
                                f"and lora_B is {tuple(B.shape)} (out, r)", path=path, key=wkey)
         return _merged(name, A, B, W, scale, enable_lora, path, notes, base)
     ws = None if W is None else tuple(W.shape)
-    by_name = _is_embedding_name(name)
+    by_name = is_embedding_name(name)
     if tr and not lin:
         embedding = by_name or (pre + "bias") not in tensors
         if embedding and not by_name:
@@ -252,7 +245,7 @@ def _module(name, A, B, tensors, alpha, enable_lora, path, notes):
 
 
 def load_loralib(path, tensors, *, alpha=None, enable_lora=None, **options):
-    """Read a loralib state dict into an :class:`~analysis.adapter.Adapter`.
+    """Read a loralib state dict into an :class:`~analysis.core.adapter.Adapter`.
 
     Parameters
     ----------

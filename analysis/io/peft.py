@@ -45,10 +45,10 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from analysis.adapter import Adapter
+from analysis.core.adapter import Adapter
 from analysis.core import LowRank
 from analysis.errors import AdapterError, UnsupportedAdapterError
-from analysis.io._peft_config import CONFIG_NAME, adalora_rank, parse_settings, read_config
+from analysis.io.peft_config import CONFIG_NAME, adalora_rank, parse_settings, read_config
 from analysis.io._tensors import read_tensors
 
 __all__ = ["is_peft_dir", "is_peft_file", "load_peft", "WEIGHT_NAMES"]

@@ -5,7 +5,7 @@ The folder gets ``adapter_model.safetensors`` (float32) and
 rank goes into ``r`` (the most common one) or ``rank_pattern``, so PEFT's
 scale ``lora_alpha / r_module`` must equal each module's ``LowRank.scale``
 (the surgery functions build factors that way, see
-:func:`analysis.surgery.from_svd`). ``target_modules`` is the exact list of
+:func:`analysis.core.truncate.from_svd`). ``target_modules`` is the exact list of
 module names, so PEFT adapts exactly these modules and no others.
 
 Rank-pattern keys follow PEFT's ``get_pattern_key``: a key ``p`` matches a
@@ -169,7 +169,7 @@ def write_peft_adapter(out, modules, *, lora_alpha, base_model_name_or_path=None
                                path=out, key=name)
         if lr.scale is None or not math.isclose(lr.scale, alpha / r, rel_tol=1e-9):
             raise AdapterError(f"expected scale lora_alpha / r = {alpha:g} / {r} = {alpha / r:.6g}, got "
-                               f"{lr.scale}; rebuild the factors with analysis.surgery.from_svd",
+                               f"{lr.scale}; rebuild the factors with analysis.core.truncate.from_svd",
                                path=out, key=name)
         for suffix, arr in peft_factors(lr).items():
             tensors[f"{_PREFIX}{name}.{suffix}"] = arr

@@ -6,7 +6,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-__all__ = ["SpectrumSummary", "spectrum_summary", "energy_retained", "rank_for_energy",
+__all__ = ["SpectrumSummary", "spectrum_summary", "energy_retained", "relative_error", "rank_for_energy",
            "rank_for_error", "effective_rank", "stable_rank"]
 
 
@@ -21,24 +21,41 @@ def _check_s(s):
     return s
 
 
-def energy_retained(s):
+def energy_retained(s, *, total=None):
     """Fraction of ‖ΔW‖_F² kept by the best rank-k approximation, for k = 1 … len(s).
 
     Parameters
     ----------
     s : (k,) ndarray
         Singular values, descending.
+    total : float, optional
+        ‖ΔW‖_F², when ``s`` holds only the top singular values (default ``sum(s²)``).
 
     Returns
     -------
     (k,) ndarray of float64
-        ``cumsum(s²) / sum(s²)``; empty for a zero update.
+        ``cumsum(s²) / total``; empty for a zero update.
     """
     s = _check_s(s)
-    tot = float(np.sum(s * s))
+    tot = float(np.sum(s * s)) if total is None else float(total)
     if tot == 0:
         return np.zeros(0)
     return np.cumsum(s * s) / tot
+
+
+def relative_error(energy):
+    """Relative Frobenius error of the truncation that keeps ``energy``: ‖ΔW − ΔW_k‖_F / ‖ΔW‖_F = √(1 − energy).
+
+    Parameters
+    ----------
+    energy : float or ndarray
+        Fractions of ‖ΔW‖_F² kept (rounding above 1 is clipped).
+
+    Returns
+    -------
+    float or ndarray
+    """
+    return np.sqrt(np.clip(1.0 - np.asarray(energy, dtype=np.float64), 0.0, None))[()]
 
 
 def rank_for_energy(s, energy):

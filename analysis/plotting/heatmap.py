@@ -11,7 +11,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from analysis.plotting._common import get_ax, index_ticks
+from analysis.plotting.common import get_ax, index_ticks
 
 __all__ = ["HeatmapArtists", "plot_phi", "annotate_heatmap", "phi_grid_of"]
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
-from analysis.plotting._common import get_ax, module_label
+from analysis.plotting.common import get_ax, module_label
 
 __all__ = ["IntruderArtists", "plot_intruders"]
 

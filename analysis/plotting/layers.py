@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from analysis.plotting._common import get_ax, module_label
+from analysis.plotting.common import get_ax, module_label
 
 __all__ = ["plot_layer_profile"]
 

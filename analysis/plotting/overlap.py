@@ -6,7 +6,7 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from analysis.plotting._common import get_ax
+from analysis.plotting.common import get_ax
 
 __all__ = ["plot_weight_overlap"]
 

@@ -6,7 +6,7 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from analysis.plotting._common import get_ax, module_label
+from analysis.plotting.common import get_ax, module_label
 
 __all__ = ["plot_spectra"]
 
@@ -41,7 +41,7 @@ def plot_spectra(spectra, *, ax=None, module=None, normalize=True, logy=True, cm
     from matplotlib.cm import ScalarMappable
     from matplotlib.colors import Normalize
 
-    from analysis.adapter import split_name
+    from analysis.core.adapter import split_name
 
     if hasattr(spectra, "spectra"):
         spectra = spectra.spectra

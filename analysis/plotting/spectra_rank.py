@@ -2,7 +2,7 @@
 
 Each function draws on one Axes and returns its artists; no computation of
 metrics, no ``show()``, no ``savefig``. Rank measures per layer (``rank90``,
-``effective_rank`` of :func:`analysis.spectra.spectra_frame`) draw with
+``effective_rank`` of :func:`analysis.sweeps.spectra.spectra_frame`) draw with
 :func:`analysis.plotting.plot_layer_profile`.
 """
 
@@ -12,7 +12,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from analysis.plotting._common import get_ax, module_label
+from analysis.plotting.common import get_ax, module_label
 
 __all__ = ["SpectraArtists", "RankArtists", "plot_energy_spectra", "plot_advised_rank"]
 
@@ -51,7 +51,7 @@ def plot_energy_spectra(frame, *, ax=None, y="energy", modules=None, cmap="virid
     Parameters
     ----------
     frame : pandas.DataFrame
-        The long frame of :func:`analysis.spectra.spectra_long` (columns
+        The long frame of :func:`analysis.sweeps.spectra.spectra_long` (columns
         ``name, layer, module, k`` and ``y``).
     ax : matplotlib Axes, optional
     y : {"energy", "rel_error", "sigma", "share"}
@@ -74,7 +74,7 @@ def plot_energy_spectra(frame, *, ax=None, y="energy", modules=None, cmap="virid
     """
     if y not in _Y:
         raise ValueError(f"y must be one of {sorted(_Y)}, got {y!r}")
-    _need(frame, ("name", "layer", "module", "k", y), "the long frame of analysis.spectra.spectra_long")
+    _need(frame, ("name", "layer", "module", "k", y), "the long frame of analysis.sweeps.spectra.spectra_long")
     import matplotlib as mpl
     from matplotlib.lines import Line2D
 
@@ -112,7 +112,7 @@ def plot_energy_spectra(frame, *, ax=None, y="energy", modules=None, cmap="virid
 
 
 def plot_advised_rank(advice, *, ax=None, show_cap="auto", **profile_kw):
-    """Advised rank per layer, one line per module type (from :func:`analysis.advice.advise_ranks`).
+    """Advised rank per layer, one line per module type (from :func:`analysis.sweeps.advice.advise_ranks`).
 
     Parameters
     ----------

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 
-from analysis.plotting._common import get_ax
+from analysis.plotting.common import get_ax
 
 __all__ = ["plot_table"]
 

@@ -5,7 +5,7 @@
 sets each figure beside the paper's number (:func:`write_report`).
 """
 
-from analysis.report.cli import main, write_report
 from analysis.report.compute import ReportConfig, ReportData, compute_report
+from analysis.report.write import write_report
 
-__all__ = ["ReportConfig", "ReportData", "compute_report", "main", "write_report"]
+__all__ = ["ReportConfig", "ReportData", "compute_report", "write_report"]

@@ -1,5 +1,5 @@
 import sys
 
-from analysis.report.cli import main
+from analysis.cli.report import main
 
 sys.exit(main())

@@ -7,7 +7,7 @@ import os
 import time
 from dataclasses import dataclass, field
 
-from analysis.adapter import split_name
+from analysis.core.adapter import split_name
 
 __all__ = ["ReportConfig", "ReportData", "compute_report", "adapter_label"]
 
@@ -132,7 +132,9 @@ def compute_report(cfg: ReportConfig, *, progress=False) -> ReportData:
     from analysis.core import randomized_svd
     from analysis.metrics import gaussian_similarity
     from analysis.metrics.correlation import OVERLAP_SIDES, weight_overlap
-    from analysis.sweep import analyse_adapters, base_matrix, compare_adapters
+    from analysis.io.base import base_matrix
+    from analysis.sweeps.adapter import analyse_adapters
+    from analysis.sweeps.pair import compare_adapters
 
     data = ReportData(cfg)
     t0 = time.perf_counter()
@@ -148,7 +150,7 @@ def compute_report(cfg: ReportConfig, *, progress=False) -> ReportData:
         data.rank_pair = compare_adapters(data.adapters[lo], data.adapters[hi], sides=sides, progress=progress)
     if hi in data.adapters and hi1 in data.adapters:
         data.seed_pair = compare_adapters(data.adapters[hi], data.adapters[hi1], sides=sides, progress=progress)
-        from analysis.advice import advise_ranks  # stability-based rank advice from the seed pair
+        from analysis.sweeps.advice import advise_ranks  # stability-based rank advice from the seed pair
 
         data.advice = advise_ranks(data.adapters[hi], data.adapters[hi1], seed=cfg.seed)
     lo1 = adapter_label(cfg.low, s1)

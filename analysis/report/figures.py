@@ -1,7 +1,7 @@
 """Figure-level helpers: each composes several Axes from the plotting functions into one Figure.
 
 They return ``matplotlib.figure.Figure`` objects built with the object API
-(no pyplot state); :mod:`analysis.report.cli` saves them.
+(no pyplot state); :mod:`analysis.cli.report` saves them.
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import numpy as np
 
 from analysis.plotting import (plot_layer_profile, plot_phi, plot_spectra, plot_table,
                                plot_weight_overlap)
-from analysis.plotting._common import module_label
+from analysis.plotting.common import module_label
 
 __all__ = ["fig_rank_pair", "fig_seed_pair", "fig_layers", "fig_table7", "fig_weight_overlap",
            "fig_weight_overlap_heatmap",
@@ -118,7 +118,7 @@ def table7_frame(data):
     ours = pd.DataFrame({"model": f"{model}, layer " + t["layer"].astype(str),
                          "ΔW": [module_label(m) for m in t["module"]], "r": t["r"],
                          "proj_delta": t["proj_delta"], "proj_w": t["proj_w"], "proj_random": t["proj_random"],
-                         "w_norm": t["w_norm"], "delta_norm": t["norm"], "amplification": t["amplification"]})
+                         "w_norm": t["w_norm"], "delta_norm": t["fro"], "amplification": t["amplification"]})
     paper = pd.DataFrame(PAPER_TABLE7)
     paper.insert(0, "ΔW", "$\\Delta W_q$")
     paper.insert(0, "model", "GPT-3 (paper), layer 48")
@@ -219,7 +219,7 @@ def fig_amplification_layers(data):
         if lab in data.sweeps and "amplification" in data.sweeps[lab].frame:
             f = data.sweeps[lab].frame.copy()
             f["rank_label"] = f"r = {r}"
-            f["amp_random"] = f["norm"] / f["proj_random"]
+            f["amp_random"] = f["fro"] / f["proj_random"]
             frames.append(f)
     fr = pd.concat(frames, ignore_index=True)
     order = {f"r = {r}": n for n, r in enumerate(cfg.ranks)}

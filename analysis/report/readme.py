@@ -307,7 +307,7 @@ def write_readme(data, out, files):
     w("## Tables (CSV)\n")
     for name in files:
         if name.endswith(".csv"):
-            w(f"- `{name}`" + (" — reload with `analysis.frames.load_frame` (dtypes restored)"
+            w(f"- `{name}`" + (" — reload with `analysis.io.frames.load_frame` (dtypes restored)"
                                if name.startswith(("sweep_", "pair_")) else "")
               + (" (control pair: different ranks and seeds)" if name == "pair_cross.csv" else ""))
     t = data.timings
@@ -360,7 +360,7 @@ def _notes(data):
     q = _mod(data, "q_proj")
     if t is not None and q is not None and len(t):
         tq = t[t["module"] == q]
-        rel = ", ".join(f"{100 * n / w:.1f} % (r = {r})" for r, n, w in zip(tq["r"], tq["norm"], tq["w_norm"]))
+        rel = ", ".join(f"{100 * n / w:.1f} % (r = {r})" for r, n, w in zip(tq["r"], tq["fro"], tq["w_norm"]))
         notes.append(f"Relative size of the update at layer {data.config.layer}, ‖ΔWq‖_F / ‖Wq‖_F: {rel}; in the "
                      "paper 6.91 / 61.95 = 11 % (r = 4) and 3.57 / 61.95 = 5.8 % (r = 64). A smaller update "
                      "against a larger W gives a smaller amplification factor for the same geometry.")

@@ -50,7 +50,7 @@ def write_pair_figures(sweep, a, b, out, *, sweeps=None, layer=None):
     import pandas as pd
 
     from analysis.plotting import plot_layer_profile, plot_phi, plot_spectra, plot_table
-    from analysis.plotting._common import module_label
+    from analysis.plotting.common import module_label
 
     os.makedirs(out, exist_ok=True)
     fr = sweep.frame[~(sweep.frame["zero_a"] | sweep.frame["zero_b"])] if len(sweep.frame) else sweep.frame
@@ -106,7 +106,7 @@ def write_pair_figures(sweep, a, b, out, *, sweeps=None, layer=None):
         sa, sb = sweeps
         both = pd.concat([sa.frame.assign(adapter=ta), sb.frame.assign(adapter=tb)], ignore_index=True)
         both = both[~both["zero"]]
-        both["amp_random"] = both["norm"] / both["proj_random"]
+        both["amp_random"] = both["fro"] / both["proj_random"]
         mods_b = sorted(both["module"].unique())[:4]
         fig = _figure(5.5 * len(mods_b), 3.8)
         axes = fig.subplots(1, len(mods_b), squeeze=False)[0]
@@ -121,7 +121,7 @@ def write_pair_figures(sweep, a, b, out, *, sweeps=None, layer=None):
             fig = _figure(11, 0.35 * len(t) + 1.3)
             ax = fig.add_subplot()
             plot_table(t, ax=ax, columns=["adapter", "layer", "module", "r", "proj_delta", "proj_w", "proj_random",
-                                          "w_norm", "norm", "amplification"],
+                                          "w_norm", "fro", "amplification"],
                        col_labels=["adapter", "layer", "module", "r", r"$\|U^\top W V\|_F$ (ΔW)", "(W)", "(random)",
                                    r"$\|W\|_F$", r"$\|\Delta W\|_F$", "amplification"],
                        fmt={"layer": "{:.0f}", "r": "{:.0f}"}, fontsize=8,

@@ -14,33 +14,50 @@ d_out × d_in matrix is formed.
 
 from __future__ import annotations
 
-import re
-
 import numpy as np
 
-from analysis.adapter import Adapter, split_name
-from analysis.metrics.spectrum import rank_for_energy, rank_for_error, spectrum_summary
+from analysis.core.adapter import select_modules, split_name
+from analysis.metrics.spectrum import (energy_retained, rank_for_energy, rank_for_error, relative_error,
+                                       spectrum_summary)
+from analysis.sweeps.common import require_adapter
 
-__all__ = ["spectra_frame", "spectra_long", "SPECTRA_COLUMNS"]
+__all__ = ["spectra_frame", "spectra_long", "spectrum_row", "SPECTRA_COLUMNS"]
 
 #: Columns of :func:`spectra_frame` (beyond the ``rank_e…`` / ``rank_err…`` extras).
 SPECTRA_COLUMNS = ("name", "layer", "module", "d_out", "d_in", "r", "rank", "zero", "sigma1", "fro",
                    "effective_rank", "stable_rank", "rank90", "rank99", "top1_energy")
 
 
-def _natural_key(name):
-    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", name)]
+def spectrum_row(lr, *, scale_free=False):
+    """Spectrum measures of one update: the ``sigma1 … top1_energy`` columns of :data:`SPECTRA_COLUMNS`.
+
+    Parameters
+    ----------
+    lr : LowRank
+    scale_free : bool
+        Where the scale is unknown (loralib without α), give the measures that do not depend on it
+        (``sigma1`` and ``fro`` NaN) instead of raising :class:`~analysis.errors.MissingAlphaError`.
+
+    Returns
+    -------
+    row : dict
+    S : (k,) ndarray
+        The singular values the row was computed from (scale included when known).
+    """
+    if scale_free and lr.scale is None:
+        S = lr.side_singular_values("input")  # ΔW's spectrum up to the unknown scale
+        row = spectrum_summary(S).to_dict()
+        row["sigma1"] = row["fro"] = np.nan
+    else:
+        S = lr.singular_values()
+        row = spectrum_summary(S).to_dict()
+    row.pop("rank", None)
+    return row, S
 
 
 def _modules(adapter, modules, layers):
-    from analysis.sweep import select_modules
-
-    if not isinstance(adapter, Adapter):
-        raise TypeError(f"expected an analysis.Adapter, got {type(adapter).__name__}; "
-                        "read one with analysis.load_adapter(path)")
-    ex = adapter.expanded()
-    names = select_modules(sorted(ex, key=_natural_key), modules=modules, layers=layers)
-    return ex, names
+    ex = require_adapter(adapter).expanded()
+    return ex, select_modules(ex, modules=modules, layers=layers)
 
 
 def _pct(x):
@@ -63,7 +80,7 @@ def spectra_frame(adapter, *, energies=(0.9, 0.99), errors=(), modules=None, lay
         For each ε, a column ``rank_err{100ε}``: the smallest k with
         ‖ΔW − ΔW_k‖_F ≤ ε ‖ΔW‖_F.
     modules, layers
-        Filters, see :func:`analysis.sweep.select_modules`.
+        Filters, see :func:`analysis.core.adapter.select_modules`.
     keep_cache : bool
         Keep each module's SVD cached (default: drop it after use).
 
@@ -79,12 +96,10 @@ def spectra_frame(adapter, *, energies=(0.9, 0.99), errors=(), modules=None, lay
     rows = []
     for name in names:
         lr = ex[name]
-        S = lr.singular_values()  # (k,)
-        summ = spectrum_summary(S)
+        srow, S = spectrum_row(lr)  # (k,) singular values
         layer, module = split_name(name)
         row = {"name": name, "layer": layer, "module": module, "d_out": lr.shape[0], "d_in": lr.shape[1],
-               "r": lr.r, "rank": lr.rank, "zero": lr.is_zero, **summ.to_dict()}
-        row["rank"] = lr.rank
+               "r": lr.r, "rank": lr.rank, "zero": lr.is_zero, **srow}
         for e in energies:
             row[f"rank_e{_pct(e)}"] = rank_for_energy(S, e)
         for eps in errors:
@@ -103,7 +118,7 @@ def spectra_long(adapter, *, modules=None, layers=None, keep_cache=False):
     ----------
     adapter : Adapter
     modules, layers
-        Filters, see :func:`analysis.sweep.select_modules`.
+        Filters, see :func:`analysis.core.adapter.select_modules`.
     keep_cache : bool
 
     Returns
@@ -125,13 +140,11 @@ def spectra_long(adapter, *, modules=None, layers=None, keep_cache=False):
             lr.clear_cache()
         if S.size == 0:
             continue
-        tot = float(np.sum(S * S))
-        energy = np.cumsum(S * S) / tot
+        energy = energy_retained(S)  # (k,)
         layer, module = split_name(name)
         parts.append(pd.DataFrame({
             "name": name, "layer": layer, "module": module, "k": np.arange(1, S.size + 1), "sigma": S,
-            "share": S * S / tot, "energy": energy,
-            "rel_error": np.sqrt(np.clip(1.0 - energy, 0.0, None))}))
+            "share": np.diff(energy, prepend=0.0), "energy": energy, "rel_error": relative_error(energy)}))
     cols = ["name", "layer", "module", "k", "sigma", "share", "energy", "rel_error"]
     if not parts:
         return pd.DataFrame(columns=cols)

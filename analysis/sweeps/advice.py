@@ -39,15 +39,16 @@ module at the cap (``capped``) may need more (compare with a larger rank).
 
 from __future__ import annotations
 
-import re
 from collections import Counter
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from analysis.adapter import Adapter, split_name
+from analysis.core.adapter import natural_key, select_modules, split_name
 from analysis.errors import AdapterError
 from analysis.metrics.stability import prefix_stability
+from analysis.sweeps.common import progress as progress_bar
+from analysis.sweeps.common import require_adapter
 
 __all__ = ["ADVICE_SIDES", "RankAdvice", "advise_ranks"]
 
@@ -118,7 +119,7 @@ class RankAdvice:
 
     def to_dict(self):
         """JSON-ready summary: settings, ``lora_config`` and one record per module."""
-        from analysis._cli import json_ready
+        from analysis.cli.common import json_ready
 
         return json_ready({"a": self.a_path, "b": self.b_path, "side": self.side, "n_std": self.n_std,
                            "min_rank": self.min_rank, "lora_config": self.lora_config(),
@@ -133,10 +134,6 @@ def _targets(a, names):
     if isinstance(t, str) and t:
         return t  # a regex in PEFT: kept as is
     return sorted({n.rsplit(".", 1)[-1] for n in names})
-
-
-def _natural_key(name):
-    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", name)]
 
 
 def advise_ranks(a, b, *, side="both", n_std=3.0, min_rank=1, modules=None, layers=None, trials=200, seed=0,
@@ -156,7 +153,7 @@ def advise_ranks(a, b, *, side="both", n_std=3.0, min_rank=1, modules=None, laye
     min_rank : int
         Floor of the advice (≥ 1 for PEFT; modules sharing nothing get it).
     modules, layers
-        Filters, see :func:`analysis.sweep.select_modules`.
+        Filters, see :func:`analysis.core.adapter.select_modules`.
     trials, seed
         Of the Monte-Carlo null (:func:`~analysis.metrics.stability.random_max_cos2`).
     progress : bool
@@ -170,30 +167,20 @@ def advise_ranks(a, b, *, side="both", n_std=3.0, min_rank=1, modules=None, laye
     """
     import pandas as pd
 
-    from analysis.sweep import select_modules
-
     if side not in ADVICE_SIDES:
         raise ValueError(f"side must be one of {ADVICE_SIDES}, got {side!r}")
     if not (np.isfinite(n_std) and n_std >= 0):
         raise ValueError(f"n_std must be a non-negative number, got {n_std!r}")
     if int(min_rank) != min_rank or min_rank < 0:
         raise ValueError(f"min_rank must be a non-negative integer, got {min_rank!r}")
-    for x in (a, b):
-        if not isinstance(x, Adapter):
-            raise TypeError(f"expected analysis.Adapter objects, got {type(x).__name__}")
-        if x.format == "kohya" and a.format != b.format:
-            raise AdapterError("kohya module names cannot be matched to another format's names", path=x.path)
+    for x, y in ((a, b), (b, a)):
+        require_adapter(x, base_names=f"comparing with a {y.format} adapter" if x.format != y.format else None)
     ea, eb = a.expanded(), b.expanded()
-    names = select_modules(sorted(set(ea) & set(eb), key=_natural_key), modules=modules, layers=layers)
-    only_a = sorted(set(ea) - set(eb), key=_natural_key)
-    only_b = sorted(set(eb) - set(ea), key=_natural_key)
-    it = names
-    if progress:
-        from tqdm.auto import tqdm
-
-        it = tqdm(names, desc="modules", unit="mod", leave=False)
+    names = select_modules(set(ea) & set(eb), modules=modules, layers=layers)
+    only_a = sorted(set(ea) - set(eb), key=natural_key)
+    only_b = sorted(set(eb) - set(ea), key=natural_key)
     rows = []
-    for name in it:
+    for name in progress_bar(names, enabled=progress):
         la, lb = ea[name], eb[name]
         if la.shape != lb.shape:
             raise AdapterError(f"module {name!r} has ΔW of shape {lb.shape} here and {la.shape} in {a.path}; "

@@ -1,4 +1,4 @@
-"""``Adapter``: the modules of one checkpoint, by their name in the base model."""
+"""``Adapter``: the modules of one checkpoint, by their name in the base model; module names and their order."""
 
 from __future__ import annotations
 
@@ -7,9 +7,22 @@ from collections.abc import Mapping
 
 from analysis.core.lowrank import LowRank
 
-__all__ = ["Adapter", "split_name"]
+__all__ = ["Adapter", "is_embedding_name", "natural_key", "parse_layers", "select_modules", "split_name"]
 
+_EMBED_RE = re.compile(r"(^|_)(wte|wpe|shared|emb|embed|embeds|embedding|embeddings|embed_tokens|embed_positions|"
+                       r"embed_in|token_type_embeddings)$", re.IGNORECASE)
 _LAYER_RE = re.compile(r"^(?P<prefix>.*?)(?:^|[._])(?P<layer>\d+)[._](?P<module>.+)$")
+
+
+def is_embedding_name(name):
+    """True for the module names of embedding tables (``wte``, ``embed_tokens``, ``word_embeddings`` …).
+
+    >>> is_embedding_name("model.embed_tokens"), is_embedding_name("bert.embeddings.word_embeddings")
+    (True, True)
+    >>> is_embedding_name("lm_head")
+    False
+    """
+    return _EMBED_RE.search(str(name).rsplit(".", 1)[-1]) is not None
 
 
 def split_name(name: str) -> tuple:
@@ -31,6 +44,67 @@ def split_name(name: str) -> tuple:
     if m is None:
         return None, name
     return int(m.group("layer")), m.group("module")
+
+
+def parse_layers(spec: str) -> set:
+    """Parse a layer selection such as ``"0,5,10-15"`` into a set of ints."""
+    out = set()
+    for part in str(spec).split(","):
+        part = part.strip()
+        if not part:
+            continue
+        m = re.fullmatch(r"(\d+)(?:-(\d+))?", part)
+        if m is None:
+            raise ValueError(f"bad layer selection {spec!r}: expected integers and ranges like '0,5,10-15'")
+        lo = int(m.group(1))
+        hi = int(m.group(2)) if m.group(2) else lo
+        if hi < lo:
+            raise ValueError(f"bad layer range {part!r} in {spec!r}: end before start")
+        out.update(range(lo, hi + 1))
+    return out
+
+
+def select_modules(names, *, modules=None, layers=None):
+    """Filter module names by regular expressions and layer indices.
+
+    Parameters
+    ----------
+    names : iterable of str
+    modules : sequence of str, optional
+        Keep a name if any pattern matches it (``re.search``), e.g. ``q_proj``.
+    layers : set of int or str, optional
+        Keep names whose layer (see :func:`split_name`) is in it.
+
+    Returns
+    -------
+    list of str
+        Sorted by :func:`natural_key` (layer 2 before layer 10).
+    """
+    if isinstance(layers, str):
+        layers = parse_layers(layers)
+    pats = []
+    for p in modules or ():
+        try:
+            pats.append(re.compile(p))
+        except re.error as e:
+            raise ValueError(f"bad module pattern {p!r}: {e}") from None
+    out = []
+    for n in sorted(names, key=natural_key):
+        if pats and not any(p.search(n) for p in pats):
+            continue
+        if layers is not None and split_name(n)[0] not in layers:
+            continue
+        out.append(n)
+    return out
+
+
+def natural_key(name):
+    """Sort key that orders the numbers inside a name numerically (layer 2 before layer 10).
+
+    >>> sorted(["h.10.q", "h.2.q", "h.1.v"], key=natural_key)
+    ['h.1.v', 'h.2.q', 'h.10.q']
+    """
+    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", name)]
 
 
 class Adapter(Mapping):

@@ -1,102 +1,26 @@
-"""Exact rank reduction of LoRA updates (Eckart–Young, from the factored SVD).
+"""Rank reduction of every module of an adapter: which k to keep, and what the truncation keeps.
 
-The best rank-k approximation of ΔW = U diag(S) Vᵀ in Frobenius and spectral
-norm is ΔW_k = U_k diag(S_k) V_kᵀ. Written as LoRA factors for a PEFT scale
-s = α / k::
-
-    lora_B = U_k · √(S_k / s)      (d_out, k)
-    lora_A = √(S_k / s) · V_kᵀ     (k, d_in)      so  s · lora_B lora_A = ΔW_k
-
-(balanced factors, the scale absorbed). The energy kept is Σ_{i≤k} σ_i² / Σ σ_i²
-and the relative error ‖ΔW − ΔW_k‖_F / ‖ΔW‖_F = √(1 − energy).
+The truncation itself (Eckart–Young from the factored SVD, written as balanced LoRA factors) is
+:func:`analysis.core.truncate.truncate`; here the ranks are chosen (one rank, an energy, or a PEFT
+``rank_pattern``) and the kept energy and relative error reported per module.
 """
 
 from __future__ import annotations
 
 import json
-import math
 from collections import Counter
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from analysis.adapter import Adapter, split_name
-from analysis.core.lowrank import LowRank
+from analysis.core.adapter import split_name
+from analysis.core.truncate import truncate
 from analysis.errors import AdapterError
 from analysis.metrics.pair import near_tied_cuts
-from analysis.metrics.spectrum import rank_for_energy
+from analysis.metrics.spectrum import energy_retained, rank_for_energy, relative_error
+from analysis.sweeps.common import require_adapter
 
-__all__ = ["from_svd", "truncate", "resize_adapter", "ResizeResult", "read_rank_pattern", "rank_from_pattern"]
-
-
-def from_svd(U, S, V, *, alpha, name="", kind="linear", weight_shape=None, meta=None, source=None):
-    """LoRA factors of ``U diag(S) Vᵀ`` for PEFT's scale ``alpha / k``.
-
-    Parameters
-    ----------
-    U : (d_out, k) ndarray
-        Orthonormal left singular vectors.
-    S : (k,) ndarray
-        Singular values (non-negative).
-    V : (d_in, k) ndarray
-        Orthonormal right singular vectors.
-    alpha : float
-        PEFT's ``lora_alpha``; the scale is ``alpha / k``.
-    name, kind, weight_shape, meta, source
-        Passed to :class:`~analysis.core.LowRank`. For k = 0 a rank-1 zero
-        update is returned (PEFT cannot hold r = 0).
-
-    Returns
-    -------
-    LowRank
-        Float64 factors with ``scale · lora_B @ lora_A == U diag(S) Vᵀ``.
-    """
-    U = np.asarray(U, dtype=np.float64)
-    S = np.asarray(S, dtype=np.float64)
-    V = np.asarray(V, dtype=np.float64)
-    if U.ndim != 2 or V.ndim != 2 or S.ndim != 1 or not U.shape[1] == V.shape[1] == S.size:
-        raise ValueError(f"expected U (d_out, k), S (k,), V (d_in, k), got {U.shape}, {S.shape}, {V.shape}")
-    if not (math.isfinite(alpha) and alpha > 0):
-        raise ValueError(f"alpha must be a positive number, got {alpha!r}")
-    k = S.size
-    meta = dict(meta or {})
-    if k == 0:
-        A, B, k = np.zeros((1, V.shape[0])), np.zeros((U.shape[0], 1)), 1
-    else:
-        scale = alpha / k
-        root = np.sqrt(S / scale)  # (k,)
-        B = U * root  # (d_out, k)
-        A = (V * root).T  # (k, d_in)
-    meta.update(r=k, alpha=alpha)
-    return LowRank(A, B, alpha / k, name=name, source=source, kind=kind, weight_shape=weight_shape, meta=meta)
-
-
-def truncate(lr, k, *, alpha=None):
-    """Best rank-k approximation of one update, as LoRA factors.
-
-    Parameters
-    ----------
-    lr : LowRank
-        Scale must be known.
-    k : int
-        Target rank (≥ 0); ranks above the numerical rank keep everything.
-    alpha : float, optional
-        ``lora_alpha`` of the result (scale α / k); default k (scale 1).
-
-    Returns
-    -------
-    LowRank
-        ``kind`` linear (a merged module is truncated as one whole update),
-        conv or embedding, ``meta`` keeping ``fan_in_fan_out``.
-    """
-    if int(k) != k or k < 0:
-        raise ValueError(f"k must be a non-negative integer, got {k!r}")
-    U, S, V = lr.svd()  # (d_out, n), (n,), (d_in, n): U diag(S) Vᵀ = ΔW, sign of the scale included
-    k = min(int(k), S.size)
-    kind = "linear" if lr.kind == "merged" else lr.kind
-    meta = {"format": "peft", "fan_in_fan_out": bool(lr.meta.get("fan_in_fan_out")), "source_r": lr.r}
-    return from_svd(U[:, :k], S[:k], V[:, :k], alpha=float(alpha if alpha is not None else max(k, 1)),
-                    name=lr.name, kind=kind, weight_shape=lr.weight_shape, meta=meta, source=lr.source)
+__all__ = ["resize_adapter", "ResizeResult", "read_rank_pattern", "rank_from_pattern"]
 
 
 def read_rank_pattern(spec):
@@ -141,7 +65,7 @@ def read_rank_pattern(spec):
 
 def rank_from_pattern(name, r, pattern, *, source=None):
     """The rank PEFT would give module ``name`` (None when nothing applies)."""
-    from analysis.io._peft_config import get_pattern_key
+    from analysis.io.peft_config import get_pattern_key  # PEFT's own matching rule
 
     key = get_pattern_key(pattern, name, source, "rank_pattern")
     return pattern.get(key, r)
@@ -222,12 +146,7 @@ def resize_adapter(adapter, *, rank=None, energy=None, pattern=None, alpha=None,
 
     if sum(x is not None for x in (rank, energy, pattern)) != 1:
         raise ValueError("give exactly one of rank=, energy= or pattern=")
-    if not isinstance(adapter, Adapter):
-        raise TypeError(f"expected an analysis.Adapter, got {type(adapter).__name__}")
-    if adapter.format == "kohya":
-        raise AdapterError("kohya module names (lora_unet_…, lora_te_…) cannot be mapped to the dotted "
-                           "module names a PEFT adapter needs; resize works on PEFT and loralib adapters",
-                           path=adapter.path)
+    require_adapter(adapter, base_names="resize (a PEFT adapter names the base model's modules)")
     if rank is not None and (int(rank) != rank or rank < 1):
         raise ValueError(f"rank must be a positive integer, got {rank!r}")
     if energy is not None and not 0 < energy <= 1:
@@ -253,12 +172,11 @@ def resize_adapter(adapter, *, rank=None, energy=None, pattern=None, alpha=None,
         modules[name] = truncate(lr, k, alpha=alpha)
         lr.clear_cache()
         tot = float(np.sum(S * S))
-        kept = float(np.sum(S[:k] ** 2))
-        e = kept / tot if tot > 0 else 1.0
+        e = float(energy_retained(S)[k - 1]) if k and tot > 0 else float(tot == 0)  # a zero update keeps all
         layer, module = split_name(name)
         rows.append({"name": name, "layer": layer, "module": module, "r": lr.r, "rank": int(S.size), "k": k,
-                     "r_written": modules[name].r, "energy": e, "rel_error": math.sqrt(max(1.0 - e, 0.0)),
-                     "fro": math.sqrt(tot), "fro_kept": math.sqrt(kept),
+                     "r_written": modules[name].r, "energy": e, "rel_error": float(relative_error(e)),
+                     "fro": float(np.sqrt(tot)), "fro_kept": float(np.sqrt(np.sum(S[:k] ** 2))),
                      "sigma_k": float(S[k - 1]) if k else 0.0,
                      "sigma_next": float(S[k]) if k < S.size else 0.0,
                      "cut_tied": k in near_tied_cuts(S, rtol=tie_rtol)})

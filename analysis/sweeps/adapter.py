@@ -1,0 +1,164 @@
+"""Per-module measures of one adapter (or several of one base), and of their relation to the base weights."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from analysis.core.adapter import Adapter, select_modules, split_name
+from analysis.sweeps.common import progress as progress_bar
+from analysis.sweeps.spectra import spectrum_row
+
+__all__ = ["AdapterSweep", "analyse_adapter", "analyse_adapters"]
+
+
+@dataclass
+class AdapterSweep:
+    """Per-module measures of one adapter, and of its relation to the base weights.
+
+    Attributes
+    ----------
+    frame : pandas.DataFrame
+        One row per module: ``name, layer, module, d_out, d_in, r, rank, scale,
+        zero, sigma1, fro, effective_rank, stable_rank, rank90, rank99,
+        top1_energy``; with a base also ``w_norm, w_sigma1, proj_delta, proj_w,
+        proj_random, proj_random_std, proj_random_rms, proj_random_expected, amplification,
+        over_random`` (Table 7) and ``phi_w_output, phi_w_input,
+        null_w_output, null_w_input``: φ(k, k) between W's top-k and ΔW's
+        top-k directions (Fig. 8 at i = j = k) and its random null k / d.
+    spectra : dict[str, (k,) ndarray]
+        Singular values of each ΔW (scale included when known).
+    correlations : dict[str, WeightCorrelation]
+        Table-7 results (empty without a base).
+    """
+
+    frame: object
+    spectra: dict = field(default_factory=dict)
+    correlations: dict = field(default_factory=dict)
+
+
+def analyse_adapter(adapter: Adapter, *, base=None, modules=None, layers=None, n_random=10, seed=0,
+                    progress=False, keep_cache=False) -> AdapterSweep:
+    """Spectra, rank measures and (with a base) Table-7 columns for every module.
+
+    Parameters
+    ----------
+    adapter : Adapter
+    base : str or os.PathLike or BaseWeights or Mapping[str, ndarray], optional
+        The frozen base model: a path for :func:`analysis.io.base.open_base`,
+        an open reader, or a mapping ``module name -> (d_out, d_in) array``.
+        Weights are read one at a time.
+    modules, layers
+        Filters, see :func:`select_modules`.
+    n_random, seed : int
+        Random subspace draws and seed for the Table-7 baselines and W's randomized SVD.
+    progress : bool
+        Progress bar (tqdm) on standard error.
+    keep_cache : bool
+        Keep each module's float64 SVD after use.
+
+    Returns
+    -------
+    AdapterSweep
+    """
+    return analyse_adapters([adapter], base=base, modules=modules, layers=layers, n_random=n_random, seed=seed,
+                            progress=progress, keep_cache=keep_cache)[0]
+
+
+def analyse_adapters(adapters, *, base=None, modules=None, layers=None, n_random=10, seed=0, progress=False,
+                     keep_cache=False) -> list:
+    """:func:`analyse_adapter` for several adapters of one base, reading each base weight once.
+
+    With a base, each W is read once and its top singular triplets are
+    computed once, for the largest rank any of the adapters has at that
+    module, then shared (the top-k of a randomized SVD for a larger k is as
+    accurate, see :func:`~analysis.core.randomized_svd`): comparing an
+    r = 8 and an r = 64 adapter costs one pass over the base, not two.
+
+    Parameters
+    ----------
+    adapters : sequence of Adapter
+    base, modules, layers, n_random, seed, progress, keep_cache
+        As for :func:`analyse_adapter`.
+
+    Returns
+    -------
+    list of AdapterSweep
+        One per adapter, in order.
+    """
+    import pandas as pd
+
+    from analysis.core.randomized import randomized_svd
+    from analysis.io.base import base_matrix, base_tensor_name, open_base, read_base
+    from analysis.metrics.correlation import weight_correlation, weight_overlap
+
+    runs = []  # per adapter: (modules, selected names, rows, spectra, correlations)
+    for adapter in adapters:
+        mods = adapter.expanded()
+        names = select_modules(mods, modules=modules, layers=layers)
+        runs.append((mods, names, {}, {}, {}))
+    bar = progress_bar(None, enabled=progress, total=sum(len(r[1]) for r in runs) * (2 if base is not None else 1))
+    for mods, names, rows, spectra, _ in runs:
+        for name in names:
+            lr = mods[name]
+            layer, module = split_name(name)
+            row = {"name": name, "layer": layer, "module": module, "d_out": lr.shape[0], "d_in": lr.shape[1],
+                   "r": lr.r, "rank": lr.rank, "scale": np.nan if lr.scale is None else lr.scale,
+                   "zero": lr.is_zero}
+            srow, spectra[name] = spectrum_row(lr, scale_free=True)
+            row.update(srow)
+            rows[name] = row
+            if not keep_cache:
+                lr.clear_cache()
+            if bar is not None:
+                bar.update()
+    if base is not None:
+        opened = None
+        if isinstance(base, (str, bytes)) or hasattr(base, "__fspath__"):
+            base = opened = open_base(base)
+        try:
+            by_base = {}  # base tensor -> [(adapter index, module name)]
+            for i, (mods, names, *_) in enumerate(runs):
+                for name in names:
+                    by_base.setdefault(base_tensor_name(name, mods[name]), []).append((i, name))
+            for bname, W_raw in read_base(base, list(by_base)):
+                svds = {}  # (module name, shape) -> (W, top-k triplets for the largest k any adapter needs)
+                for i, name in by_base[bname]:
+                    mods, _, rows, _, corr = runs[i]
+                    lr = mods[name]
+                    key = (name, lr.shape)
+                    if key not in svds:
+                        W = base_matrix(W_raw, lr, name=name, path=getattr(base, "path", None))
+                        k_all = max(max(runs[j][0][n].rank, 1) for j, n in by_base[bname]
+                                    if (n, runs[j][0][n].shape) == key)
+                        svds[key] = (W, randomized_svd(W, k_all, seed=seed))
+                    W, w_svd = svds[key]
+                    k = max(lr.rank, 1)
+                    c = corr[name] = weight_correlation(W, lr, n_random=n_random, seed=seed, w_svd=w_svd,
+                                                        name=name)
+                    rows[name].update(w_norm=c.w_norm, w_sigma1=float(w_svd.S[0]), proj_delta=c.proj_delta,
+                                      proj_w=c.proj_w, proj_random=c.proj_random, proj_random_std=c.proj_random_std,
+                                      proj_random_rms=c.proj_random_rms,
+                                      proj_random_expected=c.proj_random_expected, amplification=c.amplification,
+                                      over_random=c.over_random)
+                    for side in ("output", "input"):
+                        ov = weight_overlap(W, lr, side=side, n_w=k, seed=seed, w_svd=w_svd, name=name)
+                        rows[name][f"phi_w_{side}"] = float(ov.phi[-1, -1]) if not ov.zero else np.nan
+                        rows[name][f"null_w_{side}"] = k / ov.d
+                    if not keep_cache:
+                        lr.clear_cache()
+                    if bar is not None:
+                        bar.update()
+        finally:
+            if opened is not None:
+                opened.close()
+    if bar is not None:
+        bar.close()
+    out = []
+    for _, names, rows, spectra, corr in runs:
+        frame = pd.DataFrame([rows[n] for n in names])
+        if len(frame) and frame["layer"].isna().any():
+            frame["layer"] = frame["layer"].astype("Int64")
+        out.append(AdapterSweep(frame=frame, spectra=spectra, correlations=corr))
+    return out
