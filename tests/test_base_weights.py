@@ -163,7 +163,7 @@ def test_missing_key_names_file_and_key(tmp_path):
     msg = str(info.value)
     assert str(f) in msg and "key 'model.layers.7.self_attn.q_proj.weight'" in msg and "expected" in msg
     assert "\n" not in msg
-    assert isinstance(info.value, ValueError)
+    assert info.value.path == str(f) and info.value.key == "model.layers.7.self_attn.q_proj.weight"
 
 
 @pytest.mark.parametrize("bad", [np.nan, np.inf])

@@ -10,7 +10,7 @@ import pytest
 from analysis import load_adapter
 from analysis.core.adapter import Adapter
 from analysis.errors import AdapterError
-from analysis.io._safetensors import SafetensorsFile
+from analysis.io.safetensors_file import SafetensorsFile
 from analysis.io.lazy import LazyAdapter
 from analysis.sweeps.pair import compare_adapters
 

@@ -5,11 +5,9 @@ import json
 import numpy as np
 import pytest
 
-from analysis import Adapter, AdapterError, LowRank, load_adapter
-from analysis.io.peft_writer import pattern_keys, peft_factors, write_peft_adapter
+from analysis import load_adapter
 from analysis.resize import main
-from analysis.core.truncate import from_svd, truncate
-from analysis.sweeps.resize import read_rank_pattern, resize_adapter
+from analysis.sweeps.resize import resize_adapter
 
 from _rank_tiny import base_state, tiny_llama
 from conftest import make_peft_adapter
@@ -118,7 +116,8 @@ def test_embedding_and_zero_updates_through_peft(tmp_path):
     make_peft_adapter(z, r=2, seed=5, zero_b=True)
     assert main([str(z), "--rank", "1", "--out", str(tmp_path / "zero_r1"), "--quiet"]) == 0
     deltas, _ = _merged_deltas(tmp_path / "zero_r1")
-    assert all(not D.any() for D in deltas.values())
+    mods = list(load_adapter(z))
+    assert mods and all(not deltas[m].any() for m in mods)  # the adapted modules' merged updates are zero
 
 
 def test_loralib_source_with_alpha(tmp_path):
@@ -176,38 +175,3 @@ def test_cli_errors_are_one_line(src, tmp_path, capsys):
     for opt in ("--rank", "--energy", "--pattern", "--out", "--force", "--alpha", "--lora-alpha", "--json",
                 "--quiet", "--debug"):
         assert opt in text
-
-
-def test_truncate_and_from_svd_known_answer():
-    rng = np.random.default_rng(9)
-    lr = LowRank(rng.standard_normal((5, 12)), rng.standard_normal((9, 5)), -0.5, name="m")  # negative scale
-    for k in (0, 1, 3, 5, 9):
-        t = truncate(lr, k, alpha=4.0)
-        kk = min(k, 5)
-        assert t.r == max(kk, 1) and t.scale == pytest.approx(4.0 / max(kk, 1))
-        np.testing.assert_allclose(t.delta(), _truncated(lr.delta(), kk)[0] if kk else 0, atol=1e-12)
-    with pytest.raises(ValueError):
-        from_svd(np.eye(3, 2), np.ones(3), np.eye(4, 2), alpha=1.0)
-
-
-def test_writer_checks_and_layouts(tmp_path):
-    lr = from_svd(np.eye(4, 2), np.array([2.0, 1.0]), np.eye(3, 2), alpha=2.0, name="a.b")
-    with pytest.raises(AdapterError, match="scale"):
-        write_peft_adapter(tmp_path / "w", {"a.b": lr}, lora_alpha=3.0)
-    fifo = from_svd(np.eye(4, 2), np.ones(2), np.eye(3, 2), alpha=2.0, name="c.d", meta={"fan_in_fan_out": True})
-    with pytest.raises(AdapterError, match="fan_in_fan_out"):
-        write_peft_adapter(tmp_path / "w", {"a.b": lr, "c.d": fifo}, lora_alpha=2.0)
-    conv = from_svd(np.eye(6, 2), np.ones(2), np.eye(3 * 2 * 2, 2), alpha=2.0, kind="conv", weight_shape=(6, 3, 2, 2))
-    f = peft_factors(conv)
-    assert f["lora_A.weight"].shape == (2, 3, 2, 2) and f["lora_B.weight"].shape == (6, 2, 1, 1)
-    names = [f"model.layers.{i}.self_attn.q_proj" for i in (1, 11, 21)]
-    keys = pattern_keys(names + ["model.layers.1.mlp.q_proj"])
-    import re
-
-    for n, key in keys.items():  # PEFT's get_pattern_key rule picks each name alone
-        assert [m for m in keys if re.match(rf"(.*\.)?({key})$", m)] == [n]
-    assert read_rank_pattern({"q_proj": 3}) == (None, {"q_proj": 3})
-    assert read_rank_pattern({"r": 2, "rank_pattern": {}}) == (2, {})
-    kohya = Adapter({"lora_unet_x": lr}, path="k.safetensors", format="kohya")
-    with pytest.raises(AdapterError, match="kohya"):
-        resize_adapter(kohya, rank=1)

@@ -320,11 +320,20 @@ class LowRank:
             c = self._cache["core"] = (U, S, V)
         return c
 
-    def _basis_parts(self, side):
+    def basis_parts(self, side):
         """``(Q, Y)`` with ``basis(side) = Q @ Y`` up to the signs of its columns, without forming it.
 
-        ``Q`` is (d, r), ``Y`` (r, k); a basis already formed comes back as ``(basis, None)``.
-        Products with the basis (``Xᵀ Q Y``) then cost O(d · r · cols(X)) instead of O(d r²).
+        Parameters
+        ----------
+        side : {"input", "output", "A", "B"}
+            As for :meth:`basis`.
+
+        Returns
+        -------
+        Q : (d, r) ndarray
+        Y : (r, k) ndarray or None
+            None when the basis is already formed (then ``Q`` is the basis). Products with the basis
+            (``Xᵀ Q Y``) cost O(d · r · cols(X)) instead of O(d r²).
         """
         formed = {"input": ("core", 2), "output": ("core", 0), "A": ("basis_A", 0), "B": ("basis_B", 0)}
         key, i = formed[side]

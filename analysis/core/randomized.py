@@ -34,7 +34,7 @@ import numpy as np
 
 from analysis.core.lowrank import FactoredSVD, sign_flip
 
-__all__ = ["randomized_svd", "METHODS"]
+__all__ = ["randomized_svd", "METHODS", "work_dtype", "matmul_f64"]
 
 #: Accepted values of ``method``.
 METHODS = frozenset({"auto", "krylov", "full"})
@@ -47,27 +47,50 @@ def _full(W, k):
     return FactoredSVD(U, S[:k].copy(), V)
 
 
-def _work_dtype(W):
-    """Precision of the products with W: its own for float32 and below, float64 otherwise."""
+def work_dtype(W):
+    """Precision of the products with a large matrix W: its own for float32 and below, float64 otherwise.
+
+    Parameters
+    ----------
+    W : ndarray
+
+    Returns
+    -------
+    numpy dtype class
+        ``np.float32`` or ``np.float64``.
+    """
     return np.float32 if W.dtype.kind == "f" and W.dtype.itemsize <= 4 else np.float64
 
 
-def _mm(X, Y):
-    """``X @ Y`` in X's precision, returned in float64 (the small factorisations stay in float64)."""
+def matmul_f64(X, Y):
+    """``X @ Y`` in X's precision (see :func:`work_dtype`), returned in float64.
+
+    The large products with a base weight run in its own precision; the small factorisations that follow
+    stay in float64.
+
+    Parameters
+    ----------
+    X : (m, n) ndarray
+    Y : (n, p) ndarray
+
+    Returns
+    -------
+    (m, p) ndarray of float64
+    """
     return (X @ Y.astype(X.dtype, copy=False)).astype(np.float64, copy=False)
 
 
 def _block_krylov(W, k, p, n_iter, seed):
     m, n = W.shape
     rng = np.random.default_rng(seed)
-    Q = np.linalg.qr(_mm(W, rng.standard_normal((n, p))))[0]  # (m, n) @ (n, p) -> (m, p)
+    Q = np.linalg.qr(matmul_f64(W, rng.standard_normal((n, p))))[0]  # (m, n) @ (n, p) -> (m, p)
     blocks = [Q]
     for _ in range(n_iter):
-        Z = np.linalg.qr(_mm(W.T, Q))[0]  # (n, m) @ (m, p) -> (n, p)
-        Q = np.linalg.qr(_mm(W, Z))[0]  # (m, n) @ (n, p) -> (m, p)
+        Z = np.linalg.qr(matmul_f64(W.T, Q))[0]  # (n, m) @ (m, p) -> (n, p)
+        Q = np.linalg.qr(matmul_f64(W, Z))[0]  # (m, n) @ (n, p) -> (m, p)
         blocks.append(Q)
     K = np.linalg.qr(np.hstack(blocks))[0]  # (m, P), orthonormal, P = p (n_iter + 1)
-    Bs = _mm(W.T, K).T  # ((n, m) @ (m, P))ᵀ -> (P, n) = Kᵀ W
+    Bs = matmul_f64(W.T, K).T  # ((n, m) @ (m, P))ᵀ -> (P, n) = Kᵀ W
     Ub, S, Vt = np.linalg.svd(Bs, full_matrices=False)  # (P, P), (P,), (P, n)
     U = K @ Ub[:, :k]  # (m, P) @ (P, k) -> (m, k)
     U, V = sign_flip(U, Vt[:k].T)
@@ -136,7 +159,7 @@ def randomized_svd(W, k, *, oversample=None, n_iter=8, seed=0, method="auto"):
     p = max(int(k) + int(oversample), _MIN_BLOCK)
     if method == "full" or (method == "auto" and p * (n_iter + 1) >= min(m, n)):
         return _full(W.astype(np.float64, copy=False), int(k))
-    W = W.astype(_work_dtype(W), copy=False)
+    W = W.astype(work_dtype(W), copy=False)
     p = min(p, min(m, n)) if int(k) + int(oversample) <= min(m, n) else p
     if p > min(m, n):
         raise ValueError(f"k + oversample = {p} exceeds min(d_out, d_in) = {min(m, n)} for W of "

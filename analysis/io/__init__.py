@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from analysis.errors import AdapterError, UnsupportedAdapterError
-from analysis.io._tensors import TENSOR_SUFFIXES, read_tensors
+from analysis.io.tensors import TENSOR_SUFFIXES, read_tensors
 
 __all__ = ["load_adapter", "sniff_format"]
 

@@ -31,6 +31,7 @@ import re
 import numpy as np
 
 from analysis.errors import AdapterError
+from analysis.io.tensors import check_finite
 
 __all__ = [
     "BaseWeights",
@@ -46,15 +47,6 @@ __all__ = [
 
 _INDEX = "model.safetensors.index.json"
 _SINGLE = "model.safetensors"
-
-
-def _check_finite(W, path, key):
-    if not np.isfinite(W).all():
-        n_nan = int(np.isnan(W).sum())
-        n_inf = int(np.isinf(W).sum())
-        raise AdapterError(f"expected finite values, got {n_nan} NaN and {n_inf} Inf of {W.size}",
-                           path=path, key=key)
-    return W
 
 
 class BaseWeights:
@@ -235,7 +227,7 @@ class SafetensorsBase(BaseWeights):
         f = self._keys[key]
         with self._safe_open(f, framework="numpy") as fh:
             W = self._get(fh, f, key)
-        return _check_finite(W, f, key)
+        return check_finite(W, f, key)
 
     def _read_many(self, names):
         by_file = {}
@@ -245,7 +237,7 @@ class SafetensorsBase(BaseWeights):
             with self._safe_open(f, framework="numpy") as fh:
                 for name in group:
                     key = name + ".weight"
-                    yield name, _check_finite(self._get(fh, f, key), f, key)
+                    yield name, check_finite(self._get(fh, f, key), f, key)
 
 
 # GGUF (llama.cpp) -> HF Llama names, per block and global.
@@ -382,7 +374,7 @@ class GGUFBase(BaseWeights):
             W = unpermute_rope_rows(W, self.n_head)
         elif name.endswith("self_attn.k_proj"):
             W = unpermute_rope_rows(W, self.n_head_kv)
-        return _check_finite(np.ascontiguousarray(W), self.path, t.name)
+        return check_finite(np.ascontiguousarray(W), self.path, t.name)
 
     def close(self):
         """Drop the memory map."""

@@ -140,7 +140,7 @@ def load_kohya(path, tensors, *, alpha=None, **options):
     path : str or os.PathLike
         The ``.safetensors`` (or legacy ``.pt`` / ``.ckpt``) file.
     tensors : dict[str, ndarray]
-        Its validated tensors from :func:`~analysis.io._tensors.read_tensors`.
+        Its validated tensors from :func:`~analysis.io.tensors.read_tensors`.
     alpha : float, optional
         Used only for modules whose ``.alpha`` is missing from the file
         (otherwise sd-scripts' default alpha = r, scale 1, applies).

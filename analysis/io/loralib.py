@@ -2,7 +2,7 @@
 
 loralib saves ``model.state_dict()`` or ``lora.lora_state_dict(model)``,
 often nested under ``model_state_dict`` (flattened by
-:func:`~analysis.io._tensors.read_tensors`) and prefixed ``module.``
+:func:`~analysis.io.tensors.read_tensors`) and prefixed ``module.``
 (DataParallel; stripped here). Its keys are ``<module>.lora_A`` /
 ``<module>.lora_B`` without ``.weight``. α is not stored: the scale is
 ``alpha / r`` when the caller gives ``alpha``, otherwise ``None``.
@@ -252,7 +252,7 @@ def load_loralib(path, tensors, *, alpha=None, enable_lora=None, **options):
     path : str or os.PathLike
         The ``.pt`` / ``.bin`` file (named in messages).
     tensors : dict[str, ndarray]
-        Its validated tensors from :func:`~analysis.io._tensors.read_tensors`.
+        Its validated tensors from :func:`~analysis.io.tensors.read_tensors`.
     alpha : float, optional
         loralib's ``lora_alpha``; scale = alpha / r. Without it every module
         has ``scale=None``: bases work, norms and ``delta()`` raise

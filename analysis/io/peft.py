@@ -49,7 +49,7 @@ from analysis.core.adapter import Adapter
 from analysis.core import LowRank
 from analysis.errors import AdapterError, UnsupportedAdapterError
 from analysis.io.peft_config import CONFIG_NAME, adalora_rank, parse_settings, read_config
-from analysis.io._tensors import read_tensors
+from analysis.io.tensors import read_tensors
 
 __all__ = ["is_peft_dir", "is_peft_file", "load_peft", "WEIGHT_NAMES"]
 
@@ -296,7 +296,7 @@ def load_peft(path, *, alpha=None, tensors=None, adapter_name=None, lazy=False,
     reader = None
     if lazy and tensors is None and weights.suffix == ".safetensors" and (
             settings is None or settings.peft_type == "LORA"):
-        from analysis.io._safetensors import SafetensorsFile
+        from analysis.io.safetensors_file import SafetensorsFile
         from analysis.io.lazy import placeholder
 
         reader = SafetensorsFile(weights)

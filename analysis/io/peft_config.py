@@ -16,7 +16,8 @@ from pathlib import Path
 
 from analysis.errors import AdapterError, UnsupportedAdapterError
 
-__all__ = ["CONFIG_NAME", "PeftSettings", "adalora_rank", "get_pattern_key", "parse_settings", "read_config"]
+__all__ = ["CONFIG_NAME", "PeftSettings", "adalora_rank", "get_pattern_key", "parse_settings", "pattern_matches",
+           "read_config"]
 
 CONFIG_NAME = "adapter_config.json"
 
@@ -81,6 +82,31 @@ class PeftSettings:
         return alpha / math.sqrt(r) if self.use_rslora else alpha / r
 
 
+def pattern_matches(pattern, name):
+    """PEFT's matching rule: ``pattern`` is a regular expression matching a dot-separated suffix of ``name``.
+
+    Parameters
+    ----------
+    pattern : str
+    name : str
+
+    Returns
+    -------
+    bool
+
+    Raises
+    ------
+    re.error
+        If ``pattern`` is not a valid regular expression.
+
+    Examples
+    --------
+    >>> pattern_matches("q_proj", "model.layers.0.self_attn.q_proj"), pattern_matches("proj", "model.q_proj")
+    (True, False)
+    """
+    return re.match(rf"(.*\.)?({pattern})$", name) is not None
+
+
 def get_pattern_key(pattern_keys, key_to_match, path=None, what="rank_pattern"):
     """PEFT's ``get_pattern_key``: the first pattern matching a module name.
 
@@ -102,7 +128,7 @@ def get_pattern_key(pattern_keys, key_to_match, path=None, what="rank_pattern"):
     """
     for key in pattern_keys:
         try:
-            match = re.match(rf"(.*\.)?({key})$", key_to_match)
+            match = pattern_matches(key, key_to_match)
         except re.error as e:
             raise AdapterError(f"expected a valid regular expression, got {key!r} ({e})",
                                path=path, key=what) from None

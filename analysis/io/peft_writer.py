@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from analysis.errors import AdapterError
+from analysis.io.peft_config import pattern_matches
 
 __all__ = ["write_peft_adapter", "pattern_keys", "peft_factors", "CONFIG_NAME", "WEIGHTS_NAME"]
 
@@ -36,8 +37,8 @@ _PREFIX = "base_model.model."
 
 def _matches(key, name):
     try:
-        return re.match(rf"(.*\.)?({key})$", name) is not None
-    except re.error:
+        return pattern_matches(key, name)
+    except re.error:  # a name that is no valid regular expression as it stands: never used as a key
         return False
 
 

@@ -24,8 +24,8 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from analysis.core.lowrank import FactoredSVD, LowRank
-from analysis.core.randomized import _mm, _work_dtype, randomized_svd
-from analysis.metrics.similarity import _phi_grid, random_null, random_null_std
+from analysis.core.randomized import matmul_f64, randomized_svd, work_dtype
+from analysis.metrics.similarity import phi_grid, random_null, random_null_std
 
 __all__ = ["WeightCorrelation", "weight_correlation", "WeightOverlap", "weight_overlap",
            "projection_norm", "random_bases", "OVERLAP_SIDES"]
@@ -47,7 +47,7 @@ def _check_W(W, lr=None, name=None):
                          f"shape {lr.shape} (d_out, d_in); pass the base weight of the same module "
                          f"in nn.Linear orientation{hint}")
     # products with W run in its own precision (float32 for float32 / bf16 / fp16 weights), see _proj
-    W = W.astype(_work_dtype(W), copy=False)
+    W = W.astype(work_dtype(W), copy=False)
     if not np.isfinite(W).all():
         raise ValueError(f"W of shape {W.shape} contains NaN or Inf")
     return W
@@ -83,7 +83,7 @@ def projection_norm(W, U, V):
 
 
 def _proj(W, U, V):
-    UW = _mm(W.T, U).T  # ((d_in, d_out) @ (d_out, k))ᵀ -> (k, d_in), in W's precision, then float64
+    UW = matmul_f64(W.T, U).T  # ((d_in, d_out) @ (d_out, k))ᵀ -> (k, d_in), in W's precision, then float64
     P = UW @ V  # (k, d_in) @ (d_in, k2) -> (k, k2)
     return float(np.linalg.norm(P))
 
@@ -370,5 +370,5 @@ def weight_overlap(W, lr: LowRank, *, side: str = "output", n_w: int | None = No
     Bd = lr.basis(side)  # (d, k)
     k = Bd.shape[1]
     Rnd = np.linalg.qr(np.random.default_rng(seed + 1).standard_normal((d, k)))[0]  # (d, k)
-    return WeightOverlap(name, side, _phi_grid(Bw, Bd), _phi_grid(Bw, Rnd), random_null(n_w, k, d),
+    return WeightOverlap(name, side, phi_grid(Bw, Bd), phi_grid(Bw, Rnd), random_null(n_w, k, d),
                          random_null_std(n_w, k, d), np.asarray(S, dtype=np.float64), d, lr.r)

@@ -7,23 +7,14 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from analysis.core.lowrank import LowRank
-from analysis.metrics.similarity import (_phi_and_angles, random_null,
-                                         random_null_std)
-from analysis.metrics.stability import PrefixStability, _stability_from
+from analysis.metrics.similarity import phi_and_angles, random_null, random_null_std
+from analysis.metrics.stability import PrefixStability, stability_from_overlap
 
 __all__ = ["SIDES", "SimilarityResult", "module_similarity", "near_tied_cuts", "gaussian_similarity"]
 
 SIDES = ("A", "B", "input", "output")
-_SIDE_DOC = {
-    "A": "right-singular vectors of lora_A, ordered by A's singular values (the paper's choice)",
-    "B": "left-singular vectors of lora_B, ordered by B's singular values",
-    "input": "right-singular vectors of ΔW (input side, R^d_in)",
-    "output": "left-singular vectors of ΔW (output side, R^d_out)",
-}
-
-
 def _cols(parts):
-    """Columns of a basis given as ``(Q, Y)`` (see ``LowRank._basis_parts``)."""
+    """Columns of a basis given as ``(Q, Y)`` (see ``LowRank.basis_parts``)."""
     return parts[0].shape[1] if parts[1] is None else parts[1].shape[1]
 
 
@@ -117,7 +108,7 @@ class SimilarityResult:
 
         See :func:`analysis.metrics.stability.prefix_stability`.
         """
-        return _stability_from(self.overlap, self.d, n_std)
+        return stability_from_overlap(self.overlap, self.d, n_std)
 
     def shared_dims(self, *, n_std: float = 3.0) -> int:
         """Number of leading directions the two updates share beyond chance.
@@ -174,13 +165,13 @@ def module_similarity(lr1: LowRank, lr2: LowRank, *, side: str = "A", tie_rtol: 
     d = lr1.shape[1] if side in ("A", "input") else lr1.shape[0]
     zero1, zero2 = lr1.is_zero, lr2.is_zero
     # the bases as (Q, Y) products: only the smaller one is formed (O(d r1 r2), not O(d r²))
-    p1 = None if zero1 else lr1._basis_parts(side)
-    p2 = None if zero2 else lr2._basis_parts(side)
+    p1 = None if zero1 else lr1.basis_parts(side)
+    p2 = None if zero2 else lr2.basis_parts(side)
     if p1 is None or p2 is None or 0 in (_cols(p1), _cols(p2)):
         phi = overlap = np.zeros((0, 0))
         angles = np.zeros(0)
     else:
-        phi, angles, overlap = _phi_and_angles(p1, p2)
+        phi, angles, overlap = phi_and_angles(p1, p2)
     k1, k2 = phi.shape
     return SimilarityResult(
         name=name if name is not None else lr1.name, side=side, phi=phi,

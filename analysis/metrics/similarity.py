@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 __all__ = ["subspace_similarity", "principal_angles", "random_null", "random_null_std",
-           "check_orthonormal"]
+           "check_orthonormal", "phi_grid", "phi_and_angles"]
 
 
 def check_orthonormal(U, name="U", *, atol=None):
@@ -49,7 +49,19 @@ def check_orthonormal(U, name="U", *, atol=None):
     return U
 
 
-def _phi_grid(U1, U2):
+def phi_grid(U1, U2):
+    """φ grid of two orthonormal bases, without the checks of :func:`subspace_similarity`.
+
+    Parameters
+    ----------
+    U1 : (d, k1) ndarray
+    U2 : (d, k2) ndarray
+
+    Returns
+    -------
+    (k1, k2) ndarray
+        ``[i-1, j-1] = φ(i, j)``.
+    """
     return _phi_from(U1.T @ U2)  # (k1, k2)
 
 
@@ -92,7 +104,7 @@ def subspace_similarity(U1, U2):
         raise ValueError(
             f"U1 and U2 must live in the same space: U1 has {U1.shape[0]} rows and U2 has "
             f"{U2.shape[0]}; compare bases of the same side of modules of the same shape")
-    return _phi_grid(U1, U2)
+    return phi_grid(U1, U2)
 
 
 def principal_angles(U1, U2):
@@ -145,9 +157,10 @@ def _angles_from(M, R):
     return np.where(cos ** 2 >= 0.5, theta_sin, theta_cos)
 
 
-def _phi_and_angles(p1, p2):
-    """φ grid and principal angles of two orthonormal bases given as ``(Q, Y)``, basis = ``Q @ Y``
-    (``Y`` None: ``Q`` is the basis), e.g. from ``LowRank._basis_parts``.
+def phi_and_angles(p1, p2):
+    """φ grid and principal angles of two orthonormal bases given as ``(Q, Y)``, basis = ``Q @ Y``.
+
+    ``Y`` None: ``Q`` is the basis (see :meth:`~analysis.core.LowRank.basis_parts`).
 
     Only the basis with fewer columns is formed; the other is only multiplied, so comparing a
     rank-8 with a rank-64 update costs O(d · 8 · 64) instead of O(d · 64²). Both results are

@@ -29,7 +29,7 @@ import numpy as np
 
 from analysis.metrics.similarity import check_orthonormal
 
-__all__ = ["PrefixStability", "prefix_stability", "random_max_cos2"]
+__all__ = ["PrefixStability", "prefix_stability", "random_max_cos2", "stability_from_overlap"]
 
 
 def _top_blocks(rng, n, d, k):
@@ -165,11 +165,24 @@ def prefix_stability(U1, U2, *, n_std=3.0, trials=200, seed=0):
     if not (np.isfinite(n_std) and n_std >= 0):
         raise ValueError(f"n_std must be a non-negative number, got {n_std!r}")
     cap = min(U1.shape[1], U2.shape[1])
-    return _stability_from(U1[:, :cap].T @ U2[:, :cap], U1.shape[0], n_std, trials, seed)  # (cap, cap)
+    return stability_from_overlap(U1[:, :cap].T @ U2[:, :cap], U1.shape[0], n_std, trials, seed)  # (cap, cap)
 
 
-def _stability_from(M, d, n_std=3.0, trials=200, seed=0):
-    """:func:`prefix_stability` from the products M = U1ᵀ U2 (k1, k2) of two ordered bases of R^d."""
+def stability_from_overlap(M, d, n_std=3.0, trials=200, seed=0):
+    """:func:`prefix_stability` from the products M = U1ᵀ U2 of two ordered orthonormal bases of R^d.
+
+    Parameters
+    ----------
+    M : (k1, k2) ndarray
+    d : int
+        Dimension of the space.
+    n_std, trials, seed
+        As for :func:`prefix_stability`.
+
+    Returns
+    -------
+    PrefixStability
+    """
     cap = min(M.shape)
     if cap == 0:
         z = np.zeros(0)

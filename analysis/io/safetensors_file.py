@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from analysis.errors import AdapterError
-from analysis.io._tensors import check_finite, safetensors_errors
+from analysis.io.tensors import check_finite, safetensors_errors
 
 __all__ = ["SafetensorsFile", "FLOAT_DTYPES"]
 

@@ -53,7 +53,7 @@ def check_finite(x, path, key):
         n_nan = int(np.isnan(x).sum())
         n_inf = int(np.isinf(x).sum())
         raise AdapterError(
-            f"expected finite values, found {n_nan} NaN and {n_inf} Inf in a tensor of shape {tuple(x.shape)}",
+            f"expected finite values, got {n_nan} NaN and {n_inf} Inf in a tensor of shape {tuple(x.shape)}",
             path=path, key=key)
     return x
 
