@@ -7,12 +7,12 @@ the file and the problem, no traceback), 1 on an internal error.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import sys
 
 from analysis.errors import AdapterError
+from analysis.io.outputs import json_ready, write_json
 
 __all__ = ["Parser", "run", "json_ready", "write_json", "layer_str", "fit", "describe", "wants_progress",
            "alpha_b", "print_only"]
@@ -63,6 +63,11 @@ class Parser(argparse.ArgumentParser):
         self.add_argument("--layers", default=None, metavar="SPEC",
                           help="only these layers, e.g. '0,15,29' or '10-19'")
 
+    def add_force(self):
+        """``--force``: replace outputs that already exist (without it they are refused before any work)."""
+        self.add_argument("--force", action="store_true",
+                          help="replace output files or folders that already exist (default: refuse them)")
+
     def add_progress(self):
         """``--progress auto|on|off`` (see :func:`wants_progress`)."""
         self.add_argument("--progress", choices=("auto", "on", "off"), default="auto",
@@ -95,10 +100,16 @@ def run(body, args):
     int
         0 on success; 2 for :class:`~analysis.errors.AdapterError`,
         ``ValueError``, ``OSError`` (bad input: one line on stderr);
+        130 on Ctrl-C (outputs being written are removed by their writers);
         1 for anything else.
     """
     try:
         code = body(args)
+    except KeyboardInterrupt:
+        if args.debug:
+            raise
+        print("interrupted: nothing half-written was left behind", file=sys.stderr)
+        return 130
     except (AdapterError, ValueError, OSError) as e:
         if args.debug:
             raise
@@ -114,26 +125,6 @@ def run(body, args):
               "(rerun with --debug for a traceback)", file=sys.stderr)
         return 1
     return 0 if code is None else int(code)
-
-
-def json_ready(obj):
-    """Recursively turn numpy scalars / arrays and NaN into JSON-safe values."""
-    if isinstance(obj, dict):
-        return {str(k): json_ready(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [json_ready(v) for v in obj]
-    if hasattr(obj, "tolist"):
-        return json_ready(obj.tolist())
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    return obj
-
-
-def write_json(path, obj):
-    """Write ``obj`` as indented JSON (numpy values converted)."""
-    with open(path, "w", encoding="utf-8") as fh:
-        json.dump(json_ready(obj), fh, indent=1)
-        fh.write("\n")
 
 
 def layer_str(layer):

@@ -7,7 +7,7 @@ from collections.abc import Mapping
 
 from analysis.core.lowrank import LowRank
 
-__all__ = ["Adapter", "is_embedding_name", "natural_key", "parse_layers", "select_modules", "split_name"]
+__all__ = ["Adapter", "Layers", "is_embedding_name", "natural_key", "parse_layers", "select_modules", "split_name"]
 
 _EMBED_RE = re.compile(r"(^|_)(wte|wpe|shared|emb|embed|embeds|embedding|embeddings|embed_tokens|embed_positions|"
                        r"embed_in|token_type_embeddings)$", re.IGNORECASE)
@@ -46,9 +46,95 @@ def split_name(name: str) -> tuple:
     return int(m.group("layer")), m.group("module")
 
 
-def parse_layers(spec: str) -> set:
-    """Parse a layer selection such as ``"0,5,10-15"`` into a set of ints."""
-    out = set()
+class Layers:
+    """A layer selection as ranges, never expanded (``"0-999999999999"`` costs nothing).
+
+    Parameters
+    ----------
+    ranges : sequence of (int, int)
+        Inclusive ``(lo, hi)`` pairs.
+    spec : str
+        The text it was parsed from, for messages.
+    """
+
+    def __init__(self, ranges, spec=""):
+        self.ranges = tuple((int(lo), int(hi)) for lo, hi in ranges)
+        self.spec = spec
+
+    def __contains__(self, layer):
+        return layer is not None and any(lo <= layer <= hi for lo, hi in self.ranges)
+
+    def size(self):
+        """Number of layers named, counting overlaps twice (an upper bound, computed without expanding)."""
+        return sum(hi - lo + 1 for lo, hi in self.ranges)
+
+    def __iter__(self):
+        if self.size() > 1 << 20:
+            raise ValueError(f"layer selection {self.spec!r} is too large to list")
+        return iter(sorted(set().union(*(range(lo, hi + 1) for lo, hi in self.ranges))))
+
+    def __eq__(self, other):
+        if isinstance(other, Layers):
+            return set(self) == set(other)
+        if isinstance(other, (set, frozenset)):
+            return self.size() <= 1 << 20 and set(self) == other
+        return NotImplemented
+
+    def missing(self, existing):
+        """The requested layers that are not in ``existing``, as text (``"30-99"``), or ``""``.
+
+        Parameters
+        ----------
+        existing : iterable of int
+        """
+        have = sorted(set(existing))
+        gaps = []
+        for lo, hi in self.ranges:
+            inside = [x for x in have if lo <= x <= hi]
+            if len(inside) == hi - lo + 1:
+                continue
+            # the missing part, named compactly: the range's ends outside what exists, and holes inside
+            cur = lo
+            for x in inside + [hi + 1]:
+                if x > cur:
+                    gaps.append(str(cur) if x - 1 == cur else f"{cur}-{x - 1}")
+                cur = x + 1
+        return ",".join(gaps)
+
+    def __repr__(self):
+        return f"Layers({self.spec!r})"
+
+
+def _ranges_text(layers):
+    """``[0, 1, 2, 5]`` -> ``"0-2, 5"``."""
+    layers, out, i = sorted(layers), [], 0
+    while i < len(layers):
+        j = i
+        while j + 1 < len(layers) and layers[j + 1] == layers[j] + 1:
+            j += 1
+        out.append(str(layers[i]) if i == j else f"{layers[i]}-{layers[j]}")
+        i = j + 1
+    return ", ".join(out)
+
+
+def parse_layers(spec: str) -> Layers:
+    """Parse a layer selection such as ``"0,5,10-15"``; ranges stay ranges.
+
+    Parameters
+    ----------
+    spec : str
+
+    Returns
+    -------
+    Layers
+        Supports ``in``, iteration and ``==`` with a set.
+
+    Examples
+    --------
+    >>> 12 in parse_layers("0,5,10-15"), 10**11 in parse_layers("0-999999999999")
+    (True, True)
+    """
+    ranges = []
     for part in str(spec).split(","):
         part = part.strip()
         if not part:
@@ -60,8 +146,8 @@ def parse_layers(spec: str) -> set:
         hi = int(m.group(2)) if m.group(2) else lo
         if hi < lo:
             raise ValueError(f"bad layer range {part!r} in {spec!r}: end before start")
-        out.update(range(lo, hi + 1))
-    return out
+        ranges.append((lo, hi))
+    return Layers(ranges, str(spec))
 
 
 def select_modules(names, *, modules=None, layers=None):
@@ -72,16 +158,24 @@ def select_modules(names, *, modules=None, layers=None):
     names : iterable of str
     modules : sequence of str, optional
         Keep a name if any pattern matches it (``re.search``), e.g. ``q_proj``.
-    layers : set of int or str, optional
-        Keep names whose layer (see :func:`split_name`) is in it.
+    layers : set of int, str or Layers, optional
+        Keep names whose layer (see :func:`split_name`) is in it. A text or :class:`Layers` selection that
+        names layers the modules do not have is refused, naming the layers there are.
 
     Returns
     -------
     list of str
         Sorted by :func:`natural_key` (layer 2 before layer 10).
     """
+    names = list(names)
     if isinstance(layers, str):
         layers = parse_layers(layers)
+    if isinstance(layers, Layers):
+        existing = {split_name(n)[0] for n in names} - {None}
+        gone = layers.missing(existing)
+        if gone and existing:
+            raise ValueError(f"--layers {layers.spec}: no layer {gone} here; the modules have layers "
+                             f"{_ranges_text(existing)}")
     pats = []
     for p in modules or ():
         try:

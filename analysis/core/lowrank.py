@@ -16,7 +16,7 @@ import numpy as np
 
 from analysis.errors import AdapterError, MissingAlphaError
 
-__all__ = ["LowRank", "FactoredSVD", "numerical_rank", "sign_flip", "tall_qr"]
+__all__ = ["LowRank", "FactoredSVD", "numerical_rank", "require_float", "sign_flip", "tall_qr"]
 
 _KINDS = frozenset({"linear", "embedding", "conv", "merged"})
 
@@ -173,9 +173,32 @@ class FactoredSVD:
         return iter((self.U, self.S, self.V))
 
 
-def _as_float(x):
+def require_float(x, *, path=None, key=None, what="values"):
+    """The one rule for factors and base weights: floating point, upcast to at least float32.
+
+    Parameters
+    ----------
+    x : array_like
+    path, key : str, optional
+        File and tensor key named in the error.
+    what : str
+        What ``x`` is, for the error (``"lora_A"``).
+
+    Returns
+    -------
+    ndarray
+        float32 or float64.
+
+    Raises
+    ------
+    AdapterError
+        If ``x`` is not floating point (integers, booleans, strings …): an integer or boolean factor is no
+        LoRA update, and reading it as one would be silently wrong.
+    """
     x = np.asarray(x)
-    if x.dtype.kind != "f" or x.dtype.itemsize < 4:
+    if x.dtype.kind != "f":
+        raise AdapterError(f"expected floating-point {what}, got dtype {x.dtype}", path=path, key=key)
+    if x.dtype.itemsize < 4:
         x = x.astype(np.float32)
     return x
 
@@ -237,11 +260,11 @@ class LowRank:
     _cache: dict = field(default_factory=dict, init=False, repr=False, compare=False)
 
     def __post_init__(self):
-        A = _as_float(self.lora_A)
-        B = _as_float(self.lora_B)
+        key = self.name or None
+        A = require_float(self.lora_A, path=self.source, key=key, what="lora_A")
+        B = require_float(self.lora_B, path=self.source, key=key, what="lora_B")
         object.__setattr__(self, "lora_A", A)
         object.__setattr__(self, "lora_B", B)
-        key = self.name or None
         if A.ndim != 2 or B.ndim != 2:
             raise AdapterError(
                 f"lora_A and lora_B must be 2-D, got lora_A {A.shape} and lora_B {B.shape}",
@@ -298,7 +321,7 @@ class LowRank:
             if which == "core":
                 Rb, Ra = self._qr("B")[2], self._qr("A")[2]  # (r, r): B = Qb Rb, Aᵀ = Qa Ra
                 Uc, S, Vct = np.linalg.svd(Rb @ Ra.T)  # core (r, r): B A = Qb core Qaᵀ
-                k = numerical_rank(S, self.shape)
+                k = 0 if self.scale == 0 else numerical_rank(S, self.shape)  # α = 0: ΔW = 0 whatever B A is
                 c = (Uc[:, :k], S[:k].copy(), Vct[:k].T)
             else:
                 shape = self.lora_A.T.shape if which == "A" else self.lora_B.shape  # (d, r)
@@ -371,12 +394,12 @@ class LowRank:
 
     @property
     def rank(self) -> int:
-        """Numerical rank of ΔW (0 for an untrained adapter with B = 0)."""
+        """Numerical rank of ΔW (0 for a zero update: B = 0 before training, or α = 0)."""
         return int(self._small("core")[1].size)
 
     @property
     def is_zero(self) -> bool:
-        """True when ΔW is exactly zero (e.g. B = 0 before training)."""
+        """True when ΔW is exactly zero, whatever makes it so: B = 0 before training, or a zero scale (α = 0)."""
         return self.rank == 0
 
     def basis(self, side: str = "input") -> np.ndarray:

@@ -8,6 +8,7 @@ Every format quirk is settled here and nowhere else.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from analysis.errors import AdapterError, UnsupportedAdapterError
@@ -89,6 +90,20 @@ def load_adapter(path, *, alpha=None, lazy=False, **options):
     AdapterError
         With a one-line message naming the file, the key and what was expected.
     """
+    if not isinstance(path, (str, os.PathLike)):
+        raise AdapterError(f"expected a path (str or os.PathLike) to a checkpoint, got {type(path).__name__} "
+                           f"{str(path)[:60]!r}")
+    try:
+        return _load(path, alpha=alpha, lazy=lazy, **options)
+    except AdapterError:
+        raise
+    except (RecursionError, NotImplementedError, TypeError, ValueError, KeyError, IndexError, AttributeError,
+            UnicodeError, OverflowError, OSError) as e:  # a reader met data it did not foresee
+        msg = " ".join(str(e).split())[:200] or type(e).__name__
+        raise AdapterError(f"cannot read as a LoRA checkpoint: {type(e).__name__}: {msg}", path=path) from None
+
+
+def _load(path, *, alpha, lazy, **options):
     from analysis.io import kohya, loralib, peft
 
     if alpha is not None:

@@ -30,6 +30,7 @@ import re
 
 import numpy as np
 
+from analysis.core.lowrank import require_float
 from analysis.errors import AdapterError
 from analysis.io.tensors import check_finite
 
@@ -203,8 +204,17 @@ class SafetensorsBase(BaseWeights):
                                path=index, key="weight_map") from None
         if not isinstance(weight_map, dict):
             raise AdapterError(f"expected an object, got {type(weight_map).__name__}", path=index, key="weight_map")
-        folder = os.path.dirname(index)
-        return {k: os.path.join(folder, v) for k, v in weight_map.items()}
+        folder = os.path.realpath(os.path.dirname(index))
+        out = {}
+        for k, v in weight_map.items():
+            if not isinstance(v, str) or not v:
+                raise AdapterError(f"expected a shard file name, got {v!r}", path=index, key=k)
+            f = os.path.realpath(os.path.join(folder, v))
+            if os.path.dirname(f) != folder:  # checked before anything is opened
+                raise AdapterError(f"expected a shard file inside the model folder, got {v!r}, which leaves it",
+                                   path=index, key=k)
+            out[k] = f
+        return out
 
     def _index(self):
         return self._ndim
@@ -485,10 +495,10 @@ def base_matrix(W, lr, *, name=None, path=None):
     -------
     (d_out, d_in) ndarray
     """
-    W = np.asarray(W)
     name = name or lr.name
     d_out, d_in = lr.shape
     key = base_tensor_name(name, lr) + ".weight"
+    W = require_float(W, path=path, key=key, what="base weight values")
     if W.ndim > 2:
         W = W.reshape(W.shape[0], -1)  # (out, in, kh, kw) -> (out, in·kh·kw)
     if W.ndim != 2:

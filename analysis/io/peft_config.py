@@ -149,6 +149,8 @@ def read_config(path):
     except json.JSONDecodeError as e:
         raise AdapterError(f"expected a JSON object, got invalid JSON ({e.msg} at line {e.lineno} "
                            f"column {e.colno})", path=path) from None
+    except RecursionError:
+        raise AdapterError("expected a configuration, got JSON nested too deeply to read", path=path) from None
     if not isinstance(cfg, dict):
         raise AdapterError(f"expected a JSON object, got a JSON {type(cfg).__name__}", path=path)
     return cfg

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import re
 from collections import Counter
 from pathlib import Path
@@ -26,6 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from analysis.errors import AdapterError
+from analysis.io.outputs import atomic_output, check_target
 from analysis.io.peft_config import pattern_matches
 
 __all__ = ["write_peft_adapter", "pattern_keys", "peft_factors", "CONFIG_NAME", "WEIGHTS_NAME"]
@@ -148,7 +150,7 @@ def write_peft_adapter(out, modules, *, lora_alpha, base_model_name_or_path=None
         ``out`` already holds an adapter, modules mix orientations, or a
         module's scale is not ``lora_alpha / r``.
     """
-    from safetensors.numpy import save_file
+    from safetensors.numpy import save
 
     out = Path(out)
     alpha = float(lora_alpha)
@@ -158,9 +160,7 @@ def write_peft_adapter(out, modules, *, lora_alpha, base_model_name_or_path=None
         raise AdapterError("no module to write", path=out)
     if out.exists() and not out.is_dir():
         raise AdapterError("expected a folder to write the adapter into, got an existing file", path=out)
-    if out.is_dir() and not overwrite and any((out / n).exists() for n in (CONFIG_NAME, WEIGHTS_NAME)):
-        raise AdapterError("an adapter already exists here; choose another folder or pass overwrite "
-                           "(--force)", path=out)
+    check_target(out, force=overwrite)
     fan = _fan_in_fan_out(modules, out)
     tensors, ranks = {}, {}
     for name, lr in modules.items():
@@ -173,6 +173,10 @@ def write_peft_adapter(out, modules, *, lora_alpha, base_model_name_or_path=None
                                f"{lr.scale}; rebuild the factors with analysis.core.truncate.from_svd",
                                path=out, key=name)
         for suffix, arr in peft_factors(lr).items():
+            if not np.isfinite(arr).all():
+                raise AdapterError(f"the factors of ΔW (largest singular value {lr.singular_values()[0]:.3g}) do not "
+                                   f"fit float32 (largest {np.finfo(np.float32).max:.3g}); nothing was written",
+                                   path=out, key=name)
             tensors[f"{_PREFIX}{name}.{suffix}"] = arr
         ranks[name] = r
     counts = Counter(ranks.values())
@@ -187,9 +191,10 @@ def write_peft_adapter(out, modules, *, lora_alpha, base_model_name_or_path=None
         "use_dora": False, "init_lora_weights": True, "inference_mode": True, "modules_to_save": None,
         "revision": None,
     }
-    out.mkdir(parents=True, exist_ok=True)
-    save_file(tensors, str(out / WEIGHTS_NAME), metadata={"format": "pt"})
-    with open(out / CONFIG_NAME, "w", encoding="utf-8") as fh:
-        json.dump(config, fh, indent=2)
-        fh.write("\n")
+    with atomic_output(out, force=overwrite, folder=True) as tmp:  # the whole adapter, or nothing
+        with open(os.path.join(tmp, WEIGHTS_NAME), "wb") as fh:  # Python's open: any file name the OS allows
+            fh.write(save(tensors, metadata={"format": "pt"}))
+        with open(os.path.join(tmp, CONFIG_NAME), "w", encoding="utf-8") as fh:
+            json.dump(config, fh, indent=2)
+            fh.write("\n")
     return config

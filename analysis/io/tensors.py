@@ -10,6 +10,7 @@ naming the file and, where there is one, the key.
 from __future__ import annotations
 
 import contextlib
+import os
 import re
 import zipfile
 from pathlib import Path
@@ -33,6 +34,9 @@ def _to_numpy(t, path, key):
         raise AdapterError(f"expected a tensor, got {type(t).__name__}", path=path, key=key)
     if t.is_complex():
         raise AdapterError(f"expected a real tensor, got {t.dtype}", path=path, key=key)
+    if t.is_meta or t.layout != torch.strided:
+        what = "a meta tensor (shape only, no values)" if t.is_meta else f"a {t.layout} tensor"
+        raise AdapterError(f"expected a dense tensor with values, got {what}", path=path, key=key)
     if t.is_floating_point() and t.element_size() < 4:  # fp16, bf16, fp8
         t = t.to(torch.float32)
     return t.detach().cpu().numpy()
@@ -68,10 +72,19 @@ def _torch_version_ok():
     return tuple(parts) >= MIN_TORCH
 
 
-def _flatten(obj, path, prefix=""):
+def _flatten(obj, path, prefix="", _seen=None):
     """Flatten nested dicts of tensors (e.g. ``{"model_state_dict": {...}}``)."""
     import torch
 
+    _seen = set() if _seen is None else _seen
+    if isinstance(obj, dict):
+        if id(obj) in _seen:
+            raise AdapterError(f"expected a tree of tensors, got a dict that contains itself at '{prefix}'",
+                               path=path)
+        if prefix.count(".") > 64:
+            raise AdapterError(f"expected a state dict, got dicts nested more than 64 levels deep at "
+                               f"'{prefix[:80]}…'", path=path)
+        _seen = _seen | {id(obj)}
     out = {}
     if isinstance(obj, torch.Tensor):
         out[prefix.rstrip(".")] = obj
@@ -80,10 +93,10 @@ def _flatten(obj, path, prefix=""):
         # A checkpoint dict whose weights sit under a conventional key.
         for k in _NESTED_KEYS:
             if k in obj and isinstance(obj[k], dict) and not prefix:
-                return _flatten(obj[k], path)
+                return _flatten(obj[k], path, _seen=_seen)
         for k, v in obj.items():
             if isinstance(v, (dict, torch.Tensor)):
-                out.update(_flatten(v, path, f"{prefix}{k}."))
+                out.update(_flatten(v, path, f"{prefix}{k}.", _seen))
     return out
 
 
@@ -135,6 +148,14 @@ def _read_safetensors(path, keys=None):
     from safetensors import safe_open
 
     out = {}
+    try:
+        os.fsencode(path).decode("utf-8")
+    except UnicodeDecodeError:  # safetensors takes UTF-8 paths only: read the bytes here
+        from safetensors.torch import load
+
+        with open(path, "rb") as fh, safetensors_errors(path):
+            tensors = load(fh.read())
+        return {k: v for k, v in tensors.items() if keys is None or k in set(keys)}
     with safetensors_errors(path):
         with safe_open(str(path), framework="pt") as f:
             names = list(f.keys()) if keys is None else [k for k in keys if k in set(f.keys())]

@@ -45,7 +45,7 @@ def write_report(data, out):
         save_frame(data.seed_pair.frame, j(out, "pair_seed.csv"))
         w.append("pair_seed.csv")
     if data.advice is not None:
-        from analysis.cli.common import write_json
+        from analysis.io.outputs import write_json
 
         cfg = data.config
         stem = f"rank_advice_r{cfg.high}_seed{cfg.seeds[0]}_vs_seed{cfg.seeds[1]}"

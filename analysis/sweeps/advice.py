@@ -23,11 +23,9 @@ Which basis (``side``):
   reduction keeps (Eckart–Young, ``python -m analysis.resize``), so "advised
   k" means "the top k directions of ΔW", what a rank-k LoRA can hold.
 - ``"input"`` / ``"output"``: one side only. ``"output"`` is the lenient
-  one: A starts random and keeps a large part of it (the reference runs
-  move it by ‖A − A₀‖_F / ‖A₀‖_F ≈ 0.8), so ΔW ≈ G·P_A for the gradient G,
-  whose output directions survive a different random A better than its
-  input directions (on r8 vs r64 the input side is the smaller advice in
-  58 of 60 modules).
+  one: A starts random and keeps a large part of its initialisation after
+  short training, so ΔW ≈ G·P_A for the gradient G, whose output directions
+  survive a different random A better than its input directions.
 - ``"A"`` / ``"B"``: the LoRA paper's bases (singular vectors of lora_A /
   lora_B ordered by *their own* singular values). Not the default: A's
   singular values mix the random init with the update, so its order is not
@@ -119,7 +117,7 @@ class RankAdvice:
 
     def to_dict(self):
         """JSON-ready summary: settings, ``lora_config`` and one record per module."""
-        from analysis.cli.common import json_ready
+        from analysis.io.outputs import json_ready
 
         return json_ready({"a": self.a_path, "b": self.b_path, "side": self.side, "n_std": self.n_std,
                            "min_rank": self.min_rank, "lora_config": self.lora_config(),

@@ -86,7 +86,7 @@ def finetune_deltas(base, finetuned, *, rank, spectrum=None, modules=None, layer
     modules : sequence of str, optional
         Keep names matching any of these regular expressions (``re.search``).
     layers : set of int or str, optional
-        Keep these layers (see :func:`analysis.sweeps.pair.parse_layers`).
+        Keep these layers (see :func:`analysis.core.adapter.parse_layers`).
     alpha : float, optional
         ``lora_alpha`` of the export; default ``rank`` (scale 1 at rank k).
     fan_in_fan_out : bool
