@@ -15,7 +15,7 @@ from analysis.errors import AdapterError
 from analysis.io.outputs import json_ready, write_json
 
 __all__ = ["Parser", "run", "json_ready", "write_json", "layer_str", "fit", "describe", "wants_progress",
-           "alpha_b", "print_only"]
+           "alpha_b", "print_only", "provenance"]
 
 
 def _prog(module):
@@ -125,6 +125,29 @@ def run(body, args):
               "(rerun with --debug for a traceback)", file=sys.stderr)
         return 1
     return 0 if code is None else int(code)
+
+
+def provenance(command, *, inputs, settings):
+    """What a ``--json`` file records first: the tool, its version, the inputs as given and every setting.
+
+    Parameters
+    ----------
+    command : str
+        The ``python -m analysis.X`` name (``"subspace"``).
+    inputs : Mapping
+        Paths and model names exactly as the user gave them (no absolute or resolved paths).
+    settings : Mapping
+        Every option that changes a number (sides, k, seeds, trials, tolerance …). No timings: two runs
+        on the same inputs write the same bytes.
+
+    Returns
+    -------
+    dict
+    """
+    from analysis import __version__
+
+    return {"tool": "lora-subspace-analysis", "version": __version__, "command": command,
+            "inputs": dict(inputs), "settings": dict(settings)}
 
 
 def layer_str(layer):

@@ -10,8 +10,9 @@ import math
 import re
 import sys
 
-from analysis.cli.common import (Parser, alpha_b, describe, fit, json_ready, layer_str, print_only, run,
-                                 wants_progress, write_json)
+from analysis.cli.common import (Parser, alpha_b, describe, fit, json_ready, layer_str, print_only, provenance,
+                                 run, wants_progress, write_json)
+from analysis.io.outputs import atomic_output, check_target
 
 __all__ = ["main", "build_parser"]
 
@@ -64,6 +65,7 @@ def build_parser():
     p.add_argument("--figure-layer", type=int, default=None, metavar="N",
                    help="layer of the heatmaps written by --out (default: the middle compared layer)")
     p.add_progress()
+    p.add_force()
     return p
 
 
@@ -82,14 +84,16 @@ def _load(path, alpha):
 
 
 def _records(sweep):
-    """One JSON record per module: the frame's row, and on the paper's basis the φ grid, angles and ties."""
+    """One JSON record per module: the frame's row; on the paper's basis the φ grid and angles; on every side
+    the tied cuts of each adapter (``ties_<side>: {"a": [i, …], "b": [i, …]}``, see the README)."""
     recs = json_ready(sweep.frame.to_dict(orient="records"))
     for rec in recs:
+        for side, res in sweep.results[rec["name"]].items():
+            rec[f"ties_{side}"] = {"a": list(res.ties1), "b": list(res.ties2)}
         res = sweep.results[rec["name"]].get("A")
         if res is not None:
             rec["phi_A"] = res.phi
             rec["angles_deg_A"] = [math.degrees(t) for t in res.angles]
-            rec["ties_A"] = {"a": list(res.ties1), "b": list(res.ties2)}
     return json_ready(recs)
 
 
@@ -164,6 +168,9 @@ def main(argv=None):
 def _compare(args):
     from analysis.sweeps.pair import compare_adapters
 
+    for target in (args.json_path, args.csv_path):
+        if target:
+            check_target(target, force=args.force)  # refused before any work
     a = _load(args.adapter_a, args.alpha)
     b = _load(args.adapter_b, alpha_b(args))
     progress = wants_progress(args)
@@ -184,8 +191,15 @@ def _compare(args):
         files = write_pair_figures(sweep, a, b, args.out, sweeps=sweeps, layer=args.figure_layer)
         print(f"figures: {len(files)} PNG files in {args.out}: {', '.join(files)}", file=sys.stdout)
     if args.json_path:
-        write_json(args.json_path, {"a": a.path, "b": b.path, "only_a": sweep.only_a, "only_b": sweep.only_b,
-                                    "modules": _records(sweep)})
+        from analysis.metrics.pair import SIDES, TIE_RTOL
+
+        head = provenance("subspace", inputs={"a": args.adapter_a, "b": args.adapter_b, "base": args.base},
+                          settings={"alpha": args.alpha, "alpha_b": args.alpha_b, "modules": args.modules,
+                                    "layers": args.layers, "sides": list(SIDES), "tie_rtol": TIE_RTOL,
+                                    "n_random": 10, "seed": 0})
+        write_json(args.json_path, {**head, "a": args.adapter_a, "b": args.adapter_b, "only_a": sweep.only_a,
+                                    "only_b": sweep.only_b, "modules": _records(sweep)}, force=args.force)
     if args.csv_path:
-        sweep.frame.to_csv(args.csv_path, index=False)
+        with atomic_output(args.csv_path, force=args.force) as tmp:
+            sweep.frame.to_csv(tmp, index=False)
     return 0

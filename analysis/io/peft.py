@@ -51,7 +51,7 @@ from analysis.errors import AdapterError, UnsupportedAdapterError
 from analysis.io.peft_config import CONFIG_NAME, adalora_rank, parse_settings, read_config
 from analysis.io.tensors import read_tensors
 
-__all__ = ["is_peft_dir", "is_peft_file", "load_peft", "WEIGHT_NAMES"]
+__all__ = ["is_peft_dir", "is_peft_file", "load_peft", "non_lora_tensors", "WEIGHT_NAMES"]
 
 WEIGHT_NAMES = ("adapter_model.safetensors", "adapter_model.bin")
 _PREFIX = "base_model.model."
@@ -88,6 +88,23 @@ def _resolve(path):
         raise AdapterError("no such file or folder", path=p)
     cfg = p.parent / CONFIG_NAME
     return p, (cfg if cfg.is_file() else None)
+
+
+def non_lora_tensors(path):
+    """The tensors of a PEFT adapter that are not LoRA factors (``modules_to_save`` heads, …), as stored.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        The adapter folder or its weights file.
+
+    Returns
+    -------
+    dict[str, ndarray]
+    """
+    weights, _ = _resolve(path)
+    tensors = read_tensors(weights)
+    return {k: v for k, v in tensors.items() if _KEY_RE.match(k) is None}
 
 
 def _group(tensors, source, adapter_name):

@@ -26,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
+from analysis.core.adapter import natural_key
 from analysis.errors import AdapterError
 from analysis.io.outputs import atomic_output, check_target
 from analysis.io.peft_config import pattern_matches
@@ -35,6 +36,10 @@ __all__ = ["write_peft_adapter", "pattern_keys", "peft_factors", "CONFIG_NAME", 
 CONFIG_NAME = "adapter_config.json"
 WEIGHTS_NAME = "adapter_model.safetensors"
 _PREFIX = "base_model.model."
+#: Config fields the writer sets itself (they describe the factors it writes); the rest is carried over.
+_LORA_FIELDS = frozenset({"peft_type", "r", "lora_alpha", "target_modules", "rank_pattern", "alpha_pattern",
+                          "fan_in_fan_out", "use_rslora", "use_dora", "init_lora_weights", "lora_bias",
+                          "exclude_modules"})
 
 
 def _matches(key, name):
@@ -122,7 +127,7 @@ def _fan_in_fan_out(modules, out):
 
 
 def write_peft_adapter(out, modules, *, lora_alpha, base_model_name_or_path=None, task_type=None,
-                       overwrite=False):
+                       overwrite=False, config=None, extra_tensors=None):
     """Save updates as a PEFT LoRA adapter folder.
 
     Parameters
@@ -138,6 +143,12 @@ def write_peft_adapter(out, modules, *, lora_alpha, base_model_name_or_path=None
         Copied into the config (e.g. from the source adapter).
     overwrite : bool
         Replace an existing adapter in ``out``.
+    config : Mapping, optional
+        The source adapter's ``adapter_config.json``: every field that does not describe the LoRA factors
+        (``task_type``, ``modules_to_save``, ``base_model_name_or_path``, ``layers_to_transform`` …) is carried
+        over unchanged, so PEFT loads the result as it loaded the source.
+    extra_tensors : Mapping[str, ndarray], optional
+        Tensors of the source that are not LoRA factors (``modules_to_save`` heads …), written as they are.
 
     Returns
     -------
@@ -183,14 +194,20 @@ def write_peft_adapter(out, modules, *, lora_alpha, base_model_name_or_path=None
     r0 = max(counts, key=lambda k: (counts[k], k))
     keys = pattern_keys(ranks)
     rank_pattern = {keys[n]: r for n, r in ranks.items() if r != r0}
+    carried = {k: v for k, v in dict(config or {}).items() if k not in _LORA_FIELDS}
     config = {
         "peft_type": "LORA", "task_type": task_type, "base_model_name_or_path": base_model_name_or_path,
+        "lora_dropout": 0.0, "bias": "none", "inference_mode": True, "modules_to_save": None, "revision": None,
+        **carried,
         "r": int(r0), "lora_alpha": alpha if not alpha.is_integer() else int(alpha),
-        "target_modules": sorted(modules), "rank_pattern": rank_pattern, "alpha_pattern": {},
-        "lora_dropout": 0.0, "fan_in_fan_out": fan, "bias": "none", "use_rslora": False,
-        "use_dora": False, "init_lora_weights": True, "inference_mode": True, "modules_to_save": None,
-        "revision": None,
+        "target_modules": sorted(modules, key=natural_key), "rank_pattern": rank_pattern, "alpha_pattern": {},
+        "fan_in_fan_out": fan, "use_rslora": False, "use_dora": False, "init_lora_weights": True,
     }
+    for key, arr in dict(extra_tensors or {}).items():
+        if key in tensors:
+            raise AdapterError("expected a tensor that is not a LoRA factor, got one the writer makes", path=out,
+                               key=key)
+        tensors[key] = np.ascontiguousarray(arr)
     with atomic_output(out, force=overwrite, folder=True) as tmp:  # the whole adapter, or nothing
         with open(os.path.join(tmp, WEIGHTS_NAME), "wb") as fh:  # Python's open: any file name the OS allows
             fh.write(save(tensors, metadata={"format": "pt"}))

@@ -10,7 +10,7 @@ from analysis.core.lowrank import LowRank
 from analysis.metrics.similarity import phi_and_angles, random_null, random_null_std
 from analysis.metrics.stability import PrefixStability, stability_from_overlap
 
-__all__ = ["SIDES", "SimilarityResult", "module_similarity", "near_tied_cuts", "gaussian_similarity"]
+__all__ = ["SIDES", "TIE_RTOL", "SimilarityResult", "module_similarity", "near_tied_cuts", "gaussian_similarity"]
 
 SIDES = ("A", "B", "input", "output")
 def _cols(parts):
@@ -18,7 +18,12 @@ def _cols(parts):
     return parts[0].shape[1] if parts[1] is None else parts[1].shape[1]
 
 
-def near_tied_cuts(s, *, rtol=1e-3):
+#: Singular values closer than this, relative to σ₁, count as tied: equal to within the precision of the
+#: float64 factorisation, so that the order inside them (and a cut between them) is not defined.
+TIE_RTOL = 1e-9
+
+
+def near_tied_cuts(s, *, rtol=TIE_RTOL):
     """Prefix cuts that fall inside near-tied singular values.
 
     A prefix of i singular vectors is not rotation-invariant when
@@ -135,7 +140,7 @@ class SimilarityResult:
                              "null_std": self.null_std.ravel()})
 
 
-def module_similarity(lr1: LowRank, lr2: LowRank, *, side: str = "A", tie_rtol: float = 1e-3,
+def module_similarity(lr1: LowRank, lr2: LowRank, *, side: str = "A", tie_rtol: float = TIE_RTOL,
                       name: str | None = None) -> SimilarityResult:
     """φ(i, j) for every prefix pair between the same module of two adapters.
 

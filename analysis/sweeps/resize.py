@@ -13,10 +13,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from analysis.core.adapter import split_name
+from analysis.core.adapter import natural_key, split_name
 from analysis.core.truncate import truncate
 from analysis.errors import AdapterError
-from analysis.metrics.pair import near_tied_cuts
+from analysis.metrics.pair import TIE_RTOL, near_tied_cuts
 from analysis.metrics.spectrum import energy_retained, rank_for_energy, relative_error
 from analysis.sweeps.common import require_adapter
 
@@ -99,13 +99,20 @@ class ResizeResult:
         return self.frame.copy()
 
     def write(self, out, *, overwrite=False):
-        """Save as a PEFT adapter folder; returns the config written."""
+        """Save as a PEFT adapter folder, whole or not at all; returns the config written.
+
+        Everything of a PEFT source that is not a LoRA factor is carried over unchanged: the config's other
+        fields (task type, ``modules_to_save``, base model) and the tensors of ``modules_to_save``, so that
+        ``PeftModel.from_pretrained`` loads the result for every task type.
+        """
+        from analysis.io.peft import non_lora_tensors
         from analysis.io.peft_writer import write_peft_adapter
 
-        cfg = getattr(self.source, "config", {}) or {}
+        src = self.source
+        peft_source = getattr(src, "format", None) == "peft"
         return write_peft_adapter(out, self.modules, lora_alpha=self.alpha, overwrite=overwrite,
-                                  base_model_name_or_path=cfg.get("base_model_name_or_path"),
-                                  task_type=cfg.get("task_type"))
+                                  config=getattr(src, "config", None) if peft_source else None,
+                                  extra_tensors=non_lora_tensors(src.path) if peft_source else None)
 
 
 def _default_alpha(adapter, ks):
@@ -116,7 +123,7 @@ def _default_alpha(adapter, ks):
     return float(max(counts, key=lambda k: (counts[k], k)))
 
 
-def resize_adapter(adapter, *, rank=None, energy=None, pattern=None, alpha=None, tie_rtol=1e-3):
+def resize_adapter(adapter, *, rank=None, energy=None, pattern=None, alpha=None, tie_rtol=TIE_RTOL):
     """Truncate every module of an adapter to its best rank-k approximation.
 
     Parameters
@@ -154,7 +161,9 @@ def resize_adapter(adapter, *, rank=None, energy=None, pattern=None, alpha=None,
     if pattern is not None and not isinstance(pattern, tuple):
         pattern = read_rank_pattern(pattern)
     spectra, targets = {}, {}
-    for name, lr in adapter.items():
+    names = sorted(adapter, key=natural_key)
+    for name in names:
+        lr = adapter[name]
         S = lr.singular_values()  # (n,); raises MissingAlphaError if α is unknown
         spectra[name] = S
         if rank is not None:
@@ -167,7 +176,8 @@ def resize_adapter(adapter, *, rank=None, energy=None, pattern=None, alpha=None,
         targets[name] = min(t, S.size)
     alpha = float(alpha) if alpha is not None else _default_alpha(adapter, targets.values())
     modules, rows = {}, []
-    for name, lr in adapter.items():
+    for name in names:
+        lr = adapter[name]
         S, k = spectra[name], targets[name]
         modules[name] = truncate(lr, k, alpha=alpha)
         lr.clear_cache()
@@ -186,5 +196,5 @@ def resize_adapter(adapter, *, rank=None, energy=None, pattern=None, alpha=None,
     if any("lora_B_bias" in lr.meta for lr in adapter.values()):
         notes.append("lora_bias terms (s·lora_B.bias) are not part of ΔW and are not written")
     if adapter.config.get("modules_to_save"):
-        notes.append(f"modules_to_save {adapter.config['modules_to_save']!r} are not low-rank and are not written")
+        notes.append(f"modules_to_save {adapter.config['modules_to_save']!r} are not low-rank: copied unchanged")
     return ResizeResult(modules=modules, frame=pd.DataFrame(rows), alpha=alpha, source=adapter, notes=tuple(notes))
