@@ -15,7 +15,7 @@ from analysis.errors import AdapterError
 from analysis.io.outputs import json_ready, write_json
 
 __all__ = ["Parser", "run", "json_ready", "write_json", "layer_str", "fit", "describe", "wants_progress",
-           "alpha_b", "print_only", "provenance"]
+           "alpha_b", "print_only", "provenance", "check_outputs", "write_csv", "save_figure"]
 
 
 def _prog(module):
@@ -148,6 +148,37 @@ def provenance(command, *, inputs, settings):
 
     return {"tool": "lora-subspace-analysis", "version": __version__, "command": command,
             "inputs": dict(inputs), "settings": dict(settings)}
+
+
+def check_outputs(args, *names):
+    """Refuse, before any work, every output option in ``names`` whose target exists, unless ``--force``."""
+    from analysis.io.outputs import check_target
+
+    for n in names:
+        target = getattr(args, n, None)
+        if target:
+            check_target(target, force=getattr(args, "force", False))
+
+
+def write_csv(frame, path, *, force):
+    """A DataFrame as CSV, whole or not at all."""
+    from analysis.io.outputs import atomic_output
+
+    with atomic_output(path, force=force) as tmp:
+        frame.to_csv(tmp, index=False)
+
+
+def save_figure(fig, path, *, force, dpi=150):
+    """Save a Figure whole or not at all; the format from the suffix, checked first."""
+    from analysis.io.outputs import atomic_output
+
+    ext = os.path.splitext(str(path))[1].lstrip(".").lower()
+    formats = fig.canvas.get_supported_filetypes()
+    if ext not in formats:
+        raise AdapterError(f"expected a figure file name ending in one of .{', .'.join(sorted(formats))}, "
+                           f"got {'.' + ext if ext else 'no suffix'}", path=path)
+    with atomic_output(path, force=force) as tmp:
+        fig.savefig(tmp, dpi=dpi)
 
 
 def layer_str(layer):

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 
-from analysis.cli.common import Parser, fit, layer_str, run, wants_progress, write_json
+from analysis.cli.common import (Parser, check_outputs, fit, layer_str, provenance, run, wants_progress,
+                                 write_csv, write_json)
 
 __all__ = ["main", "build_parser"]
 
@@ -34,7 +35,7 @@ def build_parser():
     p.add_argument("finetuned", metavar="FT", help="fully fine-tuned model, same layout rules as BASE")
     p.add_argument("--rank", type=int, required=True, metavar="K", help="rank of the truncation to report and export")
     p.add_argument("--out", metavar="DIR", help="save the rank-K truncations as a PEFT adapter in DIR")
-    p.add_argument("--force", action="store_true", help="overwrite an adapter already in --out")
+    p.add_force()
     p.add_filters()
     p.add_progress()
     p.add_argument("--spectrum", type=int, default=None, metavar="N",
@@ -58,6 +59,7 @@ def _body(args):
         raise ValueError(f"--rank must be a positive integer, got {args.rank}")
     if args.n_iter < 0 or args.oversample < 0:
         raise ValueError("--n-iter and --oversample must be >= 0")
+    check_outputs(args, "out", "json_path", "csv_path")
     from analysis.sweeps.finetune import finetune_deltas
 
     res = finetune_deltas(args.base, args.finetuned, rank=args.rank, spectrum=args.spectrum,
@@ -89,15 +91,19 @@ def _body(args):
         cfg = res.write(args.out, overwrite=args.force)
         print(f"wrote {args.out}: r = {cfg['r']}, lora_alpha = {cfg['lora_alpha']}, {len(res.modules)} modules")
     if args.json_path:
-        recs = fr.to_dict(orient="records")
+        recs = fr.drop(columns=["seconds"]).to_dict(orient="records")  # no timings: reruns write the same bytes
         for rec in recs:
             g = res.long[res.long["name"] == rec["name"]]
             rec["sigma"] = g["sigma"].tolist()
             rec["energy"] = g["energy"].tolist()
-        write_json(args.json_path, {"base": args.base, "finetuned": args.finetuned, "rank": args.rank,
-                                    "seed": args.seed, "skipped": res.skipped, "modules": recs})
+        head = provenance("finetune", inputs={"base": args.base, "finetuned": args.finetuned, "out": args.out},
+                          settings={"rank": args.rank, "spectrum": args.spectrum, "modules": args.modules,
+                                    "layers": args.layers, "lora_alpha": args.lora_alpha,
+                                    "fan_in_fan_out": args.fan_in_fan_out, "seed": args.seed,
+                                    "n_iter": args.n_iter, "oversample": args.oversample})
+        write_json(args.json_path, {**head, "skipped": res.skipped, "modules": recs}, force=args.force)
     if args.csv_path:
-        fr.to_csv(args.csv_path, index=False)
+        write_csv(fr, args.csv_path, force=args.force)
 
 
 def main(argv=None):

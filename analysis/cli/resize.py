@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import sys
 
-from analysis.cli.common import Parser, fit, layer_str, run, write_json
+from analysis.cli.common import (Parser, check_outputs, fit, layer_str, provenance, run, wants_progress,
+                                 write_json)
 
 __all__ = ["main", "build_parser"]
 
@@ -45,7 +46,8 @@ def build_parser():
                           "adapter_config.json-like {r, rank_pattern}, or a flat {pattern: rank}; modules "
                           "not covered keep their rank")
     p.add_argument("--out", required=True, metavar="DIR", help="folder for the new PEFT adapter")
-    p.add_argument("--force", action="store_true", help="overwrite an adapter already in --out")
+    p.add_force()
+    p.add_progress()
     p.add_argument("--alpha", type=float, default=None,
                    help="scale numerator of the SOURCE when its format does not store it (loralib)")
     p.add_argument("--lora-alpha", type=float, default=None,
@@ -60,12 +62,14 @@ def _body(args):
     from analysis.io import load_adapter
     from analysis.sweeps.resize import resize_adapter
 
+    check_outputs(args, "out", "json_path")
     ad = load_adapter(args.adapter, alpha=args.alpha)
     if args.rank is not None and args.rank < 1:
         raise ValueError(f"--rank must be a positive integer, got {args.rank}")
     if args.energy is not None and not 0 < args.energy <= 1:
         raise ValueError(f"--energy must be in (0, 1], got {args.energy}")
-    res = resize_adapter(ad, rank=args.rank, energy=args.energy, pattern=args.pattern, alpha=args.lora_alpha)
+    res = resize_adapter(ad, rank=args.rank, energy=args.energy, pattern=args.pattern, alpha=args.lora_alpha,
+                         progress=wants_progress(args))
     cfg = res.write(args.out, overwrite=args.force)
     fr = res.frame
     out = sys.stdout
@@ -85,9 +89,12 @@ def _body(args):
           f"{cfg['lora_alpha']}; parameters {params_old} -> {params_new}; energy kept: min "
           f"{fr['energy'].min():.4f}, median {fr['energy'].median():.4f}, overall {overall:.4f}", file=out)
     if args.json_path:
-        write_json(args.json_path, {"source": ad.path, "out": str(args.out), "lora_alpha": res.alpha,
-                                    "r": cfg["r"], "rank_pattern": cfg["rank_pattern"], "energy_overall": overall,
-                                    "modules": fr.to_dict(orient="records")})
+        head = provenance("resize", inputs={"adapter": args.adapter, "out": args.out},
+                          settings={"rank": args.rank, "energy": args.energy, "pattern": args.pattern,
+                                    "alpha": args.alpha, "lora_alpha": args.lora_alpha})
+        write_json(args.json_path, {**head, "lora_alpha": res.alpha, "r": cfg["r"],
+                                    "rank_pattern": cfg["rank_pattern"], "energy_overall": overall,
+                                    "modules": fr.to_dict(orient="records")}, force=args.force)
 
 
 def main(argv=None):

@@ -18,6 +18,7 @@ from analysis.core.truncate import truncate
 from analysis.errors import AdapterError
 from analysis.metrics.pair import TIE_RTOL, near_tied_cuts
 from analysis.metrics.spectrum import energy_retained, rank_for_energy, relative_error
+from analysis.sweeps.common import progress as progress_bar
 from analysis.sweeps.common import require_adapter
 
 __all__ = ["resize_adapter", "ResizeResult", "read_rank_pattern", "rank_from_pattern"]
@@ -123,7 +124,8 @@ def _default_alpha(adapter, ks):
     return float(max(counts, key=lambda k: (counts[k], k)))
 
 
-def resize_adapter(adapter, *, rank=None, energy=None, pattern=None, alpha=None, tie_rtol=TIE_RTOL):
+def resize_adapter(adapter, *, rank=None, energy=None, pattern=None, alpha=None, tie_rtol=TIE_RTOL,
+                   progress=False):
     """Truncate every module of an adapter to its best rank-k approximation.
 
     Parameters
@@ -144,6 +146,8 @@ def resize_adapter(adapter, *, rank=None, energy=None, pattern=None, alpha=None,
     tie_rtol : float
         ``cut_tied`` flags cuts where σ_k − σ_{k+1} ≤ tie_rtol · σ₁ (the
         truncation is then not unique).
+    progress : bool
+        Progress bar on standard error.
 
     Returns
     -------
@@ -162,7 +166,7 @@ def resize_adapter(adapter, *, rank=None, energy=None, pattern=None, alpha=None,
         pattern = read_rank_pattern(pattern)
     spectra, targets = {}, {}
     names = sorted(adapter, key=natural_key)
-    for name in names:
+    for name in progress_bar(names, enabled=progress):
         lr = adapter[name]
         S = lr.singular_values()  # (n,); raises MissingAlphaError if α is unknown
         spectra[name] = S
