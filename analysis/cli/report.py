@@ -43,6 +43,7 @@ def build_parser():
     p.add_argument("--high", type=int, default=d.high, help="larger rank of Fig. 3, 4 (default: %(default)s)")
     p.add_argument("--seeds", type=_ints, default=d.seeds, help="the two seeds of Fig. 4 (default: 0,1)")
     p.add_progress()
+    p.add_force()
     return p
 
 
@@ -66,6 +67,9 @@ def _body(args):
         raise ValueError(f"--seeds needs two seeds, got {args.seeds}")
     cfg = ReportConfig(checkpoints=args.checkpoints, base=base, layer=args.layer, layers=args.layers,
                        ranks=args.ranks, low=args.low, high=args.high, seeds=args.seeds)
+    from analysis.report.write import check_report_target
+
+    check_report_target(args.out, force=args.force)  # before a minute of work
     progress = wants_progress(args)
     t0 = time.perf_counter()
     try:
@@ -76,7 +80,7 @@ def _body(args):
         raise ValueError(f"--layer {args.layer} is not a layer of the adapters")
     from analysis.report.write import write_report
 
-    files = write_report(data, args.out)
+    files = write_report(data, args.out, force=args.force)
     if data.missing:
         print(f"note: missing checkpoints (their figures are skipped): {', '.join(data.missing)}", file=sys.stderr)
     print(f"wrote {len(files)} files to {args.out} in {time.perf_counter() - t0:.1f} s")

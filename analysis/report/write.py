@@ -1,10 +1,71 @@
-"""Write a computed report: every figure (PNG), table (CSV) and the README into one folder."""
+"""Write a computed report: every figure (PNG), table (CSV) and the README into one folder, whole or not at all.
+
+The folder also holds ``MANIFEST`` (the files the report wrote, one per line): a later run replaces a folder
+that holds only those without asking, and refuses a folder with anything else in it unless ``force``.
+"""
 
 from __future__ import annotations
 
 import os
 
-__all__ = ["write_report"]
+from analysis.errors import AdapterError
+
+__all__ = ["write_report", "check_report_target", "MANIFEST"]
+
+#: Name of the list of the report's own files inside its folder.
+MANIFEST = "MANIFEST"
+
+
+def _foreign(out):
+    """Files in ``out`` that an earlier report did not write (its MANIFEST does not list them)."""
+    if not os.path.isdir(out):
+        return [] if not os.path.lexists(out) else [os.path.basename(out)]
+    present = set(os.listdir(out))
+    try:
+        with open(os.path.join(out, MANIFEST), encoding="utf-8") as fh:
+            own = {line.strip() for line in fh if line.strip()} | {MANIFEST}
+    except (OSError, UnicodeDecodeError):
+        own = set()
+    return sorted(present - own)
+
+
+def check_report_target(out, *, force=False):
+    """Refuse ``out`` if it holds files an earlier report did not write, unless ``force``.
+
+    Raises
+    ------
+    AdapterError
+    """
+    foreign = _foreign(out)
+    if foreign and not force:
+        raise AdapterError(f"holds files the report did not write ({', '.join(foreign[:4])}"
+                           f"{' …' if len(foreign) > 4 else ''}); choose another --out or pass --force to replace "
+                           "the folder", path=out)
+
+
+def write_report(data, out, *, force=False):
+    """Write every figure, table and ``README.md`` of a computed report into the folder ``out``, atomically.
+
+    Parameters
+    ----------
+    data : ReportData
+    out : str
+    force : bool
+        Replace a folder that holds files the report did not write.
+
+    Returns
+    -------
+    list of str
+        File names written.
+    """
+    from analysis.io.outputs import atomic_output
+
+    check_report_target(out, force=force)
+    with atomic_output(out, force=True, folder=True) as tmp:
+        written = _write_files(data, tmp)
+        with open(os.path.join(tmp, MANIFEST), "w", encoding="utf-8") as fh:
+            fh.write("".join(f"{n}\n" for n in sorted(written)))
+    return written
 
 
 def _save(fig, path, written):
@@ -12,24 +73,12 @@ def _save(fig, path, written):
     written.append(os.path.basename(path))
 
 
-def write_report(data, out):
-    """Write every figure (PNG), table (CSV) and ``README.md`` of a computed report into ``out``.
-
-    Parameters
-    ----------
-    data : ReportData
-    out : str
-
-    Returns
-    -------
-    list of str
-        File names written.
-    """
+def _write_files(data, out):
+    """Write the report's files into the (new, empty) folder ``out``; returns their names."""
     from analysis.io.frames import save_frame
     from analysis.report import figures as F
     from analysis.report.readme import write_readme
 
-    os.makedirs(out, exist_ok=True)
     w = []
     j = os.path.join
     if data.rank_pair is not None:
