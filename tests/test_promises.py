@@ -290,3 +290,14 @@ def test_subspace_json_describes_itself_and_is_byte_identical(tmp_path, src):
     for m in rec["modules"]:
         for side in rec["settings"]["sides"]:
             assert set(m[f"ties_{side}"]) == {"a", "b"}  # one schema on every side
+
+
+def test_pattern_file_errors_name_the_pattern_file(tmp_path, src):
+    bad_utf8 = tmp_path / "p1.json"
+    bad_utf8.write_bytes(b'{"q_proj": 1, "\xff": 2}')
+    bad_re = tmp_path / "p2.json"
+    bad_re.write_text('{"q_proj(": 1}')
+    for f in (bad_utf8, bad_re):
+        line = _one_line_exit_2(_cli("analysis.resize", str(src), "--pattern", str(f), "--out", str(tmp_path / "o")))
+        assert str(f) in line and str(src) not in line
+    assert _siblings(tmp_path / "o") == []

@@ -8,6 +8,7 @@ The truncation itself (Eckart–Young from the factored SVD, written as balanced
 from __future__ import annotations
 
 import json
+import re
 from collections import Counter
 from dataclasses import dataclass, field
 
@@ -47,6 +48,11 @@ def read_rank_pattern(spec):
                 spec = json.load(fh)
         except json.JSONDecodeError as e:
             raise AdapterError(f"expected JSON, got invalid JSON ({e.msg} at line {e.lineno})", path=path) from None
+        except UnicodeDecodeError as e:
+            raise AdapterError(f"expected UTF-8 JSON text, got byte {e.object[e.start]:#04x} at offset {e.start}",
+                               path=path) from None
+        except RecursionError:
+            raise AdapterError("expected a rank pattern, got JSON nested too deeply to read", path=path) from None
     if not isinstance(spec, dict):
         raise AdapterError(f"expected a JSON object, got {type(spec).__name__}", path=path)
     if isinstance(spec.get("lora_config"), dict):
@@ -61,6 +67,12 @@ def read_rank_pattern(spec):
     if not isinstance(pattern, dict) or not all(ok(v) for v in pattern.values()):
         raise AdapterError(f"expected an object mapping module patterns to non-negative integer ranks, got "
                            f"{str(pattern)[:120]}", path=path, key="rank_pattern")
+    for key in pattern:
+        try:
+            re.compile(key)
+        except re.error as e:
+            raise AdapterError(f"expected a regular expression as module pattern, got {key!r} ({e})", path=path,
+                               key="rank_pattern") from None
     return r, dict(pattern)
 
 
