@@ -35,3 +35,25 @@ def peft_pair(tmp_path_factory):
     make_peft_adapter(root / "r2", r=2, seed=0)
     make_peft_adapter(root / "r4", r=4, seed=1)
     return root / "r2", root / "r4"
+
+
+@pytest.fixture(scope="session")
+def tiny(tmp_path_factory):
+    """A tiny report set: checkpoints r{1,2,4}_seed0 and r{2,4}_seed1 plus a matching synthetic base."""
+    from _synthetic import write_base_for
+
+    root = tmp_path_factory.mktemp("report")
+    ck = root / "checkpoints"
+    for r, s in [(1, 0), (2, 0), (4, 0), (2, 1), (4, 1)]:
+        make_peft_adapter(ck / f"r{r}_seed{s}", r=r, seed=10 * r + s)
+    write_base_for(ck / "r1_seed0", root / "base.safetensors")
+    return root
+
+
+@pytest.fixture(scope="session")
+def tiny_report(tiny):
+    """The report computed on :func:`tiny` (layer 1, layers 0 and 1, ranks 1, 2, 4, pair 2 vs 4)."""
+    from analysis.report import ReportConfig, compute_report
+
+    return compute_report(ReportConfig(checkpoints=str(tiny / "checkpoints"), base=str(tiny / "base.safetensors"),
+                                       layer=1, layers=(0, 1), ranks=(1, 2, 4), low=2, high=4))

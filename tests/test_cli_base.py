@@ -55,8 +55,12 @@ def test_out_writes_png_figures(peft_pair, base, tmp_path, capsys):
     assert main([str(a), str(b), "--out", str(out)]) == 0
     plain = sorted(p.name for p in out.iterdir())
     assert plain == ["phi11_by_layer.png", "phi_layer1.png", "spectra.png"]
-    assert main([str(a), str(b), "--base", str(base[0]), "--out", str(out), "--figure-layer", "0"]) == 0
+    again = [str(a), str(b), "--base", str(base[0]), "--out", str(out), "--figure-layer", "0"]
+    assert main(again) == 2  # a folder with files in it is not written into without --force
+    assert sorted(p.name for p in out.iterdir()) == plain
+    assert main(again + ["--force"]) == 0  # replaced as a whole
     names = {p.name for p in out.iterdir()}
+    assert "phi_layer1.png" not in names and not [p for p in tmp_path.iterdir() if p.name.startswith(".figs")]
     assert {"phi_layer0.png", "amplification_by_layer.png", "table7_layer0.png"} <= names
     for p in out.iterdir():
         assert p.read_bytes()[:8] == PNG and p.stat().st_size > 5000

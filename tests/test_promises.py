@@ -301,3 +301,55 @@ def test_pattern_file_errors_name_the_pattern_file(tmp_path, src):
         line = _one_line_exit_2(_cli("analysis.resize", str(src), "--pattern", str(f), "--out", str(tmp_path / "o")))
         assert str(f) in line and str(src) not in line
     assert _siblings(tmp_path / "o") == []
+
+
+def _finetuned_pair(tmp_path, src):
+    from safetensors.numpy import load_file, save_file
+
+    from _synthetic import write_base_for
+
+    write_base_for(src, tmp_path / "base.safetensors")
+    rng = np.random.default_rng(3)
+    tuned = {k: (v + 0.01 * rng.standard_normal(v.shape)).astype(v.dtype)
+             for k, v in load_file(tmp_path / "base.safetensors").items()}
+    save_file(tuned, tmp_path / "tuned.safetensors")
+    return tmp_path / "base.safetensors", tmp_path / "tuned.safetensors"
+
+
+@pytest.mark.parametrize("command", ["rank", "intruders", "resize", "finetune"])
+def test_every_json_describes_itself_and_is_byte_identical(tmp_path, src, command):
+    make_peft_adapter(tmp_path / "b", r=2, seed=2)
+    base, tuned = _finetuned_pair(tmp_path, src)
+    args = {"rank": [str(src), str(tmp_path / "b"), "--trials", "20"],
+            "intruders": [str(src), "--base", str(base)],
+            "resize": [str(src), "--rank", "2", "--out", str(tmp_path / "resized")],
+            "finetune": [str(base), str(tuned), "--rank", "2"]}[command]
+    outs = []
+    for i in range(2):
+        out = tmp_path / f"{command}{i}.json"
+        again = ["--force"] if i and command == "resize" else []  # the same --out, replaced
+        res = _cli(f"analysis.{command}", *args, *again, "--json", str(out), "--progress", "off")
+        assert res.returncode == 0, res.stderr
+        outs.append(out.read_bytes())
+    assert outs[0] == outs[1]
+    rec = json.loads(outs[0])
+    assert rec["tool"] == "lora-subspace-analysis" and rec["command"] == command and rec["version"]
+    assert str(tmp_path) not in json.dumps(rec["settings"])  # settings, not machine paths
+    assert all(v in args for v in rec["inputs"].values() if v is not None)  # inputs exactly as given
+    assert "seconds" not in json.dumps(rec)
+    if command == "rank":
+        assert {"trials", "seed", "n_std", "side"} <= set(rec["settings"])
+    if command == "intruders":
+        assert rec["inputs"]["base"] == str(base)
+        assert all(isinstance(m["ranks"], list) for m in rec["modules"])
+
+
+@pytest.mark.parametrize("script, module", [("lora-subspace", "analysis.subspace"), ("lora-rank", "analysis.rank"),
+                                            ("lora-intruders", "analysis.intruders")])
+def test_help_names_the_command_the_user_typed(script, module):
+    exe = os.path.join(os.path.dirname(sys.executable), script)
+    if not os.path.exists(exe):
+        pytest.skip(f"{script} is not installed beside {sys.executable}")
+    as_script = subprocess.run([exe, "--help"], capture_output=True, text=True, cwd=ROOT)
+    assert as_script.returncode == 0 and as_script.stdout.startswith(f"usage: {script} ")
+    assert _cli(module, "--help").stdout.startswith(f"usage: python -m {module} ")

@@ -114,7 +114,7 @@ def test_help_explains_every_option(capsys):
 def test_plot_advised_rank():
     from matplotlib.figure import Figure
 
-    from analysis.plotting.spectra_rank import plot_advised_rank
+    from analysis.plotting import plot_advised_rank
 
     planted = dict.fromkeys(["model.layers.0.self_attn.q_proj", "model.layers.0.self_attn.v_proj",
                              "model.layers.1.self_attn.q_proj", "model.layers.1.self_attn.v_proj"], 3)

@@ -1,26 +1,10 @@
 """The report's code path end to end on tiny synthetic adapters and base (not the full report)."""
 
-import pytest
-
 from analysis.io.frames import load_frame
-from analysis.report import ReportConfig, compute_report
 from analysis.cli.report import main
-from analysis.report.readme import findings
-
-from conftest import make_peft_adapter
-from _synthetic import write_base_for
+from analysis.report.findings import HOLDS, VERDICTS, findings
 
 PNG = b"\x89PNG\r\n\x1a\n"
-
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    root = tmp_path_factory.mktemp("report")
-    ck = root / "checkpoints"
-    for r, s in [(1, 0), (2, 0), (4, 0), (2, 1), (4, 1)]:
-        make_peft_adapter(ck / f"r{r}_seed{s}", r=r, seed=10 * r + s)
-    write_base_for(ck / "r1_seed0", root / "base.safetensors")
-    return root
 
 
 ARGS = ["--layer", "1", "--layers", "0,1", "--ranks", "1,2,4", "--low", "2", "--high", "4", "--progress", "off"]
@@ -47,13 +31,12 @@ def test_report_writes_every_figure_table_and_readme(tiny, capsys):
     assert "wrote" in capsys.readouterr().out
 
 
-def test_findings_have_verdicts_and_the_closed_form_check_holds(tiny):
-    data = compute_report(ReportConfig(checkpoints=str(tiny / "checkpoints"), base=str(tiny / "base.safetensors"),
-                                       layer=1, layers=(0, 1), ranks=(1, 2, 4), low=2, high=4))
-    fs = {f["key"]: f for f in findings(data)}
+def test_findings_have_verdicts_and_the_closed_form_check_holds(tiny_report):
+    data = tiny_report
+    fs = {f.id: f for f in findings(data)}
     assert {"fig3_A", "fig3_input", "fig6", "fig4_A", "fig7", "t7_random", "t7_amp", "fig8_low"} <= set(fs)
-    assert fs["t7_checks"]["verdict"] == "check holds"
-    assert all(f["verdict"] for f in fs.values())
+    assert fs["t7_checks"].verdict == HOLDS == "check holds"
+    assert {f.verdict for f in fs.values()} <= VERDICTS
     assert list(data.table7["r"]) == [1, 2, 4, 1, 2, 4]
 
 

@@ -124,7 +124,7 @@ def test_plot_spectra_draws_one_line_per_module():
     pytest.importorskip("matplotlib")
     from matplotlib.figure import Figure
 
-    from analysis.plotting.spectra_rank import plot_energy_spectra
+    from analysis.plotting import plot_energy_spectra
 
     rng = np.random.default_rng(2)
     ad = random_adapter(rng, {f"model.layers.{i}.self_attn.{m}": (12, 10) for i in range(3)

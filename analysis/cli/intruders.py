@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 
-from analysis.cli.common import Parser, fit, layer_str, run, wants_progress, write_json
+import sys
+
+from analysis.cli.common import (Parser, check_outputs, fit, layer_str, provenance, run, save_figure, wants_progress,
+                                 write_csv, write_json)
 from analysis.metrics.intruders import INTRUDER_METHODS, INTRUDER_SIDES
 
 __all__ = ["main", "build_parser"]
@@ -50,6 +53,7 @@ def build_parser():
     p.add_alpha(needed="Needed here (ΔW enters W + ΔW).")
     p.add_filters()
     p.add_progress()
+    p.add_force()
     p.add_argument("--json", dest="json_path", metavar="FILE",
                    help="write one record per module, with max|cos| and sigma of each top vector")
     p.add_argument("--csv", dest="csv_path", metavar="FILE", help="write the per-module table as CSV")
@@ -62,16 +66,16 @@ def _body(args):
     from analysis.io import load_adapter
     from analysis.reference.smollm2 import resolve_base
 
-    args.base = resolve_base(args.base)
-
+    base = resolve_base(args.base)
     if args.top_k < 1:
         raise ValueError(f"--top-k must be a positive integer, got {args.top_k}")
     if not 0 < args.threshold <= 1:
         raise ValueError(f"--threshold must be in (0, 1], got {args.threshold}")
+    check_outputs(args, "json_path", "csv_path", "plot_path")
     ad = load_adapter(args.adapter, alpha=args.alpha)
     from analysis.sweeps.intruders import intruder_sweep
 
-    sw = intruder_sweep(ad, args.base, top_k=args.top_k, threshold=args.threshold, side=args.side,
+    sw = intruder_sweep(ad, base, top_k=args.top_k, threshold=args.threshold, side=args.side,
                         method=args.method, seed=args.seed, modules=args.modules, layers=args.layers,
                         progress=wants_progress(args))
     fr = sw.frame
@@ -88,26 +92,29 @@ def _body(args):
     for t, g in fr.groupby("module", sort=False):
         print(f"{t}: {int(g['count'].sum())} intruders in {len(g)} modules (mean {g['count'].mean():.2f}, "
               f"modules with any {int((g['count'] > 0).sum())})")
-    print(f"time: {fr['seconds'].sum():.2f} s, median {1000 * fr['seconds'].median():.1f} ms per module")
+    print(f"time: {fr['seconds'].sum():.2f} s, median {1000 * fr['seconds'].median():.1f} ms per module",
+          file=sys.stderr)
     if args.json_path:
-        recs = fr.to_dict(orient="records")
+        recs = fr.drop(columns=["seconds"]).to_dict(orient="records")  # no timings: reruns write the same bytes
         for rec in recs:
             res = sw.results[rec["name"]]
+            rec["ranks"] = [int(j) for j in res.ranks]
             rec["max_cos"] = res.max_cos.tolist()
             rec["sigma"] = res.sigma.tolist()
-        write_json(args.json_path, {"adapter": ad.path, "base": args.base, "top_k": args.top_k,
-                                    "threshold": args.threshold, "side": args.side, "method": args.method,
-                                    "modules": recs})
+        head = provenance("intruders", inputs={"adapter": args.adapter, "base": args.base},
+                          settings={"top_k": args.top_k, "threshold": args.threshold, "side": args.side,
+                                    "method": args.method, "seed": args.seed, "alpha": args.alpha,
+                                    "modules": args.modules, "layers": args.layers})
+        write_json(args.json_path, {**head, "modules": recs}, force=args.force)
     if args.csv_path:
-        fr.to_csv(args.csv_path, index=False)
+        write_csv(fr, args.csv_path, force=args.force)
     if args.plot_path:
         from matplotlib.figure import Figure
 
-        from analysis.plotting.intruders import plot_intruders
+        from analysis.plotting import plot_intruders
 
-        fig = Figure(figsize=(6, 3.5), layout="constrained")
-        plot_intruders(fr, ax=fig.add_subplot(), top_k=args.top_k)
-        fig.savefig(args.plot_path, dpi=150)
+        art = plot_intruders(fr, ax=Figure(figsize=(6, 3.5), layout="constrained").add_subplot(), top_k=args.top_k)
+        save_figure(art.fig, args.plot_path, force=args.force)
 
 
 def main(argv=None):

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import sys
 
-from analysis.cli.common import (Parser, alpha_b, describe, layer_str, print_only, run, wants_progress,
-                                 write_json)
+from analysis.cli.common import (Parser, alpha_b, check_outputs, describe, layer_str, print_only, provenance, run,
+                                 save_figure, wants_progress, write_csv, write_json)
 
 __all__ = ["main", "build_parser"]
 
@@ -60,6 +60,7 @@ def build_parser():
     p.add_alpha(pair=True, needed="Not needed for the advice itself.")
     p.add_filters()
     p.add_progress()
+    p.add_force()
     p.add_argument("--json", dest="json_path", metavar="FILE",
                    help="write the advice: settings, lora_config (r, rank_pattern, target_modules) and one "
                         "record per module")
@@ -99,15 +100,14 @@ def _print(adv, a, b, out):
     print_only(adv.only_a, adv.only_b, what="not advised on", limit=6, out=out)
 
 
-def _plot(adv, path):
+def _plot(adv, path, force):
     from matplotlib.figure import Figure
 
     from analysis.plotting import plot_advised_rank
 
-    fig = Figure(figsize=(6, 3.5), layout="constrained")
-    art = plot_advised_rank(adv, ax=fig.add_subplot())
+    art = plot_advised_rank(adv, ax=Figure(figsize=(6, 3.5), layout="constrained").add_subplot())
     art.ax.set_title("rank advice: directions shared by the two adapters", fontsize="medium")
-    fig.savefig(path, dpi=150)
+    save_figure(art.fig, path, force=force)
 
 
 def _body(args):
@@ -122,17 +122,22 @@ def _body(args):
         raise ValueError(f"--n-std must be >= 0, got {args.n_std}")
     if args.trials < 2:
         raise ValueError(f"--trials must be >= 2, got {args.trials}")
+    check_outputs(args, "json_path", "csv_path", "plot_path")
     adv = advise_ranks(a, b, side=args.side, n_std=args.n_std, min_rank=args.min_rank, modules=args.modules,
                        layers=args.layers, trials=args.trials, seed=args.seed, progress=wants_progress(args))
     if not len(adv.frame):
         raise ValueError(f"{b.path}: no module shared with {a.path} (after --modules/--layers filters)")
     _print(adv, a, b, sys.stdout)
     if args.json_path:
-        write_json(args.json_path, adv.to_dict())
+        head = provenance("rank", inputs={"a": args.adapter_a, "b": args.adapter_b},
+                          settings={"side": args.side, "n_std": args.n_std, "trials": args.trials, "seed": args.seed,
+                                    "min_rank": args.min_rank, "alpha": args.alpha, "alpha_b": alpha_b(args),
+                                    "modules": args.modules, "layers": args.layers})
+        write_json(args.json_path, {**head, **adv.to_dict()}, force=args.force)
     if args.csv_path:
-        adv.frame.to_csv(args.csv_path, index=False)
+        write_csv(adv.frame, args.csv_path, force=args.force)
     if args.plot_path:
-        _plot(adv, args.plot_path)
+        _plot(adv, args.plot_path, args.force)
 
 
 def main(argv=None):

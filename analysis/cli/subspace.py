@@ -10,9 +10,8 @@ import math
 import re
 import sys
 
-from analysis.cli.common import (Parser, alpha_b, describe, fit, json_ready, layer_str, print_only, provenance,
-                                 run, wants_progress, write_json)
-from analysis.io.outputs import atomic_output, check_target
+from analysis.cli.common import (Parser, alpha_b, check_outputs, describe, fit, json_ready, layer_str, print_only,
+                                 provenance, run, wants_progress, write_csv, write_json)
 
 __all__ = ["main", "build_parser"]
 
@@ -61,7 +60,8 @@ def build_parser():
                         "(Table 7: projections, amplification; Fig. 8) to the table, --json, --csv and --out")
     p.add_argument("--out", default=None, metavar="DIR",
                    help="write figures as PNG into DIR (phi heatmaps, phi(1,1) per layer, spectra; with --base "
-                        "also the amplification per layer and Table 7)")
+                        "also the amplification per layer and Table 7); the folder is written whole or not at all, "
+                        "and a non-empty DIR is replaced as a whole only with --force")
     p.add_argument("--figure-layer", type=int, default=None, metavar="N",
                    help="layer of the heatmaps written by --out (default: the middle compared layer)")
     p.add_progress()
@@ -168,9 +168,7 @@ def main(argv=None):
 def _compare(args):
     from analysis.sweeps.pair import compare_adapters
 
-    for target in (args.json_path, args.csv_path):
-        if target:
-            check_target(target, force=args.force)  # refused before any work
+    check_outputs(args, "json_path", "csv_path", "out")  # refused before any work
     a = _load(args.adapter_a, args.alpha)
     b = _load(args.adapter_b, alpha_b(args))
     progress = wants_progress(args)
@@ -188,7 +186,7 @@ def _compare(args):
     if args.out:
         from analysis.cli.subspace_figures import write_pair_figures
 
-        files = write_pair_figures(sweep, a, b, args.out, sweeps=sweeps, layer=args.figure_layer)
+        files = write_pair_figures(sweep, a, b, args.out, sweeps=sweeps, layer=args.figure_layer, force=args.force)
         print(f"figures: {len(files)} PNG files in {args.out}: {', '.join(files)}", file=sys.stdout)
     if args.json_path:
         from analysis.metrics.pair import SIDES, TIE_RTOL
@@ -200,6 +198,5 @@ def _compare(args):
         write_json(args.json_path, {**head, "a": args.adapter_a, "b": args.adapter_b, "only_a": sweep.only_a,
                                     "only_b": sweep.only_b, "modules": _records(sweep)}, force=args.force)
     if args.csv_path:
-        with atomic_output(args.csv_path, force=args.force) as tmp:
-            sweep.frame.to_csv(tmp, index=False)
+        write_csv(sweep.frame, args.csv_path, force=args.force)
     return 0

@@ -1,14 +1,99 @@
-"""Shared helpers of the plotting functions (no computation of metrics here)."""
+"""Shared helpers of the plotting functions (no computation of metrics here).
+
+:class:`PlotArtists` is what every ``plot_*`` function returns, after
+scikit-learn's Display objects: the Axes drawn on, its Figure, and the artists
+drawn, by name.
+"""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
-__all__ = ["get_ax", "index_ticks", "module_label", "MODULE_LABELS"]
+__all__ = ["PlotArtists", "check_columns", "get_ax", "index_ticks", "module_label", "MODULE_LABELS"]
 
 #: Short labels for module names, in the paper's notation.
 MODULE_LABELS = {"q_proj": "ΔW_q", "v_proj": "ΔW_v", "k_proj": "ΔW_k", "o_proj": "ΔW_o",
                  "c_attn:q": "ΔW_q", "c_attn:v": "ΔW_v"}
+
+
+@dataclass(frozen=True, eq=False)
+class PlotArtists:
+    """What a ``plot_*`` function drew: its Axes and its artists, by name.
+
+    Every key a function documents is present; an artist that was not drawn
+    (a colour bar with ``colorbar=False``, a legend with ``legend=False``)
+    is None, a group of artists is a list (possibly empty).
+
+    Attributes
+    ----------
+    ax : matplotlib.axes.Axes
+        The Axes drawn on.
+    artists : dict of str to object
+        The artists, e.g. ``{"image": AxesImage, "colorbar": Colorbar, "texts": [Text, ...]}``.
+
+    Examples
+    --------
+    >>> from matplotlib.figure import Figure
+    >>> from analysis.plotting import plot_phi
+    >>> art = plot_phi([[1.0, 0.5], [0.5, 0.25]], ax=Figure().add_subplot())
+    >>> sorted(art.keys())
+    ['colorbar', 'image', 'texts']
+    >>> art["image"] is art.image and art.fig is art.ax.figure
+    True
+    """
+
+    ax: object
+    artists: dict
+
+    @property
+    def fig(self):
+        """The Figure (or SubFigure) holding :attr:`ax`."""
+        return self.ax.figure
+
+    def keys(self):
+        """Names of the artists."""
+        return self.artists.keys()
+
+    def __getitem__(self, key):
+        try:
+            return self.artists[key]
+        except KeyError:
+            raise KeyError(f"no artist {key!r}; this plot drew {sorted(self.artists)}") from None
+
+    def __contains__(self, key):
+        return key in self.artists
+
+    def __getattr__(self, name):
+        # only reached when normal lookup fails: ``art.image`` is ``art["image"]``
+        if name.startswith("_") or name == "artists":
+            raise AttributeError(name)
+        artists = object.__getattribute__(self, "artists")
+        if name in artists:
+            return artists[name]
+        raise AttributeError(f"{type(self).__name__} has no attribute or artist {name!r}; "
+                             f"artists: {sorted(artists)}")
+
+    def __dir__(self):
+        return sorted(set(super().__dir__()) | set(self.artists))
+
+    def __repr__(self):
+        def short(v):
+            if isinstance(v, list):
+                kinds = sorted({type(x).__name__ for x in v})
+                return f"[{len(v)} × {'/'.join(kinds)}]" if v else "[]"
+            return "None" if v is None else type(v).__name__
+
+        inner = ", ".join(f"{k}={short(v)}" for k, v in self.artists.items())
+        return f"PlotArtists(ax={self.ax!r}, {inner})"
+
+
+def check_columns(frame, cols, what):
+    """Raise ValueError naming the missing columns when ``frame`` lacks any of ``cols`` (``what``: its source)."""
+    missing = set(cols) - set(getattr(frame, "columns", ()))
+    if missing:
+        raise ValueError(f"expected a DataFrame with columns {sorted(cols)} ({what}); missing {sorted(missing)}")
 
 
 def get_ax(ax):

@@ -7,24 +7,13 @@ cell in a colour chosen against the cell's brightness.
 
 from __future__ import annotations
 
-from typing import NamedTuple
-
 import numpy as np
 
-from analysis.plotting.common import get_ax, index_ticks
+from analysis.plotting.common import PlotArtists, get_ax, index_ticks
 
-__all__ = ["HeatmapArtists", "plot_phi", "annotate_heatmap", "phi_grid_of"]
+__all__ = ["plot_phi", "annotate_heatmap", "phi_grid_of"]
 
 _ANNOTATE = frozenset({"auto", "always", "never"})
-
-
-class HeatmapArtists(NamedTuple):
-    """What :func:`plot_phi` drew."""
-
-    ax: object
-    image: object
-    colorbar: object
-    texts: list
 
 
 def phi_grid_of(result):
@@ -117,8 +106,9 @@ def plot_phi(result, *, ax=None, i_max=None, j_max=None, transpose=False, annota
 
     Returns
     -------
-    HeatmapArtists
-        ``(ax, image, colorbar, texts)``; colorbar is None when not drawn.
+    PlotArtists
+        ``"image"`` (the AxesImage), ``"colorbar"`` (None when not drawn),
+        ``"texts"`` (the cell values, a list of Text; empty when not written).
     """
     if annotate not in _ANNOTATE:
         raise ValueError(f"annotate must be one of {sorted(_ANNOTATE)}, got {annotate!r}")
@@ -145,4 +135,4 @@ def plot_phi(result, *, ax=None, i_max=None, j_max=None, transpose=False, annota
     texts = []
     if annotate == "always" or (annotate == "auto" and data.size <= 100):
         texts = annotate_heatmap(image, data, fmt=fmt)
-    return HeatmapArtists(ax, image, cbar, texts)
+    return PlotArtists(ax, {"image": image, "colorbar": cbar, "texts": texts})

@@ -2,18 +2,9 @@
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from analysis.plotting.common import PlotArtists, get_ax, module_label
 
-from analysis.plotting.common import get_ax, module_label
-
-__all__ = ["IntruderArtists", "plot_intruders"]
-
-
-class IntruderArtists(NamedTuple):
-    """What :func:`plot_intruders` drew."""
-
-    ax: object
-    bars: list
+__all__ = ["plot_intruders"]
 
 
 def plot_intruders(frame, *, ax=None, modules=None, value="count", top_k=None, width=0.8, **bar_kw):
@@ -36,7 +27,9 @@ def plot_intruders(frame, *, ax=None, modules=None, value="count", top_k=None, w
 
     Returns
     -------
-    IntruderArtists
+    PlotArtists
+        ``"bars"`` (one BarContainer per module type) and ``"legend"``
+        (None when no module type was drawn).
     """
     frame = getattr(frame, "frame", frame)
     if value not in ("count", "energy_share"):
@@ -62,6 +55,5 @@ def plot_intruders(frame, *, ax=None, modules=None, value="count", top_k=None, w
     else:
         ax.set_ylabel("share of top-k energy in intruders")
         ax.set_ylim(0, 1)
-    if types:
-        ax.legend(loc="best", fontsize="small")
-    return IntruderArtists(ax, bars)
+    legend = ax.legend(loc="best", fontsize="small") if types else None
+    return PlotArtists(ax, {"bars": bars, "legend": legend})

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from analysis.plotting.common import get_ax, module_label
+from analysis.plotting.common import PlotArtists, get_ax, module_label
 
 __all__ = ["plot_layer_profile"]
 
@@ -43,7 +43,11 @@ def plot_layer_profile(frame, y, *, ax=None, x="layer", hue="module", order=None
 
     Returns
     -------
-    list of matplotlib artists
+    PlotArtists
+        ``"lines"`` (one Line2D per group, in legend order), ``"nulls"`` (the
+        dashed null lines: one per group and a grey legend-only line when
+        ``null`` is a column, one horizontal line when it is a constant, else
+        empty) and ``"legend"`` (None when not drawn).
     """
     cols = {x, y} | ({hue} if hue else set()) | ({null} if isinstance(null, str) else set())
     missing = cols - set(frame.columns)
@@ -61,7 +65,7 @@ def plot_layer_profile(frame, y, *, ax=None, x="layer", hue="module", order=None
         colors = {g: cm(n % 10) for n, (g, _) in enumerate(groups)}
     elif not hasattr(colors, "get"):
         colors = {g: c for (g, _), c in zip(groups, colors)}
-    artists = []
+    lines, nulls = [], []
     for g, sub in groups:
         sub = sub.sort_values(x)
         if labels is not None and g in labels:
@@ -73,14 +77,14 @@ def plot_layer_profile(frame, y, *, ax=None, x="layer", hue="module", order=None
         c = colors.get(g)
         (ln,) = ax.plot(sub[x].to_numpy(dtype=float), sub[y].to_numpy(dtype=float), marker=markers, ms=3,
                         lw=1.4, color=c, label=lab)
-        artists.append(ln)
+        lines.append(ln)
         if isinstance(null, str):
-            artists.append(ax.plot(sub[x].to_numpy(dtype=float), sub[null].to_numpy(dtype=float), ls="--",
-                                   lw=1.0, color=c, alpha=0.7)[0])
+            nulls.append(ax.plot(sub[x].to_numpy(dtype=float), sub[null].to_numpy(dtype=float), ls="--",
+                                 lw=1.0, color=c, alpha=0.7)[0])
     if isinstance(null, str):
-        artists.append(ax.plot([], [], ls="--", color="grey", label=null_label)[0])
+        nulls.append(ax.plot([], [], ls="--", color="grey", label=null_label)[0])
     elif null is not None:
-        artists.append(ax.axhline(float(null), ls="--", color="grey", lw=1.0, label=null_label))
+        nulls.append(ax.axhline(float(null), ls="--", color="grey", lw=1.0, label=null_label))
     if logy:
         ax.set_yscale("log")
     from matplotlib.ticker import MaxNLocator
@@ -91,6 +95,5 @@ def plot_layer_profile(frame, y, *, ax=None, x="layer", hue="module", order=None
     ax.grid(True, alpha=0.3)
     if title:
         ax.set_title(title)
-    if legend:
-        artists.append(ax.legend(**{"fontsize": 7, **(legend_kw or {})}))
-    return artists
+    leg = ax.legend(**{"fontsize": 7, **(legend_kw or {})}) if legend else None
+    return PlotArtists(ax, {"lines": lines, "nulls": nulls, "legend": leg})

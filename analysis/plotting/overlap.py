@@ -6,7 +6,7 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from analysis.plotting.common import get_ax
+from analysis.plotting.common import PlotArtists, get_ax
 
 __all__ = ["plot_weight_overlap"]
 
@@ -50,11 +50,15 @@ def plot_weight_overlap(results, *, ax=None, j=None, labels=None, show_null=True
 
     Returns
     -------
-    list of matplotlib artists (lines, and the legend if drawn)
+    PlotArtists
+        ``"lines"`` (one φ curve per non-zero result), ``"nulls"`` (dashed,
+        one per curve, then a grey legend-only line; empty unless
+        ``show_null``), ``"random"`` (dotted, likewise; empty unless
+        ``show_random``) and ``"legend"`` (None when not drawn).
     """
     items = _as_items(results, labels)
     ax = get_ax(ax)
-    artists = []
+    lines, nulls, randoms = [], [], []
     if colors is None:
         from matplotlib import colormaps
 
@@ -69,15 +73,15 @@ def plot_weight_overlap(results, *, ax=None, j=None, labels=None, show_null=True
         phi, rnd, null = res.curve(jj)
         i = np.arange(1, phi.size + 1)
         (ln,) = ax.plot(i, phi, color=color, lw=1.6, label=f"{label} (j = {jj})")
-        artists.append(ln)
+        lines.append(ln)
         if show_null:
-            artists.append(ax.plot(i, null, color=color, lw=1.0, ls="--", alpha=0.7)[0])
+            nulls.append(ax.plot(i, null, color=color, lw=1.0, ls="--", alpha=0.7)[0])
         if show_random:
-            artists.append(ax.plot(i, rnd, color=color, lw=0.8, ls=":", alpha=0.8)[0])
+            randoms.append(ax.plot(i, rnd, color=color, lw=0.8, ls=":", alpha=0.8)[0])
     if show_null:
-        artists.append(ax.plot([], [], color="grey", ls="--", label="random null max(i, j)/d")[0])
+        nulls.append(ax.plot([], [], color="grey", ls="--", label="random null max(i, j)/d")[0])
     if show_random:
-        artists.append(ax.plot([], [], color="grey", ls=":", label="a random subspace (one draw)")[0])
+        randoms.append(ax.plot([], [], color="grey", ls=":", label="a random subspace (one draw)")[0])
     if log_x:
         ax.set_xscale("log")
     ax.set_ylim(0, 1.02)
@@ -87,6 +91,5 @@ def plot_weight_overlap(results, *, ax=None, j=None, labels=None, show_null=True
     ax.grid(True, which="major", alpha=0.3)
     if title:
         ax.set_title(title)
-    if legend:
-        artists.append(ax.legend(fontsize=7, loc="upper left"))
-    return artists
+    leg = ax.legend(fontsize=7, loc="upper left") if legend else None
+    return PlotArtists(ax, {"lines": lines, "nulls": nulls, "random": randoms, "legend": leg})

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 
-from analysis.plotting.common import get_ax
+from analysis.plotting.common import PlotArtists, get_ax
 
 __all__ = ["plot_table"]
 
@@ -38,7 +38,9 @@ def plot_table(frame, *, ax=None, columns=None, col_labels=None, fmt="{:.3g}", t
 
     Returns
     -------
-    matplotlib.table.Table
+    PlotArtists
+        ``"table"`` (the matplotlib Table; its cells by (row, column) from
+        ``get_celld()``, row 0 the header).
     """
     columns = list(frame.columns) if columns is None else list(columns)
     missing = set(columns) - set(frame.columns)
@@ -62,4 +64,4 @@ def plot_table(frame, *, ax=None, columns=None, col_labels=None, fmt="{:.3g}", t
     ax.axis("off")
     if title:
         ax.set_title(title, fontsize=fontsize + 1)
-    return table
+    return PlotArtists(ax, {"table": table})

@@ -1,20 +1,30 @@
 """Figure-level helpers: each composes several Axes from the plotting functions into one Figure.
 
-They return ``matplotlib.figure.Figure`` objects built with the object API
-(no pyplot state); :mod:`analysis.cli.report` saves them.
+Two kinds, both returning a ``matplotlib.figure.Figure`` built with the object
+API (no pyplot state, nothing saved here):
+
+- builders on plain inputs (a PairSweep, sweep frames, labels, a layer),
+  shared by the report and ``python -m analysis.subspace A B --out DIR``:
+  :func:`phi_modules_figure`, :func:`phi11_layers_figure`,
+  :func:`spectra_figure`, :func:`amplification_figure`, :func:`table7_figure`;
+- ``fig_x(data)``: one figure of the report from its ReportData
+  (:mod:`analysis.report.write` saves them).
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from analysis.plotting import (plot_layer_profile, plot_phi, plot_spectra, plot_table,
+from analysis.plotting import (plot_advised_rank, plot_layer_profile, plot_phi, plot_spectra, plot_table,
                                plot_weight_overlap)
 from analysis.plotting.common import module_label
 
-__all__ = ["fig_rank_pair", "fig_seed_pair", "fig_layers", "fig_table7", "fig_weight_overlap",
+__all__ = ["phi_modules_figure", "phi11_layers_figure", "spectra_figure", "amplification_figure",
+           "table7_figure", "table7_rows",
+           "fig_rank_pair", "fig_seed_pair", "fig_layers", "fig_table7", "fig_weight_overlap",
            "fig_weight_overlap_heatmap",
-           "fig_phi11_layers", "fig_amplification_layers", "fig_spectra", "fig_rank_advice", "PAPER_TABLE7"]
+           "fig_phi11_layers", "fig_amplification_layers", "fig_spectra", "fig_rank_advice", "PAPER_TABLE7",
+           "SIDE_TEXT"]
 
 #: Table 7 of the paper (GPT-3, layer 48 of 96, ΔWq; ‖Wq‖_F = 61.95).
 PAPER_TABLE7 = [dict(r=4, proj_delta=0.32, proj_w=21.67, proj_random=0.02, w_norm=61.95, delta_norm=6.91,
@@ -22,7 +32,8 @@ PAPER_TABLE7 = [dict(r=4, proj_delta=0.32, proj_w=21.67, proj_random=0.02, w_nor
                 dict(r=64, proj_delta=1.90, proj_w=37.71, proj_random=0.33, w_norm=61.95, delta_norm=3.57,
                      amplification=1.9)]
 
-_SIDE_TXT = {"A": "right-singular vectors of $A$ (the paper's basis)",
+#: What each basis of a φ comparison is, as written in titles.
+SIDE_TEXT = {"A": "right-singular vectors of $A$ (the paper's basis)",
              "B": "left-singular vectors of $B$",
              "input": r"right-singular vectors of $\Delta W$ (input side)",
              "output": r"left-singular vectors of $\Delta W$ (output side)"}
@@ -39,24 +50,281 @@ def _where(data, layer=None):
     return f"layer {layer}"
 
 
+# ---- builders on plain inputs (shared with ``python -m analysis.subspace --out``) ----------------------------
+
+_PHI_FIELDS = ("title", "xlabel", "ylabel")
+
+
+def phi_modules_figure(sweep, names, *, panels, labels=("A", "B"), width=10.0, row_height=3.3,
+                       width_ratios=None, suptitle=None):
+    """φ(i, j) heatmaps of one pair of adapters: one row per module, one column per panel.
+
+    Parameters
+    ----------
+    sweep : PairSweep
+        Its ``results[name][side]`` are drawn.
+    names : sequence of str
+        Module names, one row each (e.g. the modules of one layer).
+    panels : sequence of Mapping
+        One per column: ``"side"`` (the basis, a key of ``results[name]``)
+        and options of :func:`analysis.plotting.plot_phi`. Its ``title``,
+        ``xlabel`` and ``ylabel`` are ``str.format`` templates with the fields
+        ``module`` (ΔW_q, …), ``a``, ``b`` (``labels``), ``r1``, ``r2`` (the
+        ranks), ``k1``, ``k2`` (the φ grid's shape) and ``d``; double literal
+        braces.
+    labels : (str, str)
+        Names of the two adapters.
+    width, row_height : float
+        Figure width and height per row (inches).
+    width_ratios : sequence of float, optional
+        Relative widths of the columns.
+    suptitle : str, optional
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+    """
+    names, panels = list(names), [dict(p) for p in panels]
+    if not names or not panels:
+        raise ValueError(f"need at least one module and one panel, got {len(names)} and {len(panels)}")
+    fig = _figure(width, row_height * len(names) + 0.6)
+    axes = fig.subplots(len(names), len(panels), squeeze=False,
+                        gridspec_kw=None if width_ratios is None else {"width_ratios": list(width_ratios)})
+    for row, name in enumerate(names):
+        for col, panel in enumerate(panels):
+            kw = dict(panel)
+            res = sweep.results[name][kw.pop("side")]
+            fields = dict(module=module_label(name), a=labels[0], b=labels[1], r1=res.r1, r2=res.r2,
+                          k1=res.phi.shape[0], k2=res.phi.shape[1], d=res.d)
+            for key in _PHI_FIELDS:
+                if isinstance(kw.get(key), str):
+                    kw[key] = kw[key].format(**fields)
+            plot_phi(res, ax=axes[row, col], **kw)
+    if suptitle:
+        fig.suptitle(suptitle, fontsize=10)
+    return fig
+
+
+def phi11_layers_figure(frames, *, sides=("A", "input"), suptitle=None):
+    """φ(1, 1) per layer, one line per module type: does the top direction agree?
+
+    Parameters
+    ----------
+    frames : Mapping[str, pandas.DataFrame or None]
+        Pair name -> ``PairSweep.frame`` (columns ``layer, module, d_in,
+        phi11_<side>``); None leaves its panels empty.
+    sides : sequence of str
+        Bases drawn (``phi11_A``, ``phi11_input``, …).
+    suptitle : str, optional
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+        One row per side and one column per pair; a single pair puts its
+        sides side by side. Each panel has the random null 1/d (dashed:
+        one grey line when all modules share d, else one per module).
+    """
+    pairs = list(frames.items())
+    if not pairs:
+        raise ValueError("no pair to draw")
+    if len(pairs) == 1:
+        fig = _figure(5.5 * len(sides), 3.8)
+        axes = fig.subplots(1, len(sides), sharey=True, squeeze=False)
+        cell = {(a, 0): axes[0, a] for a in range(len(sides))}
+    else:
+        fig = _figure(5.5 * len(pairs), 3.2 * len(sides))
+        axes = fig.subplots(len(sides), len(pairs), sharey=True, squeeze=False)
+        cell = {(a, b): axes[a, b] for a in range(len(sides)) for b in range(len(pairs))}
+    for a, side in enumerate(sides):
+        for b, (txt, fr) in enumerate(pairs):
+            ax = cell[(a, b)]
+            if fr is None:
+                ax.set_axis_off()
+                continue
+            d = fr["d_in"].unique()
+            if len(d) == 1:
+                null = 1.0 / int(d[0])
+            else:  # modules of different input size: each its own null
+                fr, null = fr.assign(null11=1.0 / fr["d_in"]), "null11"
+            plot_layer_profile(fr, f"phi11_{side}", ax=ax, null=null, null_label="random null 1/d",
+                               ylabel=r"$\phi(1, 1)$",
+                               title=f"{txt}\n{SIDE_TEXT[side]}" if txt else SIDE_TEXT[side])
+            ax.set_ylim(0, 1.02)
+    if suptitle:
+        fig.suptitle(suptitle, fontsize=10)
+    return fig
+
+
+def spectra_figure(spectra, modules, *, title="{label}: {module}",
+                   suptitle="Singular values of ΔW (normalised by σ₁), one line per layer"):
+    """Singular-value spectra of ΔW per layer: one row per adapter, one column per module type.
+
+    Parameters
+    ----------
+    spectra : Mapping[str, AdapterSweep or Mapping[str, (k,) array_like]]
+        Row label -> spectra (``AdapterSweep.spectra`` or module name -> σ).
+    modules : sequence of str
+        Module types, one column each (kept: names containing it).
+    title : str
+        Panel title, a template with fields ``label`` and ``module`` (ΔW_q, …).
+    suptitle : str, optional
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+    """
+    rows, modules = list(spectra.items()), list(modules)
+    fig = _figure(5.2 * len(modules), 3.4 * len(rows) + 0.5)
+    axes = fig.subplots(len(rows), len(modules), squeeze=False)
+    for a, (label, sp) in enumerate(rows):
+        for b, m in enumerate(modules):
+            plot_spectra(sp, ax=axes[a, b], module=m, title=title.format(label=label, module=module_label(m)))
+    if suptitle:
+        fig.suptitle(suptitle, fontsize=10)
+    return fig
+
+
+def amplification_figure(frames, *, modules=None, title="{module}: amplification factor per layer",
+                         suptitle=None):
+    """Amplification factor ‖ΔW‖_F / ‖Uᵀ W V‖_F per layer: a panel per module type, a line per adapter.
+
+    Parameters
+    ----------
+    frames : Mapping[str, pandas.DataFrame]
+        Adapter label -> ``AdapterSweep.frame`` computed with a base (columns
+        ``layer, module, amplification, fro, proj_random``), in legend order.
+    modules : sequence of str, optional
+        Module types, one panel each; default all, sorted.
+    title : str
+        Panel title, a template with the field ``module`` (ΔW_q, …).
+    suptitle : str, optional
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+        Dashed: the same ‖ΔW‖_F along random directions (‖ΔW‖_F / proj_random).
+    """
+    import pandas as pd
+    from matplotlib import colormaps
+
+
+    if not frames:
+        raise ValueError("no adapter frame to draw")
+    order = list(frames)
+    fr = pd.concat([f.assign(adapter=lab) for lab, f in frames.items()], ignore_index=True)
+    fr["amp_random"] = fr["fro"] / fr["proj_random"]
+    modules = sorted(fr["module"].unique()) if modules is None else list(modules)
+    fig = _figure(5.5 * len(modules), 4.8)
+    axes = fig.subplots(1, len(modules), sharey=True, squeeze=False)[0]
+    cm = colormaps["plasma"]
+    colors = {lab: cm(0.8 * n / max(len(order) - 1, 1)) for n, lab in enumerate(order)}
+    for ax, m in zip(axes, modules):
+        plot_layer_profile(fr[fr["module"] == m], "amplification", ax=ax, hue="adapter", order=order,
+                           colors=colors,
+                           null="amp_random", null_label="same ‖ΔW‖ along random directions", logy=True,
+                           ylabel=r"$\|\Delta W\|_F / \|U^\top W V\|_F$",
+                           title=title.format(module=module_label(m)),
+                           legend_kw=dict(loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=3))
+    if suptitle:
+        fig.suptitle(suptitle, fontsize=10)
+    return fig
+
+
+def _layer_txt(v):
+    import pandas as pd
+
+    return "–" if pd.isna(v) else str(int(v))
+
+
+def table7_rows(frames, *, paper=True):
+    """Table 7 as displayed: each frame's rows (label, layer; module; r; the projections and norms), then the paper's.
+
+    Parameters
+    ----------
+    frames : Mapping[str, pandas.DataFrame]
+        Label (a model or adapter) -> rows with ``layer, module, r,
+        proj_delta, proj_w, proj_random, w_norm, fro, amplification`` (as in
+        ``AdapterSweep.frame`` with a base).
+    paper : bool
+        Append :data:`PAPER_TABLE7`.
+
+    Returns
+    -------
+    pandas.DataFrame
+        Columns ``model, ΔW, r, proj_delta, proj_w, proj_random, w_norm,
+        delta_norm, amplification``.
+    """
+    import pandas as pd
+
+    parts = []
+    for label, t in frames.items():
+        parts.append(pd.DataFrame({"model": [f"{label}, layer {_layer_txt(v)}" for v in t["layer"]],
+                                   "ΔW": [module_label(m) for m in t["module"]], "r": t["r"],
+                                   "proj_delta": t["proj_delta"], "proj_w": t["proj_w"],
+                                   "proj_random": t["proj_random"], "w_norm": t["w_norm"], "delta_norm": t["fro"],
+                                   "amplification": t["amplification"]}))
+    if paper:
+        ref = pd.DataFrame(PAPER_TABLE7)
+        ref.insert(0, "ΔW", "$\\Delta W_q$")
+        ref.insert(0, "model", "GPT-3 (paper), layer 48")
+        parts.append(ref)
+    return pd.concat(parts, ignore_index=True)
+
+
+def table7_figure(frames, *, paper=True, title=None, label_header="model"):
+    """Table 7 rendered: ‖Uᵀ W V‖_F for U, V of ΔW, of W and random, next to ‖W‖_F, ‖ΔW‖_F.
+
+    Parameters
+    ----------
+    frames : Mapping[str, pandas.DataFrame]
+        As for :func:`table7_rows`.
+    paper : bool
+        Add the paper's rows, shaded.
+    title : str, optional
+    label_header : str
+        Header of the first column (the frames' labels).
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+    """
+    fr = table7_rows(frames, paper=paper)
+    n_paper = len(PAPER_TABLE7) if paper else 0
+    fig = _figure(11, 0.32 * len(fr) + 1.4)
+    ax = fig.add_subplot()
+    labels = [label_header, "ΔW", "r", r"$\|U^\top W V\|_F$" + "\nU, V of ΔW", "U, V\nof W", "U, V\nrandom",
+              r"$\|W\|_F$", r"$\|\Delta W\|_F$", "amplification\n" + r"$\|\Delta W\|_F / \|U^\top W V\|_F$"]
+    fmt = {"r": "{:.0f}", "proj_delta": "{:.3f}", "proj_w": "{:.2f}", "proj_random": "{:.3f}",
+           "w_norm": "{:.2f}", "delta_norm": "{:.3f}", "amplification": "{:.2f}"}
+    art = plot_table(fr, ax=ax, col_labels=labels, fmt=fmt, fontsize=8,
+                     col_widths=[0.2, 0.06, 0.04, 0.11, 0.08, 0.08, 0.07, 0.08, 0.15])
+    for (r, _), cell in art["table"].get_celld().items():
+        if r == 0:
+            cell.set_height(cell.get_height() * 2.0)
+        elif r > len(fr) - n_paper:
+            cell.set_facecolor("#fff3d6")
+    if title:
+        ax.set_title(title, fontsize=9)
+    return fig
+
+
+# ---- the report's figures (from ReportData) -----------------------------------------------------------------
+
+
 def fig_rank_pair(data, *, side="A"):
     """Fig. 3: φ(A_{r=low}, A_{r=high}, i, j) for each module at the focus layer, and the j ≤ low zoom."""
     cfg = data.config
-    mods = data.modules
-    fig = _figure(12, 2.6 * len(mods) + 0.6)
-    gs = fig.add_gridspec(len(mods), 2, width_ratios=[3.2, 1.25])
-    for row, m in enumerate(mods):
-        res = data.rank_pair.results[data.name(m)][side]
-        lab = module_label(m)
-        plot_phi(res, ax=fig.add_subplot(gs[row, 0]), i_max=cfg.low,
-                 title=f"{lab}: $i \\leq {cfg.low}$ (r = {cfg.low}), $j \\leq {res.phi.shape[1]}$ (r = {cfg.high})")
-        plot_phi(res, ax=fig.add_subplot(gs[row, 1]), i_max=cfg.low, j_max=cfg.low,
-                 title=f"{lab}: zoom $j \\leq {cfg.low}$")
+    names = [data.name(m) for m in data.modules]
+    panels = [dict(side=side, i_max=cfg.low,
+                   title=f"{{module}}: $i \\leq {cfg.low}$ (r = {cfg.low}), $j \\leq {{k2}}$ (r = {cfg.high})"),
+              dict(side=side, i_max=cfg.low, j_max=cfg.low, title=f"{{module}}: zoom $j \\leq {cfg.low}$")]
+    d = data.rank_pair.results[names[-1]][side].d
     X = "A" if side == "A" else r"\Delta W"
-    fig.suptitle(f"Fig. 3 — subspace similarity $\\phi({X}_{{r={cfg.low}}}, {X}_{{r={cfg.high}}}, i, j)$ at "
-                 f"{_where(data)} of {data.n_layers} (paper: layer 48 of 96)\nbasis: {_SIDE_TXT[side]}; "
-                 f"random subspaces give $\\phi \\approx \\max(i, j)/d$ with d = {res.d}", fontsize=10)
-    return fig
+    return phi_modules_figure(
+        data.rank_pair, names, panels=panels, width=12, row_height=2.6, width_ratios=[3.2, 1.25],
+        suptitle=f"Fig. 3 — subspace similarity $\\phi({X}_{{r={cfg.low}}}, {X}_{{r={cfg.high}}}, i, j)$ at "
+                 f"{_where(data)} of {data.n_layers} (paper: layer 48 of 96)\nbasis: {SIDE_TEXT[side]}; "
+                 f"random subspaces give $\\phi \\approx \\max(i, j)/d$ with d = {d}")
 
 
 def fig_seed_pair(data, *, side="A", vmax=0.5):
@@ -73,7 +341,7 @@ def fig_seed_pair(data, *, side="A", vmax=0.5):
              title=f"random: two Gaussian ({cfg.high} × {rnd.d}) matrices")
     X = "A" if side == "A" else r"\Delta W"
     fig.suptitle(f"Fig. 4 — $\\phi({X}_{{r={cfg.high}}}, {X}'_{{r={cfg.high}}}, i, j)$ between two random seeds "
-                 f"at {_where(data)} (paper: layer 48)\nbasis: {_SIDE_TXT[side]}; colour scale 0 – {vmax} "
+                 f"at {_where(data)} (paper: layer 48)\nbasis: {SIDE_TEXT[side]}; colour scale 0 – {vmax} "
                  f"(values above are drawn at {vmax})", fontsize=10)
     return fig
 
@@ -103,47 +371,27 @@ def fig_layers(data, *, which="rank", side="A"):
                 f"{', '.join(map(str, layers))} of {data.n_layers} (paper: 1, 32, 64, 96 of 96)")
     who = (f"i: top-i directions of r = {cfg.low}, j: top-j of r = {cfg.high}" if which == "rank"
            else f"i: seed {cfg.seeds[0]}, j: seed {cfg.seeds[1]}; colour scale 0 – 0.5")
-    fig.suptitle(f"{head}\nbasis: {_SIDE_TXT[side]}; {who}", fontsize=10)
+    fig.suptitle(f"{head}\nbasis: {SIDE_TEXT[side]}; {who}", fontsize=10)
     return fig
 
 
 def table7_frame(data):
     """Table 7 as displayed: our rows (focus layer, every rank, every module), then the paper's."""
-    import pandas as pd
+    return table7_rows({_model_name(data): data.table7})
 
-    t = data.table7
+
+def _model_name(data):
     import os
 
-    model = os.path.splitext(os.path.basename(data.config.base or "base"))[0].split(".")[0]
-    ours = pd.DataFrame({"model": f"{model}, layer " + t["layer"].astype(str),
-                         "ΔW": [module_label(m) for m in t["module"]], "r": t["r"],
-                         "proj_delta": t["proj_delta"], "proj_w": t["proj_w"], "proj_random": t["proj_random"],
-                         "w_norm": t["w_norm"], "delta_norm": t["fro"], "amplification": t["amplification"]})
-    paper = pd.DataFrame(PAPER_TABLE7)
-    paper.insert(0, "ΔW", "$\\Delta W_q$")
-    paper.insert(0, "model", "GPT-3 (paper), layer 48")
-    return pd.concat([ours, paper], ignore_index=True)
+    return os.path.splitext(os.path.basename(data.config.base or "base"))[0].split(".")[0]
 
 
 def fig_table7(data):
     """Table 7 rendered: ‖Uᵀ W V‖_F for U, V of ΔW, of W and random, next to ‖W‖_F, ‖ΔW‖_F."""
-    fr = table7_frame(data)
-    fig = _figure(11, 0.32 * len(fr) + 1.4)
-    ax = fig.add_subplot()
-    labels = ["model", "ΔW", "r", r"$\|U^\top W V\|_F$" + "\nU, V of ΔW", "U, V\nof W", "U, V\nrandom",
-              r"$\|W\|_F$", r"$\|\Delta W\|_F$", "amplification\n" + r"$\|\Delta W\|_F / \|U^\top W V\|_F$"]
-    fmt = {"r": "{:.0f}", "proj_delta": "{:.3f}", "proj_w": "{:.2f}", "proj_random": "{:.3f}",
-           "w_norm": "{:.2f}", "delta_norm": "{:.3f}", "amplification": "{:.2f}"}
-    tab = plot_table(fr, ax=ax, col_labels=labels, fmt=fmt, fontsize=8,
-                     col_widths=[0.2, 0.06, 0.04, 0.11, 0.08, 0.08, 0.07, 0.08, 0.15])
-    for (r, _), cell in tab.get_celld().items():
-        if r == 0:
-            cell.set_height(cell.get_height() * 2.0)
-        elif r > len(fr) - len(PAPER_TABLE7):
-            cell.set_facecolor("#fff3d6")
-    ax.set_title(f"Table 7 — how ΔW relates to W at layer {data.config.layer} (U, V: top-r singular vectors; "
-                 f"random: mean over {data.config.n_random_table} seeded draws). Paper's rows shaded.", fontsize=9)
-    return fig
+    return table7_figure({_model_name(data): data.table7},
+                         title=f"Table 7 — how ΔW relates to W at layer {data.config.layer} (U, V: top-r singular "
+                               f"vectors; random: mean over {data.config.n_random_table} seeded draws). "
+                               "Paper's rows shaded.")
 
 
 def fig_weight_overlap(data, *, j=None):
@@ -186,79 +434,38 @@ def fig_weight_overlap_heatmap(data, *, module=None, vmax=0.5, i_max=128):
 def fig_phi11_layers(data):
     """Beyond the paper: φ(1, 1) at every layer, for the rank pair and the seed pair, two bases."""
     cfg = data.config
-    pairs = [("rank", data.rank_pair, f"r = {cfg.low} vs r = {cfg.high} (both seed {cfg.seeds[0]})"),
-             ("seed", data.seed_pair, f"r = {cfg.high}: seed {cfg.seeds[0]} vs {cfg.seeds[1]}")]
+    frames = {f"r = {cfg.low} vs r = {cfg.high} (both seed {cfg.seeds[0]})": data.rank_pair,
+              f"r = {cfg.high}: seed {cfg.seeds[0]} vs {cfg.seeds[1]}": data.seed_pair}
     if data.cross_pair is not None:
-        pairs.append(("cross", data.cross_pair, f"control: r = {cfg.low} seed {cfg.seeds[1]} vs "
-                                                f"r = {cfg.high} seed {cfg.seeds[0]}"))
-    fig = _figure(5.5 * len(pairs), 6.4)
-    axes = np.atleast_2d(fig.subplots(2, len(pairs), sharey=True, squeeze=False))
-    for a, side in enumerate(("A", "input")):
-        for b, (_, sweep, txt) in enumerate(pairs):
-            if sweep is None:
-                axes[a, b].set_axis_off()
-                continue
-            fr = sweep.frame
-            plot_layer_profile(fr, f"phi11_{side}", ax=axes[a, b], null=1.0 / int(fr["d_in"].iloc[0]),
-                               null_label="random null 1/d", ylabel=r"$\phi(1, 1)$",
-                               title=f"{txt}\n{_SIDE_TXT[side]}")
-            axes[a, b].set_ylim(0, 1.02)
-    fig.suptitle("φ(1, 1) at every layer: is the top direction shared? (beyond the paper, which shows "
-                 "4 layers)", fontsize=10)
-    return fig
+        frames[f"control: r = {cfg.low} seed {cfg.seeds[1]} vs r = {cfg.high} seed {cfg.seeds[0]}"] = data.cross_pair
+    return phi11_layers_figure({txt: None if sw is None else sw.frame for txt, sw in frames.items()},
+                               suptitle="φ(1, 1) at every layer: is the top direction shared? (beyond the paper, "
+                                        "which shows 4 layers)")
 
 
 def fig_amplification_layers(data):
     """Beyond the paper: the amplification factor at every layer, per rank, with its random counterpart."""
-    import pandas as pd
-
     cfg = data.config
-    frames = []
+    frames = {}
     for r in cfg.ranks:
         lab = f"r{r}_seed{cfg.seeds[0]}"
         if lab in data.sweeps and "amplification" in data.sweeps[lab].frame:
-            f = data.sweeps[lab].frame.copy()
-            f["rank_label"] = f"r = {r}"
-            f["amp_random"] = f["fro"] / f["proj_random"]
-            frames.append(f)
-    fr = pd.concat(frames, ignore_index=True)
-    order = {f"r = {r}": n for n, r in enumerate(cfg.ranks)}
-    fig = _figure(11, 4.8)
-    axes = fig.subplots(1, len(data.modules), sharey=True, squeeze=False)[0]
-    from matplotlib import colormaps
-
-    cm = colormaps["plasma"]
-    colors = {lab: cm(0.8 * n / max(len(order) - 1, 1)) for lab, n in order.items()}
-    for ax, m in zip(axes, data.modules):
-        plot_layer_profile(fr[fr["module"] == m], "amplification", ax=ax, hue="rank_label", order=list(order),
-                           colors=colors,
-                           null="amp_random", null_label="same ‖ΔW‖ along random directions", logy=True,
-                           ylabel=r"$\|\Delta W\|_F / \|U^\top W V\|_F$",
-                           title=f"{module_label(m)}: amplification factor per layer",
-                           legend_kw=dict(loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=3))
-    fig.suptitle("Amplification of W's directions by ΔW at every layer (Table 7's last column, beyond "
-                 "the paper's single layer)", fontsize=10)
-    return fig
+            frames[f"r = {r}"] = data.sweeps[lab].frame
+    return amplification_figure(frames, modules=data.modules,
+                                suptitle="Amplification of W's directions by ΔW at every layer (Table 7's last "
+                                         "column, beyond the paper's single layer)")
 
 
 def fig_spectra(data, *, ranks=None):
     """Beyond the paper: singular-value spectra of ΔW per layer, for the larger ranks."""
     cfg = data.config
     ranks = [r for r in (ranks or (cfg.low, cfg.high)) if f"r{r}_seed{cfg.seeds[0]}" in data.sweeps]
-    fig = _figure(5.2 * len(data.modules), 3.4 * len(ranks) + 0.5)
-    axes = np.atleast_2d(fig.subplots(len(ranks), len(data.modules), squeeze=False))
-    for a, r in enumerate(ranks):
-        sw = data.sweeps[f"r{r}_seed{cfg.seeds[0]}"]
-        for b, m in enumerate(data.modules):
-            plot_spectra(sw, ax=axes[a, b], module=m, title=f"{module_label(m)}, r = {r}: spectrum per layer")
-    fig.suptitle("Singular values of ΔW (normalised by σ₁), one line per layer", fontsize=10)
-    return fig
+    return spectra_figure({f"r = {r}": data.sweeps[f"r{r}_seed{cfg.seeds[0]}"] for r in ranks}, data.modules,
+                          title="{module}, {label}: spectrum per layer")
 
 
 def fig_rank_advice(data):
     """Beyond the paper: the rank each module needs, from the directions the two seeds of r = high share."""
-    from analysis.plotting import plot_advised_rank
-
     cfg = data.config
     fig = _figure(7, 3.8)
     art = plot_advised_rank(data.advice, ax=fig.add_subplot())
