@@ -15,7 +15,7 @@ from torch import nn
 peft = pytest.importorskip("peft")
 transformers = pytest.importorskip("transformers")
 
-from peft import AdaLoraConfig, IA3Config, LoHaConfig, LoraConfig, PeftModel, get_peft_model  # noqa: E402
+from peft import AdaLoraConfig, IA3Config, LoraConfig, PeftModel, get_peft_model  # noqa: E402
 from peft.tuners.tuners_utils import BaseTunerLayer  # noqa: E402
 from peft.utils.other import get_pattern_key as peft_get_pattern_key  # noqa: E402
 from safetensors.torch import load_file, save_file  # noqa: E402
@@ -335,16 +335,7 @@ def test_adalora_without_config_refused(tmp_path):
 
 
 # ---------------------------------------------------------------- refused
-def test_dora_refused(tmp_path):
-    model = peft_on(tiny_llama(), LoraConfig(r=2, target_modules=["q_proj"], use_dora=True))
-    save(model, tmp_path / "dora")
-    with pytest.raises(UnsupportedAdapterError) as e:
-        load_adapter(tmp_path / "dora")
-    one_line_error(e, "adapter_config.json", "use_dora", "base weight")
-    (tmp_path / "dora" / "adapter_config.json").unlink()  # the magnitude vectors alone give it away
-    with pytest.raises(UnsupportedAdapterError) as e:
-        load_adapter(tmp_path / "dora" / "adapter_model.safetensors")
-    one_line_error(e, "lora_magnitude_vector", "DoRA")
+# (DoRA is read since issue 13: tests/test_formats_dora.py)
 
 
 def test_pissa_unconverted_refused_converted_exact(tmp_path):
@@ -370,8 +361,7 @@ def test_pissa_unconverted_refused_converted_exact(tmp_path):
 
 
 @pytest.mark.parametrize("cfg,name", [(IA3Config(target_modules=["q_proj", "down_proj"],
-                                                 feedforward_modules=["down_proj"]), "IA3"),
-                                      (LoHaConfig(r=2, target_modules=["q_proj"]), "LOHA")])
+                                                 feedforward_modules=["down_proj"]), "IA3")])
 def test_other_peft_types_refused(tmp_path, cfg, name):
     save(get_peft_model(tiny_llama(), cfg), tmp_path)
     with pytest.raises(UnsupportedAdapterError) as e:

@@ -139,15 +139,21 @@ def test_loralib_source_with_alpha(tmp_path):
     _check_through_peft(ad, out, dict.fromkeys(ad, 2))
 
 
-def test_kohya_is_refused_with_a_clear_message(tmp_path, capsys):
-    from safetensors.numpy import save_file
+def test_kohya_is_written_back_as_kohya(tmp_path, capsys):
+    """Since issue 13 a kohya source is resized into a kohya file (tests/test_formats_kohya_base.py has the
+    lycoris-lora / sd-scripts oracles); a folder-like --out is refused in one line."""
+    from safetensors.numpy import load_file, save_file
 
     p = tmp_path / "k.safetensors"
     save_file({"lora_unet_down_blocks_0_attn_to_q.lora_down.weight": np.ones((2, 8), np.float32),
                "lora_unet_down_blocks_0_attn_to_q.lora_up.weight": np.ones((8, 2), np.float32)}, str(p))
     assert main([str(p), "--rank", "1", "--out", str(tmp_path / "o")]) == 2
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "kohya" in err and str(p) in err
+    assert err.count("\n") == 1 and "kohya" in err and ".safetensors" in err
+    assert main([str(p), "--rank", "1", "--out", str(tmp_path / "o.safetensors"), "--quiet"]) == 0
+    sd = load_file(str(tmp_path / "o.safetensors"))
+    assert sd["lora_unet_down_blocks_0_attn_to_q.lora_down.weight"].shape == (1, 8)
+    assert float(sd["lora_unet_down_blocks_0_attn_to_q.alpha"]) == pytest.approx(1.0)
 
 
 def test_cli_errors_are_one_line(src, tmp_path, capsys):

@@ -35,8 +35,8 @@ def build_parser():
                            "module's update, from its factored SVD) and save it as a PEFT adapter.",
                epilog=_EPILOG)
     p.add_argument("adapter", metavar="ADAPTER",
-                   help="source adapter: PEFT folder or file, loralib .pt/.bin (kohya files are refused: "
-                        "their module names cannot be mapped to the base model's)")
+                   help="source adapter: PEFT folder or file, loralib .pt/.bin, kohya / LyCORIS .safetensors "
+                        "(written back as a kohya .safetensors file: then --out names that file)")
     how = p.add_mutually_exclusive_group(required=True)
     how.add_argument("--rank", type=int, metavar="K", help="keep the top K directions of every module")
     how.add_argument("--energy", type=float, metavar="E",
@@ -45,7 +45,8 @@ def build_parser():
                      help="per-module ranks from JSON: the --json output of 'python -m analysis.rank', an "
                           "adapter_config.json-like {r, rank_pattern}, or a flat {pattern: rank}; modules "
                           "not covered keep their rank")
-    p.add_argument("--out", required=True, metavar="DIR", help="folder for the new PEFT adapter")
+    p.add_argument("--out", required=True, metavar="DIR",
+                   help="folder for the new PEFT adapter (a .safetensors file for a kohya source)")
     p.add_force()
     p.add_progress()
     p.add_argument("--alpha", type=float, default=None,
@@ -53,6 +54,9 @@ def build_parser():
     p.add_argument("--lora-alpha", type=float, default=None,
                    help="lora_alpha written to the new config (default: the source's lora_alpha, else "
                         "the most common new rank); the factors absorb the scale either way")
+    p.add_argument("--base", default=None, metavar="MODEL",
+                   help="base model (safetensors file or HF folder): needed only for a kohya / LyCORIS source "
+                        "whose LoHa / LoKr modules store flattened factors, to write conv layers with their kernel")
     p.add_argument("--json", dest="json_path", metavar="FILE", help="write the per-module table as JSON")
     p.add_argument("--quiet", action="store_true", help="print only the summary line")
     return p
@@ -70,7 +74,7 @@ def _body(args):
         raise ValueError(f"--energy must be in (0, 1], got {args.energy}")
     res = resize_adapter(ad, rank=args.rank, energy=args.energy, pattern=args.pattern, alpha=args.lora_alpha,
                          progress=wants_progress(args))
-    cfg = res.write(args.out, overwrite=args.force)
+    cfg = res.write(args.out, overwrite=args.force, base=args.base)
     fr = res.frame
     out = sys.stdout
     if not args.quiet:
@@ -85,8 +89,10 @@ def _body(args):
     params_new = int(sum(lr.r * sum(lr.shape) for lr in res.modules.values()))
     tot = float((fr["fro"] ** 2).sum())
     overall = float((fr["fro_kept"] ** 2).sum()) / tot if tot > 0 else 1.0
-    print(f"wrote {args.out}: r = {cfg['r']}, {len(cfg['rank_pattern'])} rank_pattern entries, lora_alpha = "
-          f"{cfg['lora_alpha']}; parameters {params_old} -> {params_new}; energy kept: min "
+    what = (f"kohya file, r = {cfg['r']}, {len(cfg['rank_pattern'])} modules of another rank, alpha per module"
+            if cfg.get("format") == "kohya" else
+            f"r = {cfg['r']}, {len(cfg['rank_pattern'])} rank_pattern entries, lora_alpha = {cfg['lora_alpha']}")
+    print(f"wrote {args.out}: {what}; parameters {params_old} -> {params_new}; energy kept: min "
           f"{fr['energy'].min():.4f}, median {fr['energy'].median():.4f}, overall {overall:.4f}", file=out)
     if args.json_path:
         head = provenance("resize", inputs={"adapter": args.adapter, "out": args.out},

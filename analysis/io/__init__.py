@@ -2,7 +2,9 @@
 
 The format is sniffed from the path: a PEFT folder (``adapter_config.json``),
 a PEFT adapter in a named subfolder, or a single file whose keys tell the
-format (PEFT ``…lora_A.weight``, loralib ``…lora_A``, kohya ``…lora_down.weight``).
+format (PEFT ``…lora_A.weight``, loralib ``…lora_A``, kohya ``…lora_down.weight``,
+LyCORIS ``…hada_w1_a`` / ``…lokr_w1``, diffusers ``unet.…lora.down.weight``); a
+Hugging Face repo id is looked up in the local cache (:mod:`analysis.io.hub`).
 Every format quirk is settled here and nowhere else.
 """
 
@@ -11,7 +13,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from analysis.errors import AdapterError, UnsupportedAdapterError
+from analysis.errors import AdapterError
+from analysis.io.hub import is_repo_id, resolve_repo
 from analysis.io.tensors import TENSOR_SUFFIXES, read_tensors
 
 __all__ = ["load_adapter", "sniff_format"]
@@ -19,20 +22,26 @@ __all__ = ["load_adapter", "sniff_format"]
 _LYCORIS_MARKERS = ("hada_w1_a", "hada_w2_a", "lokr_w1", "lokr_w2", ".oft_", "oft_blocks", "lokr_t")
 
 
-def sniff_format(keys) -> str:
+def sniff_format(keys, path=None) -> str:
     """Name the checkpoint format from its tensor keys.
 
     Parameters
     ----------
     keys : iterable of str
+    path : str or os.PathLike, optional
+        The file, when keys alone are ambiguous (diffusers ``transformer.…lora_A.weight``).
 
     Returns
     -------
-    {"peft", "loralib", "kohya", "lycoris", "unknown"}
+    {"peft", "loralib", "kohya", "lycoris", "diffusers", "unknown"}
     """
     keys = list(keys)
     if any(any(m in k for m in _LYCORIS_MARKERS) for k in keys):
         return "lycoris"
+    from analysis.io.diffusers import is_diffusers_keys
+
+    if is_diffusers_keys(keys, path):
+        return "diffusers"
     if any(".lora_down." in k or k.endswith(".lora_down.weight") for k in keys):
         return "kohya"
     if any(k.endswith((".lora_A.weight", ".lora_B.weight")) or ".lora_A." in k or "lora_embedding_A" in k
@@ -63,9 +72,12 @@ def load_adapter(path, *, alpha=None, lazy=False, **options):
     Parameters
     ----------
     path : str or os.PathLike
-        A PEFT folder (or its ``adapter_model.safetensors`` / ``.bin``), a
-        folder holding one PEFT adapter in a named subfolder, a loralib
-        ``.pt`` / ``.bin`` state dict, or a kohya sd-scripts ``.safetensors``.
+        A PEFT folder (or its ``adapter_model.safetensors`` / ``.bin``;
+        LoRA, AdaLoRA, DoRA, LoHa, LoKr, VeRA), a folder holding one PEFT
+        adapter in a named subfolder, a loralib ``.pt`` / ``.bin`` state dict,
+        a kohya sd-scripts / LyCORIS ``.safetensors`` (LoRA, LoCon, LoHa,
+        LoKr), a diffusers ``pytorch_lora_weights.safetensors``, or a Hugging
+        Face repo id ``org/name`` found in the local cache (offline).
     alpha : float, optional
         Scale numerator α where the format does not store it (loralib, a
         bare PEFT weights file). Ignored with a note where the file stores α.
@@ -77,7 +89,9 @@ def load_adapter(path, *, alpha=None, lazy=False, **options):
         memory stays bounded by the modules in use. For large adapters.
     **options
         Format options: ``enable_lora`` (loralib MergedLinear, e.g.
-        ``[True, False, True]``), ``adapter_name`` (PEFT subfolder).
+        ``[True, False, True]``), ``adapter_name`` (PEFT subfolder);
+        ``revision`` (repo ids) and ``subfolder`` as in PEFT's
+        ``from_pretrained``.
 
     Returns
     -------
@@ -111,7 +125,14 @@ def _load(path, *, alpha, lazy, **options):
             alpha = float(alpha)
         except (TypeError, ValueError):
             raise AdapterError(f"alpha must be a number, got {alpha!r}", path=path) from None
+    revision, subfolder = options.pop("revision", None), options.pop("subfolder", None)
     p = Path(path)
+    if not p.exists() and is_repo_id(path):  # org/name: the local Hugging Face cache, offline
+        p = resolve_repo(os.fspath(path), revision=revision, subfolder=subfolder)
+    elif revision is not None:
+        raise AdapterError("revision= applies to a Hugging Face repo id (org/name), not to a local path", path=p)
+    elif subfolder:
+        p = p / subfolder
     if not p.exists():
         raise AdapterError("no such file or folder", path=p)
     if p.is_dir():
@@ -135,17 +156,21 @@ def _load(path, *, alpha, lazy, **options):
     if peft.is_peft_file(p):
         return peft.load_peft(p, alpha=alpha, lazy=lazy, **options)
     tensors = read_tensors(p)
-    fmt = sniff_format(tensors)
+    fmt = sniff_format(tensors, p)
     if fmt == "peft":
         return peft.load_peft(p, alpha=alpha, tensors=tensors, **options)
     if fmt == "loralib":
         return loralib.load_loralib(p, tensors, alpha=alpha, **options)
     if fmt == "kohya":
         return kohya.load_kohya(p, tensors, alpha=alpha, **options)
+    if fmt == "diffusers":
+        from analysis.io.diffusers import load_diffusers
+
+        return load_diffusers(p, tensors, alpha=alpha, **options)
     if fmt == "lycoris":
-        raise UnsupportedAdapterError(
-            "LyCORIS LoHa / LoKr / OFT adapter: its update is not s·B·A (Hadamard or Kronecker "
-            "products of factors) and is not supported", path=p)
+        if any(k.startswith("base_model.") for k in tensors):  # a PEFT LoHa / LoKr weights file
+            return peft.load_peft(p, alpha=alpha, tensors=tensors, **options)
+        return kohya.load_kohya(p, tensors, alpha=alpha, **options)
     sample = ", ".join(list(tensors)[:3]) or "none"
     raise AdapterError(
         "no LoRA tensors found: expected keys ending in lora_A/lora_B (PEFT, loralib) or "

@@ -12,7 +12,8 @@
   the HF model.
 
 Module names are HF names without the ``.weight`` suffix (e.g.
-``model.layers.0.self_attn.q_proj``); ``weight(name)`` returns float32 in the
+``model.layers.0.self_attn.q_proj``); kohya / LyCORIS names (``lora_unet_…``)
+are resolved against them (:mod:`analysis.io.kohya_names`); ``weight(name)`` returns float32 in the
 ``nn.Linear`` orientation, shape (d_out, d_in), read one tensor at a time and
 checked for NaN / Inf.
 
@@ -32,6 +33,7 @@ import numpy as np
 
 from analysis.core.lowrank import require_float
 from analysis.errors import AdapterError
+from analysis.io.kohya_names import kohya_prefix, resolve_kohya_name, underscore_index
 from analysis.io.tensors import check_finite
 
 __all__ = [
@@ -74,7 +76,41 @@ class BaseWeights:
         return [n for n, ndim in self._index().items() if not matrices_only or ndim == 2]
 
     def __contains__(self, name):
-        return name in self._index()
+        if name in self._index():
+            return True
+        try:
+            self.resolve(name)
+        except AdapterError:
+            return False
+        return True
+
+    def resolve(self, name):
+        """The base's own name for a module: ``name`` itself, or a kohya / LyCORIS name resolved.
+
+        Parameters
+        ----------
+        name : str
+            A module name as an adapter keys it (``model.layers.0.self_attn.q_proj``, or kohya's
+            ``lora_unet_down_blocks_0_…_to_q``).
+
+        Returns
+        -------
+        str
+
+        Raises
+        ------
+        AdapterError
+            No base tensor, or an ambiguous kohya name (see :mod:`analysis.io.kohya_names`).
+        """
+        index = self._index()
+        if name in index:
+            return name
+        if kohya_prefix(name) is None:
+            self._require(name)
+        under = getattr(self, "_underscore", None)
+        if under is None:
+            under = self._underscore = underscore_index(index)
+        return resolve_kohya_name(name, index, index=under, path=self.path)
 
     def weight(self, name):
         """Read one weight.
@@ -94,8 +130,7 @@ class BaseWeights:
         AdapterError
             If the key is missing or the tensor holds NaN / Inf.
         """
-        self._require(name)
-        return self._read(name)
+        return self._read(self.resolve(name))
 
     def weights(self, names=None):
         """Yield ``(name, W)`` for several modules, each file opened once.
@@ -111,9 +146,12 @@ class BaseWeights:
         W : (d_out, d_in) ndarray of float32
         """
         names = self.names() if names is None else list(names)
+        asked = {}  # the base's name -> the names it was asked by (kohya names resolved)
         for name in names:
-            self._require(name)
-        yield from self._read_many(names)
+            asked.setdefault(self.resolve(name), []).append(name)
+        for real, W in self._read_many(list(asked)):
+            for name in asked[real]:
+                yield name, W
 
     def _require(self, name):
         if name not in self._index():
@@ -400,8 +438,9 @@ def open_base(path):
     ----------
     path : str or os.PathLike
         HF folder (``model.safetensors`` or sharded with
-        ``model.safetensors.index.json``), a ``.safetensors`` file, or a
-        Llama ``.gguf`` file.
+        ``model.safetensors.index.json``), a ``.safetensors`` file, a
+        Llama ``.gguf`` file, or a Hugging Face repo id ``org/name`` in the
+        local cache.
 
     Returns
     -------
@@ -415,6 +454,10 @@ def open_base(path):
     """
     path = os.fspath(path)
     if not os.path.exists(path):
+        from analysis.io.hub import is_repo_id, resolve_repo
+
+        if is_repo_id(path):  # org/name: the local Hugging Face cache, offline
+            return open_base(resolve_repo(path))
         raise AdapterError("expected a base-model folder, .safetensors or .gguf file, got a missing path",
                            path=path)
     if os.path.isdir(path):
@@ -464,9 +507,14 @@ def read_base(base, names):
     if hasattr(base, "weights"):
         yield from base.weights(names)
         return
+    under = None
     for n in names:
         if n not in base:
-            raise AdapterError(f"expected a base weight for module '{n}', got none", key=n + ".weight")
+            if kohya_prefix(n) is None:
+                raise AdapterError(f"expected a base weight for module '{n}', got none", key=n + ".weight")
+            under = underscore_index(base) if under is None else under
+            yield n, base[resolve_kohya_name(n, base, index=under)]
+            continue
         yield n, base[n]
 
 

@@ -35,9 +35,13 @@ PEFT's ``get_delta_weight`` in the nn.Linear orientation:
   stores A already flattened, so its ΔW and ``weight_shape`` are the 2-D
   (c_out, c_in · kh · kw) form.
 
-DoRA, PiSSA / OLoRA / CorDA / LoRA-GA / LoftQ adapters that moved the base
-weight, other LoRA variants and non-LoRA PEFT methods are refused with
-:class:`~analysis.errors.UnsupportedAdapterError` (see ``_peft_config``).
+DoRA modules (``lora_magnitude_vector``) are read as their directional part
+``s · B A`` with ``meta["dora"]`` and the magnitude ``meta["magnitude"]`` (d_out,);
+the effective update ``W' − W`` needs the base (:mod:`analysis.io.dora`).
+LoHa, LoKr and VeRA are read by :mod:`analysis.io.peft_methods`.
+PiSSA / OLoRA / CorDA / LoRA-GA / LoftQ adapters that moved the base weight,
+other LoRA variants and the other PEFT methods are refused with
+:class:`~analysis.errors.UnsupportedAdapterError` (see ``peft_config``).
 """
 
 from __future__ import annotations
@@ -49,6 +53,7 @@ from analysis.core.adapter import Adapter
 from analysis.core import LowRank
 from analysis.errors import AdapterError, UnsupportedAdapterError
 from analysis.io.peft_config import CONFIG_NAME, adalora_rank, parse_settings, read_config
+from analysis.io.peft_methods import PEFT_METHODS, add_part, check_one_adapter, load_peft_method
 from analysis.io.tensors import read_tensors
 
 __all__ = ["is_peft_dir", "is_peft_file", "load_peft", "non_lora_tensors", "WEIGHT_NAMES"]
@@ -126,15 +131,8 @@ def _group(tensors, source, adapter_name):
             else:
                 ignored.append(key)
             continue
-        part = groups.setdefault(module, {})
-        if m["part"] in part:
-            raise AdapterError(f"expected one {m['part']} for module '{module}', got it also under "
-                               f"'{part[m['part']][0]}'; pass adapter_name=", path=source, key=key)
-        part[m["part"]] = (key, arr)
-    named = sorted(n for n in names if n is not None)
-    if adapter_name is None and len(named) > 1:
-        raise AdapterError(f"expected the keys of one adapter, got adapters {named}; pass adapter_name=",
-                           path=source)
+        add_part(groups, module, m["part"], key, arr, source=source)
+    check_one_adapter(names, adapter_name, source=source)
     return groups, ignored, biases
 
 
@@ -211,6 +209,14 @@ def _lora_module(name, parts, settings, source, alpha_arg):
     if kind == "linear":
         shape = (A.shape[1], B.shape[0]) if fan else (B.shape[0], A.shape[1])
     meta["fan_in_fan_out"] = fan
+    if "lora_magnitude_vector" in parts:
+        m_key, m = parts["lora_magnitude_vector"]
+        d_out = B.shape[0]
+        if kind == "embedding" or m.size != d_out:
+            raise AdapterError(f"expected a DoRA magnitude of shape ({d_out},) (one per output row of a linear or "
+                               f"conv layer), got {tuple(m.shape)}", path=source, key=m_key)
+        # ΔW here is DoRA's directional part s·B·A; W' − W needs W (analysis.io.dora)
+        meta.update(dora=True, magnitude=m.reshape(-1), update="directional part s·B·A (DoRA)")
     if settings is None:
         scale = None if alpha_arg is None else alpha_arg / stored_r
         meta.update(r=stored_r, alpha=alpha_arg, use_rslora=None)
@@ -258,7 +264,7 @@ def _adalora_module(name, parts, settings, source):
                    weight_shape=shape, meta=meta)
 
 
-def load_peft(path, *, alpha=None, tensors=None, adapter_name=None, lazy=False,
+def load_peft(path, *, alpha=None, tensors=None, adapter_name=None, lazy=False, config=None,
               **options) -> Adapter:
     """Read a PEFT LoRA or AdaLoRA adapter.
 
@@ -276,6 +282,9 @@ def load_peft(path, *, alpha=None, tensors=None, adapter_name=None, lazy=False,
     adapter_name : str, optional
         Select one adapter when the keys still carry adapter names
         (``…lora_A.<name>.weight``, as in a raw model state dict).
+    config : dict, optional
+        The parsed ``adapter_config.json``, with ``tensors``, for an adapter
+        that is not on disk (``path`` is then only its label in messages).
     lazy : bool
         For a safetensors LoRA adapter: check keys, shapes and ranks from the
         header now and read each module's factors (validating their values)
@@ -297,7 +306,7 @@ def load_peft(path, *, alpha=None, tensors=None, adapter_name=None, lazy=False,
         Malformed config or tensors: missing or unpaired factors, wrong ndim,
         A/B inner-dimension or config-rank mismatch, NaN / Inf, unsafe pickle.
     UnsupportedAdapterError
-        Non-LoRA methods (IA3, LoHa, LoKr, VeRA, OFT, prompt tuning, …), DoRA,
+        Non-LoRA methods (IA3, OFT, prompt tuning, …; LoHa, LoKr and VeRA are read),
         unconverted PiSSA / OLoRA / CorDA / LoRA-GA / LoftQ and other variants
         whose update is not ``s · B A``.
     """
@@ -306,8 +315,14 @@ def load_peft(path, *, alpha=None, tensors=None, adapter_name=None, lazy=False,
     if options:
         raise TypeError(f"load_peft() got unexpected options {sorted(options)}; a PEFT adapter takes "
                         "alpha= and adapter_name=")
-    weights, cfg_path = _resolve(path)
-    cfg = read_config(cfg_path) if cfg_path is not None else None
+    if config is not None and tensors is not None:  # in memory (analysis.io.peft_live)
+        weights, cfg_path, cfg, lazy = Path(str(path)), Path(f"{path} [{CONFIG_NAME}]"), dict(config), False
+    else:
+        weights, cfg_path = _resolve(path)
+        cfg = read_config(cfg_path) if cfg_path is not None else None
+    if cfg is not None and str(cfg.get("peft_type")).upper() in PEFT_METHODS:  # LoHa, LoKr, VeRA
+        return load_peft_method(path, weights, cfg, cfg_path, read_tensors(weights) if tensors is None else tensors,
+                                adapter_name=adapter_name)
     settings = parse_settings(cfg, cfg_path) if cfg is not None else None
     notes = list(settings.notes) if settings else []
     reader = None
@@ -323,6 +338,12 @@ def load_peft(path, *, alpha=None, tensors=None, adapter_name=None, lazy=False,
     if tensors is None:
         tensors = read_tensors(weights)
     source = str(weights)
+    if settings is None:
+        lyco = next((k for k in tensors if any(f".{p}" in k for p in ("hada_w1_a", "lokr_w1", "vera_lambda_b"))), None)
+        if lyco is not None:
+            raise UnsupportedAdapterError(
+                f"PEFT LoHa / LoKr / VeRA tensors without {CONFIG_NAME}: their scale α / r (and VeRA's layout) "
+                "is stored only in the config; keep the adapter folder together", path=source, key=lyco)
     groups, ignored, biases = _group(tensors, source, adapter_name)
     if reader is not None and biases:  # lora_bias values are kept in meta: read the file eagerly
         reader, tensors = None, read_tensors(weights)
@@ -336,11 +357,10 @@ def load_peft(path, *, alpha=None, tensors=None, adapter_name=None, lazy=False,
         raise UnsupportedAdapterError(
             f"tensors of an unknown LoRA variant ({', '.join(variant)}) and no {CONFIG_NAME} to say which: "
             "the update may not be s·B·A", path=source, key=next(k for k in ignored if variant[0] in k))
-    for parts in groups.values():
-        if "lora_magnitude_vector" in parts:
-            raise UnsupportedAdapterError(
-                "DoRA adapter (lora_magnitude_vector): ΔW = m ⊙ (W + s·B·A) / ‖W + s·B·A‖ − W needs the "
-                "base weight W and is not of rank r", path=source, key=parts["lora_magnitude_vector"][0])
+    dora = sorted(n for n, parts in groups.items() if "lora_magnitude_vector" in parts)
+    if dora and settings is None:
+        notes.append("DoRA (lora_magnitude_vector) without adapter_config.json: modules read as their "
+                     "directional part s·B·A")
     ada_keys = [p["lora_E"][0] for p in groups.values() if "lora_E" in p]
     is_ada = settings is not None and settings.peft_type == "ADALORA"
     if ada_keys and not is_ada:

@@ -28,8 +28,6 @@ _MUTATING_INITS = ("pissa", "corda", "olora", "lora_ga")
 
 #: Config entries of LoRA variants whose update is not s·B·A: (key, explanation).
 _REFUSED_VARIANTS = (
-    ("use_dora", "DoRA: ΔW = m ⊙ (W + s·B·A) / ‖W + s·B·A‖ − W (norm per output row) needs the base "
-                 "weight W and is not of rank r"),
     ("arrow_config", "Arrow routes each token to a mixture of several LoRA experts; there is no single ΔW"),
     ("use_bdlora", "BD-LoRA stores a block-diagonal lora_A or lora_B whose layout differs from plain LoRA"),
     ("use_qalora", "QA-LoRA pools the input in groups before lora_A; its update is not s·B·A on the full input"),
@@ -211,6 +209,10 @@ def _check_supported(cfg, path, peft_type):
 
 def _notes(cfg):
     notes = []
+    if cfg.get("use_dora"):
+        notes.append("DoRA: W' = m ⊙ (W + s·B·A) / ‖W + s·B·A‖ (norm per output row) is not W + low rank; each "
+                     "module is read as its directional part s·B·A (meta['dora'], magnitude in meta['magnitude']); "
+                     "analysis.dora_effective(adapter, base) gives the effective update W' − W")
     if cfg.get("alora_invocation_tokens"):
         notes.append("aLoRA: ΔW = s·B·A is applied only to tokens after the invocation sequence")
     if cfg.get("monteclora_config"):
@@ -249,7 +251,7 @@ def parse_settings(cfg, path):
         A key has the wrong type or value (names the file and the key).
     UnsupportedAdapterError
         A non-LoRA method, a LoRA variant whose update is not ``s · B A``
-        (DoRA, …), or a PiSSA / OLoRA / CorDA / LoRA-GA / LoftQ initialisation
+        (Arrow, BD-LoRA, …), or a PiSSA / OLoRA / CorDA / LoRA-GA / LoftQ initialisation
         that changed the base weight and was not converted on save.
     """
     path = str(path)

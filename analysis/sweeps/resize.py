@@ -111,21 +111,55 @@ class ResizeResult:
         """The per-module table."""
         return self.frame.copy()
 
-    def write(self, out, *, overwrite=False):
-        """Save as a PEFT adapter folder, whole or not at all; returns the config written.
+    def write(self, out, *, overwrite=False, base=None):
+        """Save in the source's format, whole or not at all; returns the config written.
 
-        Everything of a PEFT source that is not a LoRA factor is carried over unchanged: the config's other
-        fields (task type, ``modules_to_save``, base model) and the tensors of ``modules_to_save``, so that
-        ``PeftModel.from_pretrained`` loads the result for every task type.
+        A kohya / LyCORIS source is written as a kohya ``.safetensors`` file (same key style, one
+        ``alpha`` per module; LoHa / LoKr modules become rank-k LoRA modules) that sd-scripts and
+        lycoris-lora load. Otherwise a PEFT adapter folder: everything of a PEFT source that is not a LoRA
+        factor is carried over unchanged: the config's other fields (task type, ``modules_to_save``, base
+        model) and the tensors of ``modules_to_save``, so that ``PeftModel.from_pretrained`` loads the result
+        for every task type.
+
+        ``base`` (a path or an open base) is needed for a kohya source with LyCORIS LoHa / LoKr modules
+        stored flattened (their files do not say whether the layer is a convolution): their layer shapes
+        are read from it, so that a conv is written with its kernel.
         """
         from analysis.io.peft import non_lora_tensors
         from analysis.io.peft_writer import write_peft_adapter
 
         src = self.source
+        dora = [n for n, lr in (src.items() if src is not None else ()) if lr.meta.get("dora")]
+        if dora:  # the table is about the directional part; a LoRA written from it would drop the magnitudes
+            raise AdapterError(f"{len(dora)} DoRA module(s): resize truncates the directional part s·B·A only and "
+                               "cannot write an adapter that applies W' = m ⊙ (W + ΔW) / ‖W + ΔW‖ as the source does",
+                               path=src.path, key=dora[0])
+        if getattr(src, "format", None) == "kohya":
+            from analysis.io.kohya_writer import write_kohya_file
+
+            return write_kohya_file(out, self.modules, metadata=src.config, overwrite=overwrite,
+                                    shapes=_kohya_shapes(src, base))
         peft_source = getattr(src, "format", None) == "peft"
         return write_peft_adapter(out, self.modules, lora_alpha=self.alpha, overwrite=overwrite,
                                   config=getattr(src, "config", None) if peft_source else None,
                                   extra_tensors=non_lora_tensors(src.path) if peft_source else None)
+
+
+def _kohya_shapes(src, base):
+    """Layer weight shapes, from ``base``, of the LyCORIS modules of ``src`` stored flattened."""
+    flat = [n for n, lr in src.items() if lr.meta.get("algo") in ("loha", "lokr") and lr.weight_shape is None]
+    if not flat:
+        return {}
+    if base is None:
+        raise AdapterError(f"{len(flat)} LyCORIS LoHa / LoKr module(s) store their factors flattened, so the file "
+                           "does not say whether the layer is a convolution; pass the base model (--base) to "
+                           "write them with their layer's shape", path=src.path, key=flat[0])
+    from analysis.io.base import open_base
+
+    if isinstance(base, (str, bytes)) or hasattr(base, "__fspath__"):
+        with open_base(base) as bw:
+            return {name: tuple(W.shape) for name, W in bw.weights(flat)}
+    return {name: tuple(W.shape) for name, W in base.weights(flat)}
 
 
 def _default_alpha(adapter, ks):
@@ -143,8 +177,8 @@ def resize_adapter(adapter, *, rank=None, energy=None, pattern=None, alpha=None,
     Parameters
     ----------
     adapter : Adapter
-        PEFT, loralib (α known) or any format with dotted module names;
-        kohya is refused (its names cannot be mapped to the base model's).
+        PEFT, loralib (α known), kohya / LyCORIS (written back as a kohya
+        file, see :meth:`ResizeResult.write`) or any format with dotted module names.
     rank : int, optional
         Keep k = min(rank, numerical rank) directions everywhere.
     energy : float in (0, 1], optional
@@ -169,7 +203,9 @@ def resize_adapter(adapter, *, rank=None, energy=None, pattern=None, alpha=None,
 
     if sum(x is not None for x in (rank, energy, pattern)) != 1:
         raise ValueError("give exactly one of rank=, energy= or pattern=")
-    require_adapter(adapter, base_names="resize (a PEFT adapter names the base model's modules)")
+    # a kohya source is written back as kohya (its own names); every other format as PEFT (base names)
+    require_adapter(adapter, base_names=None if getattr(adapter, "format", None) == "kohya"
+                    else "resize (a PEFT adapter names the base model's modules)")
     if rank is not None and (int(rank) != rank or rank < 1):
         raise ValueError(f"rank must be a positive integer, got {rank!r}")
     if energy is not None and not 0 < energy <= 1:
