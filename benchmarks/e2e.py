@@ -15,7 +15,7 @@ import sys
 import tempfile
 import time
 
-__all__ = ["run_child", "cli_vs_load", "import_times", "base_weights", "REPO"]
+__all__ = ["run_child", "cli_vs_load", "busy_machine", "import_times", "base_weights", "REPO", "PIN_VARS"]
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -32,9 +32,18 @@ _LOAD_TOUCH = _LOAD_FILES + (
 )
 
 
-def _env():
+#: The variables that pin BLAS / OpenMP thread pools (set by ``--threads N`` or the "pinned" contenders).
+PIN_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
+
+
+def _env(extra=None):
     env = dict(os.environ)
     env["PYTHONPATH"] = REPO + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    for k, v in (extra or {}).items():
+        if v is None:
+            env.pop(k, None)
+        else:
+            env[k] = v
     return env
 
 
@@ -60,15 +69,16 @@ _PEAK = (
 )
 
 
-def run_child(argv, *, cwd=REPO, timeout=3600):
+def run_child(argv, *, cwd=REPO, timeout=3600, env=None):
     """Run ``argv`` (``[python, "-m" | "-c", target, *args]``); return ``{"wall_s", "maxrss_bytes", "rc",
-    "stdout", "stderr"}``, the peak RSS from the child's own VmHWM."""
+    "stdout", "stderr"}``, the peak RSS from the child's own VmHWM. ``env``: variables set (or, with
+    ``None`` values, removed) on top of the benchmark's environment."""
     with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err, \
             tempfile.NamedTemporaryFile(suffix=".peak") as peak:
         if len(argv) >= 3 and argv[1] in ("-m", "-c") and os.path.exists("/proc/self/status"):
             argv = [argv[0], "-c", _PEAK, peak.name, *argv[1:]]
         t0 = time.perf_counter()
-        p = subprocess.Popen(argv, stdout=out, stderr=err, cwd=cwd, env=_env())
+        p = subprocess.Popen(argv, stdout=out, stderr=err, cwd=cwd, env=_env(env))
         try:
             _, status, ru = os.wait4(p.pid, 0)
         except BaseException:
@@ -108,7 +118,7 @@ def cli_vs_load(a, b, workdir, *, repeats=3, log=print):
         load.append(run_child([sys.executable, "-c", _LOAD_FILES, a_file, b_file]))
         touch.append(run_child([sys.executable, "-c", _LOAD_TOUCH, a_file, b_file]))
         cli.append(run_child([sys.executable, "-m", "analysis.subspace", a, b, "--json", out_json,
-                              "--progress", "off"]))
+                              "--progress", "off", "--force"]))
     with open(out_json) as fh:
         n_mod = len(json.load(fh)["modules"])
     rec = {"a": os.path.basename(a), "b": os.path.basename(b), "bytes_a": os.path.getsize(a_file), "bytes_b": os.path.getsize(b_file),
@@ -125,6 +135,45 @@ def cli_vs_load(a, b, workdir, *, repeats=3, log=print):
         f"torch+load_file {rec['t_load_s']:.2f} s (x{rec['ratio_time']:.2f}); peak RSS cli "
         f"{rec['rss_cli_bytes'] / 2**20:.0f} MiB = {rec['ratio_rss_larger']:.2f} x larger adapter, "
         f"load_file {rec['rss_load_bytes'] / 2**20:.0f} MiB")
+    return rec
+
+
+_HOG = "while True:\n    pass\n"
+
+
+def busy_machine(a, b, workdir, *, hogs=2, repeats=3, log=print):
+    """The 7B pair's CLI on a busy machine: default environment against BLAS pinned to one thread.
+
+    ``hogs`` CPU-bound processes (``while True: pass``) run throughout; the two contenders are interleaved
+    (their order alternating), so both see the same load. The default contender runs without any of
+    :data:`PIN_VARS` (whatever the benchmark was started with); the pinned one with all of them = 1.
+    """
+    out_json = os.path.join(workdir, "subspace_busy.json")
+    cli = [sys.executable, "-m", "analysis.subspace", a, b, "--json", out_json, "--progress", "off", "--force"]
+    unpinned = {v: None for v in PIN_VARS}
+    pinned = {v: "1" for v in PIN_VARS}
+    procs = [subprocess.Popen([sys.executable, "-c", _HOG], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+             for _ in range(hogs)]
+    dflt, pin = [], []
+    try:
+        time.sleep(1.0)
+        for i in range(repeats):
+            order = ((dflt, unpinned), (pin, pinned)) if i % 2 == 0 else ((pin, pinned), (dflt, unpinned))
+            for acc, env in order:
+                acc.append(run_child(cli, env=env)["wall_s"])
+    finally:
+        for p in procs:
+            p.kill()
+        for p in procs:
+            p.wait()
+    from analysis.core.threads import available_cores
+
+    rec = {"hogs": hogs, "repeats": repeats, "t_default_s": _median(dflt), "t_pinned_s": _median(pin),
+           "t_default_all_s": dflt, "t_pinned_all_s": pin, "cores": available_cores(),
+           "jobs": available_cores()}
+    rec["ratio"] = rec["t_default_s"] / rec["t_pinned_s"]
+    log(f"busy machine ({hogs} CPU-bound processes): default {rec['t_default_s']:.2f} s, pinned to one BLAS "
+        f"thread {rec['t_pinned_s']:.2f} s (x{rec['ratio']:.2f})")
     return rec
 
 
@@ -223,18 +272,34 @@ def _flops(shape_list, k, *, n_iter=8, n_random=10):
     return total
 
 
-def base_weights(adapter, base, names, shapes, *, layers, r, n_random=10, repeats=1, read_repeats=3, log=print):
-    """Time analyse_adapter(..., base=...) on the given layers next to the pure read of the same tensors."""
+def base_weights(adapter, base, names, shapes, *, layers, r, n_random=10, repeats=1, read_repeats=3, log=print,
+                 second=None, cache_dir=None):
+    """Time analyse_adapter(..., base=...) on the given layers next to the pure read of the same tensors.
+
+    With ``second`` (another adapter of the same rank) and ``cache_dir``: the first run starts from an empty
+    SVD cache in ``cache_dir`` (cold), then ``second`` is analysed against the same base with the cache
+    warm. Without them the cache is off (``LORA_SUBSPACE_CACHE`` pointed at an empty folder each run).
+    """
+    import shutil
+
     lay = ",".join(str(i) for i in range(layers))
     names_json = json.dumps(names)
-    reads, preads, treads, runs = [], [], [], []
+    cache_dir = cache_dir or os.path.join(tempfile.gettempdir(), "lora-subspace-bench-cache")
+    cenv = {"LORA_SUBSPACE_CACHE": cache_dir}
+    reads, preads, treads, runs, warm = [], [], [], [], []
     for i in range(max(repeats, read_repeats)):  # interleaved; the reads are cheap: repeated more
         if i < read_repeats:
             reads.append(run_child([sys.executable, "-c", _READ_BASE, base, names_json]))
             preads.append(run_child([sys.executable, "-c", _READ_BASE_TORCH, base, names_json]))
             treads.append(run_child([sys.executable, "-c", _TOOLKIT_READ, base, names_json]))
         if i < repeats:
-            runs.append(run_child([sys.executable, "-c", _ANALYSE_BASE, adapter, base, lay, str(n_random)]))
+            shutil.rmtree(cache_dir, ignore_errors=True)  # cold: W's SVDs computed
+            runs.append(run_child([sys.executable, "-c", _ANALYSE_BASE, adapter, base, lay, str(n_random)],
+                                  env=cenv))
+            if second is not None:  # another adapter against the same base: the cache is warm
+                warm.append(run_child([sys.executable, "-c", _ANALYSE_BASE, second, base, lay, str(n_random)],
+                                      env=cenv))
+    shutil.rmtree(cache_dir, ignore_errors=True)
     rec = {"layers": layers, "r": r, "modules": len(names), "n_random": n_random,
            "bytes": sum(2 * m * n for m, n in shapes),
            "t_read_in_s": _median([float(x["stdout"].split()[0]) for x in reads]),
@@ -249,8 +314,18 @@ def base_weights(adapter, base, names, shapes, *, layers, r, n_random=10, repeat
     rec["ratio_time"] = rec["t_analyse_in_s"] / rec["t_read_in_s"]
     rec["gflops_per_s"] = rec["flops"] / rec["t_analyse_in_s"] / 1e9
     rec["ratio_time_proc"] = rec["t_analyse_proc_s"] / rec["t_read_proc_s"]
+    from analysis.core.threads import available_cores
+
+    rec["jobs"] = available_cores()
+    if warm:
+        rec["t_warm_in_s"] = _median([float(x["stdout"].split()[0]) for x in warm])
+        rec["ratio_warm"] = rec["t_warm_in_s"] / rec["t_read_in_s"]
+        rec["ratio_warm_toolkit_read"] = rec["t_warm_in_s"] / rec["t_toolkit_read_in_s"]
+        rec["rss_warm_bytes"] = max(x["maxrss_bytes"] for x in warm)
     log(f"base weights r={r}, {layers} layers ({rec['bytes'] / 2**30:.2f} GiB bf16): analyse "
         f"{rec['t_analyse_in_s']:.1f} s vs pure read {rec['t_read_in_s']:.2f} s (x{rec['ratio_time']:.0f}); "
         f"toolkit read {rec['t_toolkit_read_in_s']:.2f} s; {rec['flops'] / 1e12:.2f} Tflop at "
-        f"{rec['gflops_per_s']:.1f} Gflop/s; peak RSS {rec['rss_analyse_bytes'] / 2**20:.0f} MiB")
+        f"{rec['gflops_per_s']:.1f} Gflop/s; peak RSS {rec['rss_analyse_bytes'] / 2**20:.0f} MiB"
+        + (f"; second adapter, cache warm {rec['t_warm_in_s']:.2f} s (x{rec['ratio_warm']:.1f} of the pure read)"
+           if warm else ""))
     return rec

@@ -57,3 +57,17 @@ def tiny_report(tiny):
 
     return compute_report(ReportConfig(checkpoints=str(tiny / "checkpoints"), base=str(tiny / "base.safetensors"),
                                        layer=1, layers=(0, 1), ranks=(1, 2, 4), low=2, high=4))
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _private_svd_cache(tmp_path_factory):
+    """Keep the persistent SVD cache of base weights (analysis.io.svd_cache) out of the user's folder."""
+    import os
+
+    old = os.environ.get("LORA_SUBSPACE_CACHE")
+    os.environ["LORA_SUBSPACE_CACHE"] = str(tmp_path_factory.mktemp("svd-cache"))
+    yield
+    if old is None:
+        os.environ.pop("LORA_SUBSPACE_CACHE", None)
+    else:
+        os.environ["LORA_SUBSPACE_CACHE"] = old

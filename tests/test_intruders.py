@@ -94,10 +94,12 @@ def test_cli(real, tmp_path, capsys):
     js, png = tmp_path / "i.json", tmp_path / "i.png"
     assert main([str(ad), "--base", str(base), "--top-k", "4", "--json", str(js), "--plot", str(png),
                  "--csv", str(tmp_path / "i.csv"), "--modules", "q_proj"]) == 0
-    out = capsys.readouterr().out
-    assert "self_attn.q_proj" in out and "ms per module" in out and "v_proj" not in out.split("threshold")[1]
+    cap = capsys.readouterr()
+    out = cap.out
+    assert "self_attn.q_proj" in out and "v_proj" not in out.split("threshold")[1]
+    assert "ms per module" in cap.err and "ms per module" not in out  # timings on stderr
     rec = json.loads(js.read_text())
-    assert rec["top_k"] == 4 and len(rec["modules"]) == 2 and len(rec["modules"][0]["max_cos"]) == 4
+    assert rec["settings"]["top_k"] == 4 and len(rec["modules"]) == 2 and len(rec["modules"][0]["max_cos"]) == 4
     assert png.read_bytes()[:4] == b"\x89PNG"
 
 

@@ -12,7 +12,7 @@ import os
 import sys
 
 from analysis.errors import AdapterError
-from analysis.io.outputs import json_ready, write_json
+from analysis.io.outputs import json_ready, provenance, write_json
 
 __all__ = ["Parser", "run", "json_ready", "write_json", "layer_str", "fit", "describe", "wants_progress",
            "alpha_b", "print_only", "provenance", "check_outputs", "write_csv", "save_figure"]
@@ -68,10 +68,33 @@ class Parser(argparse.ArgumentParser):
         self.add_argument("--force", action="store_true",
                           help="replace output files or folders that already exist (default: refuse them)")
 
+    def add_jobs(self):
+        """``--jobs N``: modules worked on at once (default: the cores available to the process)."""
+        self.add_argument("--jobs", type=_positive_int, default=None, metavar="N",
+                          help="modules worked on at once, in threads with BLAS pinned to one thread each "
+                               "(default: the cores this process may use: CPU affinity and cgroup quota)")
+
+    def add_cache(self):
+        """``--no-cache``: neither read nor write the persistent cache of base-weight SVDs."""
+        self.add_argument("--no-cache", action="store_true",
+                          help="do not use the persistent cache of the base weights' top singular triplets "
+                               "($XDG_CACHE_HOME/lora-subspace-analysis or ~/.cache/lora-subspace-analysis; "
+                               "LORA_SUBSPACE_CACHE overrides the folder)")
+
     def add_progress(self):
         """``--progress auto|on|off`` (see :func:`wants_progress`)."""
         self.add_argument("--progress", choices=("auto", "on", "off"), default="auto",
                           help="progress bar on standard error (auto: only on a terminal)")
+
+
+def _positive_int(text):
+    try:
+        n = int(text)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return n
 
 
 def wants_progress(args):
@@ -125,29 +148,6 @@ def run(body, args):
               "(rerun with --debug for a traceback)", file=sys.stderr)
         return 1
     return 0 if code is None else int(code)
-
-
-def provenance(command, *, inputs, settings):
-    """What a ``--json`` file records first: the tool, its version, the inputs as given and every setting.
-
-    Parameters
-    ----------
-    command : str
-        The ``python -m analysis.X`` name (``"subspace"``).
-    inputs : Mapping
-        Paths and model names exactly as the user gave them (no absolute or resolved paths).
-    settings : Mapping
-        Every option that changes a number (sides, k, seeds, trials, tolerance …). No timings: two runs
-        on the same inputs write the same bytes.
-
-    Returns
-    -------
-    dict
-    """
-    from analysis import __version__
-
-    return {"tool": "lora-subspace-analysis", "version": __version__, "command": command,
-            "inputs": dict(inputs), "settings": dict(settings)}
 
 
 def check_outputs(args, *names):

@@ -24,7 +24,7 @@ columns:
   count    intruders among the top k     ranks     their positions in W + dW's spectrum
   min_cos  smallest max|cos| of the top k
   share    share of sum_{j<=k} sigma_j^2 carried by the intruders
-  ms       time for the module (a full SVD of W, and the top k of W + dW)
+  ms       time for the module (read, W's full SVD unless cached, and the top k of W + dW)
 
 examples:
   python -m analysis.intruders checkpoints/r64_seed0 --base smollm2
@@ -47,11 +47,15 @@ def build_parser():
                    help="intruder when max |cos| to every singular vector of W is below EPS (default 0.5)")
     p.add_argument("--side", choices=INTRUDER_SIDES, default="left",
                    help="left (output-side) or right (input-side) singular vectors (default left)")
-    p.add_argument("--method", choices=INTRUDER_METHODS, default="full",
-                   help="SVD of W + dW: full LAPACK, or seeded randomized top-k (default full)")
+    p.add_argument("--method", choices=INTRUDER_METHODS, default="topk",
+                   help="top k of W + dW: topk (default) from its Gram matrix on the smaller side, built from "
+                        "W's and dW's factors without forming dW; full: LAPACK SVD of the dense W + dW; "
+                        "randomized: seeded randomized SVD")
     p.add_argument("--seed", type=int, default=0, help="seed of the randomized SVD (default 0)")
     p.add_alpha(needed="Needed here (ΔW enters W + ΔW).")
     p.add_filters()
+    p.add_jobs()
+    p.add_cache()
     p.add_progress()
     p.add_force()
     p.add_argument("--json", dest="json_path", metavar="FILE",
@@ -77,7 +81,7 @@ def _body(args):
 
     sw = intruder_sweep(ad, base, top_k=args.top_k, threshold=args.threshold, side=args.side,
                         method=args.method, seed=args.seed, modules=args.modules, layers=args.layers,
-                        progress=wants_progress(args))
+                        progress=wants_progress(args), jobs=args.jobs, cache=not args.no_cache)
     fr = sw.frame
     if not len(fr):
         raise ValueError(f"{args.adapter}: no module left after --modules/--layers filters")

@@ -64,6 +64,8 @@ def build_parser():
                         "and a non-empty DIR is replaced as a whole only with --force")
     p.add_argument("--figure-layer", type=int, default=None, metavar="N",
                    help="layer of the heatmaps written by --out (default: the middle compared layer)")
+    p.add_jobs()
+    p.add_cache()
     p.add_progress()
     p.add_force()
     return p
@@ -94,7 +96,7 @@ def _records(sweep):
         if res is not None:
             rec["phi_A"] = res.phi
             rec["angles_deg_A"] = [math.degrees(t) for t in res.angles]
-    return json_ready(recs)
+    return recs  # made JSON-ready (numpy values, NaN) once, by write_json
 
 
 def _print_table(sweep, a, b, out):
@@ -130,7 +132,7 @@ _BASE_COLS = ("proj_delta", "proj_w", "proj_random", "proj_random_expected", "am
               "phi_w_output", "phi_w_input", "null_w_output", "null_w_input")
 
 
-def _with_base(sweep, a, b, base, progress):
+def _with_base(sweep, a, b, base, progress, args):
     """Per-adapter W analyses merged into the pair frame (columns ``…_a``, ``…_b``, ``w_norm``)."""
     from analysis.io.base import open_base
     from analysis.sweeps.adapter import analyse_adapters
@@ -138,7 +140,8 @@ def _with_base(sweep, a, b, base, progress):
     names = list(sweep.frame["name"]) if len(sweep.frame) else []
     pat = ["^" + re.escape(n) + "$" for n in names]
     with open_base(base) as bw:  # one pass over the base: each W read and decomposed once for both
-        sa, sb = analyse_adapters([a, b], base=bw, modules=pat, progress=progress)
+        sa, sb = analyse_adapters([a, b], base=bw, modules=pat, progress=progress, jobs=args.jobs,
+                                  cache=not args.no_cache)
     fr = sweep.frame
     ia, ib = sa.frame.set_index("name"), sb.frame.set_index("name")
     fr["w_norm"] = fr["name"].map(ia["w_norm"])
@@ -172,14 +175,14 @@ def _compare(args):
     a = _load(args.adapter_a, args.alpha)
     b = _load(args.adapter_b, alpha_b(args))
     progress = wants_progress(args)
-    sweep = compare_adapters(a, b, modules=args.modules, layers=args.layers, progress=progress)
+    sweep = compare_adapters(a, b, modules=args.modules, layers=args.layers, progress=progress, jobs=args.jobs)
     if not len(sweep.frame) and not (sweep.only_a or sweep.only_b):
         raise ValueError("no module left to compare after --modules/--layers filters")
     sweeps = None
     if args.base is not None and len(sweep.frame):
         from analysis.reference.smollm2 import resolve_base
 
-        sweeps = _with_base(sweep, a, b, resolve_base(args.base), progress)
+        sweeps = _with_base(sweep, a, b, resolve_base(args.base), progress, args)
     _print_table(sweep, a, b, sys.stdout)
     if sweeps is not None:
         _print_base_table(sweep, sys.stdout)

@@ -27,7 +27,7 @@ from analysis.core.lowrank import FactoredSVD, LowRank
 from analysis.core.randomized import matmul_f64, randomized_svd, work_dtype
 from analysis.metrics.similarity import phi_grid, random_null, random_null_std
 
-__all__ = ["WeightCorrelation", "weight_correlation", "WeightOverlap", "weight_overlap",
+__all__ = ["WeightCorrelation", "weight_correlation", "random_projections", "WeightOverlap", "weight_overlap",
            "projection_norm", "random_bases", "OVERLAP_SIDES"]
 
 #: Sides of Fig. 8: ``"output"`` = left singular vectors (R^d_out), ``"input"`` = right (R^d_in).
@@ -190,6 +190,26 @@ class WeightCorrelation:
         return pd.DataFrame([self.to_dict()])
 
 
+def random_projections(W, k, *, n_random=10, seed=0):
+    """‖Uᵀ W V‖_F for ``n_random`` seeded random k-dim pairs (U, V): case (3) of Table 7, W alone.
+
+    They depend on W, k, the seed and ``n_random`` only, not on ΔW, so they can be computed once per base
+    weight and k (the sweeps keep them in the persistent cache with W's singular triplets).
+
+    Parameters
+    ----------
+    W : (d_out, d_in) ndarray
+    k, n_random, seed : int
+
+    Returns
+    -------
+    (n_random,) ndarray of float64
+    """
+    W = _check_W(W)
+    d_out, d_in = W.shape
+    return np.array([_proj(W, U, V) for U, V in random_bases(d_out, d_in, k, seed=seed, n=n_random)])
+
+
 def _svd_prefix(w_svd, k, W, seed):
     if w_svd is None:
         return randomized_svd(W, k, seed=seed)
@@ -201,7 +221,7 @@ def _svd_prefix(w_svd, k, W, seed):
 
 
 def weight_correlation(W, lr: LowRank, *, n_random: int = 10, seed: int = 0, w_svd=None,
-                       name: str | None = None) -> WeightCorrelation:
+                       name: str | None = None, random_proj=None) -> WeightCorrelation:
     """‖Uᵀ W V‖_F for U, V from ΔW, from W and random (Table 7), and the amplification.
 
     Parameters
@@ -219,6 +239,8 @@ def weight_correlation(W, lr: LowRank, *, n_random: int = 10, seed: int = 0, w_s
         share one SVD with :func:`weight_overlap`.
     name : str, optional
         Defaults to ``lr.name``.
+    random_proj : (n_random,) ndarray, optional
+        :func:`random_projections` of W for k = ΔW's numerical rank, if already computed.
 
     Returns
     -------
@@ -236,9 +258,14 @@ def weight_correlation(W, lr: LowRank, *, n_random: int = 10, seed: int = 0, w_s
     """
     if not isinstance(lr, LowRank):
         raise TypeError(f"lr must be a LowRank, got {type(lr).__name__}")
-    W = _check_W(W, lr, name)
     if n_random < 1:
         raise ValueError(f"n_random must be >= 1, got {n_random}")
+    return _correlation(_check_W(W, lr, name), lr, n_random=n_random, seed=seed, w_svd=w_svd, name=name,
+                        random_proj=random_proj)
+
+
+def _correlation(W, lr, *, n_random, seed, w_svd, name, random_proj):
+    """:func:`weight_correlation` on a checked W (:func:`_check_W`)."""
     d_out, d_in = W.shape
     k = lr.rank
     w_norm = float(np.sqrt(np.einsum("ij,ij->", W, W, dtype=np.float64)))
@@ -250,7 +277,12 @@ def weight_correlation(W, lr: LowRank, *, n_random: int = 10, seed: int = 0, w_s
     proj_delta = _proj(W, Ud, Vd)
     Uw, _, Vw = _svd_prefix(w_svd, k, W, seed)  # (d_out, k), (d_in, k)
     proj_w = _proj(W, Uw, Vw)
-    rand = np.array([_proj(W, U, V) for U, V in random_bases(d_out, d_in, k, seed=seed, n=n_random)])
+    if random_proj is None:
+        rand = random_projections(W, k, n_random=n_random, seed=seed)
+    else:
+        rand = np.asarray(random_proj, dtype=np.float64)
+        if rand.shape != (n_random,):
+            raise ValueError(f"random_proj must have shape ({n_random},), got {rand.shape}")
     return WeightCorrelation(
         name=name or lr.name, r=lr.r, k=k, d_out=d_out, d_in=d_in, w_norm=w_norm,
         delta_norm=delta_norm, proj_delta=proj_delta, proj_w=proj_w,
@@ -355,7 +387,11 @@ def weight_overlap(W, lr: LowRank, *, side: str = "output", n_w: int | None = No
         raise ValueError(f"side must be one of {OVERLAP_SIDES}, got {side!r}")
     if not isinstance(lr, LowRank):
         raise TypeError(f"lr must be a LowRank, got {type(lr).__name__}")
-    W = _check_W(W, lr, name)
+    return _overlap(_check_W(W, lr, name), lr, side=side, n_w=n_w, seed=seed, w_svd=w_svd, name=name)
+
+
+def _overlap(W, lr, *, side, n_w, seed, w_svd, name):
+    """:func:`weight_overlap` on a checked W (:func:`_check_W`)."""
     q = min(W.shape)
     n_w = q if n_w is None else int(n_w)
     if not 1 <= n_w <= q:

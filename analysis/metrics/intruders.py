@@ -14,8 +14,11 @@ span of its singular vectors; the test asks whether y_j is aligned with a
 √(2 ln d / d). Near-tied singular values of W (or of W + ΔW) make the
 individual vectors, hence the count, ill-defined inside the tie.
 
-Cost per module: one thin SVD of W (all its singular vectors are needed) and
-the top k of W + ΔW (full or seeded randomized SVD), O(d_out d_in min(d_out, d_in)).
+Cost per module: one thin SVD of W (all its singular vectors are needed; the sweep keeps it in the
+persistent cache, :mod:`analysis.io.svd_cache`) and the top k of W + ΔW: by default the top-k
+eigenpairs of its Gram matrix on the smaller side, formed from W's Gram and ΔW's factors (ΔW is never
+formed), O(d² (d' + k)) and one partial symmetric eigensolve; or the full / randomized SVD of the dense
+W + ΔW.
 """
 
 from __future__ import annotations
@@ -31,7 +34,7 @@ from analysis.core.randomized import randomized_svd
 __all__ = ["IntruderResult", "intruder_dimensions", "base_singular_vectors", "INTRUDER_SIDES", "INTRUDER_METHODS"]
 
 INTRUDER_SIDES = ("left", "right")
-INTRUDER_METHODS = ("full", "randomized")
+INTRUDER_METHODS = ("topk", "full", "randomized")
 
 
 @dataclass(frozen=True)
@@ -130,8 +133,59 @@ def _dense_delta(delta, shape):
     return None if not D.any() else D
 
 
-def intruder_dimensions(W, delta, *, top_k=10, threshold=0.5, side="left", method="full", seed=0,
-                        base_vectors=None, name=""):
+def _topk_gram(W, P, Q, k, side):
+    """Top-k singular values and ``side`` vectors of M = W + P Qᵀ without forming M.
+
+    The Gram matrix of M on its smaller side (M Mᵀ or Mᵀ M) is W's Gram plus rank-2k terms
+    (W Q Pᵀ + P Qᵀ Wᵀ + P (QᵀQ) Pᵀ); its top-k eigenpairs (LAPACK ``syevr`` on that subset) give σ² and the
+    vectors; the other side's vectors, when asked for, are M V / σ. P: (d_out, q), Q: (d_in, q).
+    """
+    from scipy.linalg import eigh
+
+    m, n = W.shape
+    left = m <= n
+    if not left:  # work on Mᵀ = Wᵀ + Q Pᵀ
+        W, P, Q = W.T, Q, P
+    Wd = W if W.dtype == np.float64 else W.astype(np.float64)
+    C = Wd @ Q  # (d, n') @ (n', q) -> (d, q)
+    G = Wd @ Wd.T  # (d, n') @ (n', d) -> (d, d)
+    QtQ = Q.T @ Q  # (q, q)
+    G += C @ P.T  # (d, q) @ (q, d)
+    G += P @ C.T
+    G += P @ (QtQ @ P.T)  # (d, q) @ (q, d)
+    d = G.shape[0]
+    lam, Y = eigh(G, subset_by_index=[d - k, d - 1], overwrite_a=True, check_finite=False)  # ascending
+    lam, Y = lam[::-1], Y[:, ::-1]
+    S = np.sqrt(np.clip(lam, 0.0, None))
+    if left == (side == "left"):
+        return S, Y
+    # the other side: Z = Mᵀ Y / σ (Mᵀ = Wdᵀ + Q Pᵀ in the working orientation)
+    Z = Wd.T @ Y + Q @ (P.T @ Y)  # (n', d) @ (d, k) -> (n', k)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        Z = np.where(S > 0, Z / np.where(S > 0, S, 1.0), 0.0)
+    return S, Z
+
+
+def _factors(delta, shape):
+    """ΔW = P Qᵀ from its exact factored SVD (P = U diag(S), Q = V), or (None, None) when it is zero."""
+    if isinstance(delta, LowRank):
+        if delta.shape != shape:
+            raise ValueError(f"ΔW of {delta.name!r} has shape {delta.shape}, W has {shape}; pass W in the "
+                             "nn.Linear orientation (transpose a Conv1D / fan_in_fan_out weight)")
+        if delta.is_zero:
+            return None, None
+        U, S, V = delta.svd()  # (d_out, k), (k,), (d_in, k), scale included
+        return U * S, V
+    D = _dense_delta(delta, shape)
+    if D is None:
+        return None, None
+    U, S, Vt = np.linalg.svd(D, full_matrices=False)
+    keep = S > S[0] * max(shape) * np.finfo(np.float64).eps
+    return U[:, keep] * S[keep], Vt[keep].T
+
+
+def intruder_dimensions(W, delta, *, top_k=10, threshold=0.5, side="left", method="topk", seed=0,
+                        base_vectors=None, base_singular_values=None, name=""):
     """Count the intruder dimensions among the top-k singular vectors of W + ΔW.
 
     Parameters
@@ -147,12 +201,17 @@ def intruder_dimensions(W, delta, *, top_k=10, threshold=0.5, side="left", metho
         ε of the definition.
     side : {"left", "right"}
         Left (output-side, R^d_out) or right (input-side) singular vectors.
-    method : {"full", "randomized"}
-        SVD of W + ΔW: LAPACK, or :func:`~analysis.core.randomized_svd` with ``seed``.
+    method : {"topk", "full", "randomized"}
+        Top-k of W + ΔW: ``"topk"`` (default) the top-k eigenpairs of its Gram matrix on the smaller
+        side, formed from W's Gram and ΔW's factors (ΔW never formed; exact to rounding); ``"full"``:
+        LAPACK's full SVD of the dense W + ΔW; ``"randomized"``: :func:`~analysis.core.randomized_svd`
+        with ``seed``.
     seed : int
     base_vectors : (d, n) ndarray, optional
         W's singular vectors on ``side`` if already computed
-        (:func:`base_singular_vectors`).
+        (:func:`base_singular_vectors`, or the persistent cache: :mod:`analysis.io.svd_cache`).
+    base_singular_values : (n,) ndarray, optional
+        W's singular values, when ``base_vectors`` is given (used when ΔW is zero).
     name : str
 
     Returns
@@ -185,19 +244,27 @@ def intruder_dimensions(W, delta, *, top_k=10, threshold=0.5, side="left", metho
     if not np.isfinite(W).all():
         raise ValueError(f"W of {name or 'the module'} contains NaN or Inf")
     k = min(int(top_k), *W.shape)
-    D = _dense_delta(delta, W.shape)
-    if D is None:  # W + ΔW = W: its singular vectors are W's own
-        S = np.linalg.svd(W, compute_uv=False)[:k]
+    if method == "topk":
+        P, Q = _factors(delta, W.shape)
+        zero = P is None
+    else:
+        D = _dense_delta(delta, W.shape)
+        zero = D is None
+    if zero:  # W + ΔW = W: its singular vectors are W's own
+        S = (np.linalg.svd(W, compute_uv=False) if base_singular_values is None
+             else np.asarray(base_singular_values, np.float64))[:k]
         return IntruderResult(name, k, float(threshold), side, S, np.ones(k), np.arange(k), True,
                               time.perf_counter() - t0)
     X = base_singular_vectors(W, side=side) if base_vectors is None else np.asarray(base_vectors, np.float64)
-    M = W + D  # (d_out, d_in)
-    if method == "full":
+    if method == "topk":
+        S, Y = _topk_gram(W, P, Q, k, side)  # (k,), (d, k)
+    elif method == "full":
+        M = W + D  # (d_out, d_in)
         U, S, Vt = np.linalg.svd(M, full_matrices=False)  # (d_out, n), (n,), (n, d_in)
         Y = U[:, :k] if side == "left" else Vt[:k].T  # (d, k)
         S = S[:k]
     else:
-        U, S, V = randomized_svd(M, k, seed=seed)  # (d_out, k), (k,), (d_in, k)
+        U, S, V = randomized_svd(W + D, k, seed=seed)  # (d_out, k), (k,), (d_in, k)
         Y = U if side == "left" else V
     if X.shape[0] != Y.shape[0]:
         raise ValueError(f"base_vectors have {X.shape[0]} rows, expected {Y.shape[0]} ({side} side)")

@@ -39,7 +39,7 @@ class AdapterSweep:
 
 
 def analyse_adapter(adapter: Adapter, *, base=None, modules=None, layers=None, n_random=10, seed=0,
-                    progress=False, keep_cache=False) -> AdapterSweep:
+                    progress=False, keep_cache=False, jobs=None, cache=True) -> AdapterSweep:
     """Spectra, rank measures and (with a base) Table-7 columns for every module.
 
     Parameters
@@ -57,17 +57,24 @@ def analyse_adapter(adapter: Adapter, *, base=None, modules=None, layers=None, n
         Progress bar (tqdm) on standard error.
     keep_cache : bool
         Keep each module's float64 SVD after use.
+    jobs : int, optional
+        Modules worked on at once (threads, BLAS pinned to one thread in each; see
+        :mod:`analysis.core.threads`); default: the cores available. Memory is bounded by ``jobs`` modules
+        (and, with a base, ``jobs`` + 1 base weights).
+    cache : bool or SVDCache
+        Read W's top singular triplets from the persistent cache, and store them there
+        (:mod:`analysis.io.svd_cache`); ``False``: compute them every time (``--no-cache``).
 
     Returns
     -------
     AdapterSweep
     """
     return analyse_adapters([adapter], base=base, modules=modules, layers=layers, n_random=n_random, seed=seed,
-                            progress=progress, keep_cache=keep_cache)[0]
+                            progress=progress, keep_cache=keep_cache, jobs=jobs, cache=cache)[0]
 
 
 def analyse_adapters(adapters, *, base=None, modules=None, layers=None, n_random=10, seed=0, progress=False,
-                     keep_cache=False) -> list:
+                     keep_cache=False, jobs=None, cache=True) -> list:
     """:func:`analyse_adapter` for several adapters of one base, reading each base weight once.
 
     With a base, each W is read once and its top singular triplets are
@@ -79,7 +86,7 @@ def analyse_adapters(adapters, *, base=None, modules=None, layers=None, n_random
     Parameters
     ----------
     adapters : sequence of Adapter
-    base, modules, layers, n_random, seed, progress, keep_cache
+    base, modules, layers, n_random, seed, progress, keep_cache, jobs, cache
         As for :func:`analyse_adapter`.
 
     Returns
@@ -89,9 +96,10 @@ def analyse_adapters(adapters, *, base=None, modules=None, layers=None, n_random
     """
     import pandas as pd
 
-    from analysis.core.randomized import randomized_svd
+    from analysis.core.threads import map_ordered
     from analysis.io.base import base_matrix, base_tensor_name, open_base, read_base
-    from analysis.metrics.correlation import weight_correlation, weight_overlap
+    from analysis.io.svd_cache import SVDCache, cached_random_projections, cached_topk_svd, tensor_file
+    from analysis.metrics.correlation import _check_W, _correlation, _overlap
 
     runs = []  # per adapter: (modules, selected names, rows, spectra, correlations)
     for adapter in adapters:
@@ -99,55 +107,77 @@ def analyse_adapters(adapters, *, base=None, modules=None, layers=None, n_random
         names = select_modules(mods, modules=modules, layers=layers)
         runs.append((mods, names, {}, {}, {}))
     bar = progress_bar(None, enabled=progress, total=sum(len(r[1]) for r in runs) * (2 if base is not None else 1))
-    for mods, names, rows, spectra, _ in runs:
-        for name in names:
-            lr = mods[name]
-            layer, module = split_name(name)
-            row = {"name": name, "layer": layer, "module": module, "d_out": lr.shape[0], "d_in": lr.shape[1],
-                   "r": lr.r, "rank": lr.rank, "scale": np.nan if lr.scale is None else lr.scale,
-                   "zero": lr.is_zero}
-            srow, spectra[name] = spectrum_row(lr, scale_free=True)
-            row.update(srow)
-            rows[name] = row
-            if not keep_cache:
-                lr.clear_cache()
-            if bar is not None:
-                bar.update()
+
+    def spectrum(item):
+        i, name = item
+        lr = runs[i][0][name]
+        layer, module = split_name(name)
+        row = {"name": name, "layer": layer, "module": module, "d_out": lr.shape[0], "d_in": lr.shape[1],
+               "r": lr.r, "rank": lr.rank, "scale": np.nan if lr.scale is None else lr.scale,
+               "zero": lr.is_zero}
+        srow, spec = spectrum_row(lr, scale_free=True)
+        row.update(srow)
+        if not keep_cache:
+            lr.clear_cache()
+        return i, name, row, spec
+
+    items = [(i, name) for i, r in enumerate(runs) for name in r[1]]
+    for i, name, row, spec in map_ordered(spectrum, items, jobs=jobs):
+        runs[i][2][name], runs[i][3][name] = row, spec
+        if bar is not None:
+            bar.update()
     if base is not None:
         opened = None
         if isinstance(base, (str, bytes)) or hasattr(base, "__fspath__"):
             base = opened = open_base(base)
+        store = cache if isinstance(cache, SVDCache) else SVDCache(enabled=bool(cache))
         try:
             by_base = {}  # base tensor -> [(adapter index, module name)]
             for i, (mods, names, *_) in enumerate(runs):
                 for name in names:
                     by_base.setdefault(base_tensor_name(name, mods[name]), []).append((i, name))
-            for bname, W_raw in read_base(base, list(by_base)):
+
+            def one_weight(item):
+                bname, W_raw = item
                 svds = {}  # (module name, shape) -> (W, top-k triplets for the largest k any adapter needs)
+                out = []
                 for i, name in by_base[bname]:
-                    mods, _, rows, _, corr = runs[i]
+                    mods = runs[i][0]
                     lr = mods[name]
                     key = (name, lr.shape)
                     if key not in svds:
-                        W = base_matrix(W_raw, lr, name=name, path=getattr(base, "path", None))
+                        W = _check_W(base_matrix(W_raw, lr, name=name, path=getattr(base, "path", None)), lr, name)
                         k_all = max(max(runs[j][0][n].rank, 1) for j, n in by_base[bname]
                                     if (n, runs[j][0][n].shape) == key)
-                        svds[key] = (W, randomized_svd(W, k_all, seed=seed))
+                        svds[key] = (W, cached_topk_svd(store, tensor_file(base, bname), f"{bname}|{name}", W,
+                                                        k_all, seed=seed))
                     W, w_svd = svds[key]
                     k = max(lr.rank, 1)
-                    c = corr[name] = weight_correlation(W, lr, n_random=n_random, seed=seed, w_svd=w_svd,
-                                                        name=name)
-                    rows[name].update(w_norm=c.w_norm, w_sigma1=float(w_svd.S[0]), proj_delta=c.proj_delta,
-                                      proj_w=c.proj_w, proj_random=c.proj_random, proj_random_std=c.proj_random_std,
-                                      proj_random_rms=c.proj_random_rms,
-                                      proj_random_expected=c.proj_random_expected, amplification=c.amplification,
-                                      over_random=c.over_random)
+                    rp = None
+                    if lr.rank:
+                        rp = cached_random_projections(store, tensor_file(base, bname), f"{bname}|{name}", W,
+                                                       lr.rank, n_random=n_random, seed=seed)
+                    if n_random < 1:
+                        raise ValueError(f"n_random must be >= 1, got {n_random}")
+                    # W checked once above (shape, finite, working precision): the metrics' private halves
+                    c = _correlation(W, lr, n_random=n_random, seed=seed, w_svd=w_svd, name=name, random_proj=rp)
+                    upd = dict(w_norm=c.w_norm, w_sigma1=float(w_svd.S[0]), proj_delta=c.proj_delta,
+                               proj_w=c.proj_w, proj_random=c.proj_random, proj_random_std=c.proj_random_std,
+                               proj_random_rms=c.proj_random_rms, proj_random_expected=c.proj_random_expected,
+                               amplification=c.amplification, over_random=c.over_random)
                     for side in ("output", "input"):
-                        ov = weight_overlap(W, lr, side=side, n_w=k, seed=seed, w_svd=w_svd, name=name)
-                        rows[name][f"phi_w_{side}"] = float(ov.phi[-1, -1]) if not ov.zero else np.nan
-                        rows[name][f"null_w_{side}"] = k / ov.d
+                        ov = _overlap(W, lr, side=side, n_w=k, seed=seed, w_svd=w_svd, name=name)
+                        upd[f"phi_w_{side}"] = float(ov.phi[-1, -1]) if not ov.zero else np.nan
+                        upd[f"null_w_{side}"] = k / ov.d
                     if not keep_cache:
                         lr.clear_cache()
+                    out.append((i, name, c, upd))
+                return out
+
+            for done in map_ordered(one_weight, read_base(base, list(by_base)), jobs=jobs, alone_threads=None):
+                for i, name, c, upd in done:
+                    runs[i][4][name] = c
+                    runs[i][2][name].update(upd)
                     if bar is not None:
                         bar.update()
         finally:

@@ -8,6 +8,7 @@ is :mod:`analysis.cli.intruders`.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 
 from analysis.core.adapter import natural_key, select_modules, split_name
@@ -39,21 +40,21 @@ class IntruderSweep:
     top_k: int = 10
     threshold: float = 0.5
     side: str = "left"
-    method: str = "full"
+    method: str = "topk"
 
     def to_frame(self):
         """The per-module table (a copy)."""
         return self.frame.copy()
 
 
-def intruder_sweep(adapter, base, *, top_k=10, threshold=0.5, side="left", method="full", seed=0,
-                   modules=None, layers=None, progress=False):
+def intruder_sweep(adapter, base, *, top_k=10, threshold=0.5, side="left", method="topk", seed=0,
+                   modules=None, layers=None, progress=False, jobs=None, cache=True):
     """Intruder dimensions of every module of ``adapter`` against the base weights.
 
     Parameters
     ----------
     adapter : Adapter
-        Scales must be known (ΔW enters W + ΔW).
+        Scales must be known (ΔW enters W + ΔW). kohya / LyCORIS names are resolved against the base's.
     base : str, os.PathLike or BaseWeights
         The base model, see :func:`analysis.io.base.open_base`.
     top_k, threshold, side, method, seed
@@ -61,6 +62,11 @@ def intruder_sweep(adapter, base, *, top_k=10, threshold=0.5, side="left", metho
     modules, layers
         Filters, see :func:`analysis.core.adapter.select_modules`.
     progress : bool
+    jobs : int, optional
+        Modules worked on at once (threads, BLAS pinned to one thread each); default: the available cores.
+    cache : bool or SVDCache
+        Keep W's singular vectors in the persistent cache (:mod:`analysis.io.svd_cache`) and reuse them;
+        ``False``: compute them every time.
 
     Returns
     -------
@@ -70,28 +76,47 @@ def intruder_sweep(adapter, base, *, top_k=10, threshold=0.5, side="left", metho
 
     from analysis.io.base import BaseWeights, base_matrix, open_base
 
-    require_adapter(adapter, base_names="intruders (W is read by module name)")
-    names = select_modules(adapter, modules=modules, layers=layers)
+    require_adapter(adapter)
     bw = base if isinstance(base, BaseWeights) else open_base(base)
+    if adapter.format == "kohya":  # kohya / LyCORIS names: resolved against the base's own tensor names
+        from analysis.io.kohya_names import resolve_adapter_names
+
+        adapter = resolve_adapter_names(adapter, bw)
+    names = select_modules(adapter, modules=modules, layers=layers)
     missing = [n for n in names if n not in bw]
     if missing:
         raise AdapterError(f"expected a base weight for every adapter module, got none for {len(missing)} "
                            f"(e.g. {missing[0]}.weight): is this the adapter's base model?", path=bw.path)
+    import scipy.linalg  # noqa: F401  (scipy's own OpenBLAS, used by the top-k eigensolve, must be loaded
+    # before map_ordered pins BLAS: a library loaded later keeps its default threads and spins on a busy machine)
+
+    from analysis.core.threads import map_ordered
+    from analysis.io.svd_cache import SVDCache, cached_full_basis, tensor_file
+
+    store = cache if isinstance(cache, SVDCache) else SVDCache(enabled=bool(cache))
+
+    def one(item):
+        name, W = item
+        t0 = time.perf_counter()
+        lr = adapter[name]
+        W = base_matrix(W, lr, name=name, path=bw.path)
+        X, S_w = cached_full_basis(store, tensor_file(bw, bw.resolve(name)), name, W, side=side)
+        res = intruder_dimensions(W, lr, top_k=top_k, threshold=threshold, side=side, method=method,
+                                  seed=seed, base_vectors=X, base_singular_values=S_w, name=name)
+        lr.clear_cache()
+        return name, W.shape, lr.r, res, time.perf_counter() - t0
+
     rows, results = [], {}
     try:
-        for name, W in progress_bar(bw.weights(names), enabled=progress, total=len(names)):
-            lr = adapter[name]
-            W = base_matrix(W, lr, name=name, path=bw.path)
-            res = intruder_dimensions(W, lr, top_k=top_k, threshold=threshold, side=side, method=method,
-                                      seed=seed, name=name)
-            lr.clear_cache()
+        done = map_ordered(one, bw.weights(names), jobs=jobs)
+        for name, shape, r, res, seconds in progress_bar(done, enabled=progress, total=len(names)):
             results[name] = res
             layer, module = split_name(name)
-            rows.append({"name": name, "layer": layer, "module": module, "d_out": W.shape[0], "d_in": W.shape[1],
-                         "r": lr.r, "zero": res.zero, "count": res.count,
+            rows.append({"name": name, "layer": layer, "module": module, "d_out": shape[0], "d_in": shape[1],
+                         "r": r, "zero": res.zero, "count": res.count,
                          "ranks": ",".join(str(j) for j in res.ranks),
                          "min_max_cos": float(res.max_cos.min()), "energy_share": res.energy_share,
-                         "sigma1": float(res.sigma[0]), "seconds": res.seconds})
+                         "sigma1": float(res.sigma[0]), "seconds": seconds})
     finally:
         if bw is not base:
             bw.close()

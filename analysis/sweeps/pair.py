@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from analysis.core.adapter import Adapter, natural_key, select_modules, split_name
+from analysis.core.threads import map_ordered
 from analysis.errors import MissingAlphaError
 from analysis.metrics.pair import SIDES, module_similarity
 from analysis.sweeps.common import progress as progress_bar
@@ -50,7 +51,7 @@ class PairSweep:
 
 
 def compare_adapters(a: Adapter, b: Adapter, *, sides=SIDES, modules=None, layers=None,
-                     progress=False, keep_cache=False) -> PairSweep:
+                     progress=False, keep_cache=False, jobs=None) -> PairSweep:
     """Compare every module two adapters share, on the chosen bases.
 
     Parameters
@@ -65,6 +66,10 @@ def compare_adapters(a: Adapter, b: Adapter, *, sides=SIDES, modules=None, layer
     keep_cache : bool
         Keep each module's float64 SVD after use (default: drop it, so memory
         stays bounded by one module at a time).
+    jobs : int, optional
+        Modules compared at once (threads; BLAS pinned to one thread in each, see
+        :mod:`analysis.core.threads`); default: the cores available to the process. Memory is bounded by
+        ``jobs`` modules of each adapter.
 
     Returns
     -------
@@ -79,21 +84,19 @@ def compare_adapters(a: Adapter, b: Adapter, *, sides=SIDES, modules=None, layer
     shared = select_modules(set(ea) & set(eb), modules=modules, layers=layers)
     only_a = sorted(set(ea) - set(eb), key=natural_key)
     only_b = sorted(set(eb) - set(ea), key=natural_key)
-    rows, results, mismatched = [], {}, []
-    for name in progress_bar(shared, enabled=progress):
+    def one(name):
         la, lb = ea[name], eb[name]
         if la.shape != lb.shape:
-            mismatched.append(name)
-            continue
+            return name, None, None
         layer, module = split_name(name)
         row = {"name": name, "layer": layer, "module": module, "d_out": la.shape[0],
                "d_in": la.shape[1], "r_a": la.r, "r_b": lb.r, "rank_a": la.rank, "rank_b": lb.rank,
                "fro_a": _maybe(la.norm), "fro_b": _maybe(lb.norm),
                "zero_a": la.is_zero, "zero_b": lb.is_zero}
-        results[name] = {}
+        res_by_side = {}
         for s in sides:
             res = module_similarity(la, lb, side=s)
-            results[name][s] = res
+            res_by_side[s] = res
             row[f"phi11_{s}"] = np.nan if res.phi11 is None else res.phi11
             row[f"shared_dims_{s}"] = res.shared_dims()
             ang = res.angles
@@ -102,10 +105,19 @@ def compare_adapters(a: Adapter, b: Adapter, *, sides=SIDES, modules=None, layer
             row[f"max_angle_deg_{s}"] = float(np.degrees(ang[-1])) if ang.size else np.nan
             row[f"mean_cos2_{s}"] = float(np.mean(np.cos(ang) ** 2)) if ang.size else np.nan
             row[f"ties_{s}"] = len(res.ties1) + len(res.ties2)
-        rows.append(row)
         if not keep_cache:
             la.clear_cache()
             lb.clear_cache()
+        return name, row, res_by_side
+
+    rows, results, mismatched = [], {}, []
+    done = map_ordered(one, shared, jobs=jobs)
+    for name, row, res_by_side in progress_bar(done, enabled=progress, total=len(shared)):
+        if row is None:
+            mismatched.append(name)
+            continue
+        results[name] = res_by_side
+        rows.append(row)
     frame = pd.DataFrame(rows)
     return PairSweep(frame=frame, results=results, only_a=only_a, only_b=only_b,
                      mismatched=mismatched)
