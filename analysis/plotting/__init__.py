@@ -8,6 +8,7 @@ get one on a new ``Figure``. Safe with the Agg backend.
 """
 
 from analysis.plotting.advice import plot_advised_rank
+from analysis.plotting.collection import plot_collection_matrix, plot_trajectory
 from analysis.plotting.common import PlotArtists
 from analysis.plotting.heatmap import annotate_heatmap, plot_phi
 from analysis.plotting.intruders import plot_intruders
@@ -17,4 +18,5 @@ from analysis.plotting.spectra import plot_energy_spectra, plot_spectra
 from analysis.plotting.table import plot_table
 
 __all__ = ["PlotArtists", "annotate_heatmap", "plot_phi", "plot_layer_profile", "plot_weight_overlap",
-           "plot_spectra", "plot_energy_spectra", "plot_advised_rank", "plot_intruders", "plot_table"]
+           "plot_spectra", "plot_energy_spectra", "plot_advised_rank", "plot_intruders", "plot_table",
+           "plot_collection_matrix", "plot_trajectory"]
