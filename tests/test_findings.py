@@ -1,154 +1,134 @@
-"""The report's verdict rules, one test per rule and outcome, on synthetic numbers next to each threshold.
+"""The report's claims, each judged by the protocol: every outcome each claim can give, on synthetic numbers.
 
-The numbers are literals on both sides of each threshold, so a rule that is
-inverted or a threshold that is moved makes a test fail.
+The numbers are literals on both sides of each boundary (z = 3, half the paper's effect, 90 % of the layers), so
+a claim wired to the wrong null, an inverted direction or a moved constant makes a test fail.
 """
 
 import dataclasses
 import math
-from types import SimpleNamespace
 
 import numpy as np
-import pandas as pd
 import pytest
 
+from analysis.metrics.nulls import phi11_null
 from analysis.report import findings as F
-from analysis.report.findings import (FAILS, HOLDS, HOLDS_ACROSS_SEEDS, NOT_ACROSS_SEEDS, NOT_REPRODUCED,
-                                      PARTLY, PARTLY_ACROSS_SEEDS, REPRODUCES, Finding, findings, notes)
+from analysis.report.findings import (FAILS, HOLDS, NOT_REPRODUCED, PARTLY, REPRODUCES, Finding, findings)
 
-VOCABULARY = {"reproduces", "partly", "does not reproduce", "not computed", "check holds", "check FAILS",
-              "holds across seeds", "partly holds across seeds", "does not hold across seeds"}
-
-
-def test_vocabulary_is_the_documented_words():
-    assert F.VERDICTS == VOCABULARY
-    assert (REPRODUCES, PARTLY, NOT_REPRODUCED, F.NOT_COMPUTED) == (
-        "reproduces", "partly", "does not reproduce", "not computed")
-    assert (HOLDS, FAILS) == ("check holds", "check FAILS")
+D = 576
+M, S = phi11_null(D)  # random lines in R^576: mean 1/576, sd ≈ 0.00245
 
 
-@pytest.mark.parametrize("flags, verdict", [
-    ([True, True], REPRODUCES), ([True, False], PARTLY), ([False, False], NOT_REPRODUCED), ([], REPRODUCES)])
-def test_rule_all_some_none(flags, verdict):
-    assert F.rule_all_some_none(flags) == verdict
+def _phi(z):  # φ(1, 1) with a given z against random lines in R^576
+    return M + z * S
 
 
-@pytest.mark.parametrize("phi11, verdict", [
-    ([0.51, 0.9], REPRODUCES), ([0.51, 0.49], PARTLY), ([0.49, None], NOT_REPRODUCED),
-    ([0.5, 0.5], NOT_REPRODUCED), ([0.45, 0.2], NOT_REPRODUCED)])
-def test_rule_top_direction_shared(phi11, verdict):
-    assert F.rule_top_direction_shared(phi11) == verdict
+def test_constants_are_the_documented_ones():
+    assert (F.PAPER_PHI11, F.SEED_DIAG_N, F.CHECK_RTOL, F.CHECK_RANDOM_TOL, F.NEAR_TIE_GAP) == (0.5, 16, 1e-6, 0.15, 0.1)
+    assert F.PAPER_T7 == {4: (0.32, 0.02), 64: (1.90, 0.33)}
 
 
-@pytest.mark.parametrize("by_layer, verdict", [
-    ([[0.6, 0.51], [0.55, 0.9]], REPRODUCES),
-    ([[0.6, 0.51], [0.55, 0.49]], PARTLY),
-    ([[0.49, 0.9], [None, 0.9]], NOT_REPRODUCED),
-    ([[0.5, 0.9], [0.9, 0.45]], NOT_REPRODUCED)])
-def test_rule_top_direction_every_layer(by_layer, verdict):
-    assert F.rule_top_direction_every_layer(by_layer) == verdict
+@pytest.mark.parametrize("phi, verdict", [
+    ([0.25, 0.9], REPRODUCES),              # every module far above random and ≥ half the paper's 0.5
+    ([0.24, 0.9], PARTLY),                  # far above random, but one φ below half the paper's
+    ([_phi(2.9), 0.9], PARTLY),             # one module at chance
+    ([_phi(2.9), _phi(1.0)], NOT_REPRODUCED),
+    ([_phi(-4.0), _phi(-4.0)], NOT_REPRODUCED)])
+def test_top_direction_shared(phi, verdict):
+    f = F.claim_phi11("fig3", "Fig. 3", "paper", phi, [D, D], conditions="same seed", labels=["q", "v"])
+    assert f.verdict == verdict
+    assert f.null_mean == pytest.approx(1 / D) and f.null_sd == pytest.approx(S)
+    assert f.n_modules == 2 and f.n_holding == sum(p >= _phi(3.0) for p in phi)
 
 
-@pytest.mark.parametrize("phi11, verdict", [
-    ([0.51, 0.9], HOLDS_ACROSS_SEEDS), ([0.51, 0.49], PARTLY_ACROSS_SEEDS), ([0.49, 0.3], NOT_ACROSS_SEEDS)])
-def test_rule_top_direction_across_seeds(phi11, verdict):
-    assert F.rule_top_direction_across_seeds(phi11) == verdict
+def test_top_direction_over_layers_needs_ninety_percent_and_the_median():
+    many = [0.6] * 9 + [_phi(0.0)]
+    assert F.claim_phi11("fig6", "Fig. 6", "p", many, [D] * 10, conditions="", aggregate=True).verdict == REPRODUCES
+    fewer = [0.6] * 8 + [_phi(0.0)] * 2
+    assert F.claim_phi11("fig6", "Fig. 6", "p", fewer, [D] * 10, conditions="", aggregate=True).verdict == PARTLY
+    small = [0.2] * 10  # every layer far above chance, the median below half the paper's φ
+    assert F.claim_phi11("fig6", "Fig. 6", "p", small, [D] * 10, conditions="", aggregate=True).verdict == PARTLY
 
 
-@pytest.mark.parametrize("diags, verdict", [
-    ([[0.8] + [0.39] * 7], REPRODUCES),                      # mean over i = 2…8 just below half of 0.8
-    ([[0.8] + [0.41] * 7], NOT_REPRODUCED),                  # just above
-    ([[0.8] + [0.1] * 7 + [0.9] * 10], REPRODUCES),          # only i ≤ 8 counts
-    ([[0.8] + [0.45] * 7 + [0.0] * 10], NOT_REPRODUCED),
-    ([[0.8] + [0.1] * 7, [0.6] + [0.31] * 7], NOT_REPRODUCED),  # every module must drop
-    ([[0.8, 0.2], [0.6, 0.29, 0.29]], REPRODUCES),
-    ([[0.8]], NOT_REPRODUCED), ([[]], NOT_REPRODUCED)])      # no direction beyond the first: not shown
-def test_rule_rest_is_noise(diags, verdict):
-    assert F.rule_rest_is_noise(diags) == verdict
+def test_ties_are_marked_in_the_text():
+    f = F.claim_phi11("fig3", "Fig. 3", "p", [0.9, 0.1], [D, D], conditions="", labels=["q", "v"], ties={"v"})
+    assert "v: φ(1,1) = 0.10" in f.measured and "(top two σ nearly tie)" in f.measured
+    assert "q: φ(1,1) = 0.90, z" in f.measured and f.measured.count("nearly tie") == 1
 
 
 @pytest.mark.parametrize("mq, mv, verdict", [
-    (0.2, 0.1, REPRODUCES), (0.1, 0.2, NOT_REPRODUCED), (0.1, 0.1, NOT_REPRODUCED), (math.nan, 0.1, NOT_REPRODUCED)])
-def test_rule_q_over_v(mq, mv, verdict):
-    assert F.rule_q_over_v(mq, mv) == verdict
+    ([0.30, 0.30], [0.10, 0.10], REPRODUCES),   # q above v by many null sds at every layer
+    ([0.30, 0.11], [0.10, 0.10], PARTLY),       # at one layer only
+    ([0.10, 0.10], [0.30, 0.30], NOT_REPRODUCED)])  # the opposite
+def test_q_shares_more_than_v(mq, mv, verdict):
+    f = F.claim_q_over_v("fig7", "Fig. 7", "p", mq, mv, [0.01, 0.01], conditions="", labels=["0", "1"])
+    assert f.verdict == verdict and f.null_mean == 0.0
 
 
-@pytest.mark.parametrize("means, verdict", [
-    ([(0.2, 0.1), (0.3, 0.29)], REPRODUCES), ([(0.2, 0.1), (0.1, 0.3)], PARTLY),
-    ([(0.1, 0.2), (0.3, 0.3)], NOT_REPRODUCED)])
-def test_rule_q_over_v_every_layer(means, verdict):
-    assert F.rule_q_over_v_every_layer(means) == verdict
+def _t7(proj, r=(1, 4, 64)):
+    return F.claim_table7("t7", "p", r, proj, [0.1, 0.1, 0.1], [0.01, 0.01, 0.01], conditions="")
 
 
-@pytest.mark.parametrize("dev, verdict", [(0.09, REPRODUCES), (0.1, NOT_REPRODUCED), (0.11, NOT_REPRODUCED)])
-def test_rule_random_matrix(dev, verdict):
-    assert F.rule_random_matrix(dev) == verdict
+@pytest.mark.parametrize("proj, verdict", [
+    ([0.2, 0.8, 0.29], REPRODUCES),     # z ≥ 3 at every r; r = 4: 8× = half of 16×; r = 64: 2.9× ≥ half of 5.76×
+    ([0.2, 0.79, 0.29], PARTLY),        # r = 4 ratio just below half the paper's
+    ([0.2, 0.8, 0.28], PARTLY),         # r = 64 ratio below half the paper's
+    ([0.12, 0.8, 0.29], PARTLY),        # z = 2 at r = 1
+    ([0.2, 0.12, 0.29], NOT_REPRODUCED),  # the main case r = 4 at chance
+    ([0.2, 0.05, 0.29], NOT_REPRODUCED)])  # r = 4 below random
+def test_table7_above_random(proj, verdict):
+    f = _t7(proj)
+    assert f.verdict == verdict and f.effect == proj[1] and f.z == pytest.approx((proj[1] - 0.1) / 0.01)
 
 
-@pytest.mark.parametrize("ratios, verdict", [
-    ([1.6, 2.0], REPRODUCES), ([1.6, 1.4], PARTLY), ([1.4, 0.8], NOT_REPRODUCED), ([1.5], NOT_REPRODUCED),
-    ([math.nan, 2.0], PARTLY)])
-def test_rule_t7_over_random(ratios, verdict):
-    assert F.rule_t7_over_random(ratios) == verdict
+def test_table7_without_the_main_rank_has_no_main_case():
+    assert F.claim_table7("t7", "p", [1, 8], [0.2, 0.12], [0.1, 0.1], [0.01, 0.01], conditions="").verdict == PARTLY
 
 
-@pytest.mark.parametrize("fractions, verdict", [
-    ([0.19, 0.05], REPRODUCES), ([0.19, 0.21], PARTLY), ([0.21, 0.5], NOT_REPRODUCED), ([0.2], NOT_REPRODUCED)])
-def test_rule_t7_not_top(fractions, verdict):
-    assert F.rule_t7_not_top(fractions) == verdict
+@pytest.mark.parametrize("parent", [REPRODUCES, PARTLY, NOT_REPRODUCED])
+def test_amplification_inherits_and_shows_random(parent):
+    p = Finding("t7", "Table 7", "p", "m", "r", parent, z=1.0, n_modules=3, n_holding=1)
+    f = F.claim_amplification("amp", p, [4, 64], [6.0, 0.2], [5.0, 0.25], conditions="")
+    assert f.verdict == parent and f.effect == 6.0 and f.null_mean == 5.0
+    assert "random directions of the same norm: 5.00" in f.measured
+    assert ("what random directions of the same norm give" in f.measured) == (parent == NOT_REPRODUCED)
 
 
-@pytest.mark.parametrize("small, large, verdict", [
-    (3.1, 1.0, REPRODUCES), (2.9, 1.0, PARTLY), (3.0, 1.0, PARTLY), (1.0, 1.0, NOT_REPRODUCED),
-    (0.5, 1.0, NOT_REPRODUCED)])
-def test_rule_amp_falls(small, large, verdict):
-    assert F.rule_amp_falls(small, large) == verdict
+@pytest.mark.parametrize("phi, verdict", [([0.5, 0.5], REPRODUCES), ([0.5, 0.02], PARTLY), ([0.02, 0.02], NOT_REPRODUCED)])
+def test_fig8_overlap_above_random(phi, verdict):
+    assert F.claim_fig8("fig8", ["a", "b"], phi, [0.01, 0.01], [0.01, 0.01], conditions="").verdict == verdict
 
 
-@pytest.mark.parametrize("small, largest, verdict", [
-    (5.1, 5.1, REPRODUCES), (4.9, 20.0, PARTLY), (4.9, 4.9, NOT_REPRODUCED), (5.0, 5.0, NOT_REPRODUCED)])
-def test_rule_amp_large(small, largest, verdict):
-    assert F.rule_amp_large(small, largest) == verdict
+@pytest.mark.parametrize("holds, cause", [
+    ({(True, True): 1, (True, False): 1, (False, True): 0, (False, False): 0}, "the shared data order"),
+    ({(True, True): 1, (True, False): 0, (False, True): 1, (False, False): 0}, "the shared initialisation"),
+    ({(True, True): 1, (True, False): 1, (False, True): 1, (False, False): 0}, "either seed alone"),
+    ({(True, True): 1, (True, False): 0, (False, True): 0, (False, False): 0}, "the two together"),
+    ({(True, True): 0, (True, False): 0, (False, True): 0, (False, False): 0}, "no shared direction"),
+    ({(True, True): 1, (False, False): 0}, "no cause named")])
+def test_cause_is_named_from_the_combinations(holds, cause):
+    assert cause in F.claim_cause({k: REPRODUCES if v else PARTLY for k, v in holds.items()})
 
 
-@pytest.mark.parametrize("err, ratios, verdict", [
-    (1e-7, [0.9, 1.14], HOLDS), (1e-6, [0.86], HOLDS), (2e-6, [1.0], FAILS), (1e-7, [0.84], FAILS),
-    (1e-7, [1.0, 1.16], FAILS), (math.nan, [1.0], FAILS)])
-def test_rule_t7_checks(err, ratios, verdict):
-    assert F.rule_t7_checks(err, ratios) == verdict
+def test_checks():
+    assert F.check_random_pair(0.0150, 0.0148, 0.0018, n=16).verdict == HOLDS
+    assert F.check_random_pair(0.03, 0.0148, 0.0018, n=16).verdict == FAILS
+    assert F.check_table7(1e-7, [0.9, 1.1], 1000).verdict == HOLDS
+    assert F.check_table7(2e-6, [1.0], 1000).verdict == FAILS
+    assert F.check_table7(1e-7, [1.16], 1000).verdict == FAILS
+    assert F.check_table7(math.nan, [1.0], 1000).verdict == FAILS
 
 
-@pytest.mark.parametrize("by_side, verdict", [
-    ({"output": [0.1, 0.25], "input": [0.2]}, REPRODUCES),
-    ({"output": [0.1, 0.26], "input": [0.2]}, PARTLY),
-    ({"output": [0.3], "input": [0.1, 0.9]}, NOT_REPRODUCED),
-    ({"output": [0.1], "input": []}, REPRODUCES)])               # a side without values is left out
-def test_rule_fig8_low(by_side, verdict):
-    assert F.rule_fig8_low(by_side) == verdict
+def test_near_ties():
+    assert F.near_ties([1.0, 0.91], [1.0, 0.1]) and F.near_ties([1.0, 0.1], [2.0, 1.9])
+    assert not F.near_ties([1.0, 0.89], [1.0]) and not F.near_ties([0.0, 0.0], [1.0, 0.5])
 
 
-@pytest.mark.parametrize("by_side, verdict", [
-    ({"output": [0.0, 0.5, 1.0], "input": [-0.1, 0.3]}, REPRODUCES),
-    ({"output": [0.0, 1.0], "input": [1.0, 0.0]}, PARTLY),
-    ({"output": [1.0, 2.0, 1.0], "input": [2.0, 0.0]}, NOT_REPRODUCED),
-    ({"output": [1.0], "input": []}, NOT_REPRODUCED)])
-def test_rule_fig8_grow(by_side, verdict):
-    assert F.rule_fig8_grow(by_side) == verdict
-
-
-@pytest.mark.parametrize("losses, base, verdict", [
-    ([3.24, 3.0], 4.0, REPRODUCES),        # spread 0.24 < a quarter of the gain 1.0
-    ([3.26, 3.0], 4.0, NOT_REPRODUCED),    # spread 0.26
-    ([3.0, 2.7], 3.5, NOT_REPRODUCED),
-    ([3.0, 2.9], None, NOT_REPRODUCED)])   # no base loss: nothing to compare with
-def test_rule_loss_flat(losses, base, verdict):
-    assert F.rule_loss_flat(losses, base) == verdict
-
-
-def test_finding_is_frozen_checked_and_dict_shaped():
-    f = Finding("fig3_A", "Fig. 3", "paper", "measured", "rule", REPRODUCES)
-    assert f.to_dict() == {"key": "fig3_A", "figure": "Fig. 3", "paper": "paper", "measured": "measured",
-                           "rule": "rule", "verdict": "reproduces"}
+def test_finding_is_frozen_checked_and_json_ready():
+    f = Finding("fig3", "Fig. 3", "paper", "measured", "rule", REPRODUCES, effect=0.7, z=math.nan)
+    d = f.to_dict()
+    assert {"id", "figure", "paper", "measured", "null_mean", "null_sd", "z", "n_modules", "n_holding",
+            "conditions", "verdict"} <= set(d)
+    assert d["z"] is None and d["effect"] == 0.7
     with pytest.raises(dataclasses.FrozenInstanceError):
         f.verdict = PARTLY
     with pytest.raises(ValueError, match="not one of"):
@@ -159,95 +139,10 @@ def test_findings_on_a_computed_report(tiny_report):
     fs = findings(tiny_report)
     assert fs and all(isinstance(f, Finding) for f in fs)
     assert len({f.id for f in fs}) == len(fs)
-    for f in fs:
-        assert f.verdict in VOCABULARY, f
-        assert set(f.to_dict()) == {"key", "figure", "paper", "measured", "rule", "verdict"}
-        assert f.figure and f.paper and f.measured
     by_id = {f.id: f for f in fs}
-    assert by_id["t7_checks"].verdict == "check holds"
-    assert by_id["fig3_cross"].verdict in {"holds across seeds", "partly holds across seeds",
-                                           "does not hold across seeds"}
-    assert all(isinstance(n, str) and n for n in notes(tiny_report))
-
-
-# -- notes state a conclusion only when their numbers support it ---------------------------------------
-
-def _data(**kw):
-    cfg = SimpleNamespace(low=8, high=64, seeds=(0, 1), ranks=(1, 8), layer=15)
-    base = dict(config=cfg, advice=None, manifests={}, sweeps={}, table7=None, modules=[], adapters={},
-                rank_pair=None, seed_pair=None, cross_pair=None, w_spectra={})
-    return SimpleNamespace(**{**base, **kw})
-
-
-def _top1(**shares):
-    return _data(sweeps={lab: SimpleNamespace(frame=pd.DataFrame({"top1_energy": [x]})) for lab, x in shares.items()})
-
-
-def test_top1_note_says_dominated_only_above_half():
-    [n] = notes(_top1(r1_seed0=1.0, r8_seed0=0.51))
-    assert "r1_seed0 1.00, r8_seed0 0.51." in n and "dominated by one direction whatever r is" in n
-    [n] = notes(_top1(r1_seed0=1.0, r8_seed0=0.5))
-    assert "whatever r is" not in n and "Only r1_seed0 is dominated by one direction" in n
-    [n] = notes(_top1(r1_seed0=0.4, r8_seed0=0.3))
-    assert "whatever r is" not in n and "No update is dominated by one direction" in n
-
-
-def _pairs(same, cross, seed, d=576):
-    mods = ["self_attn.q_proj", "self_attn.v_proj"]
-
-    def pair(vals):
-        return SimpleNamespace(frame=pd.DataFrame({"module": mods, "phi11_A": vals, "d_in": [d, d]}), results={})
-    return _data(rank_pair=pair(same), cross_pair=pair(cross), seed_pair=pair(seed))
-
-
-def test_seed_note_says_same_seed_effect_only_below_half():
-    [n] = notes(_pairs([0.72, 0.73], [0.15, 0.33], [0.17, 0.41]))
-    assert n.endswith("falls from q_proj 0.72 to 0.15, v_proj 0.73 to 0.33, close to the seed pair of Fig. 4: on "
-                      "these adapters the shared top direction of Fig. 3 is largely a same-seed effect, though "
-                      "still far above the random 1/d.")
-    [n] = notes(_pairs([0.72, 0.80], [0.37, 0.41], [0.17, 0.41]))   # 0.37 ≥ 0.72 / 2: not a same-seed effect
-    assert "is not largely a same-seed effect here" in n and "is largely a same-seed effect" not in n
-    [n] = notes(_pairs([0.72, 0.80], [0.35, 0.41], [0.17, 0.41]))   # q below half, v not
-    assert "largely a same-seed effect for q_proj but not for v_proj" in n
-    [n] = notes(_pairs([0.72, 0.60], [0.75, 0.65], [0.17, 0.41]))   # cross above same: no "falls"
-    assert "goes from" in n and "falls" not in n
-    [n] = notes(_pairs([0.72, 0.73], [0.015, 0.016], [0.9, 0.9]))   # ≤ 10/d and nearer the rank pair
-    assert "far above the random 1/d" not in n and "close to the seed pair" not in n
-    assert "largely a same-seed effect, and without the shared seed it is not 10× above the random 1/d." in n
-
-
-def _manifests(**m):
-    return _data(manifests={"r8_seed0": {"steps": 180, "batch_size": 16, **m}})
-
-
-def test_training_note_says_short_only_below_one_pass():
-    [n] = notes(_manifests(examples_seen=2880, n_train=202850))
-    assert n == ("Training is short (180 steps, batch 16) on a 135M-parameter model, versus GPT-3 175B in the "
-                 "paper: findings that need a long, converged fine-tune may not appear.")
-    [n] = notes(_manifests(examples_seen=303000, n_train=202000))
-    assert "short" not in n and "1.5 passes over the training data" in n
-    [n] = notes(_manifests())                                       # unknown data size: no judgement
-    assert "short" not in n and n.startswith("Training ran 180 steps, batch 16 on")
-
-
-def test_advice_note_cites_table18_only_when_the_loss_is_flat():
-    adv = SimpleNamespace(frame=pd.DataFrame({"module": ["q_proj"], "advised": [3], "capped": [False]}),
-                          rank_pattern=lambda: (3, {}))
-    flat = {"r1_seed0": {"val_loss_adapter": 3.0, "val_loss_base": 4.0}, "r8_seed0": {"val_loss_adapter": 2.9}}
-    steep = {"r1_seed0": {"val_loss_adapter": 3.5, "val_loss_base": 4.0}, "r8_seed0": {"val_loss_adapter": 2.9}}
-    assert notes(_data(advice=adv, manifests=flat))[0].endswith("in line with Table 6 / 18 (very small r suffices).")
-    assert notes(_data(advice=adv, manifests=steep))[0].endswith("differs between the seeds as random subspaces do.")
-
-
-def test_thresholds_are_the_documented_ones():
-    assert (F.PHI11_SHARED, F.REST_DIRECTIONS, F.REST_DROP, F.SEED_DIAG_N, F.RANDOM_MAX_DEV) == (0.5, 8, 0.5, 16, 0.1)
-    assert (F.T7_OVER_RANDOM, F.T7_SHARE_OF_W, F.AMP_SMALL_R, F.AMP_FALL, F.AMP_LARGE) == (1.5, 0.2, 4, 3, 5)
-    assert (F.CHECK_RTOL, F.CHECK_RANDOM_TOL, F.FIG8_LOW, F.LOSS_SPREAD_SHARE) == (1e-6, 0.15, 0.25, 0.25)
-    assert (F.TOP1_DOMINANT, F.SAME_SEED_SHARE, F.FAR_ABOVE_NULL, F.SHORT_TRAINING_EPOCHS) == (0.5, 0.5, 10, 1)
-    assert (F.A_MOVED_LITTLE, F.SWAP_PHI11_BELOW, F.SWAP_TOP2_ABOVE) == (0.3, 0.2, 0.5)
-
-
-def test_fig4_mean_is_over_the_first_16_directions():
-    phi = np.diag([1.0] * 8 + [0.0] * 56)                      # (64, 64): shared up to i = 8, then nothing
-    assert F._diag_mean(SimpleNamespace(phi=phi), F.SEED_DIAG_N) == 0.5
-    assert F._diag_mean(SimpleNamespace(phi=phi[:4, :]), F.SEED_DIAG_N) == 1.0   # capped at min(k1, k2)
+    assert {"fig3_same_seed", "fig3_same_seed_dW", "fig6_same_seed", "fig3_cross_seed", "fig4", "fig7",
+            "fig4_random", "t7_random", "t7_amp", "t7_checks", "fig8"} <= set(by_id)
+    assert by_id["t7_checks"].verdict == HOLDS
+    assert by_id["t7_amp"].verdict == by_id["t7_random"].verdict
+    assert by_id["fig6_same_seed"].n_modules == int(np.sum(~(tiny_report.rank_pair.frame["zero_a"]
+                                                             | tiny_report.rank_pair.frame["zero_b"])))

@@ -172,3 +172,18 @@ def test_wordnet_tasks(mini_wordnet):
     assert word.prompt.startswith('Word for "') and "_" not in word.target
     with pytest.raises(ValueError, match="task must be one of"):
         read_task("nope", mini_wordnet)
+
+
+def test_evaluate_gives_the_training_runs_own_validation_loss(tmp_path, mini_wordnet):
+    """``analysis.reference.evaluate`` reloads a saved adapter and measures what the training run measured on its
+    live model at the end (an independent code path: PEFT's loader, not the trained modules)."""
+    from analysis.reference.evaluate import evaluate
+
+    out = tmp_path / "r2_seed0"
+    assert train.main(["--tiny", "--rank", "2", "--seed", "0", "--steps", "3", "--batch-size", "4", "--n-val", "8",
+                       "--wordnet", mini_wordnet, "--out", str(out)]) == 0
+    man = json.loads((out / "manifest.json").read_text())
+    got = evaluate({"a": str(out)}, tasks=["define"], n_val=8, tiny=True, seed=0, wordnet=mini_wordnet, threads=1)
+    assert got["define"]["base"] == pytest.approx(man["val_loss_base"], rel=1e-5)
+    assert got["define"]["a"] == pytest.approx(man["val_loss_adapter"], rel=1e-5)
+    assert got["define"]["a"] < got["define"]["base"]

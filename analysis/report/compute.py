@@ -27,6 +27,9 @@ class ReportConfig:
         Folder holding ``r{r}_seed{s}`` adapters.
     base : str or None
         Base model (GGUF / safetensors); None skips Table 7 and Fig. 8.
+    base_name : str or None
+        The base as the user named it (``"smollm2"``, a path as given), recorded in ``findings.json``
+        instead of the resolved path; default the file name of ``base``.
     layer : int
         The single layer of Fig. 3, 4, 8 and Table 7 (the paper: 48 of 96).
     layers : tuple of int
@@ -40,11 +43,26 @@ class ReportConfig:
     n_random, seed : int
         Random draws and seed of the baselines (per-layer sweeps).
     n_random_table : int
-        Random draws for Table 7 at the focus layer.
+        Random draws of Table 7's null at the focus layer (the protocol asks for at least 1,000).
+    long_runs : tuple of str
+        Folders of long training runs holding ``checkpoint-N`` adapters (Table 7 over training time).
+    init_runs : tuple of str
+        r = low adapters trained with separate data-order and initialisation seeds, compared with r = high
+        seed 0 (what the shared top direction of Fig. 3 comes from).
+    collection : bool
+        Also compare every adapter folder of ``checkpoints`` (N × N φ(1, 1) and cosine) and merge the r = 8
+        seed-0 task adapters (``merge_tasks``) to measure their interference.
+    merge_tasks : tuple of str
+        The adapters merged for the interference table.
+    pairs : tuple of (str, str, str)
+        Anyone's adapters instead of the reference checkpoints: ``("rank", A, B)`` (Fig. 3 / 6: A the smaller
+        rank) and / or ``("seed", C, D)`` (Fig. 4 / 7: two runs of one rank), paths as given. When set,
+        ``checkpoints``, ``ranks``, ``low``, ``high``, ``seeds``, ``long_runs`` and ``init_runs`` are not used.
     """
 
     checkpoints: str = "checkpoints"
     base: str | None = None
+    base_name: str | None = None
     layer: int = 15
     layers: tuple = (0, 10, 20, 29)
     ranks: tuple = (1, 2, 4, 8, 64)
@@ -52,8 +70,13 @@ class ReportConfig:
     high: int = 64
     seeds: tuple = (0, 1)
     n_random: int = 10
-    n_random_table: int = 200
+    n_random_table: int = 1000
     seed: int = 0
+    long_runs: tuple = ("long_r4_seed0", "long_r64_seed0")
+    init_runs: tuple = ("r8_seed0", "r8_data0_init1", "r8_data1_init0", "r8_seed1")
+    collection: bool = True
+    merge_tasks: tuple = ("r8_seed0", "word_r8_seed0", "hypernym_r8_seed0", "synonyms_r8_seed0")
+    pairs: tuple = ()
 
 
 @dataclass
@@ -74,7 +97,37 @@ class ReportData:
     table7: object = None
     overlaps: dict = field(default_factory=dict)
     w_spectra: dict = field(default_factory=dict)
+    long_run: object = None
+    init_pairs: dict = field(default_factory=dict)
+    init_seeds: dict = field(default_factory=dict)
+    roles: dict = field(default_factory=dict)
+    text: dict = field(default_factory=dict)
+    table_labels: list = field(default_factory=list)
+    inputs: dict = field(default_factory=dict)
+    collection: object = None
+    collection_meta: dict = field(default_factory=dict)
+    merge: object = None
+    merge_losses: dict = field(default_factory=dict)
     timings: dict = field(default_factory=dict)
+
+    def adapter(self, role):
+        """The adapter playing ``role`` (``"low"``, ``"high"``, ``"low_other"``, ``"seed_a"``, ``"seed_b"``), or None."""
+        lab = self.roles.get(role)
+        return self.adapters.get(lab) if lab else None
+
+    def say(self, role):
+        """How the report names the adapter playing ``role``: ``"r = 8, seed 0"`` or ``"mine (r = 8)"``."""
+        return self.text.get(self.roles.get(role), "?")
+
+    def series(self, label):
+        """Legend label of an adapter in the per-rank figures: ``"r = 8"`` for the reference checkpoints (one
+        seed), the adapter's own name otherwise."""
+        return self.text.get(label, label) if self.config.pairs else self.text.get(label, label).split(",")[0]
+
+    def rank(self, role):
+        """The largest stored rank of the adapter playing ``role`` (0 when absent)."""
+        ad = self.adapter(role)
+        return max((lr.r for lr in ad.expanded().values()), default=0) if ad is not None else 0
 
     def name(self, module, layer=None):
         """Full module name at a layer, e.g. ``model.layers.15.self_attn.q_proj``."""
@@ -95,9 +148,48 @@ class ReportData:
         return []
 
 
+def _load_pairs(cfg, data):
+    """Anyone's adapters (``cfg.pairs``): labels from the folder names, roles from the pairs."""
+    from analysis.io import load_adapter
+
+    kinds = [k for k, _, _ in cfg.pairs]
+    bad = [k for k in kinds if k not in ("rank", "seed")] + [k for k in set(kinds) if kinds.count(k) > 1]
+    if bad:
+        raise ValueError(f"--pair kinds are 'rank' and 'seed', each at most once; got {', '.join(kinds)}")
+    labels = {}
+    for kind, a, b in cfg.pairs:
+        for path in (a, b):
+            if path in labels:
+                continue
+            base = os.path.basename(os.path.normpath(str(path))) or str(path)
+            lab, n = base, 2
+            while lab in labels.values():
+                lab, n = f"{base} ({n})", n + 1
+            labels[path] = lab
+            data.adapters[lab] = load_adapter(path)
+            data.inputs[lab] = str(path)
+            data.manifests[lab] = _manifest(path) if os.path.isdir(path) else {}
+        if kind == "rank":
+            data.roles.update(low=labels[a], high=labels[b])
+        else:
+            data.roles.update(seed_a=labels[a], seed_b=labels[b])
+    for lab, ad in data.adapters.items():
+        data.text[lab] = f"{lab} (r = {max((lr.r for lr in ad.expanded().values()), default=0)})"
+    seen = [data.roles[k] for k in ("low", "high", "seed_a") if k in data.roles]
+    data.table_labels = sorted(dict.fromkeys(seen), key=lambda lab: (max(
+        (lr.r for lr in data.adapters[lab].expanded().values()), default=0), lab))
+
+
 def _load(cfg, data):
     from analysis.io import load_adapter
 
+    if cfg.pairs:
+        return _load_pairs(cfg, data)
+    s0, s1 = cfg.seeds
+    data.roles = {"low": adapter_label(cfg.low, s0), "high": adapter_label(cfg.high, s0),
+                  "low_other": adapter_label(cfg.low, s1), "seed_a": adapter_label(cfg.high, s0),
+                  "seed_b": adapter_label(cfg.high, s1)}
+    data.table_labels = [adapter_label(r, s0) for r in cfg.ranks]
     wanted = [adapter_label(r, cfg.seeds[0]) for r in cfg.ranks]
     wanted += [adapter_label(r, cfg.seeds[1]) for r in (cfg.low, cfg.high)]
     for lab in dict.fromkeys(wanted):
@@ -106,10 +198,15 @@ def _load(cfg, data):
             data.missing.append(lab)
             continue
         data.adapters[lab] = load_adapter(path)
+        data.inputs[lab] = path
+        r, _, seed = lab[1:].partition("_seed")
+        data.text[lab] = f"r = {r}, seed {seed}"
         man = os.path.join(path, "manifest.json")
         if os.path.exists(man):
             with open(man) as fh:
                 data.manifests[lab] = json.load(fh)
+    data.table_labels = [lab for lab in data.table_labels if lab in data.adapters]
+    data.roles = {k: v for k, v in data.roles.items() if v in data.adapters}
 
 
 def compute_report(cfg: ReportConfig, *, progress=False) -> ReportData:
@@ -142,24 +239,25 @@ def compute_report(cfg: ReportConfig, *, progress=False) -> ReportData:
     if not data.adapters:
         raise FileNotFoundError(f"no reference checkpoint r*_seed* found in {cfg.checkpoints!r}")
     data.modules = sorted({split_name(n)[1] for n in data._names()})
-    s0, s1 = cfg.seeds
-    lo, hi = adapter_label(cfg.low, s0), adapter_label(cfg.high, s0)
-    hi1 = adapter_label(cfg.high, s1)
     sides = ("A", "B", "input", "output")
-    if lo in data.adapters and hi in data.adapters:
-        data.rank_pair = compare_adapters(data.adapters[lo], data.adapters[hi], sides=sides, progress=progress)
-    if hi in data.adapters and hi1 in data.adapters:
-        data.seed_pair = compare_adapters(data.adapters[hi], data.adapters[hi1], sides=sides, progress=progress)
+    lo, hi, lo1 = data.adapter("low"), data.adapter("high"), data.adapter("low_other")
+    sa, sb = data.adapter("seed_a"), data.adapter("seed_b")
+    if lo is not None and hi is not None:
+        data.rank_pair = compare_adapters(lo, hi, sides=sides, progress=progress)
+    if sa is not None and sb is not None:
+        data.seed_pair = compare_adapters(sa, sb, sides=sides, progress=progress)
         from analysis.sweeps.advice import advise_ranks  # stability-based rank advice from the seed pair
 
-        data.advice = advise_ranks(data.adapters[hi], data.adapters[hi1], seed=cfg.seed)
-    lo1 = adapter_label(cfg.low, s1)
-    if lo1 in data.adapters and hi in data.adapters:  # control: the rank pair without a shared seed
-        data.cross_pair = compare_adapters(data.adapters[lo1], data.adapters[hi], sides=sides, progress=progress)
+        data.advice = advise_ranks(sa, sb, seed=cfg.seed)
+    if lo1 is not None and hi is not None:  # control: the rank pair without a shared seed
+        data.cross_pair = compare_adapters(lo1, hi, sides=sides, progress=progress)
+    if not cfg.pairs:
+        _init_pairs(cfg, data, progress)
     some = next(iter(data.adapters.values())).expanded()
+    r_random = data.rank("seed_a") or data.rank("high") or max(lr.r for lr in some.values())
     for m in data.modules:
         d_in = some[data.name(m)].shape[1]
-        data.random_sim[m] = gaussian_similarity(cfg.high, cfg.high, d_in, seed=cfg.seed)
+        data.random_sim[m] = gaussian_similarity(r_random, r_random, d_in, seed=cfg.seed)
     data.timings["pairs_s"] = time.perf_counter() - t0
 
     t1 = time.perf_counter()
@@ -176,7 +274,7 @@ def compute_report(cfg: ReportConfig, *, progress=False) -> ReportData:
         data.timings["sweeps_s"] = time.perf_counter() - t1
         if base is not None:
             t2 = time.perf_counter()
-            labs = [adapter_label(r, s0) for r in cfg.ranks if adapter_label(r, s0) in data.adapters]
+            labs = data.table_labels
             rows = []  # Table 7 at the focus layer, with more random draws: one more pass over its weights
             for lab, sw in zip(labs, analyse_adapters([data.adapters[lab] for lab in labs], base=base,
                                                       layers={cfg.layer}, n_random=cfg.n_random_table,
@@ -194,12 +292,141 @@ def compute_report(cfg: ReportConfig, *, progress=False) -> ReportData:
                 data.w_spectra[m] = w_svd.S
                 for side in OVERLAP_SIDES:
                     data.overlaps[(m, side)] = {
-                        f"r = {r}": weight_overlap(W, data.adapters[adapter_label(r, s0)].expanded()[name],
-                                                   side=side, seed=cfg.seed, w_svd=w_svd, name=name)
-                        for r in cfg.ranks if adapter_label(r, s0) in data.adapters}
+                        data.series(lab): weight_overlap(W, data.adapters[lab].expanded()[name], side=side,
+                                                         seed=cfg.seed, w_svd=w_svd, name=name)
+                        for lab in data.table_labels}
             data.timings["weight_overlap_s"] = time.perf_counter() - t2
+            t3 = time.perf_counter()
+            data.long_run = None if cfg.pairs else _long_run(cfg, data, base, some, progress)
+            data.timings["long_run_s"] = time.perf_counter() - t3
     finally:
         if base is not None:
             base.close()
+    if cfg.collection and not cfg.pairs:
+        t4 = time.perf_counter()
+        _collection(cfg, data)
+        data.timings["collection_s"] = time.perf_counter() - t4
     data.timings["total_s"] = time.perf_counter() - t0
     return data
+
+
+def _collection(cfg, data):
+    """Every adapter folder of ``checkpoints`` compared with every other; the task adapters merged."""
+    from analysis.io import load_adapter
+    from analysis.sweeps.collection import collection_similarity
+    from analysis.sweeps.merge import merge_adapters
+
+    folders = sorted(f for f in os.listdir(cfg.checkpoints)
+                     if os.path.isfile(os.path.join(cfg.checkpoints, f, "adapter_config.json")))
+    paths = {f: os.path.join(cfg.checkpoints, f) for f in folders}
+    for run in cfg.long_runs:  # a training run's last checkpoint joins the collection
+        steps = checkpoint_steps(os.path.join(cfg.checkpoints, run)) if os.path.isdir(
+            os.path.join(cfg.checkpoints, run)) else []
+        if steps:
+            paths[f"{run}@{steps[-1][0]}"] = steps[-1][1]
+    if len(paths) < 2:
+        return
+    for f, path in paths.items():
+        man = data.manifests.get(f) or _manifest(path)
+        task = "merged" if "merged" in man else man.get("task", "define")
+        task = task if task in ("merged", "define", "word", "hypernym", "synonyms") else "define"  # older manifests
+        data.collection_meta[f] = {"task": task, "rank": man.get("rank"), "seeds": _seeds(man)}
+    data.collection = collection_similarity(list(paths.values()), k=1, side="input")
+    tasks = [f for f in cfg.merge_tasks if f in folders]
+    if len(tasks) >= 2:
+        data.merge = merge_adapters([load_adapter(os.path.join(cfg.checkpoints, f)) for f in tasks], method="svd",
+                                    rank=8, labels=tasks)
+    for f in folders:  # the validation losses measured by python -m analysis.reference.evaluate
+        man = _manifest(os.path.join(cfg.checkpoints, f))
+        if man.get("merged") == list(tasks) and isinstance(man.get("val_loss"), dict):
+            data.merge_losses = {"folder": f, **man}
+
+
+def _manifest(path):
+    man = os.path.join(path, "manifest.json")
+    if not os.path.exists(man):
+        return {}
+    with open(man, encoding="utf-8") as fh:
+        return json.load(fh)
+
+
+def _seeds(manifest):
+    """(data-order seed, initialisation seed) of a training run; older manifests have one ``seed`` for both."""
+    seed = manifest.get("seed")
+    return manifest.get("data_seed", seed), manifest.get("init_seed", seed)
+
+
+def _init_pairs(cfg, data, progress):
+    """r = low runs with separate data and init seeds, each against r = high seed 0 (sides A and input)."""
+    from analysis.io import load_adapter
+    from analysis.sweeps.pair import compare_adapters
+
+    hi = adapter_label(cfg.high, cfg.seeds[0])
+    if hi not in data.adapters:
+        return
+    for lab in cfg.init_runs:
+        path = os.path.join(cfg.checkpoints, lab)
+        if not os.path.exists(path):
+            continue
+        ad = data.adapters.get(lab) or load_adapter(path)
+        data.init_seeds[lab] = _seeds(data.manifests.get(lab) or _manifest(path))
+        data.init_pairs[lab] = compare_adapters(ad, data.adapters[hi], sides=("A", "input"), progress=progress)
+
+
+def checkpoint_steps(run_dir):
+    """``[(step, path)]`` of the ``checkpoint-N`` folders in ``run_dir``, by step."""
+    out = []
+    for name in os.listdir(run_dir):
+        head, _, num = name.partition("-")
+        if head == "checkpoint" and num.isdigit() and os.path.isdir(os.path.join(run_dir, name)):
+            out.append((int(num), os.path.join(run_dir, name)))
+    return sorted(out)
+
+
+def _long_run(cfg, data, base, some, progress):
+    """Table 7 over training time: for each checkpoint, ΔWq's ‖UᵀWV‖ against its null at every layer."""
+    import numpy as np
+    import pandas as pd
+
+    from analysis.core import randomized_svd
+    from analysis.io import load_adapter
+    from analysis.io.base import base_matrix
+    from analysis.metrics.correlation import weight_correlation
+    from analysis.metrics.nulls import projection_draws
+    from analysis.sweeps.common import progress as progress_bar
+
+    runs = [(lab, checkpoint_steps(os.path.join(cfg.checkpoints, lab))) for lab in cfg.long_runs
+            if os.path.isdir(os.path.join(cfg.checkpoints, lab))]
+    runs = [(lab, steps) for lab, steps in runs if steps]
+    if not runs:
+        return None
+    q = next((m for m in data.modules if m.endswith("q_proj")), data.modules[0])
+    names = [n for n in some if split_name(n)[1] == q]
+    W, w_svd, nulls, rows = {}, {}, {}, []
+    losses = {}
+    for lab, _ in runs:
+        man = _manifest(os.path.join(cfg.checkpoints, lab))
+        losses[lab] = dict(tuple(x) for x in man.get("val_loss", []) if isinstance(x, (list, tuple)) and len(x) == 2)
+    todo = [(lab, step, path) for lab, steps in runs for step, path in steps]
+    for lab, step, path in progress_bar(todo, enabled=progress, desc="checkpoints"):
+        mods = load_adapter(path).expanded()
+        for name in names:
+            if name not in W:
+                W[name] = base_matrix(base.weight(name) if hasattr(base, "weight") else base[name],
+                                      some[name], name=name)
+                w_svd[name] = randomized_svd(W[name], min(W[name].shape), seed=cfg.seed, method="full")
+            wc = weight_correlation(W[name], mods[name], n_random=1, seed=cfg.seed, w_svd=w_svd[name])
+            if wc.zero:
+                continue
+            key = (name, wc.k)
+            if key not in nulls:
+                draws = projection_draws(w_svd[name].S, wc.d_out, wc.d_in, wc.k, n=cfg.n_random_table,
+                                         seed=cfg.seed)
+                nulls[key] = (float(draws.mean()), float(draws.std(ddof=1)))
+            mean, sd = nulls[key]
+            rows.append({"run": lab, "r": wc.r, "step": step, "name": name, "layer": split_name(name)[0],
+                         "module": q, "proj_delta": wc.proj_delta, "null_mean": mean, "null_sd": sd,
+                         "z": (wc.proj_delta - mean) / sd, "delta_norm": wc.delta_norm, "w_norm": wc.w_norm,
+                         "rel_norm": wc.delta_norm / wc.w_norm, "amplification": wc.amplification,
+                         "amp_random": wc.delta_norm / mean, "val_loss": losses[lab].get(step, np.nan)})
+    return pd.DataFrame(rows)

@@ -23,7 +23,8 @@ __all__ = ["phi_modules_figure", "phi11_layers_figure", "spectra_figure", "ampli
            "table7_figure", "table7_rows",
            "fig_rank_pair", "fig_seed_pair", "fig_layers", "fig_table7", "fig_weight_overlap",
            "fig_weight_overlap_heatmap",
-           "fig_phi11_layers", "fig_amplification_layers", "fig_spectra", "fig_rank_advice", "PAPER_TABLE7",
+           "fig_phi11_layers", "fig_amplification_layers", "fig_spectra", "fig_rank_advice", "fig_long_run",
+           "fig_data_vs_init", "PAPER_TABLE7",
            "SIDE_TEXT"]
 
 #: Table 7 of the paper (GPT-3, layer 48 of 96, ΔWq; ‖Wq‖_F = 61.95).
@@ -105,7 +106,7 @@ def phi_modules_figure(sweep, names, *, panels, labels=("A", "B"), width=10.0, r
     return fig
 
 
-def phi11_layers_figure(frames, *, sides=("A", "input"), suptitle=None):
+def phi11_layers_figure(frames, *, sides=("A", "input"), suptitle=None, ties=None, swaps=None):
     """φ(1, 1) per layer, one line per module type: does the top direction agree?
 
     Parameters
@@ -116,13 +117,21 @@ def phi11_layers_figure(frames, *, sides=("A", "input"), suptitle=None):
     sides : sequence of str
         Bases drawn (``phi11_A``, ``phi11_input``, …).
     suptitle : str, optional
+    ties : Mapping[str, Mapping[str, iterable of (int, str)]], optional
+        Pair name -> side -> ``(layer, module)`` where either adapter's top two
+        singular values nearly tie: marked with a ring (φ(1, 1) may dip there
+        while the top-2 subspaces agree).
+    swaps : Mapping[str, Mapping[str, iterable of (int, str)]], optional
+        The same for modules whose top two directions swapped order between
+        the adapters: marked with a triangle.
 
     Returns
     -------
     matplotlib.figure.Figure
         One row per side and one column per pair; a single pair puts its
-        sides side by side. Each panel has the random null 1/d (dashed:
-        one grey line when all modules share d, else one per module).
+        sides side by side. Log y axis, so that the random null 1/d (dashed:
+        one grey line when all modules share d, else one per module) is
+        visible next to values near 1; every panel has its own tick labels.
     """
     pairs = list(frames.items())
     if not pairs:
@@ -135,6 +144,10 @@ def phi11_layers_figure(frames, *, sides=("A", "input"), suptitle=None):
         fig = _figure(5.5 * len(pairs), 3.2 * len(sides))
         axes = fig.subplots(len(sides), len(pairs), sharey=True, squeeze=False)
         cell = {(a, b): axes[a, b] for a in range(len(sides)) for b in range(len(pairs))}
+    lows = [float((1.0 / fr["d_in"]).min()) for _, fr in pairs if fr is not None]
+    lows += [float(fr[f"phi11_{side}"][fr[f"phi11_{side}"] > 0].min()) for _, fr in pairs if fr is not None
+             for side in sides if (fr[f"phi11_{side}"] > 0).any()]
+    floor = min(lows, default=1e-3) / 3
     for a, side in enumerate(sides):
         for b, (txt, fr) in enumerate(pairs):
             ax = cell[(a, b)]
@@ -146,10 +159,23 @@ def phi11_layers_figure(frames, *, sides=("A", "input"), suptitle=None):
                 null = 1.0 / int(d[0])
             else:  # modules of different input size: each its own null
                 fr, null = fr.assign(null11=1.0 / fr["d_in"]), "null11"
-            plot_layer_profile(fr, f"phi11_{side}", ax=ax, null=null, null_label="random null 1/d",
-                               ylabel=r"$\phi(1, 1)$",
+            col = f"phi11_{side}"
+            plot_layer_profile(fr, col, ax=ax, null=null, null_label="random null 1/d", logy=True,
+                               ylabel=r"$\phi(1, 1)$ (log scale)",
                                title=f"{txt}\n{SIDE_TEXT[side]}" if txt else SIDE_TEXT[side])
-            ax.set_ylim(0, 1.02)
+            ax.set_ylim(floor, 1.5)  # every positive value and the null inside the axes (shared y)
+            ax.tick_params(labelleft=True)
+            for what, style in (((ties or {}), dict(marker="o", s=90, label="top two σ within 10 %")),
+                                ((swaps or {}), dict(marker="^", s=70, label="top two directions swapped"))):
+                marks = set(what.get(txt, {}).get(side, ()))
+                hit = fr[[(int(L), m) in marks for L, m in zip(fr["layer"], fr["module"])]] if marks else fr.iloc[:0]
+                if len(hit):
+                    ax.scatter(hit["layer"], hit[col].clip(lower=floor), facecolors="none", edgecolors="crimson",
+                               linewidths=1.2, zorder=5, **style)
+            if b == 0:  # one legend per row, where it hides no point
+                ax.legend(fontsize=6.5, loc="lower left", ncol=2)
+            elif ax.get_legend() is not None:
+                ax.get_legend().remove()
     if suptitle:
         fig.suptitle(suptitle, fontsize=10)
     return fig
@@ -251,18 +277,24 @@ def table7_rows(frames, *, paper=True):
     Returns
     -------
     pandas.DataFrame
-        Columns ``model, ΔW, r, proj_delta, proj_w, proj_random, w_norm,
-        delta_norm, amplification``.
+        Columns ``model, ΔW, r, proj_delta, proj_w, proj_random, proj_random_sd,
+        z, w_norm, delta_norm, amplification, amp_random``: ``proj_random_sd`` is the
+        random case's sd over its draws, ``z`` ΔW's z-score against it and
+        ``amp_random`` the amplification random directions of the same ‖ΔW‖
+        give (NaN where a frame has no sd, and in the paper's rows).
     """
     import pandas as pd
 
     parts = []
     for label, t in frames.items():
+        sd = t["proj_random_std"] if "proj_random_std" in t else np.nan
         parts.append(pd.DataFrame({"model": [f"{label}, layer {_layer_txt(v)}" for v in t["layer"]],
                                    "ΔW": [module_label(m) for m in t["module"]], "r": t["r"],
                                    "proj_delta": t["proj_delta"], "proj_w": t["proj_w"],
-                                   "proj_random": t["proj_random"], "w_norm": t["w_norm"], "delta_norm": t["fro"],
-                                   "amplification": t["amplification"]}))
+                                   "proj_random": t["proj_random"], "proj_random_sd": sd,
+                                   "z": (t["proj_delta"] - t["proj_random"]) / sd, "w_norm": t["w_norm"],
+                                   "delta_norm": t["fro"], "amplification": t["amplification"],
+                                   "amp_random": t["fro"] / t["proj_random"]}))
     if paper:
         ref = pd.DataFrame(PAPER_TABLE7)
         ref.insert(0, "ΔW", "$\\Delta W_q$")
@@ -290,14 +322,17 @@ def table7_figure(frames, *, paper=True, title=None, label_header="model"):
     """
     fr = table7_rows(frames, paper=paper)
     n_paper = len(PAPER_TABLE7) if paper else 0
-    fig = _figure(11, 0.32 * len(fr) + 1.4)
+    fig = _figure(13, 0.32 * len(fr) + 1.4)
     ax = fig.add_subplot()
     labels = [label_header, "ΔW", "r", r"$\|U^\top W V\|_F$" + "\nU, V of ΔW", "U, V\nof W", "U, V\nrandom",
-              r"$\|W\|_F$", r"$\|\Delta W\|_F$", "amplification\n" + r"$\|\Delta W\|_F / \|U^\top W V\|_F$"]
+              "random\nsd", "z of ΔW\nvs random", r"$\|W\|_F$", r"$\|\Delta W\|_F$",
+              "amplification\n" + r"$\|\Delta W\|_F / \|U^\top W V\|_F$", "amplification,\nrandom U, V"]
     fmt = {"r": "{:.0f}", "proj_delta": "{:.3f}", "proj_w": "{:.2f}", "proj_random": "{:.3f}",
-           "w_norm": "{:.2f}", "delta_norm": "{:.3f}", "amplification": "{:.2f}"}
+           "proj_random_sd": "{:.3f}", "z": "{:+.1f}", "w_norm": "{:.2f}", "delta_norm": "{:.3f}",
+           "amplification": "{:.2f}", "amp_random": "{:.2f}"}
+    fr = fr.astype({c: float for c in fmt if c != "r"})
     art = plot_table(fr, ax=ax, col_labels=labels, fmt=fmt, fontsize=8,
-                     col_widths=[0.2, 0.06, 0.04, 0.11, 0.08, 0.08, 0.07, 0.08, 0.15])
+                     col_widths=[0.17, 0.05, 0.03, 0.09, 0.06, 0.06, 0.05, 0.07, 0.05, 0.06, 0.12, 0.09])
     for (r, _), cell in art["table"].get_celld().items():
         if r == 0:
             cell.set_height(cell.get_height() * 2.0)
@@ -313,42 +348,44 @@ def table7_figure(frames, *, paper=True, title=None, label_header="model"):
 
 def fig_rank_pair(data, *, side="A"):
     """Fig. 3: φ(A_{r=low}, A_{r=high}, i, j) for each module at the focus layer, and the j ≤ low zoom."""
-    cfg = data.config
+    lo, hi = data.rank("low"), data.rank("high")
     names = [data.name(m) for m in data.modules]
-    panels = [dict(side=side, i_max=cfg.low,
-                   title=f"{{module}}: $i \\leq {cfg.low}$ (r = {cfg.low}), $j \\leq {{k2}}$ (r = {cfg.high})"),
-              dict(side=side, i_max=cfg.low, j_max=cfg.low, title=f"{{module}}: zoom $j \\leq {cfg.low}$")]
+    panels = [dict(side=side, i_max=lo,
+                   title=f"{{module}}: $i \\leq {lo}$ ({data.say('low')}), $j \\leq {{k2}}$ ({data.say('high')})"),
+              dict(side=side, i_max=lo, j_max=lo, title=f"{{module}}: zoom $j \\leq {lo}$")]
     d = data.rank_pair.results[names[-1]][side].d
     X = "A" if side == "A" else r"\Delta W"
     return phi_modules_figure(
         data.rank_pair, names, panels=panels, width=12, row_height=2.6, width_ratios=[3.2, 1.25],
-        suptitle=f"Fig. 3 — subspace similarity $\\phi({X}_{{r={cfg.low}}}, {X}_{{r={cfg.high}}}, i, j)$ at "
+        suptitle=f"Fig. 3 — subspace similarity $\\phi({X}_{{r={lo}}}, {X}_{{r={hi}}}, i, j)$ at "
                  f"{_where(data)} of {data.n_layers} (paper: layer 48 of 96)\nbasis: {SIDE_TEXT[side]}; "
                  f"random subspaces give $\\phi \\approx \\max(i, j)/d$ with d = {d}")
 
 
-def fig_seed_pair(data, *, side="A", vmax=0.5):
+def fig_seed_pair(data, *, side="A", vmax=1.0):
     """Fig. 4: φ between two seeds of r = high for each module, and two random Gaussian matrices."""
-    cfg = data.config
+    hi = data.rank("seed_a")
     mods = data.modules
     fig = _figure(4.3 * (len(mods) + 1), 4.2)
     axes = fig.subplots(1, len(mods) + 1)
     for ax, m in zip(axes, mods):
         res = data.seed_pair.results[data.name(m)][side]
-        plot_phi(res, ax=ax, vmax=vmax, title=f"{module_label(m)}: seed {cfg.seeds[0]} vs seed {cfg.seeds[1]}")
+        plot_phi(res, ax=ax, vmax=vmax, title=f"{module_label(m)}: {data.say('seed_a')} vs {data.say('seed_b')}")
     rnd = data.random_sim[mods[0]]
     plot_phi(rnd, ax=axes[-1], vmax=vmax,
-             title=f"random: two Gaussian ({cfg.high} × {rnd.d}) matrices")
+             title=f"random: two Gaussian ({rnd.phi.shape[0]} × {rnd.d}) matrices")
     X = "A" if side == "A" else r"\Delta W"
-    fig.suptitle(f"Fig. 4 — $\\phi({X}_{{r={cfg.high}}}, {X}'_{{r={cfg.high}}}, i, j)$ between two random seeds "
-                 f"at {_where(data)} (paper: layer 48)\nbasis: {SIDE_TEXT[side]}; colour scale 0 – {vmax} "
-                 f"(values above are drawn at {vmax})", fontsize=10)
+    fig.suptitle(f"Fig. 4 — $\\phi({X}_{{r={hi}}}, {X}'_{{r={hi}}}, i, j)$ between two runs (seeds) "
+                 f"at {_where(data)} (paper: layer 48)\nbasis: {SIDE_TEXT[side]}; colour scale 0 – {vmax:g} (the paper's); "
+                 f"random subspaces give $\\phi \\approx \\max(i, j)/d$ with d = {rnd.d}, as in the right panel",
+                 fontsize=10)
     return fig
 
 
 def fig_layers(data, *, which="rank", side="A"):
     """Fig. 6 (``which="rank"``: r = low vs high) or Fig. 7 (``"seed"``) at several layers."""
     cfg = data.config
+    lo, hi = data.rank("low"), data.rank("high" if which == "rank" else "seed_a")
     sweep = data.rank_pair if which == "rank" else data.seed_pair
     layers = list(cfg.layers)
     mods = data.modules
@@ -359,25 +396,36 @@ def fig_layers(data, *, which="rank", side="A"):
             res = sweep.results[data.name(m, layer)][side]
             last = b == len(layers) - 1
             if which == "rank":
-                plot_phi(res, ax=axes[a, b], i_max=cfg.low, colorbar=last, annotate="never",
+                plot_phi(res, ax=axes[a, b], i_max=lo, colorbar=last, annotate="never",
                          title=f"{module_label(m)}, layer {layer}")
             else:
-                plot_phi(res, ax=axes[a, b], colorbar=last, vmax=0.5, title=f"{module_label(m)}, layer {layer}")
+                plot_phi(res, ax=axes[a, b], colorbar=last, vmax=1.0, annotate="never",
+                         title=f"{module_label(m)}, layer {layer}")
     if which == "rank":
-        head = (f"Fig. 6 — $\\phi(A_{{r={cfg.low}}}, A_{{r={cfg.high}}}, i, j)$ at layers "
+        head = (f"Fig. 6 — $\\phi(A_{{r={lo}}}, A_{{r={hi}}}, i, j)$ at layers "
                 f"{', '.join(map(str, layers))} of {data.n_layers} (paper: 1, 32, 64, 96 of 96)")
     else:
-        head = (f"Fig. 7 — $\\phi(A_{{r={cfg.high}}}, A'_{{r={cfg.high}}}, i, j)$ between seeds at layers "
+        head = (f"Fig. 7 — $\\phi(A_{{r={hi}}}, A'_{{r={hi}}}, i, j)$ between two runs at layers "
                 f"{', '.join(map(str, layers))} of {data.n_layers} (paper: 1, 32, 64, 96 of 96)")
-    who = (f"i: top-i directions of r = {cfg.low}, j: top-j of r = {cfg.high}" if which == "rank"
-           else f"i: seed {cfg.seeds[0]}, j: seed {cfg.seeds[1]}; colour scale 0 – 0.5")
-    fig.suptitle(f"{head}\nbasis: {SIDE_TEXT[side]}; {who}", fontsize=10)
+    who = (f"i: top-i directions of {data.say('low')}, j: top-j of {data.say('high')}" if which == "rank"
+           else f"i: {data.say('seed_a')}, j: {data.say('seed_b')}; colour scale 0 – 1 (the paper's)")
+    d = sweep.results[data.name(mods[0], layers[0])][side].d
+    fig.suptitle(f"{head}\nbasis: {SIDE_TEXT[side]}; {who}; random: $\\phi \\approx \\max(i, j)/d$, d = {d}",
+                 fontsize=10)
     return fig
+
+
+def _t7_frames(data):
+    """Table 7's rows by label: the base model's name (reference checkpoints), else one group per adapter."""
+    if not data.config.pairs:
+        return {_model_name(data): data.table7}
+    t = data.table7
+    return {data.series(lab): t[t["adapter"] == lab] for lab in dict.fromkeys(t["adapter"])}
 
 
 def table7_frame(data):
     """Table 7 as displayed: our rows (focus layer, every rank, every module), then the paper's."""
-    return table7_rows({_model_name(data): data.table7})
+    return table7_rows(_t7_frames(data))
 
 
 def _model_name(data):
@@ -388,9 +436,9 @@ def _model_name(data):
 
 def fig_table7(data):
     """Table 7 rendered: ‖Uᵀ W V‖_F for U, V of ΔW, of W and random, next to ‖W‖_F, ‖ΔW‖_F."""
-    return table7_figure({_model_name(data): data.table7},
+    return table7_figure(_t7_frames(data),
                          title=f"Table 7 — how ΔW relates to W at layer {data.config.layer} (U, V: top-r singular "
-                               f"vectors; random: mean over {data.config.n_random_table} seeded draws). "
+                               f"vectors; random: mean and sd over {data.config.n_random_table} Haar-random U, V). "
                                "Paper's rows shaded.")
 
 
@@ -432,43 +480,139 @@ def fig_weight_overlap_heatmap(data, *, module=None, vmax=0.5, i_max=128):
 
 
 def fig_phi11_layers(data):
-    """Beyond the paper: φ(1, 1) at every layer, for the rank pair and the seed pair, two bases."""
-    cfg = data.config
-    frames = {f"r = {cfg.low} vs r = {cfg.high} (both seed {cfg.seeds[0]})": data.rank_pair,
-              f"r = {cfg.high}: seed {cfg.seeds[0]} vs {cfg.seeds[1]}": data.seed_pair}
+    """Beyond the paper: φ(1, 1) at every layer, for the rank pair and the seed pair, two bases, near ties marked."""
+    from analysis.core.adapter import split_name
+    from analysis.report.findings import swapped_modules, tied_modules
+
+    a = data.adapter
+    pairs = {f"{data.say('low')} vs {data.say('high')}": (data.rank_pair, a("low"), a("high")),
+             f"{data.say('seed_a')} vs {data.say('seed_b')}": (data.seed_pair, a("seed_a"), a("seed_b"))}
     if data.cross_pair is not None:
-        frames[f"control: r = {cfg.low} seed {cfg.seeds[1]} vs r = {cfg.high} seed {cfg.seeds[0]}"] = data.cross_pair
-    return phi11_layers_figure({txt: None if sw is None else sw.frame for txt, sw in frames.items()},
+        pairs[f"control: {data.say('low_other')} vs {data.say('high')}"] = (data.cross_pair, a("low_other"),
+                                                                             a("high"))
+    ties = {txt: {side: [split_name(n) for n in tied_modules(a, b, side, list(sw.results))]
+                  for side in ("A", "input")} for txt, (sw, a, b) in pairs.items() if sw is not None}
+    swaps = {txt: {side: [split_name(n) for n in swapped_modules(sw, side)] for side in ("A", "input")}
+             for txt, (sw, _, _) in pairs.items() if sw is not None}
+    return phi11_layers_figure({txt: None if sw is None else sw.frame for txt, (sw, _, _) in pairs.items()},
+                               ties=ties, swaps=swaps,
                                suptitle="φ(1, 1) at every layer: is the top direction shared? (beyond the paper, "
-                                        "which shows 4 layers)")
+                                        "which shows 4 layers); dashed: two random lines, 1/d; rings: a near tie of "
+                                        "the top two singular values; triangles: the top two directions swapped")
 
 
 def fig_amplification_layers(data):
     """Beyond the paper: the amplification factor at every layer, per rank, with its random counterpart."""
-    cfg = data.config
     frames = {}
-    for r in cfg.ranks:
-        lab = f"r{r}_seed{cfg.seeds[0]}"
+    for lab in data.table_labels:
         if lab in data.sweeps and "amplification" in data.sweeps[lab].frame:
-            frames[f"r = {r}"] = data.sweeps[lab].frame
+            frames[data.series(lab)] = data.sweeps[lab].frame
     return amplification_figure(frames, modules=data.modules,
                                 suptitle="Amplification of W's directions by ΔW at every layer (Table 7's last "
                                          "column, beyond the paper's single layer)")
 
 
-def fig_spectra(data, *, ranks=None):
+def fig_spectra(data):
     """Beyond the paper: singular-value spectra of ΔW per layer, for the larger ranks."""
-    cfg = data.config
-    ranks = [r for r in (ranks or (cfg.low, cfg.high)) if f"r{r}_seed{cfg.seeds[0]}" in data.sweeps]
-    return spectra_figure({f"r = {r}": data.sweeps[f"r{r}_seed{cfg.seeds[0]}"] for r in ranks}, data.modules,
+    labs = [data.roles[k] for k in ("low", "high", "seed_a") if k in data.roles]
+    labs = [lab for lab in dict.fromkeys(labs) if lab in data.sweeps]
+    return spectra_figure({data.series(lab): data.sweeps[lab] for lab in labs}, data.modules,
                           title="{module}, {label}: spectrum per layer")
 
 
 def fig_rank_advice(data):
     """Beyond the paper: the rank each module needs, from the directions the two seeds of r = high share."""
-    cfg = data.config
     fig = _figure(7, 3.8)
     art = plot_advised_rank(data.advice, ax=fig.add_subplot())
-    art.ax.set_title(f"Advised rank per layer: directions of ΔW that r = {cfg.high} seeds {cfg.seeds[0]} and "
-                     f"{cfg.seeds[1]} share beyond chance", fontsize="medium")
+    art.ax.set_title(f"Advised rank per layer: directions of ΔW that {data.say('seed_a')} and\n{data.say('seed_b')} "
+                     "share beyond chance (random subspaces: mean + 3 sd)", fontsize="medium")
+    return fig
+
+
+def fig_long_run(data):
+    """Table 7 over training time: ΔWq's ‖UᵀWV‖ z-score, the amplification beside its random counterpart and
+    ‖ΔW‖/‖W‖ against the step, at the focus layer (top row) and as the median over layers (bottom row)."""
+    from analysis.report.protocol import Z_MIN
+
+    lr = data.long_run
+    fig = _figure(14, 7.2)
+    axes = fig.subplots(2, 3, sharex=True)
+    colors = dict(zip(sorted(lr["r"].unique()), ("tab:blue", "tab:orange", "tab:green", "tab:red")))
+    L = data.config.layer
+    for row, (where, sub) in enumerate((("layer %d" % L, lr[lr["layer"] == L]),
+                                        ("median over layers", lr.groupby(["r", "step"], as_index=False).median(
+                                            numeric_only=True)))):
+        for r, g in sub.groupby("r"):
+            g = g.sort_values("step")
+            c = colors[r]
+            axes[row, 0].plot(g["step"], g["z"], "o-", color=c, ms=3, label=f"r = {r}")
+            axes[row, 1].plot(g["step"], g["amplification"], "o-", color=c, ms=3, label=f"r = {r}: ΔW")
+            axes[row, 1].plot(g["step"], g["amp_random"], ":", color=c, label=f"r = {r}: random U, V, same ‖ΔW‖")
+            axes[row, 2].plot(g["step"], 100 * g["rel_norm"], "o-", color=c, ms=3, label=f"r = {r}")
+        ax = axes[row, 0]
+        ax.axhline(0, color="grey", ls="--", lw=1, label="null mean (z = 0)")
+        ax.axhline(Z_MIN, color="crimson", ls="-.", lw=1, label=f"z = {Z_MIN:g} (protocol)")
+        ax.set_ylabel(f"z of ‖UᵀWqV‖, U, V of ΔWq\n({where})")
+        axes[row, 1].set_yscale("log")
+        axes[row, 1].set_ylabel(f"amplification ‖ΔW‖/‖UᵀWV‖\n({where})")
+        axes[row, 2].set_ylabel(f"‖ΔWq‖_F / ‖Wq‖_F, % ({where})")
+        for ax in axes[row]:
+            ax.grid(alpha=0.3)
+            ax.legend(fontsize=7)
+    for ax in axes[1]:
+        ax.set_xlabel("training step")
+    fig.suptitle("Table 7 over training time (long runs, seed 0): is ΔWq's projection on W above random? "
+                 f"null: {data.config.n_random_table} Haar-random U, V per layer and rank; paper: 11 % (r = 4) and "
+                 "5.8 % (r = 64) for ‖ΔWq‖/‖Wq‖", fontsize=10)
+    return fig
+
+
+def fig_data_vs_init(data):
+    """What the shared top direction comes from: φ(1, 1) per layer against r = high seed 0 for r = low runs
+    with each combination of data-order seed and initialisation seed."""
+    cfg = data.config
+    mods = data.modules
+    fig = _figure(6 * len(mods), 4.2)
+    axes = np.atleast_1d(fig.subplots(1, len(mods)))
+    styles = {(True, True): ("tab:blue", "-"), (True, False): ("tab:green", "-"), (False, True): ("tab:orange", "--"),
+              (False, False): ("tab:red", "--")}
+    for ax, m in zip(axes, mods):
+        d = None
+        for lab, pair in data.init_pairs.items():
+            ds, is_ = data.init_seeds.get(lab, (None, None))
+            same = (ds == cfg.seeds[0], is_ == cfg.seeds[0])
+            fr = pair.frame[pair.frame["module"] == m].sort_values("layer")
+            d = int(fr["d_in"].iloc[0]) if len(fr) else d
+            c, ls = styles[same]
+            ax.plot(fr["layer"], fr["phi11_A"], ls, marker="o", ms=3, color=c,
+                    label=f"{lab}: data {'same' if same[0] else 'other'}, init {'same' if same[1] else 'other'}")
+        if d:
+            ax.axhline(1.0 / d, color="grey", ls=":", label=f"random lines: 1/d = {1 / d:.4f}")
+            ax.set_ylim(1.0 / d / 3, 1.5)
+        ax.set_yscale("log")
+        ax.set_xlabel("layer")
+        ax.set_ylabel(r"$\phi(1, 1)$ (A basis, log scale)")
+        ax.set_title(f"{module_label(m)}: r = {cfg.low} runs vs r = {cfg.high} seed {cfg.seeds[0]}", fontsize=9)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7, loc="lower right")
+    fig.suptitle("What makes r = 8 and r = 64 share their top direction? 'same' = the seed of r = 64 seed 0 "
+                 "(data order, initialisation)", fontsize=10)
+    return fig
+
+
+def fig_collection(data):
+    """Every shipped adapter against every other: φ(1, 1) of the top input directions and the Frobenius
+    cosine of the updates (means over shared modules), seriated, with the task and seeds in the labels."""
+    from analysis.plotting import plot_collection_matrix
+
+    col = data.collection
+    labels = list(data.collection_meta)
+    fig = _figure(16, 8.2)
+    axes = fig.subplots(1, 2)
+    for ax, kind, title in ((axes[0], "similarity", "φ(1, 1), top input direction (random: 1/d ≈ 0.002)"),
+                            (axes[1], "cosine", "Frobenius cosine ⟨ΔWa, ΔWb⟩ (random: 0 ± 0.002)")):
+        plot_collection_matrix(col, labels=labels, order=col.order(kind), kind=kind, ax=ax, annotate="never",
+                               title=title)
+    fig.suptitle("Every shipped adapter against every other (mean over the 60 shared modules, seriated): "
+                 "do adapters group by task, by seed or by rank?", fontsize=10)
     return fig

@@ -1,4 +1,5 @@
-"""Write a computed report: every figure (PNG), table (CSV) and the README into one folder, whole or not at all.
+"""Write a computed report into one folder, whole or not at all: every figure (PNG), table (CSV), the README,
+``findings.json`` (one record per claim) and ``report.html`` (the same, one self-contained page).
 
 The folder also holds ``MANIFEST`` (the files the report wrote, one per line): a later run replaces a folder
 that holds only those without asking, and refuses a folder with anything else in it unless ``force``.
@@ -44,7 +45,7 @@ def check_report_target(out, *, force=False):
 
 
 def write_report(data, out, *, force=False):
-    """Write every figure, table and ``README.md`` of a computed report into the folder ``out``, atomically.
+    """Write every figure, table, ``README.md``, ``findings.json`` and ``report.html`` into ``out``, atomically.
 
     Parameters
     ----------
@@ -77,6 +78,8 @@ def _write_files(data, out):
     """Write the report's files into the (new, empty) folder ``out``; returns their names."""
     from analysis.io.frames import save_frame
     from analysis.report import figures as F
+    from analysis.report.findings import findings
+    from analysis.report.html import write_html
     from analysis.report.readme import write_readme
 
     w = []
@@ -96,8 +99,8 @@ def _write_files(data, out):
     if data.advice is not None:
         from analysis.io.outputs import write_json
 
-        cfg = data.config
-        stem = f"rank_advice_r{cfg.high}_seed{cfg.seeds[0]}_vs_seed{cfg.seeds[1]}"
+        a, b = data.roles["seed_a"], data.roles["seed_b"]
+        stem = (f"rank_advice_{a}_vs_{b.rsplit('_', 1)[-1]}" if not data.config.pairs else "rank_advice")
         _save(F.fig_rank_advice(data), j(out, stem + ".png"), w)
         write_json(j(out, stem + ".json"), data.advice.to_dict())
         w.append(stem + ".json")
@@ -118,6 +121,51 @@ def _write_files(data, out):
         _save(F.fig_weight_overlap(data, j=1), j(out, "fig8_W_vs_dW_top1.png"), w)
         _save(F.fig_weight_overlap_heatmap(data), j(out, "fig8_heatmap.png"), w)
         _save(F.fig_amplification_layers(data), j(out, "layers_amplification.png"), w)
-    write_readme(data, out, w)
+    if data.long_run is not None and len(data.long_run):
+        _save(F.fig_long_run(data), j(out, "table7_over_training.png"), w)
+        save_frame(data.long_run, j(out, "table7_over_training.csv"))
+        w.append("table7_over_training.csv")
+    if data.init_pairs:
+        _save(F.fig_data_vs_init(data), j(out, "fig3_data_vs_init.png"), w)
+    if data.collection is not None:
+        _save(F.fig_collection(data), j(out, "collection.png"), w)
+        fr = data.collection.to_frame()
+        save_frame(fr, j(out, "collection.csv"))
+        w.append("collection.csv")
+    if data.merge is not None:
+        save_frame(data.merge.frame, j(out, "merge_tasks.csv"))
+        w.append("merge_tasks.csv")
+    fs = findings(data)
+    write_findings(data, fs, j(out, "findings.json"))
+    w.append("findings.json")
+    write_readme(data, out, w, fs)
     w.append("README.md")
+    write_html(out)
+    w.append("report.html")
     return w
+
+
+def write_findings(data, fs, path):
+    """``findings.json``: the tool, the inputs as given, the settings and one record per claim.
+
+    Parameters
+    ----------
+    data : ReportData
+    fs : list of Finding
+    path : str
+    """
+    from dataclasses import asdict
+
+    from analysis.io.outputs import provenance, write_json
+    from analysis.report import protocol
+
+    cfg = asdict(data.config)
+    base, name = cfg.pop("base"), cfg.pop("base_name")
+    inputs = {"checkpoints": cfg.pop("checkpoints"), "base": name or (os.path.basename(base) if base else None)}
+    if data.config.pairs:
+        inputs = {"adapters": dict(data.inputs), "base": inputs["base"]}
+        cfg = {k: v for k, v in cfg.items() if k not in ("ranks", "low", "high", "seeds", "long_runs", "init_runs")}
+    settings = {**cfg, "protocol": {"z_min": protocol.Z_MIN, "aggregate_share": protocol.AGGREGATE_SHARE,
+                                    "ratio_share": protocol.RATIO_SHARE, "n_draws": protocol.N_DRAWS}}
+    write_json(path, {**provenance("report", inputs=inputs, settings=settings),
+                      "findings": [f.to_dict() for f in fs]})
