@@ -26,6 +26,10 @@ _LAZY = {
     "advise_ranks": "analysis.sweeps.advice", "resize_adapter": "analysis.sweeps.resize",
     "finetune_deltas": "analysis.sweeps.finetune", "intruder_sweep": "analysis.sweeps.intruders",
     "open_base": "analysis.io.base",
+    "from_peft_model": "analysis.io.peft_live", "from_state_dict": "analysis.io.peft_live",
+    "dora_effective": "analysis.io.dora", "resolve_adapter_names": "analysis.io.kohya_names",
+    "collection_similarity": "analysis.sweeps.collection", "merge_adapters": "analysis.sweeps.merge",
+    "trajectory": "analysis.sweeps.trajectory",
 }
 
 __all__ = ["Adapter", "AdapterError", "FactoredSVD", "LowRank", "MissingAlphaError",
