@@ -211,7 +211,9 @@ class Adapter(Mapping):
     path : str
         The file or folder it was read from.
     format : str
-        ``"peft"``, ``"loralib"`` or ``"kohya"``.
+        The reader: ``"peft"`` (LoRA and PEFT's LoHa / LoKr / VeRA / AdaLoRA / DoRA), ``"loralib"``,
+        ``"kohya"`` (kohya and LyCORIS files, names as written), ``"kohya-resolved"`` (the same keyed by the
+        base's names) or ``"diffusers"``.
     config : Mapping, optional
         The parsed configuration (PEFT's ``adapter_config.json``), if any.
     notes : tuple of str
