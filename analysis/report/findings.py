@@ -15,8 +15,8 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from analysis.metrics.nulls import diagonal_phi_draws, phi11_null, z_score
-from analysis.report.protocol import (FAILS, HOLDS, NOT_COMPUTED, NOT_REPRODUCED, PARTLY, REPRODUCES, VERDICTS,
-                                      Z_MIN, inherit, judge, n_holding)
+from analysis.report.protocol import (FAILS, HOLDS, N_DRAWS, NOT_COMPUTED, NOT_REPRODUCED, PARTLY, REPRODUCES,
+                                      VERDICTS, Z_MIN, inherit, judge, n_holding)
 
 __all__ = ["Finding", "findings", "claim_phi11", "claim_q_over_v", "claim_table7", "claim_amplification",
            "claim_fig8", "claim_cause", "check_random_pair", "check_table7", "near_ties",
@@ -153,7 +153,7 @@ def claim_phi11(id, figure, paper, phi11, d, *, conditions, aggregate=False, lab
 
 
 def _diag_null(d, n, seed):
-    draws = diagonal_phi_draws(d, n, n=1000, seed=seed).mean(axis=1)  # mean φ(i, i), i ≤ n, per draw
+    draws = diagonal_phi_draws(d, n, n=N_DRAWS, seed=seed).mean(axis=1)  # mean φ(i, i), i ≤ n, per draw
     return float(draws.mean()), float(draws.std(ddof=1))
 
 
@@ -482,7 +482,7 @@ def _fig8(data, q):
         for lab, o in data.overlaps.get((q, side), {}).items():
             if o.zero:
                 continue
-            draws = diagonal_phi_draws(o.d, o.k, n=1000, seed=data.config.seed)[:, o.k - 1]
+            draws = diagonal_phi_draws(o.d, o.k, n=N_DRAWS, seed=data.config.seed)[:, o.k - 1]
             labels.append(f"{lab}, {side}")
             phi.append(float(o.phi[o.k - 1, o.k - 1]))
             m.append(float(draws.mean()))
