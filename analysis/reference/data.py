@@ -30,6 +30,7 @@ __all__ = [
     "read_wordnet",
     "read_synsets",
     "read_task",
+    "manifest_task",
     "split_examples",
     "data_hash",
 ]
@@ -240,6 +241,18 @@ TASKS = {
     "hypernym": 'Broader term for "<lemma>" (<pos>): → first lemma of each hypernym synset',
     "synonyms": 'Synonyms of "<lemma>" (<pos>): → the synset\'s other lemmas',
 }
+
+
+def manifest_task(manifest):
+    """The task (a key of :data:`TASKS`) a reference run's manifest records.
+
+    The first seven runs' manifests describe definition modelling in words instead of naming it.
+
+    >>> manifest_task({"task": "word"}), manifest_task({"task": "WordNet 3.0 definition modelling: ..."})
+    ('word', 'define')
+    """
+    task = manifest.get("task", "define")
+    return task if task in TASKS else "define"
 
 
 def read_task(task, root=WORDNET_DIR):

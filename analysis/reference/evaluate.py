@@ -25,15 +25,14 @@ __all__ = ["evaluate", "main"]
 
 
 def _task_of(path):
-    """The reference task an adapter was trained on (the first seven runs' manifests describe it in words)."""
-    from analysis.reference.data import TASKS
+    """The reference task an adapter was trained on, from its manifest (``define`` without one)."""
+    from analysis.reference.data import manifest_task
 
     man = os.path.join(path, "manifest.json")
-    task = "define"
-    if os.path.exists(man):
-        with open(man, encoding="utf-8") as fh:
-            task = json.load(fh).get("task", "define")
-    return task if task in TASKS else "define"
+    if not os.path.exists(man):
+        return "define"
+    with open(man, encoding="utf-8") as fh:
+        return manifest_task(json.load(fh))
 
 
 def evaluate(adapters, *, tasks=None, n_val=256, max_len=48, threads=2, wordnet=None, tiny=False, seed=0):

@@ -201,10 +201,9 @@ def _load(cfg, data):
         data.inputs[lab] = path
         r, _, seed = lab[1:].partition("_seed")
         data.text[lab] = f"r = {r}, seed {seed}"
-        man = os.path.join(path, "manifest.json")
-        if os.path.exists(man):
-            with open(man) as fh:
-                data.manifests[lab] = json.load(fh)
+        man = _manifest(path)
+        if man:
+            data.manifests[lab] = man
     data.table_labels = [lab for lab in data.table_labels if lab in data.adapters]
     data.roles = {k: v for k, v in data.roles.items() if v in data.adapters}
 
@@ -313,28 +312,28 @@ def compute_report(cfg: ReportConfig, *, progress=False) -> ReportData:
 def _collection(cfg, data):
     """Every adapter folder of ``checkpoints`` compared with every other; the task adapters merged."""
     from analysis.io import load_adapter
+    from analysis.reference.data import manifest_task
     from analysis.sweeps.collection import collection_similarity
     from analysis.sweeps.merge import merge_adapters
+    from analysis.sweeps.trajectory import checkpoint_steps
 
     folders = sorted(f for f in os.listdir(cfg.checkpoints)
                      if os.path.isfile(os.path.join(cfg.checkpoints, f, "adapter_config.json")))
     paths = {f: os.path.join(cfg.checkpoints, f) for f in folders}
     for run in cfg.long_runs:  # a training run's last checkpoint joins the collection
-        steps = checkpoint_steps(os.path.join(cfg.checkpoints, run)) if os.path.isdir(
-            os.path.join(cfg.checkpoints, run)) else []
+        steps = checkpoint_steps(os.path.join(cfg.checkpoints, run), strict=False)
         if steps:
             paths[f"{run}@{steps[-1][0]}"] = steps[-1][1]
     if len(paths) < 2:
         return
     for f, path in paths.items():
         man = data.manifests.get(f) or _manifest(path)
-        task = "merged" if "merged" in man else man.get("task", "define")
-        task = task if task in ("merged", "define", "word", "hypernym", "synonyms") else "define"  # older manifests
-        data.collection_meta[f] = {"task": task, "rank": man.get("rank"), "seeds": _seeds(man)}
+        data.collection_meta[f] = {"task": "merged" if "merged" in man else manifest_task(man), "rank": man.get("rank"), "seeds": _seeds(man)}
     data.collection = collection_similarity(list(paths.values()), k=1, side="input")
     tasks = [f for f in cfg.merge_tasks if f in folders]
     if len(tasks) >= 2:
-        data.merge = merge_adapters([load_adapter(os.path.join(cfg.checkpoints, f)) for f in tasks], method="svd",
+        data.merge = merge_adapters([data.adapters.get(f) or load_adapter(os.path.join(cfg.checkpoints, f))
+                                     for f in tasks], method="svd",
                                     rank=8, labels=tasks)
     for f in folders:  # the validation losses measured by python -m analysis.reference.evaluate
         man = _manifest(os.path.join(cfg.checkpoints, f))
@@ -373,16 +372,6 @@ def _init_pairs(cfg, data, progress):
         data.init_pairs[lab] = compare_adapters(ad, data.adapters[hi], sides=("A", "input"), progress=progress)
 
 
-def checkpoint_steps(run_dir):
-    """``[(step, path)]`` of the ``checkpoint-N`` folders in ``run_dir``, by step."""
-    out = []
-    for name in os.listdir(run_dir):
-        head, _, num = name.partition("-")
-        if head == "checkpoint" and num.isdigit() and os.path.isdir(os.path.join(run_dir, name)):
-            out.append((int(num), os.path.join(run_dir, name)))
-    return sorted(out)
-
-
 def _long_run(cfg, data, base, some, progress):
     """Table 7 over training time: for each checkpoint, ΔWq's ‖UᵀWV‖ against its null at every layer."""
     import numpy as np
@@ -394,9 +383,9 @@ def _long_run(cfg, data, base, some, progress):
     from analysis.metrics.correlation import weight_correlation
     from analysis.metrics.nulls import projection_draws
     from analysis.sweeps.common import progress as progress_bar
+    from analysis.sweeps.trajectory import checkpoint_steps
 
-    runs = [(lab, checkpoint_steps(os.path.join(cfg.checkpoints, lab))) for lab in cfg.long_runs
-            if os.path.isdir(os.path.join(cfg.checkpoints, lab))]
+    runs = [(lab, checkpoint_steps(os.path.join(cfg.checkpoints, lab), strict=False)) for lab in cfg.long_runs]
     runs = [(lab, steps) for lab, steps in runs if steps]
     if not runs:
         return None

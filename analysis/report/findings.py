@@ -9,6 +9,7 @@ computed :class:`~analysis.report.compute.ReportData`.
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import asdict, dataclass
 
@@ -152,6 +153,7 @@ def claim_phi11(id, figure, paper, phi11, d, *, conditions, aggregate=False, lab
                    math.nan, len(z), n_holding(z), conditions)
 
 
+@functools.lru_cache(maxsize=None)
 def _diag_null(d, n, seed):
     draws = diagonal_phi_draws(d, n, n=N_DRAWS, seed=seed).mean(axis=1)  # mean φ(i, i), i ≤ n, per draw
     return float(draws.mean()), float(draws.std(ddof=1))

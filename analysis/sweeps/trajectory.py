@@ -57,11 +57,13 @@ def checkpoint_steps(folder, *, strict=True):
 
 
 def phi11_null(d, *, n_std=3.0):
-    """(mean, sd, threshold) of φ(1, 1) between a fixed and a uniformly random direction in R^d."""
-    if d < 2:
-        raise ValueError(f"d must be at least 2, got {d}")
-    mean = 1.0 / d
-    sd = float(np.sqrt(2.0 * (d - 1) / (d * d * (d + 2.0))))
+    """(mean, sd, threshold) of φ(1, 1) between a fixed and a uniformly random direction in R^d.
+
+    The closed form of :func:`analysis.metrics.nulls.phi11_null`; the threshold is ``mean + n_std · sd``.
+    """
+    from analysis.metrics.nulls import phi11_null as closed_form
+
+    mean, sd = closed_form(d)
     return mean, sd, mean + n_std * sd
 
 
