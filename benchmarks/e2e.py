@@ -241,6 +241,7 @@ _ANALYSE_BASE = (
     "t0 = time.perf_counter()\n"
     "from analysis import load_adapter\n"
     "from analysis.sweeps.adapter import analyse_adapter\n"
+    "import pandas  # noqa: the toolkit's dependencies loaded before the clock, as in a session\n"
     "ad = load_adapter(sys.argv[1], lazy=True)\n"
     "t = time.perf_counter()\n"
     "sw = analyse_adapter(ad, base=sys.argv[2], layers=sys.argv[3], n_random=int(sys.argv[4]))\n"

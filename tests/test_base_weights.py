@@ -124,15 +124,17 @@ def test_sharded_folder_opens_each_shard_once(tmp_path, monkeypatch):
         weight_map.update({k: fname for k in ks})
     (tmp_path / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
 
+    import analysis.io.base as base_module
+
     base = open_base(tmp_path)
     opened = []
-    real = base._safe_open
+    real = base_module.SafetensorsFile
 
-    def counting(f, **kw):
+    def counting(f, *a, **kw):  # the header parsed once per shard, then positioned reads
         opened.append(os.path.basename(f))
-        return real(f, **kw)
+        return real(f, *a, **kw)
 
-    monkeypatch.setattr(base, "_safe_open", counting)
+    monkeypatch.setattr(base_module, "SafetensorsFile", counting)
     names = base.names(matrices_only=True)
     assert len(names) == 6
     got = dict(base.weights(names))

@@ -41,9 +41,10 @@ def test_base_adds_table7_columns_to_table_json_csv(peft_pair, base, tmp_path, c
     for rec in recs:
         ra = weight_correlation(weights[rec["name"]], A[rec["name"]])
         rb = weight_correlation(weights[rec["name"]], B[rec["name"]])
-        assert rec["amplification_a"] == pytest.approx(ra.amplification, rel=1e-9)
-        assert rec["amplification_b"] == pytest.approx(rb.amplification, rel=1e-9)
-        assert rec["proj_w_b"] == pytest.approx(rb.proj_w, rel=1e-9)
+        # the products with W run in its float32 (the CLI's by row blocks of the stored tensor): float32 rounding
+        assert rec["amplification_a"] == pytest.approx(ra.amplification, rel=1e-6)
+        assert rec["amplification_b"] == pytest.approx(rb.amplification, rel=1e-6)
+        assert rec["proj_w_b"] == pytest.approx(rb.proj_w, rel=1e-6)
         assert rec["w_norm"] == pytest.approx(ra.w_norm, rel=1e-9)
     fr = pd.read_csv(csv)
     assert {"proj_delta_a", "proj_random_b", "phi_w_input_a", "w_norm"} <= set(fr.columns)

@@ -142,3 +142,25 @@ def test_plot_intruders(real):
     assert [b.get_height() for b in art.bars[0]] == list(sw.frame[sw.frame["module"] == "self_attn.q_proj"]["count"])
     with pytest.raises(ValueError, match="value"):
         plot_intruders(sw, value="nope")
+
+
+@pytest.mark.parametrize("shape, side", [((64, 64), "left"), ((64, 64), "right"), ((150, 200), "left"),
+                                         ((200, 150), "right"), ((40, 70), "left"), ((150, 200), "right")])
+def test_topk_in_w_basis_matches_the_full_svd(shape, side):
+    """With W's cached full basis on its smaller side, the top-k of W + ΔW come from a diagonal-plus-low-rank
+    eigenproblem in W's coordinates (Lanczos for d > 4k + 40, LAPACK below): the same σ, |cos| and matches as
+    LAPACK's SVD of the dense W + ΔW (and the general path where the basis is not square)."""
+    from analysis.io.svd_cache import full_basis
+
+    rng = np.random.default_rng(sum(shape))
+    m, n = shape
+    q = min(m, n)
+    W = (orthonormal(rng, m, q) * np.geomspace(30, 0.5, q)) @ orthonormal(rng, n, q).T  # (m, n)
+    U, S, Vt = np.linalg.svd(rng.standard_normal((m, 3)) @ rng.standard_normal((3, n)), full_matrices=False)
+    lr = lowrank_from(U[:, :3], 4 * S[:3] / S[0], Vt[:3].T, scale=1.0)  # ΔW of rank 3, σ up to 4
+    X, S_w = full_basis(W, side=side)
+    fast = intruder_dimensions(W, lr, top_k=10, side=side, base_vectors=X, base_singular_values=S_w)
+    full = intruder_dimensions(W, lr.delta(), top_k=10, side=side, method="full")
+    np.testing.assert_allclose(fast.sigma, full.sigma, rtol=1e-11)
+    np.testing.assert_allclose(fast.max_cos, full.max_cos, atol=1e-9)
+    assert list(fast.best_match) == list(full.best_match) and fast.count == full.count

@@ -318,6 +318,37 @@ def test_map_ordered_keeps_order_bounds_in_flight_and_raises():
         list(map_ordered(g, range(10), jobs=2))
 
 
+def test_map_ordered_a_slow_module_does_not_hold_the_others_up():
+    """While module 0 runs, the other worker goes on with 1, 2, …, reading ahead at most 4 × jobs items."""
+    import threading
+    import time
+
+    release, started, read = threading.Event(), [], []
+
+    def items():
+        for x in range(20):
+            read.append(x)
+            yield x
+
+    def f(x):
+        started.append(x)
+        if x == 0:
+            release.wait(10)
+        return x
+
+    out = []
+    consumer = threading.Thread(target=lambda: out.extend(map_ordered(f, items(), jobs=2)))
+    consumer.start()
+    deadline = time.monotonic() + 10
+    while len(started) < 8 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    time.sleep(0.2)  # nothing more may start while 0 holds the head of the window
+    assert sorted(started) == list(range(8)) and len(read) == 8 and out == []
+    release.set()
+    consumer.join(10)
+    assert out == list(range(20))
+
+
 def test_pair_sweep_same_with_one_and_two_jobs(peft_pair):
     from analysis import load_adapter
     from analysis.sweeps.pair import compare_adapters

@@ -15,7 +15,7 @@ from analysis.errors import AdapterError
 from analysis.io.outputs import json_ready, provenance, write_json
 
 __all__ = ["Parser", "run", "json_ready", "write_json", "layer_str", "fit", "describe", "wants_progress",
-           "alpha_b", "print_only", "provenance", "check_outputs", "write_csv", "save_figure"]
+           "alpha_b", "print_only", "provenance", "check_outputs", "write_csv", "save_figure", "tolerance_setting"]
 
 
 def _prog(module):
@@ -71,7 +71,7 @@ class Parser(argparse.ArgumentParser):
     def add_jobs(self):
         """``--jobs N``: modules worked on at once (default: the cores available to the process)."""
         self.add_argument("--jobs", type=_positive_int, default=None, metavar="N",
-                          help="modules worked on at once, in threads with BLAS pinned to one thread each "
+                          help="modules worked on at once (N >= 1), in threads with BLAS pinned to one thread each "
                                "(default: the cores this process may use: CPU affinity and cgroup quota)")
 
     def add_cache(self):
@@ -80,6 +80,20 @@ class Parser(argparse.ArgumentParser):
                           help="do not use the persistent cache of the base weights' top singular triplets "
                                "($XDG_CACHE_HOME/lora-subspace-analysis or ~/.cache/lora-subspace-analysis; "
                                "LORA_SUBSPACE_CACHE overrides the folder)")
+
+    def add_tolerance(self):
+        """``--tolerance T``: accuracy of the base weights' top singular triplets (see :func:`tolerance_setting`)."""
+        from analysis.core.randomized import DEFAULT_TOLERANCE, TOLERANCES
+
+        ladder = ", ".join(f"{_sci(t)} ({n} iterations)" for t, n in TOLERANCES)
+        self.add_argument("--tolerance", type=_tolerance, default=None, metavar="T",
+                          help="accuracy of the top singular triplets of each base weight W (randomized block "
+                               "Krylov SVD): each singular value within T * sigma_1 of the exact one, and each "
+                               "top-j singular subspace within T * sigma_1 / (sigma_j - sigma_j+1) (sine of its "
+                               "largest principal angle), as measured on flat-spectrum matrices up to 2048 x 2048 "
+                               "(README, Performance); larger is faster. Settings: "
+                               f"{ladder}; below {_sci(TOLERANCES[-1][0])}, or 'exact': LAPACK's full SVD in "
+                               f"float64. A value in (0, 0.5]; default: {_sci(DEFAULT_TOLERANCE)} (8 iterations)")
 
     def add_progress(self):
         """``--progress auto|on|off`` (see :func:`wants_progress`)."""
@@ -97,6 +111,40 @@ def _positive_int(text):
     return n
 
 
+def _tolerance(text):
+    """``--tolerance``: a float in (0, 0.5] or ``exact``, checked by :func:`~analysis.core.krylov_settings`."""
+    from analysis.core.randomized import EXACT, krylov_settings
+
+    value = EXACT if str(text).strip().lower() == EXACT else None
+    try:
+        if value is None:
+            value = float(text)
+        krylov_settings(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a relative error in (0, 0.5] (e.g. 1e-4) or '{EXACT}', "
+                                         f"got {text!r}") from None
+    return value
+
+
+def _sci(t):
+    """``1e-2`` rather than ``0.01`` or ``1e-02``."""
+    return f"{t:.0e}".replace("e-0", "e-")
+
+
+def tolerance_setting(args):
+    """The ``--tolerance`` in effect, as recorded in a JSON output's settings: the given one, else the default.
+
+    Returns
+    -------
+    float or str
+        A float, or ``"exact"``.
+    """
+    from analysis.core.randomized import DEFAULT_TOLERANCE
+
+    t = getattr(args, "tolerance", None)
+    return DEFAULT_TOLERANCE if t is None else t
+
+
 def wants_progress(args):
     """Whether to draw a progress bar: ``--progress on``, or ``auto`` on a terminal."""
     setting = getattr(args, "progress", "auto")
@@ -108,8 +156,17 @@ def alpha_b(args):
     return args.alpha_b if args.alpha_b is not None else args.alpha
 
 
+#: Thread-count variables the commands set to 1 unless the user set them (see :func:`run`).
+_THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
+
+
 def run(body, args):
-    """Call ``body(args)`` and map failures to exit codes.
+    """Call ``body(args)`` with BLAS on one thread, and map failures to exit codes.
+
+    The commands get their parallelism from module jobs (:mod:`analysis.core.threads`), so BLAS and OpenMP
+    stay on one thread throughout, as with ``OMP_NUM_THREADS=1``: the libraries already loaded through
+    ``threadpoolctl``, those loaded later through the thread-count variables (set only where the user has
+    not set them; child processes such as Dask workers inherit them).
 
     Parameters
     ----------
@@ -126,8 +183,13 @@ def run(body, args):
         130 on Ctrl-C (outputs being written are removed by their writers);
         1 for anything else.
     """
+    from analysis.core.threads import blas_threads
+
+    for var in _THREAD_VARS:  # BLAS / OpenMP libraries loaded from here on (scipy's, torch's) start with one thread
+        os.environ.setdefault(var, "1")
     try:
-        code = body(args)
+        with blas_threads(1):  # and the ones already loaded (numpy's): parallelism comes from module jobs
+            code = body(args)
     except KeyboardInterrupt:
         if args.debug:
             raise

@@ -17,7 +17,8 @@ columns:
 
 The top singular triplets come from a seeded randomized SVD (subspace iteration,
 --n-iter power steps, --oversample extra directions): deterministic for a seed.
-Memory: one base and one fine-tuned tensor at a time.
+Memory: --jobs N modules are decomposed at once (default: the cores available),
+so about N + 1 pairs of base and fine-tuned tensors are in memory.
 
 examples:
   python -m analysis.finetune base_model/ finetuned_model/ --rank 16 --out ft_r16 --modules "q_proj|v_proj"
@@ -37,6 +38,7 @@ def build_parser():
     p.add_argument("--out", metavar="DIR", help="save the rank-K truncations as a PEFT adapter in DIR")
     p.add_force()
     p.add_filters()
+    p.add_jobs()
     p.add_progress()
     p.add_argument("--spectrum", type=int, default=None, metavar="N",
                    help="compute the top N singular values (N >= K; default K) for the long-form output")
@@ -65,7 +67,7 @@ def _body(args):
     res = finetune_deltas(args.base, args.finetuned, rank=args.rank, spectrum=args.spectrum,
                           modules=args.modules, layers=args.layers, alpha=args.lora_alpha,
                           fan_in_fan_out=args.fan_in_fan_out, oversample=args.oversample, n_iter=args.n_iter,
-                          seed=args.seed, progress=wants_progress(args))
+                          seed=args.seed, progress=wants_progress(args), jobs=args.jobs)
     fr = res.frame
     if not len(fr):
         raise ValueError(f"{args.finetuned}: no 2-D weight shared with {args.base} (after --modules/--layers)")

@@ -59,6 +59,7 @@ def build_parser():
                    help="floor of the advice (default 1; PEFT cannot hold rank 0)")
     p.add_alpha(pair=True, needed="Not needed for the advice itself.")
     p.add_filters()
+    p.add_jobs()
     p.add_progress()
     p.add_force()
     p.add_argument("--json", dest="json_path", metavar="FILE",
@@ -124,7 +125,8 @@ def _body(args):
         raise ValueError(f"--trials must be >= 2, got {args.trials}")
     check_outputs(args, "json_path", "csv_path", "plot_path")
     adv = advise_ranks(a, b, side=args.side, n_std=args.n_std, min_rank=args.min_rank, modules=args.modules,
-                       layers=args.layers, trials=args.trials, seed=args.seed, progress=wants_progress(args))
+                       layers=args.layers, trials=args.trials, seed=args.seed, progress=wants_progress(args),
+                       jobs=args.jobs)
     if not len(adv.frame):
         raise ValueError(f"{b.path}: no module shared with {a.path} (after --modules/--layers filters)")
     _print(adv, a, b, sys.stdout)

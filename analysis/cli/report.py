@@ -10,7 +10,7 @@ import argparse
 import sys
 import time
 
-from analysis.cli.common import Parser, run, wants_progress
+from analysis.cli.common import Parser, run, tolerance_setting, wants_progress
 
 __all__ = ["main", "build_parser"]
 
@@ -48,6 +48,8 @@ def build_parser():
     p.add_argument("--low", type=int, default=d.low, help="smaller rank of Fig. 3 (default: %(default)s)")
     p.add_argument("--high", type=int, default=d.high, help="larger rank of Fig. 3, 4 (default: %(default)s)")
     p.add_argument("--seeds", type=_ints, default=d.seeds, help="the two seeds of Fig. 4 (default: 0,1)")
+    p.add_jobs()
+    p.add_tolerance()
     p.add_progress()
     p.add_force()
     return p
@@ -91,14 +93,15 @@ def _body(args):
     layers = layers or d.layers
     cfg = ReportConfig(checkpoints=args.checkpoints, base=base, base_name=(args.base or "smollm2") if base else None,
                        layer=layer, layers=layers,
-                       ranks=args.ranks, low=args.low, high=args.high, seeds=args.seeds, pairs=pairs)
+                       ranks=args.ranks, low=args.low, high=args.high, seeds=args.seeds, pairs=pairs,
+                       tolerance=tolerance_setting(args))
     from analysis.report.write import check_report_target
 
     check_report_target(args.out, force=args.force)  # before a minute of work
     progress = wants_progress(args)
     t0 = time.perf_counter()
     try:
-        data = compute_report(cfg, progress=progress)
+        data = compute_report(cfg, progress=progress, jobs=args.jobs)
     except KeyError as e:  # a module missing at --layer
         where = args.checkpoints if not pairs else "the --pair adapters"
         raise ValueError(f"{where}: {e.args[0] if e.args else e}") from None

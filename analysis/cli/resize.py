@@ -48,6 +48,7 @@ def build_parser():
     p.add_argument("--out", required=True, metavar="DIR",
                    help="folder for the new PEFT adapter (a .safetensors file for a kohya source)")
     p.add_force()
+    p.add_jobs()
     p.add_progress()
     p.add_argument("--alpha", type=float, default=None,
                    help="scale numerator of the SOURCE when its format does not store it (loralib)")
@@ -73,7 +74,7 @@ def _body(args):
     if args.energy is not None and not 0 < args.energy <= 1:
         raise ValueError(f"--energy must be in (0, 1], got {args.energy}")
     res = resize_adapter(ad, rank=args.rank, energy=args.energy, pattern=args.pattern, alpha=args.lora_alpha,
-                         progress=wants_progress(args))
+                         progress=wants_progress(args), jobs=args.jobs)
     cfg = res.write(args.out, overwrite=args.force, base=args.base)
     fr = res.frame
     out = sys.stdout

@@ -11,7 +11,7 @@ import re
 import sys
 
 from analysis.cli.common import (Parser, alpha_b, check_outputs, describe, fit, json_ready, layer_str, print_only,
-                                 provenance, run, wants_progress, write_csv, write_json)
+                                 provenance, run, tolerance_setting, wants_progress, write_csv, write_json)
 
 __all__ = ["main", "build_parser"]
 
@@ -66,6 +66,7 @@ def build_parser():
                    help="layer of the heatmaps written by --out (default: the middle compared layer)")
     p.add_jobs()
     p.add_cache()
+    p.add_tolerance()
     p.add_progress()
     p.add_force()
     return p
@@ -141,7 +142,7 @@ def _with_base(sweep, a, b, base, progress, args):
     pat = ["^" + re.escape(n) + "$" for n in names]
     with open_base(base) as bw:  # one pass over the base: each W read and decomposed once for both
         sa, sb = analyse_adapters([a, b], base=bw, modules=pat, progress=progress, jobs=args.jobs,
-                                  cache=not args.no_cache)
+                                  cache=not args.no_cache, tolerance=args.tolerance)
     fr = sweep.frame
     ia, ib = sa.frame.set_index("name"), sb.frame.set_index("name")
     fr["w_norm"] = fr["name"].map(ia["w_norm"])
@@ -194,10 +195,12 @@ def _compare(args):
     if args.json_path:
         from analysis.metrics.pair import SIDES, TIE_RTOL
 
+        settings = {"alpha": args.alpha, "alpha_b": args.alpha_b, "modules": args.modules, "layers": args.layers,
+                    "sides": list(SIDES), "tie_rtol": TIE_RTOL, "n_random": 10, "seed": 0}
+        if args.base is not None:  # the accuracy of W's top singular triplets
+            settings["tolerance"] = tolerance_setting(args)
         head = provenance("subspace", inputs={"a": args.adapter_a, "b": args.adapter_b, "base": args.base},
-                          settings={"alpha": args.alpha, "alpha_b": args.alpha_b, "modules": args.modules,
-                                    "layers": args.layers, "sides": list(SIDES), "tie_rtol": TIE_RTOL,
-                                    "n_random": 10, "seed": 0})
+                          settings=settings)
         write_json(args.json_path, {**head, "a": args.adapter_a, "b": args.adapter_b, "only_a": sweep.only_a,
                                     "only_b": sweep.only_b, "modules": _records(sweep)}, force=args.force)
     if args.csv_path:

@@ -6,11 +6,22 @@ a Rayleigh–Ritz step picks the top-k triplets from it. Unlike plain subspace
 (power) iteration, which only keeps the last block, it converges on flat
 spectra, where neighbouring singular values are close.
 
-Tolerance with the defaults (block ``b = max(2k, k + 10, 48)``, ``n_iter=8``), as tests/test_randomized.py
-checks against LAPACK's full SVD: ≤ 1e-6 · σ₁ on every σ₁ … σ_k, for any k, on flat (Gaussian) and decaying
-spectra, in float64 and with float32 products. Singular vectors inside near-ties are not well defined by any
-method; their span is. The accuracy measured on real weights and larger matrices is in the README
-(Performance).
+Accuracy is set by ``tolerance`` (:func:`krylov_settings`, ``--tolerance`` on the commands): the number of
+Krylov iterations that held, on the matrices measured by ``python -m benchmarks.tolerance`` (flat-spectrum
+Gaussian 576 × 576 and 2048 × 2048, the hard case; a 4096 × 4096 decaying spectrum; SmolLM2-135M's weights;
+k = 1, 8, 24, 64; float64 and float32 products), both
+
+- every singular value: ``max_i |σ_i − σ_i,exact| / σ₁ ≤ tolerance`` over σ₁ … σ_k, and
+- every top-j singular subspace, j ≤ k, left and right: ``sin θ_j · (σ_j − σ_{j+1}) / σ₁ ≤ tolerance``, with
+  θ_j the largest principal angle to the exact one; that is ``sin θ_j ≤ tolerance · σ₁ / (σ_j − σ_{j+1})``, the
+  Davis–Kahan bound of a perturbation of W of norm ``tolerance · σ₁``: where the gap is a fair fraction of σ₁
+  the sine itself is about the tolerance; inside near-ties no method defines the vectors, only their span.
+
+The defaults (block ``b = max(2k, k + 10, 48)``, ``n_iter=8``) are the ``1e-3`` setting; below ``1e-6``
+LAPACK's full SVD in float64 is used (products in float32 floor the Krylov error near 1e-8 · σ₁). A flat
+spectrum larger than those measured converges more slowly. SmolLM2-135M's weights are not much easier on the
+subspaces (k = 24: 2e-3 at 1e-2, 4e-4 at the default) and far more accurate on σ; the measured table is in the
+README (Performance).
 
 When the Krylov space would span min(d_out, d_in) dimensions or more, the
 exact LAPACK SVD is used instead (it is then both cheaper and exact).
@@ -22,11 +33,77 @@ import numpy as np
 
 from analysis.core.lowrank import FactoredSVD, sign_flip
 
-__all__ = ["randomized_svd", "METHODS", "work_dtype", "matmul_f64"]
+__all__ = ["randomized_svd", "krylov_settings", "METHODS", "TOLERANCES", "DEFAULT_TOLERANCE", "EXACT",
+           "FULL_N_ITER", "work_dtype", "matmul_f64"]
 
 #: Accepted values of ``method``.
 METHODS = frozenset({"auto", "krylov", "full"})
 _MIN_BLOCK = 48
+
+#: The tolerance ladder, cheapest first: (tolerance, n_iter) with the default oversampling; each met on every
+#: matrix measured by ``python -m benchmarks.tolerance`` (the table in the README).
+TOLERANCES = ((1e-2, 5), (1e-3, 8), (1e-4, 12), (1e-6, 24))
+#: What the defaults of :func:`randomized_svd` (``n_iter=8``, ``oversample=None``) give: ``tolerance=None``.
+DEFAULT_TOLERANCE = 1e-3
+#: ``tolerance="exact"``: LAPACK's full SVD in float64 (also any tolerance below the last rung).
+EXACT = "exact"
+#: ``n_iter`` that makes ``method="auto"`` take the full SVD of any matrix with min(d_out, d_in) up to
+#: 48 · 2²⁰ (``b (n_iter + 1) >= min(d_out, d_in)``); do not pair it with ``method="krylov"``.
+FULL_N_ITER = 2**20
+_MAX_TOLERANCE = 0.5
+
+
+def krylov_settings(tolerance=None):
+    """Settings of :func:`randomized_svd` that meet ``tolerance``: the cheapest measured rung.
+
+    Parameters
+    ----------
+    tolerance : float or "exact" or None
+        Relative error allowed on each of σ₁ … σ_k (``|σ_i − σ_i,exact| / σ₁``) and, scaled by the relative
+        gap, on the top-j singular subspaces (see the module docstring), in (0, 0.5]. None: the defaults
+        (``n_iter=8``, ``oversample=None``; :data:`DEFAULT_TOLERANCE`). Below the finest Krylov rung
+        (1e-6), or ``"exact"``: LAPACK's full SVD in float64.
+
+    Returns
+    -------
+    dict
+        ``{"n_iter": int, "oversample": int or None}`` for :func:`randomized_svd` (with ``method="auto"``)
+        or :func:`~analysis.io.svd_cache.cached_topk_svd`; the full SVD is ``n_iter=FULL_N_ITER``, which
+        ``method="auto"`` turns into LAPACK's SVD.
+
+    Raises
+    ------
+    ValueError
+        If ``tolerance`` is not a number in (0, 0.5] (NaN, zero, negative, larger) or ``"exact"``.
+    TypeError
+        If it is neither a number nor a string.
+
+    Examples
+    --------
+    >>> krylov_settings()
+    {'n_iter': 8, 'oversample': None}
+    >>> krylov_settings(1e-2)
+    {'n_iter': 5, 'oversample': None}
+    >>> krylov_settings(5e-4)  # the cheapest rung at least as accurate: 1e-4
+    {'n_iter': 12, 'oversample': None}
+    """
+    if tolerance is None:
+        return {"n_iter": 8, "oversample": None}
+    if isinstance(tolerance, str):
+        if tolerance.strip().lower() == EXACT:
+            return {"n_iter": FULL_N_ITER, "oversample": None}
+        raise ValueError(f"tolerance must be a number in (0, {_MAX_TOLERANCE}] or {EXACT!r}, got {tolerance!r}")
+    if isinstance(tolerance, bool) or not isinstance(tolerance, (int, float, np.integer, np.floating)):
+        raise TypeError(f"tolerance must be a number in (0, {_MAX_TOLERANCE}], {EXACT!r} or None, "
+                        f"got {type(tolerance).__name__}")
+    t = float(tolerance)
+    if not 0.0 < t <= _MAX_TOLERANCE:  # also NaN
+        raise ValueError(f"tolerance must be in (0, {_MAX_TOLERANCE}] (a relative error, e.g. 1e-4) or "
+                         f"{EXACT!r}, got {tolerance!r}")
+    for tol, n_iter in TOLERANCES:
+        if tol <= t * (1 + 1e-6):  # 1e-2 given in float32 is 1e-2
+            return {"n_iter": n_iter, "oversample": None}
+    return {"n_iter": FULL_N_ITER, "oversample": None}
 
 
 def _full(W, k):
@@ -100,7 +177,9 @@ def randomized_svd(W, k, *, oversample=None, n_iter=8, seed=0, method="auto"):
         small k accurate on flat spectra; the cost is small).
     n_iter : int
         Krylov blocks after the first (each costs one product with W and one
-        with Wᵀ). The Krylov space has ``b (n_iter + 1)`` columns.
+        with Wᵀ). The Krylov space has ``b (n_iter + 1)`` columns (``"auto"``
+        takes the full SVD when that reaches min(d_out, d_in); :data:`FULL_N_ITER`
+        always does).
     seed : int
         Seed of the Gaussian starting block.
     method : {"auto", "krylov", "full"}
@@ -116,12 +195,11 @@ def randomized_svd(W, k, *, oversample=None, n_iter=8, seed=0, method="auto"):
 
     Notes
     -----
-    Tolerance with the defaults: ≤ 1e-6 relative on each σ₁ … σ_k for any k
-    on a flat (Gaussian) 576 × 576 spectrum; see the module docstring for
-    larger matrices. The products with W run in W's own precision (float32
-    for a float32, fp16 or bf16-derived W: its data holds no more than that;
-    float64 otherwise); the QRs and SVDs of the small matrices in float64.
-    For a float32 W the error is then of order 1e-6 · σ₁.
+    Accuracy: see the module docstring and :func:`krylov_settings` (``**krylov_settings(tolerance)``
+    gives ``oversample`` and ``n_iter`` for a tolerance); the defaults are the 1e-3 setting, measured
+    on flat (Gaussian) spectra up to 2048 × 2048 and every k; a 576 × 576 Gaussian is within 1e-6 · σ₁.
+    The products with W run in W's own precision (float32 for a float32, fp16 or bf16-derived W: its
+    data holds no more than that; float64 otherwise); the QRs and SVDs of the small matrices in float64.
 
     Examples
     --------

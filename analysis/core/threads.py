@@ -152,9 +152,11 @@ def _loaded_torch():
 def map_ordered(fn, items, *, jobs=1, alone_threads=1):
     """``[fn(x) for x in items]``, with up to ``jobs`` calls at once in threads, BLAS pinned to one thread.
 
-    At most ``jobs`` items are in flight (the rest are not started), so memory stays bounded by
-    ``jobs`` modules; results come back in order, lazily, as a generator. An exception in ``fn`` is
-    raised when its result is reached (the calls in flight are awaited first).
+    At most ``jobs`` calls run at once and the next item is read only when one of them is free, so memory
+    stays bounded by ``jobs`` modules (a finished call keeps only its result, and at most ``4 jobs`` results
+    wait for an earlier, slower call); results come back in order, lazily, as a generator. A slow module does
+    not hold the other workers up (a light module after a heavy one starts as soon as a worker is free). An
+    exception in ``fn`` is raised when its result is reached (the calls in flight are awaited first).
 
     Parameters
     ----------
@@ -178,15 +180,39 @@ def map_ordered(fn, items, *, jobs=1, alone_threads=1):
             return
         from concurrent.futures import ThreadPoolExecutor
 
+        window = 4 * jobs
+        cond = threading.Condition()
+        running = [0]
+
+        def finished(_):
+            with cond:
+                running[0] -= 1
+                cond.notify()
+
+        def can_submit():
+            return more[0] and running[0] < jobs and len(pending) < window
+
         with ThreadPoolExecutor(max_workers=jobs, thread_name_prefix="analysis-module") as pool:
-            pending = deque()
+            pending, it, more = deque(), iter(items), [True]
             try:
-                for x in items:
-                    pending.append(pool.submit(fn, x))
-                    if len(pending) >= jobs:
+                while more[0] or pending:
+                    while can_submit():
+                        try:
+                            x = next(it)
+                        except StopIteration:
+                            more[0] = False
+                            break
+                        with cond:
+                            running[0] += 1
+                        fut = pool.submit(fn, x)
+                        fut.add_done_callback(finished)
+                        pending.append(fut)
+                    if not pending:
+                        break
+                    with cond:
+                        cond.wait_for(lambda: pending[0].done() or can_submit())
+                    if pending[0].done():
                         yield pending.popleft().result()
-                while pending:
-                    yield pending.popleft().result()
             finally:
                 for f in pending:
                     f.cancel()

@@ -34,6 +34,8 @@ import numpy as np
 from analysis.core.lowrank import require_float
 from analysis.errors import AdapterError
 from analysis.io.kohya_names import kohya_prefix, resolve_kohya_name, underscore_index
+from analysis.io.safetensors_file import FLOAT_DTYPES, SafetensorsFile
+from analysis.io.stored import StoredMatrix
 from analysis.io.tensors import check_finite
 
 __all__ = [
@@ -122,7 +124,7 @@ class BaseWeights:
 
         Returns
         -------
-        W : (d_out, d_in) ndarray of float32
+        W : (d_out, d_in) ndarray of float32 (float64 for a float64 tensor)
             ``nn.Linear`` orientation (1-D for norms).
 
         Raises
@@ -132,24 +134,27 @@ class BaseWeights:
         """
         return self._read(self.resolve(name))
 
-    def weights(self, names=None):
-        """Yield ``(name, W)`` for several modules, each file opened once.
+    def weights(self, names=None, *, stored=False):
+        """Yield ``(name, W)`` for several modules, one at a time (each file's header parsed once).
 
         Parameters
         ----------
         names : iterable of str, optional
             Default: all names.
+        stored : bool
+            Yield each W as a :class:`~analysis.io.stored.StoredMatrix` (its stored bits, widened and
+            checked for NaN / Inf only where it is used) instead of a checked float32 array.
 
         Yields
         ------
         name : str
-        W : (d_out, d_in) ndarray of float32
+        W : (d_out, d_in) ndarray of float32 (float64 for a float64 tensor), or StoredMatrix
         """
         names = self.names() if names is None else list(names)
         asked = {}  # the base's name -> the names it was asked by (kohya names resolved)
         for name in names:
             asked.setdefault(self.resolve(name), []).append(name)
-        for real, W in self._read_many(list(asked)):
+        for real, W in self._read_many(list(asked), stored=stored):
             for name in asked[real]:
                 yield name, W
 
@@ -159,9 +164,10 @@ class BaseWeights:
             raise AdapterError(f"expected a tensor for module '{name}', got no such key "
                                f"({len(self._index())} weights, e.g. {some})", path=self.path, key=name + ".weight")
 
-    def _read_many(self, names):
+    def _read_many(self, names, stored=False):
         for name in names:
-            yield name, self._read(name)
+            W = self._read(name)
+            yield name, StoredMatrix.from_array(W, path=self.path, key=name + ".weight") if stored else W
 
     def close(self):
         """Release open files."""
@@ -208,6 +214,7 @@ class SafetensorsBase(BaseWeights):
             files = [path]
         if shard_of is not None:
             files = sorted(set(shard_of.values()))
+        self._files = {}  # shard file -> SafetensorsFile (header parsed once)
         self._keys = {}  # tensor key -> file
         self._ndim = {}  # module name -> ndim
         for f in files:
@@ -257,35 +264,37 @@ class SafetensorsBase(BaseWeights):
     def _index(self):
         return self._ndim
 
-    @staticmethod
-    def _get(fh, f, key):
-        sl = fh.get_slice(key)
-        if sl.get_dtype() in ("BF16", "F8_E4M3", "F8_E5M2"):  # numpy has no such dtype: go through torch
-            import torch  # noqa: F401  (needed by framework="pt")
-            from safetensors import safe_open
+    def _file(self, f):
+        """The torch-free reader of shard ``f`` (header parsed once)."""
+        if f not in self._files:
+            self._files[f] = SafetensorsFile(f)
+        return self._files[f]
 
-            with safe_open(f, framework="pt") as pt:
-                W = pt.get_tensor(key).float().numpy()
-        else:
-            W = fh.get_tensor(key)
-        return np.ascontiguousarray(W, dtype=np.float32)
-
-    def _read(self, name):
-        key = name + ".weight"
-        f = self._keys[key]
+    def _get(self, f, key, lazy=False):
+        """Tensor ``key`` of file ``f`` as a :class:`StoredMatrix` (not yet widened or checked; with ``lazy``,
+        not yet read)."""
+        sf = self._file(f)
+        if sf.dtypes[key] in FLOAT_DTYPES:  # bf16 / fp16 / float32 / float64: as stored, no torch
+            return sf.read_stored(key, lazy=lazy)
         with self._safe_open(f, framework="numpy") as fh:
-            W = self._get(fh, f, key)
-        return check_finite(W, f, key)
+            sl = fh.get_slice(key)
+            if sl.get_dtype() in ("F8_E4M3", "F8_E5M2"):  # numpy has no such dtype: go through torch
+                import torch  # noqa: F401  (needed by framework="pt")
 
-    def _read_many(self, names):
-        by_file = {}
+                with self._safe_open(f, framework="pt") as pt:
+                    W = np.ascontiguousarray(pt.get_tensor(key).float().numpy())
+                return StoredMatrix.from_array(W, path=f, key=key)
+            W = require_float(fh.get_tensor(key), path=f, key=key, what="base weight values")
+        return StoredMatrix.from_array(W, path=f, key=key)
+
+    def _read(self, name, stored=False):
+        key = name + ".weight"
+        W = self._get(self._keys[key], key, lazy=stored)
+        return W if stored else W.array()
+
+    def _read_many(self, names, stored=False):
         for name in names:
-            by_file.setdefault(self._keys[name + ".weight"], []).append(name)
-        for f, group in by_file.items():
-            with self._safe_open(f, framework="numpy") as fh:
-                for name in group:
-                    key = name + ".weight"
-                    yield name, check_finite(self._get(fh, f, key), f, key)
+            yield name, self._read(name, stored=stored)
 
 
 # GGUF (llama.cpp) -> HF Llama names, per block and global.
@@ -491,7 +500,7 @@ def base_tensor_name(name, lr):
     return lr.meta.get("parent") or name
 
 
-def read_base(base, names):
+def read_base(base, names, *, stored=False):
     """Yield ``(name, W)`` for the named base tensors, one at a time.
 
     Parameters
@@ -499,13 +508,17 @@ def read_base(base, names):
     base : BaseWeights or Mapping[str, ndarray]
         An open reader (:func:`open_base`), or a mapping ``name -> weight``.
     names : sequence of str
+    stored : bool
+        From a reader: :class:`~analysis.io.stored.StoredMatrix` values (see :meth:`BaseWeights.weights`);
+        a mapping's values are yielded as they are.
 
     Yields
     ------
-    (str, ndarray)
+    (str, ndarray or StoredMatrix)
     """
     if hasattr(base, "weights"):
-        yield from base.weights(names)
+        yield from (base.weights(names, stored=True) if stored and isinstance(base, BaseWeights)
+                    else base.weights(names))
         return
     under = None
     for n in names:
@@ -531,8 +544,9 @@ def base_matrix(W, lr, *, name=None, path=None):
 
     Parameters
     ----------
-    W : ndarray
-        The base tensor as read (``name + ".weight"``, or the parent's for a part).
+    W : ndarray or StoredMatrix
+        The base tensor as read (``name + ".weight"``, or the parent's for a part); a
+        :class:`~analysis.io.stored.StoredMatrix` stays one (a view of its bits).
     lr : LowRank
     name : str, optional
         Module name, for messages (default ``lr.name``).
@@ -541,12 +555,13 @@ def base_matrix(W, lr, *, name=None, path=None):
 
     Returns
     -------
-    (d_out, d_in) ndarray
+    (d_out, d_in) ndarray or StoredMatrix
     """
     name = name or lr.name
     d_out, d_in = lr.shape
     key = base_tensor_name(name, lr) + ".weight"
-    W = require_float(W, path=path, key=key, what="base weight values")
+    if not isinstance(W, StoredMatrix):  # a StoredMatrix is floating point by construction, kept unwidened
+        W = require_float(W, path=path, key=key, what="base weight values")
     if W.ndim > 2:
         W = W.reshape(W.shape[0], -1)  # (out, in, kh, kw) -> (out, in·kh·kw)
     if W.ndim != 2:

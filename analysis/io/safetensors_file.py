@@ -19,12 +19,15 @@ from pathlib import Path
 import numpy as np
 
 from analysis.errors import AdapterError
-from analysis.io.tensors import check_finite, safetensors_errors
+from analysis.io.stored import StoredMatrix
+from analysis.io.tensors import safetensors_errors
 
 __all__ = ["SafetensorsFile", "FLOAT_DTYPES"]
 
 #: safetensors dtype -> numpy dtype of the stored bytes (bf16 read as uint16).
 _STORED = {"F64": np.float64, "F32": np.float32, "F16": np.float16, "BF16": np.uint16}
+#: safetensors dtype -> :class:`~analysis.io.stored.StoredMatrix` format.
+_FORMAT = {"F64": "f64", "F32": "f32", "F16": "f16", "BF16": "bf16"}
 #: Floating dtypes this reader returns (as float32, or float64 for F64).
 FLOAT_DTYPES = frozenset(_STORED)
 
@@ -103,6 +106,28 @@ class SafetensorsFile:
             Unknown key, unsupported dtype, short read, or NaN / Inf (naming
             the file and the key).
         """
+        return self.read_stored(key).array()
+
+    def read_stored(self, key, *, lazy=False):
+        """Read one tensor's stored bits (bf16 as 16-bit words), not yet widened or checked.
+
+        Parameters
+        ----------
+        key : str
+        lazy : bool
+            Read nothing yet: the matrix knows where its bytes are, its products stream them by row blocks
+            (:meth:`~analysis.io.stored.StoredMatrix.from_file`).
+
+        Returns
+        -------
+        StoredMatrix
+            With the header's shape; :meth:`~analysis.io.stored.StoredMatrix.array` widens and checks it.
+
+        Raises
+        ------
+        AdapterError
+            Unknown key, unsupported dtype or short read (naming the file and the key).
+        """
         if key not in self.shapes:
             raise AdapterError("no such tensor in the file", path=self.path, key=key)
         dt = self.dtypes[key]
@@ -113,6 +138,8 @@ class SafetensorsFile:
         count = math.prod(shape)
         begin, _ = self._offsets[key]
         stored = np.dtype(_STORED[dt]).newbyteorder("<")
+        if lazy:
+            return StoredMatrix.from_file(self.path, self._data_start + begin, shape, _FORMAT[dt], key=key)
         try:
             with open(self.path, "rb") as fh:
                 fh.seek(self._data_start + begin)
@@ -122,16 +149,8 @@ class SafetensorsFile:
         if raw.size != count:
             raise AdapterError(f"expected {count} values, got {raw.size} (truncated file?)", path=self.path,
                                key=key)
-        if dt == "BF16":
-            wide = raw.astype(np.uint32)  # bf16 bits are the high half of a float32
-            del raw
-            wide <<= 16
-            x = wide.view(np.float32)
-        elif dt == "F16":
-            x = raw.astype(np.float32)
-        else:
-            x = raw.astype(stored.newbyteorder("="), copy=False)
-        return check_finite(x.reshape(shape), self.path, key)
+        raw = raw.astype(stored.newbyteorder("="), copy=False).reshape(shape)
+        return StoredMatrix(raw, _FORMAT[dt], path=self.path, key=key)
 
     def __repr__(self):
         return f"SafetensorsFile({self.path!r}, {len(self.shapes)} tensors)"

@@ -36,7 +36,7 @@ __all__ = ["SVDCache", "cache_dir", "file_identity", "tensor_file", "cached_topk
 
 DEFAULT_MAX_BYTES = 2 * 2**30
 _SUFFIX = ".npz"
-_VERSION = 1
+_VERSION = 2
 
 
 def cache_dir():
@@ -236,8 +236,10 @@ def _settings_ok(got, names, shapes):
     return got is not None and all(n in got and got[n].shape == s for n, s in zip(names, shapes))
 
 
-def cached_topk_svd(cache, file, tensor, W, k, *, seed=0, oversample=None, n_iter=8):
+def cached_topk_svd(cache, file, tensor, W, k, *, seed=0, oversample=None, n_iter=8, norm=False):
     """:func:`~analysis.core.randomized_svd` of ``W`` (top ``k``), read from / written to ``cache``.
+
+    The entry also holds ‖W‖_F (float64), so that with the cache warm W is needed in one product only.
 
     Parameters
     ----------
@@ -247,43 +249,51 @@ def cached_topk_svd(cache, file, tensor, W, k, *, seed=0, oversample=None, n_ite
         The file holding the tensor (its identity is part of the key).
     tensor : str
         Name of the tensor (and module) in the key.
-    W : (d_out, d_in) ndarray
+    W : (d_out, d_in) ndarray or StoredMatrix
+        Widened only on a miss.
     k, seed, oversample, n_iter
         As for :func:`~analysis.core.randomized_svd`; part of the key.
+    norm : bool
+        Also return ‖W‖_F.
 
     Returns
     -------
-    FactoredSVD
+    FactoredSVD, or (FactoredSVD, float) with ``norm``
     """
     from analysis.core.lowrank import FactoredSVD
     from analysis.core.randomized import randomized_svd, work_dtype
+    from analysis.metrics.correlation import as_array, frobenius
 
-    if cache is None or not cache.enabled or file is None:
-        return randomized_svd(W, k, seed=seed, oversample=oversample, n_iter=n_iter)
+    key = None
     m, n = W.shape
-    key = cache.key(file, tensor, kind="randomized_svd", shape=[int(m), int(n)], k=int(k), seed=int(seed),
-                    oversample=oversample, n_iter=int(n_iter), work_dtype=np.dtype(work_dtype(W)).name)
-    got = cache.get(key)
-    if _settings_ok(got, ("U", "S", "V"), ((m, k), (k,), (n, k))):
-        return FactoredSVD(got["U"], got["S"], got["V"])
-    svd = randomized_svd(W, k, seed=seed, oversample=oversample, n_iter=n_iter)
-    cache.put(key, {"U": svd.U, "S": svd.S, "V": svd.V})
-    return svd
+    if cache is not None and cache.enabled and file is not None:
+        key = cache.key(file, tensor, kind="randomized_svd", shape=[int(m), int(n)], k=int(k), seed=int(seed),
+                        oversample=oversample, n_iter=int(n_iter), work_dtype=np.dtype(work_dtype(W)).name)
+        got = cache.get(key)
+        if _settings_ok(got, ("U", "S", "V", "fro"), ((m, k), (k,), (n, k), ())):
+            svd = FactoredSVD(got["U"], got["S"], got["V"])
+            return (svd, float(got["fro"])) if norm else svd
+    Wd = as_array(W)
+    svd = randomized_svd(Wd, k, seed=seed, oversample=oversample, n_iter=n_iter)
+    fro = frobenius(Wd)
+    if key is not None:
+        cache.put(key, {"U": svd.U, "S": svd.S, "V": svd.V, "fro": np.float64(fro)})
+    return (svd, fro) if norm else svd
 
 
 def cached_random_projections(cache, file, tensor, W, k, *, n_random=10, seed=0):
     """:func:`~analysis.metrics.correlation.random_projections` of ``W``, read from / written to ``cache``."""
     from analysis.core.randomized import work_dtype
-    from analysis.metrics.correlation import random_projections
+    from analysis.metrics.correlation import as_array, random_projections
 
     if cache is None or not cache.enabled or file is None:
-        return random_projections(W, k, n_random=n_random, seed=seed)
+        return random_projections(as_array(W), k, n_random=n_random, seed=seed)
     key = cache.key(file, tensor, kind="random_projections", shape=[int(s) for s in W.shape], k=int(k),
                     n_random=int(n_random), seed=int(seed), work_dtype=np.dtype(work_dtype(W)).name)
     got = cache.get(key)
     if _settings_ok(got, ("P",), ((int(n_random),),)):
         return got["P"]
-    P = random_projections(W, k, n_random=n_random, seed=seed)
+    P = random_projections(as_array(W), k, n_random=n_random, seed=seed)
     cache.put(key, {"P": P})
     return P
 
@@ -293,7 +303,9 @@ def full_basis(W, *, side="left"):
 
     When ``side`` is W's smaller (or equal) dimension d, from the symmetric eigendecomposition of the d × d
     Gram matrix (LAPACK ``syevd``, about 2.5× faster than the SVD here); its vectors are exact to
-    ~eps · κ² (κ = σ₁ / σ_d), so when κ > 1e4 the SVD is used instead. Otherwise LAPACK's thin SVD.
+    ~eps · κ² (κ = σ₁ / σ_d), so when κ > 1e4 the SVD is used instead (a condition estimate from the Gram
+    matrix's Cholesky factor skips the eigendecomposition when κ is clearly past that). Otherwise LAPACK's
+    thin SVD.
 
     Returns
     -------
@@ -301,15 +313,24 @@ def full_basis(W, *, side="left"):
         n = min(d_out, d_in); left (d = d_out) or right (d = d_in) singular vectors, by decreasing σ.
     S : (n,) ndarray of float64
     """
+    from scipy.linalg import LinAlgError, cho_factor, lapack
+
     Wd = np.asarray(W, dtype=np.float64)
     m, n = Wd.shape
     if (side == "left" and m <= n) or (side == "right" and n <= m):
         G = Wd @ Wd.T if side == "left" else Wd.T @ Wd  # (d, d)
-        lam, X = np.linalg.eigh(G)  # ascending
-        lam, X = lam[::-1], np.ascontiguousarray(X[:, ::-1])
-        S = np.sqrt(np.clip(lam, 0.0, None))
-        if S[0] > 0 and S[-1] >= 1e-4 * S[0]:
-            return X, S
+        try:  # κ(G) = κ(W)² estimated from a Cholesky factor (d³/3 flops): past 1e8, straight to the SVD
+            c, _ = cho_factor(G, check_finite=False)
+            rcond, info = lapack.dpocon(c, np.abs(G).sum(axis=0).max())
+            well = info == 0 and rcond >= 1e-8 / G.shape[0]
+        except LinAlgError:
+            well = False
+        if well:
+            lam, X = np.linalg.eigh(G)  # ascending
+            lam, X = lam[::-1], np.ascontiguousarray(X[:, ::-1])
+            S = np.sqrt(np.clip(lam, 0.0, None))
+            if S[0] > 0 and S[-1] >= 1e-4 * S[0]:
+                return X, S
     U, S, Vt = np.linalg.svd(Wd, full_matrices=False)  # (m, q), (q,), (q, n)
     return np.ascontiguousarray(U if side == "left" else Vt.T), S
 

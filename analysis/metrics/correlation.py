@@ -34,18 +34,24 @@ __all__ = ["WeightCorrelation", "weight_correlation", "random_projections", "Wei
 OVERLAP_SIDES = ("output", "input")
 
 
+def _check_shape(W, lr, name=None):
+    """Refuse a base weight whose shape is not ΔW's (naming the module, with a hint when it is transposed)."""
+    if tuple(W.shape) != tuple(lr.shape):
+        hint = (" (W looks transposed: pass W.T, e.g. for a GPT-2 Conv1D weight)"
+                if tuple(W.shape[::-1]) == tuple(lr.shape) else "")
+        raise ValueError(f"module {name or lr.name!r}: base weight W has shape {W.shape} but ΔW has "
+                         f"shape {lr.shape} (d_out, d_in); pass the base weight of the same module "
+                         f"in nn.Linear orientation{hint}")
+
+
 def _check_W(W, lr=None, name=None):
     W = np.asarray(W)
     if W.ndim != 2:
         raise ValueError(f"W must be a 2-D (d_out, d_in) base weight, got shape {W.shape}")
     if W.dtype.kind not in "fiu":
         raise TypeError(f"W must be real, got dtype {W.dtype}")
-    if lr is not None and tuple(W.shape) != tuple(lr.shape):
-        hint = (" (W looks transposed: pass W.T, e.g. for a GPT-2 Conv1D weight)"
-                if tuple(W.shape[::-1]) == tuple(lr.shape) else "")
-        raise ValueError(f"module {name or lr.name!r}: base weight W has shape {W.shape} but ΔW has "
-                         f"shape {lr.shape} (d_out, d_in); pass the base weight of the same module "
-                         f"in nn.Linear orientation{hint}")
+    if lr is not None:
+        _check_shape(W, lr, name)
     # products with W run in its own precision (float32 for float32 / bf16 / fp16 weights), see _proj
     W = W.astype(work_dtype(W), copy=False)
     if not np.isfinite(W).all():
@@ -86,6 +92,20 @@ def _proj(W, U, V):
     UW = matmul_f64(W.T, U).T  # ((d_in, d_out) @ (d_out, k))ᵀ -> (k, d_in), in W's precision, then float64
     P = UW @ V  # (k, d_in) @ (d_in, k2) -> (k, k2)
     return float(np.linalg.norm(P))
+
+
+def _projections(W, pairs):
+    """‖Uᵢᵀ W Vᵢ‖_F for several pairs (Uᵢ, Vᵢ) in one pass over W: W @ [V₁ V₂ …] in W's precision.
+
+    ``W`` is a checked ndarray or a :class:`~analysis.io.stored.StoredMatrix` (widened block by block).
+    """
+    WV = matmul_f64(W, np.hstack([V for _, V in pairs]))  # (d_out, d_in) @ (d_in, Σk) -> (d_out, Σk)
+    out, j = [], 0
+    for U, V in pairs:
+        k = V.shape[1]
+        out.append(float(np.linalg.norm(U.T @ WV[:, j:j + k])))  # (k, d_out) @ (d_out, k) -> (k, k)
+        j += k
+    return out
 
 
 def random_bases(d_out, d_in, k, *, seed=0, n=1):
@@ -210,9 +230,19 @@ def random_projections(W, k, *, n_random=10, seed=0):
     return np.array([_proj(W, U, V) for U, V in random_bases(d_out, d_in, k, seed=seed, n=n_random)])
 
 
+def as_array(W):
+    """W as an ndarray: a lazily widened matrix (:class:`~analysis.io.stored.StoredMatrix`) widened and checked."""
+    return W.array() if hasattr(W, "array") and not isinstance(W, np.ndarray) else W
+
+
+def frobenius(W):
+    """‖W‖_F of an ndarray, accumulated in float64."""
+    return float(np.sqrt(np.einsum("ij,ij->", W, W, dtype=np.float64)))
+
+
 def _svd_prefix(w_svd, k, W, seed):
     if w_svd is None:
-        return randomized_svd(W, k, seed=seed)
+        return randomized_svd(as_array(W), k, seed=seed)
     U, S, V = w_svd
     if U.shape[0] != W.shape[0] or V.shape[0] != W.shape[1] or U.shape[1] < k:
         raise ValueError(f"w_svd must hold at least k={k} triplets of W {W.shape}: got U {U.shape}, "
@@ -264,21 +294,24 @@ def weight_correlation(W, lr: LowRank, *, n_random: int = 10, seed: int = 0, w_s
                         random_proj=random_proj)
 
 
-def _correlation(W, lr, *, n_random, seed, w_svd, name, random_proj):
-    """:func:`weight_correlation` on a checked W (:func:`_check_W`)."""
+def _correlation(W, lr, *, n_random, seed, w_svd, name, random_proj, w_norm=None):
+    """:func:`weight_correlation` on a checked W (:func:`_check_W`, or a StoredMatrix of ΔW's shape).
+
+    With ``w_svd``, ``random_proj`` and ``w_norm`` (‖W‖_F) given, W is used in one product only.
+    """
     d_out, d_in = W.shape
     k = lr.rank
-    w_norm = float(np.sqrt(np.einsum("ij,ij->", W, W, dtype=np.float64)))
+    if w_norm is None:
+        w_norm = frobenius(as_array(W))
     delta_norm = math.nan if lr.scale is None else lr.norm()
     if k == 0:
         return WeightCorrelation(name or lr.name, lr.r, 0, d_out, d_in, w_norm, 0.0 if lr.scale is not None
                                  else math.nan, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, n_random, seed, zero=True)
     Ud, Vd = lr.basis("output"), lr.basis("input")  # (d_out, k), (d_in, k)
-    proj_delta = _proj(W, Ud, Vd)
     Uw, _, Vw = _svd_prefix(w_svd, k, W, seed)  # (d_out, k), (d_in, k)
-    proj_w = _proj(W, Uw, Vw)
+    proj_delta, proj_w = _projections(W, [(Ud, Vd), (Uw, Vw)])
     if random_proj is None:
-        rand = random_projections(W, k, n_random=n_random, seed=seed)
+        rand = random_projections(as_array(W), k, n_random=n_random, seed=seed)
     else:
         rand = np.asarray(random_proj, dtype=np.float64)
         if rand.shape != (n_random,):

@@ -166,6 +166,54 @@ def _topk_gram(W, P, Q, k, side):
     return S, Z
 
 
+def _topk_in_basis(W, P, Q, X, S_w, k, side):
+    """Top-k of M = W + P Qᵀ in the coordinates of W's full singular basis X on ``side``.
+
+    With X (d, d) orthonormal and W's Gram on ``side`` equal to X diag(S_w²) Xᵀ, M's Gram there is
+    Xᵀ(M Mᵀ)X = diag(S_w²) + B Aᵀ + A Bᵀ + A (QᵀQ) Aᵀ with A = Xᵀ P, B = Xᵀ W Q (left side; on the right,
+    Mᵀ = Wᵀ + Q Pᵀ plays M's part): a diagonal plus rank ≤ 2q. Its top-k eigenvectors Y' are M's top singular
+    vectors written in W's basis, so |Y'| are the cosines with every singular vector of W at once. The
+    eigenpairs come from Lanczos (ARPACK, matrix-free: O(d q) per product, seeded start) and, for small d or
+    if it does not converge, from LAPACK on the formed d × d matrix.
+
+    Returns
+    -------
+    S : (k,) ndarray
+        M's top singular values.
+    Yx : (d, k) ndarray
+        M's top singular vectors on ``side``, in the basis X (columns of unit norm).
+    """
+    from scipy.linalg import eigh
+
+    if side == "right":  # Mᵀ = Wᵀ + Q Pᵀ
+        W, P, Q = W.T, Q, P
+    A = X.T @ P  # (d, d) @ (d, q) -> (d, q)
+    B = X.T @ (W @ Q)  # (d, d) @ ((d, n') @ (n', q)) -> (d, q)
+    AQ = A @ (Q.T @ Q) + B  # (d, q) @ (q, q) -> (d, q)
+    lam = np.asarray(S_w, dtype=np.float64) ** 2  # (d,)
+    d = lam.shape[0]
+    # G' = diag(λ) + A Bᵀ + (A QᵀQ + B) Aᵀ  (= diag(λ) + B Aᵀ + A Bᵀ + A QᵀQ Aᵀ)
+    if d > 4 * k + 40:
+        from scipy.sparse.linalg import ArpackNoConvergence, LinearOperator, eigsh
+
+        def apply(x):
+            x = x.reshape(d, -1)
+            return lam[:, None] * x + A @ (B.T @ x) + AQ @ (A.T @ x)
+
+        op = LinearOperator((d, d), matvec=apply, matmat=apply, dtype=np.float64)
+        v0 = np.random.default_rng(0).standard_normal(d)
+        try:
+            mu, Y = eigsh(op, k=k, which="LA", tol=0, v0=v0)
+            order = np.argsort(mu)[::-1]
+            return np.sqrt(np.clip(mu[order], 0.0, None)), Y[:, order]
+        except ArpackNoConvergence:
+            pass
+    G = np.diag(lam) + A @ B.T + AQ @ A.T  # (d, d)
+    G = (G + G.T) / 2
+    mu, Y = eigh(G, subset_by_index=[d - k, d - 1], overwrite_a=True, check_finite=False)  # ascending
+    return np.sqrt(np.clip(mu[::-1], 0.0, None)), Y[:, ::-1]
+
+
 def _factors(delta, shape):
     """ΔW = P Qᵀ from its exact factored SVD (P = U diag(S), Q = V), or (None, None) when it is zero."""
     if isinstance(delta, LowRank):
@@ -256,6 +304,13 @@ def intruder_dimensions(W, delta, *, top_k=10, threshold=0.5, side="left", metho
         return IntruderResult(name, k, float(threshold), side, S, np.ones(k), np.arange(k), True,
                               time.perf_counter() - t0)
     X = base_singular_vectors(W, side=side) if base_vectors is None else np.asarray(base_vectors, np.float64)
+    d_side = W.shape[0] if side == "left" else W.shape[1]
+    if (method == "topk" and base_singular_values is not None and X.shape == (d_side, d_side)
+            and d_side <= min(W.shape)):  # W's full basis on its smaller side: work in its coordinates
+        S, Yx = _topk_in_basis(W, P, Q, X, np.asarray(base_singular_values, np.float64), k, side)  # (k,), (d, k)
+        C = np.abs(Yx)  # (d, k): |cos| between every base vector and every top vector
+        return IntruderResult(name, k, float(threshold), side, S, np.clip(C.max(axis=0), 0.0, 1.0),
+                              C.argmax(axis=0), False, time.perf_counter() - t0)
     if method == "topk":
         S, Y = _topk_gram(W, P, Q, k, side)  # (k,), (d, k)
     elif method == "full":

@@ -139,20 +139,21 @@ def _principal_angles(U1, U2):
         return np.zeros(0)
     M = U1.T @ U2  # (k1, k2)
     if U1.shape[1] >= U2.shape[1]:
-        R = U2 - U1 @ M  # (d, k2): component of U2 outside span(U1)
-    else:
-        R = U1 - U2 @ M.T  # (d, k1)
-    return _angles_from(M, R)
+        return _angles_from(M, lambda: U2 - U1 @ M)  # (d, k2): component of U2 outside span(U1)
+    return _angles_from(M, lambda: U1 - U2 @ M.T)  # (d, k1)
 
 
-def _angles_from(M, R):
-    """Principal angles from M = U1ᵀ U2 (k1, k2) and the residual R (d, min(k1, k2)) of the
-    smaller basis outside the other's span: sines for small angles, cosines for large ones."""
+def _angles_from(M, residual):
+    """Principal angles from M = U1ᵀ U2 (k1, k2) and ``residual()``, the residual R (d, min(k1, k2)) of the
+    smaller basis outside the other's span: sines for small angles (cos² ≥ ½), cosines for large ones.
+    R costs a pass over the larger basis, so it is formed only when some angle is small."""
     k = min(M.shape)
     cos = np.linalg.svd(M, compute_uv=False)[:k]  # descending cosines
-    sin = np.linalg.svd(R, compute_uv=False)  # descending sines
-    sin = np.sort(sin)[:k]  # ascending sines <-> descending cosines
     theta_cos = np.arccos(np.clip(cos, -1.0, 1.0))  # ascending
+    if not (cos ** 2 >= 0.5).any():
+        return theta_cos
+    sin = np.linalg.svd(residual(), compute_uv=False)  # descending sines
+    sin = np.sort(sin)[:k]  # ascending sines <-> descending cosines
     theta_sin = np.arcsin(np.clip(sin, -1.0, 1.0))  # ascending
     return np.where(cos ** 2 >= 0.5, theta_sin, theta_cos)
 
@@ -181,9 +182,8 @@ def phi_and_angles(p1, p2):
     Us = Qs if Ys is None else Qs @ Ys  # (d, ks): the smaller basis, formed
     G = Us.T @ Ql  # (ks, d) @ (d, rl) -> (ks, rl)
     M = G if Yl is None else G @ Yl  # (ks, kl) = Usᵀ Ul
-    R = Us - Ql @ (M.T if Yl is None else Yl @ M.T)  # (d, ks): Us outside span(Ul)
     M12 = M.T if swap else M  # (k1, k2) = U1ᵀ U2
-    return _phi_from(M12), _angles_from(M, R), M12
+    return _phi_from(M12), _angles_from(M, lambda: Us - Ql @ (M.T if Yl is None else Yl @ M.T)), M12  # R: (d, ks)
 
 
 def random_null(k1, k2, d):

@@ -8,6 +8,7 @@ import time
 from dataclasses import dataclass, field
 
 from analysis.core.adapter import split_name
+from analysis.core.randomized import DEFAULT_TOLERANCE
 
 __all__ = ["ReportConfig", "ReportData", "compute_report", "adapter_label"]
 
@@ -58,6 +59,10 @@ class ReportConfig:
         Anyone's adapters instead of the reference checkpoints: ``("rank", A, B)`` (Fig. 3 / 6: A the smaller
         rank) and / or ``("seed", C, D)`` (Fig. 4 / 7: two runs of one rank), paths as given. When set,
         ``checkpoints``, ``ranks``, ``low``, ``high``, ``seeds``, ``long_runs`` and ``init_runs`` are not used.
+    tolerance : float or "exact"
+        Accuracy of W's top singular triplets in the per-adapter sweeps and Table 7 (see
+        :func:`analysis.core.randomized.krylov_settings`); W's spectra and overlaps of Fig. 8 and Table 7 over
+        training time use LAPACK's full SVD whatever it is.
     """
 
     checkpoints: str = "checkpoints"
@@ -77,6 +82,7 @@ class ReportConfig:
     collection: bool = True
     merge_tasks: tuple = ("r8_seed0", "word_r8_seed0", "hypernym_r8_seed0", "synonyms_r8_seed0")
     pairs: tuple = ()
+    tolerance: float | str = DEFAULT_TOLERANCE
 
 
 @dataclass
@@ -208,7 +214,7 @@ def _load(cfg, data):
     data.roles = {k: v for k, v in data.roles.items() if v in data.adapters}
 
 
-def compute_report(cfg: ReportConfig, *, progress=False) -> ReportData:
+def compute_report(cfg: ReportConfig, *, progress=False, jobs=None) -> ReportData:
     """Load what exists of the reference checkpoints and compute every analysis.
 
     Parameters
@@ -216,6 +222,11 @@ def compute_report(cfg: ReportConfig, *, progress=False) -> ReportData:
     cfg : ReportConfig
     progress : bool
         Progress bars on standard error.
+    jobs : int, optional
+        Modules worked on at once by each sweep (threads, BLAS pinned to one thread in each; see
+        :mod:`analysis.core.threads`): the pair comparisons, the rank advice, the per-adapter sweeps with the
+        base, W's spectra and overlaps at the focus layer, and Table 7 over training time. Default: the
+        cores available to the process. The result does not depend on it (``timings`` aside).
 
     Returns
     -------
@@ -226,6 +237,7 @@ def compute_report(cfg: ReportConfig, *, progress=False) -> ReportData:
     import pandas as pd
 
     from analysis.core import randomized_svd
+    from analysis.core.threads import map_ordered
     from analysis.metrics import gaussian_similarity
     from analysis.metrics.correlation import OVERLAP_SIDES, weight_overlap
     from analysis.io.base import base_matrix
@@ -242,16 +254,16 @@ def compute_report(cfg: ReportConfig, *, progress=False) -> ReportData:
     lo, hi, lo1 = data.adapter("low"), data.adapter("high"), data.adapter("low_other")
     sa, sb = data.adapter("seed_a"), data.adapter("seed_b")
     if lo is not None and hi is not None:
-        data.rank_pair = compare_adapters(lo, hi, sides=sides, progress=progress)
+        data.rank_pair = compare_adapters(lo, hi, sides=sides, progress=progress, jobs=jobs)
     if sa is not None and sb is not None:
-        data.seed_pair = compare_adapters(sa, sb, sides=sides, progress=progress)
+        data.seed_pair = compare_adapters(sa, sb, sides=sides, progress=progress, jobs=jobs)
         from analysis.sweeps.advice import advise_ranks  # stability-based rank advice from the seed pair
 
-        data.advice = advise_ranks(sa, sb, seed=cfg.seed)
+        data.advice = advise_ranks(sa, sb, seed=cfg.seed, jobs=jobs)
     if lo1 is not None and hi is not None:  # control: the rank pair without a shared seed
-        data.cross_pair = compare_adapters(lo1, hi, sides=sides, progress=progress)
+        data.cross_pair = compare_adapters(lo1, hi, sides=sides, progress=progress, jobs=jobs)
     if not cfg.pairs:
-        _init_pairs(cfg, data, progress)
+        _init_pairs(cfg, data, progress, jobs)
     some = next(iter(data.adapters.values())).expanded()
     r_random = data.rank("seed_a") or data.rank("high") or max(lr.r for lr in some.values())
     for m in data.modules:
@@ -268,7 +280,7 @@ def compute_report(cfg: ReportConfig, *, progress=False) -> ReportData:
     try:
         labels = list(data.adapters)  # one pass over the base for all seven adapters
         sweeps = analyse_adapters([data.adapters[lab] for lab in labels], base=base, n_random=cfg.n_random,
-                                  seed=cfg.seed, progress=progress)
+                                  seed=cfg.seed, progress=progress, jobs=jobs, tolerance=cfg.tolerance)
         data.sweeps.update(zip(labels, sweeps))
         data.timings["sweeps_s"] = time.perf_counter() - t1
         if base is not None:
@@ -277,26 +289,30 @@ def compute_report(cfg: ReportConfig, *, progress=False) -> ReportData:
             rows = []  # Table 7 at the focus layer, with more random draws: one more pass over its weights
             for lab, sw in zip(labs, analyse_adapters([data.adapters[lab] for lab in labs], base=base,
                                                       layers={cfg.layer}, n_random=cfg.n_random_table,
-                                                      seed=cfg.seed)):
+                                                      seed=cfg.seed, jobs=jobs, tolerance=cfg.tolerance)):
                 sub = sw.frame
                 sub.insert(0, "adapter", lab)
                 rows.append(sub)
             data.table7 = (pd.concat(rows, ignore_index=True).sort_values(["module", "r"], kind="stable")
                            .reset_index(drop=True) if rows else None)
-            for m in data.modules:
-                name = data.name(m)
-                ref = some[name]
-                W = base_matrix(base.weight(name) if hasattr(base, "weight") else base[name], ref, name=name)
+
+            def focus(item):  # one module type at the focus layer: W's full spectrum, each adapter's overlap
+                m, name, W = item
+                W = base_matrix(W, some[name], name=name)
                 w_svd = randomized_svd(W, min(W.shape), seed=cfg.seed, method="full")
-                data.w_spectra[m] = w_svd.S
+                return m, w_svd.S, {side: {data.series(lab): weight_overlap(
+                    W, data.adapters[lab].expanded()[name], side=side, seed=cfg.seed, w_svd=w_svd, name=name)
+                    for lab in data.table_labels} for side in OVERLAP_SIDES}
+
+            # W read here, in this thread, one at a time; at most ``jobs`` of them decomposed at once
+            focus_weights = ((m, data.name(m), _base_weight(base, data.name(m))) for m in data.modules)
+            for m, S, by_side in map_ordered(focus, focus_weights, jobs=jobs):
+                data.w_spectra[m] = S
                 for side in OVERLAP_SIDES:
-                    data.overlaps[(m, side)] = {
-                        data.series(lab): weight_overlap(W, data.adapters[lab].expanded()[name], side=side,
-                                                         seed=cfg.seed, w_svd=w_svd, name=name)
-                        for lab in data.table_labels}
+                    data.overlaps[(m, side)] = by_side[side]
             data.timings["weight_overlap_s"] = time.perf_counter() - t2
             t3 = time.perf_counter()
-            data.long_run = None if cfg.pairs else _long_run(cfg, data, base, some, progress)
+            data.long_run = None if cfg.pairs else _long_run(cfg, data, base, some, progress, jobs)
             data.timings["long_run_s"] = time.perf_counter() - t3
     finally:
         if base is not None:
@@ -355,7 +371,12 @@ def _seeds(manifest):
     return manifest.get("data_seed", seed), manifest.get("init_seed", seed)
 
 
-def _init_pairs(cfg, data, progress):
+def _base_weight(base, name):
+    """Base tensor ``name`` as read, from an open reader or a mapping."""
+    return base.weight(name) if hasattr(base, "weight") else base[name]
+
+
+def _init_pairs(cfg, data, progress, jobs=None):
     """r = low runs with separate data and init seeds, each against r = high seed 0 (sides A and input)."""
     from analysis.io import load_adapter
     from analysis.sweeps.pair import compare_adapters
@@ -369,15 +390,21 @@ def _init_pairs(cfg, data, progress):
             continue
         ad = data.adapters.get(lab) or load_adapter(path)
         data.init_seeds[lab] = _seeds(data.manifests.get(lab) or _manifest(path))
-        data.init_pairs[lab] = compare_adapters(ad, data.adapters[hi], sides=("A", "input"), progress=progress)
+        data.init_pairs[lab] = compare_adapters(ad, data.adapters[hi], sides=("A", "input"), progress=progress,
+                                                jobs=jobs)
 
 
-def _long_run(cfg, data, base, some, progress):
-    """Table 7 over training time: for each checkpoint, ΔWq's ‖UᵀWV‖ against its null at every layer."""
+def _long_run(cfg, data, base, some, progress, jobs=None):
+    """Table 7 over training time: for each checkpoint, ΔWq's ‖UᵀWV‖ against its null at every layer.
+
+    The layers of one checkpoint are worked on ``jobs`` at a time (W read in this thread, once, on the first
+    checkpoint; its full SVD and the nulls computed once, in the workers).
+    """
     import numpy as np
     import pandas as pd
 
     from analysis.core import randomized_svd
+    from analysis.core.threads import map_ordered
     from analysis.io import load_adapter
     from analysis.io.base import base_matrix
     from analysis.metrics.correlation import weight_correlation
@@ -396,23 +423,33 @@ def _long_run(cfg, data, base, some, progress):
     for lab, _ in runs:
         man = _manifest(os.path.join(cfg.checkpoints, lab))
         losses[lab] = dict(tuple(x) for x in man.get("val_loss", []) if isinstance(x, (list, tuple)) and len(x) == 2)
+
+    def one(item):  # one layer of one checkpoint; W and its SVD on the first checkpoint only
+        name, raw, mods = item
+        if raw is None:
+            Wm, svd = W[name], w_svd[name]
+        else:
+            Wm = base_matrix(raw, some[name], name=name)
+            svd = randomized_svd(Wm, min(Wm.shape), seed=cfg.seed, method="full")
+        wc = weight_correlation(Wm, mods[name], n_random=1, seed=cfg.seed, w_svd=svd)
+        null = None
+        if not wc.zero:  # names differ within a checkpoint: no two workers draw the same null
+            null = nulls.get((name, wc.k))
+            if null is None:
+                draws = projection_draws(svd.S, wc.d_out, wc.d_in, wc.k, n=cfg.n_random_table, seed=cfg.seed)
+                null = (float(draws.mean()), float(draws.std(ddof=1)))
+        return name, Wm, svd, wc, null
+
     todo = [(lab, step, path) for lab, steps in runs for step, path in steps]
     for lab, step, path in progress_bar(todo, enabled=progress, desc="checkpoints"):
         mods = load_adapter(path).expanded()
-        for name in names:
-            if name not in W:
-                W[name] = base_matrix(base.weight(name) if hasattr(base, "weight") else base[name],
-                                      some[name], name=name)
-                w_svd[name] = randomized_svd(W[name], min(W[name].shape), seed=cfg.seed, method="full")
-            wc = weight_correlation(W[name], mods[name], n_random=1, seed=cfg.seed, w_svd=w_svd[name])
+        items = ((name, None if name in W else _base_weight(base, name), mods) for name in names)
+        for name, Wm, svd, wc, null in map_ordered(one, items, jobs=jobs):
+            W[name], w_svd[name] = Wm, svd
             if wc.zero:
                 continue
-            key = (name, wc.k)
-            if key not in nulls:
-                draws = projection_draws(w_svd[name].S, wc.d_out, wc.d_in, wc.k, n=cfg.n_random_table,
-                                         seed=cfg.seed)
-                nulls[key] = (float(draws.mean()), float(draws.std(ddof=1)))
-            mean, sd = nulls[key]
+            nulls[(name, wc.k)] = null
+            mean, sd = null
             rows.append({"run": lab, "r": wc.r, "step": step, "name": name, "layer": split_name(name)[0],
                          "module": q, "proj_delta": wc.proj_delta, "null_mean": mean, "null_sd": sd,
                          "z": (wc.proj_delta - mean) / sd, "delta_norm": wc.delta_norm, "w_norm": wc.w_norm,

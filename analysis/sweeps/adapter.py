@@ -39,7 +39,7 @@ class AdapterSweep:
 
 
 def analyse_adapter(adapter: Adapter, *, base=None, modules=None, layers=None, n_random=10, seed=0,
-                    progress=False, keep_cache=False, jobs=None, cache=True) -> AdapterSweep:
+                    progress=False, keep_cache=False, jobs=None, cache=True, tolerance=None) -> AdapterSweep:
     """Spectra, rank measures and (with a base) Table-7 columns for every module.
 
     Parameters
@@ -64,17 +64,21 @@ def analyse_adapter(adapter: Adapter, *, base=None, modules=None, layers=None, n
     cache : bool or SVDCache
         Read W's top singular triplets from the persistent cache, and store them there
         (:mod:`analysis.io.svd_cache`); ``False``: compute them every time (``--no-cache``).
+    tolerance : float or "exact", optional
+        Accuracy of W's randomized SVD (:func:`~analysis.core.randomized.krylov_settings`, ``--tolerance``);
+        default the randomized SVD's defaults.
 
     Returns
     -------
     AdapterSweep
     """
     return analyse_adapters([adapter], base=base, modules=modules, layers=layers, n_random=n_random, seed=seed,
-                            progress=progress, keep_cache=keep_cache, jobs=jobs, cache=cache)[0]
+                            progress=progress, keep_cache=keep_cache, jobs=jobs, cache=cache,
+                            tolerance=tolerance)[0]
 
 
 def analyse_adapters(adapters, *, base=None, modules=None, layers=None, n_random=10, seed=0, progress=False,
-                     keep_cache=False, jobs=None, cache=True) -> list:
+                     keep_cache=False, jobs=None, cache=True, tolerance=None) -> list:
     """:func:`analyse_adapter` for several adapters of one base, reading each base weight once.
 
     With a base, each W is read once and its top singular triplets are
@@ -86,7 +90,7 @@ def analyse_adapters(adapters, *, base=None, modules=None, layers=None, n_random
     Parameters
     ----------
     adapters : sequence of Adapter
-    base, modules, layers, n_random, seed, progress, keep_cache, jobs, cache
+    base, modules, layers, n_random, seed, progress, keep_cache, jobs, cache, tolerance
         As for :func:`analyse_adapter`.
 
     Returns
@@ -96,11 +100,14 @@ def analyse_adapters(adapters, *, base=None, modules=None, layers=None, n_random
     """
     import pandas as pd
 
+    from analysis.core.randomized import krylov_settings
     from analysis.core.threads import map_ordered
     from analysis.io.base import base_matrix, base_tensor_name, open_base, read_base
     from analysis.io.svd_cache import SVDCache, cached_random_projections, cached_topk_svd, tensor_file
-    from analysis.metrics.correlation import _check_W, _correlation, _overlap
+    from analysis.io.stored import StoredMatrix
+    from analysis.metrics.correlation import _check_shape, _check_W, _correlation, _overlap
 
+    svd_settings = krylov_settings(tolerance)  # checked before any work
     runs = []  # per adapter: (modules, selected names, rows, spectra, correlations)
     for adapter in adapters:
         mods = adapter.expanded()
@@ -138,20 +145,24 @@ def analyse_adapters(adapters, *, base=None, modules=None, layers=None, n_random
                     by_base.setdefault(base_tensor_name(name, mods[name]), []).append((i, name))
 
             def one_weight(item):
-                bname, W_raw = item
-                svds = {}  # (module name, shape) -> (W, top-k triplets for the largest k any adapter needs)
+                bname, W_raw = item  # a StoredMatrix from a reader (widened where used), or a mapping's array
+                svds = {}  # (module name, shape) -> (W, top-k triplets for the largest k any adapter needs, ‖W‖_F)
                 out = []
                 for i, name in by_base[bname]:
                     mods = runs[i][0]
                     lr = mods[name]
                     key = (name, lr.shape)
                     if key not in svds:
-                        W = _check_W(base_matrix(W_raw, lr, name=name, path=getattr(base, "path", None)), lr, name)
+                        W = base_matrix(W_raw, lr, name=name, path=getattr(base, "path", None))
+                        if isinstance(W, StoredMatrix):
+                            _check_shape(W, lr, name)  # NaN / Inf: checked by the product that uses W
+                        else:
+                            W = _check_W(W, lr, name)
                         k_all = max(max(runs[j][0][n].rank, 1) for j, n in by_base[bname]
                                     if (n, runs[j][0][n].shape) == key)
-                        svds[key] = (W, cached_topk_svd(store, tensor_file(base, bname), f"{bname}|{name}", W,
-                                                        k_all, seed=seed))
-                    W, w_svd = svds[key]
+                        svds[key] = (W, *cached_topk_svd(store, tensor_file(base, bname), f"{bname}|{name}", W,
+                                                         k_all, seed=seed, norm=True, **svd_settings))
+                    W, w_svd, w_norm = svds[key]
                     k = max(lr.rank, 1)
                     rp = None
                     if lr.rank:
@@ -159,8 +170,10 @@ def analyse_adapters(adapters, *, base=None, modules=None, layers=None, n_random
                                                        lr.rank, n_random=n_random, seed=seed)
                     if n_random < 1:
                         raise ValueError(f"n_random must be >= 1, got {n_random}")
-                    # W checked once above (shape, finite, working precision): the metrics' private halves
-                    c = _correlation(W, lr, n_random=n_random, seed=seed, w_svd=w_svd, name=name, random_proj=rp)
+                    # W checked once above (shape; finite and working precision for an array, in its product for a
+                    # StoredMatrix): the metrics' private halves
+                    c = _correlation(W, lr, n_random=n_random, seed=seed, w_svd=w_svd, name=name, random_proj=rp,
+                                     w_norm=w_norm)
                     upd = dict(w_norm=c.w_norm, w_sigma1=float(w_svd.S[0]), proj_delta=c.proj_delta,
                                proj_w=c.proj_w, proj_random=c.proj_random, proj_random_std=c.proj_random_std,
                                proj_random_rms=c.proj_random_rms, proj_random_expected=c.proj_random_expected,
@@ -174,7 +187,7 @@ def analyse_adapters(adapters, *, base=None, modules=None, layers=None, n_random
                     out.append((i, name, c, upd))
                 return out
 
-            for done in map_ordered(one_weight, read_base(base, list(by_base)), jobs=jobs, alone_threads=None):
+            for done in map_ordered(one_weight, read_base(base, list(by_base), stored=True), jobs=jobs):
                 for i, name, c, upd in done:
                     runs[i][4][name] = c
                     runs[i][2][name].update(upd)

@@ -43,6 +43,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from analysis.core.adapter import natural_key, select_modules, split_name
+from analysis.core.threads import map_ordered
 from analysis.errors import AdapterError
 from analysis.metrics.stability import prefix_stability
 from analysis.sweeps.common import progress as progress_bar
@@ -135,7 +136,7 @@ def _targets(a, names):
 
 
 def advise_ranks(a, b, *, side="both", n_std=3.0, min_rank=1, modules=None, layers=None, trials=200, seed=0,
-                 progress=False, keep_cache=False):
+                 progress=False, keep_cache=False, jobs=None):
     """Advised rank per module: the leading directions two adapters share.
 
     Parameters
@@ -158,6 +159,10 @@ def advise_ranks(a, b, *, side="both", n_std=3.0, min_rank=1, modules=None, laye
         Progress bar on standard error.
     keep_cache : bool
         Keep each module's SVDs cached after use.
+    jobs : int, optional
+        Modules worked on at once (threads, BLAS pinned to one thread in each; see
+        :mod:`analysis.core.threads`); default: the cores available to the process. Memory is bounded by
+        ``jobs`` modules of each adapter; the result does not depend on it.
 
     Returns
     -------
@@ -177,8 +182,8 @@ def advise_ranks(a, b, *, side="both", n_std=3.0, min_rank=1, modules=None, laye
     names = select_modules(set(ea) & set(eb), modules=modules, layers=layers)
     only_a = sorted(set(ea) - set(eb), key=natural_key)
     only_b = sorted(set(eb) - set(ea), key=natural_key)
-    rows = []
-    for name in progress_bar(names, enabled=progress):
+
+    def one(name):
         la, lb = ea[name], eb[name]
         if la.shape != lb.shape:
             raise AdapterError(f"module {name!r} has ΔW of shape {lb.shape} here and {la.shape} in {a.path}; "
@@ -196,17 +201,21 @@ def advise_ranks(a, b, *, side="both", n_std=3.0, min_rank=1, modules=None, laye
         else:
             pick = side
         layer, module = split_name(name)
-        rows.append({"name": name, "layer": layer, "module": module, "d_out": la.shape[0], "d_in": la.shape[1],
-                     "r_a": la.r, "r_b": lb.r, "rank_a": la.rank, "rank_b": lb.rank, "zero": zero,
-                     **{f"shared_{s}": v for s, v in shared.items()},
-                     **{f"needed_{s}": v for s, v in needed.items()},
-                     "basis": pick, "shared": shared[pick], "needed": needed[pick], "cap": caps[pick],
-                     "advised": max(needed[pick], int(min_rank)),
-                     "capped": bool(st[pick] is not None and st[pick].at_cap),
-                     "top_cos2": float(st[pick].cos2[0, 0]) if st[pick] is not None else np.nan})
+        row = {"name": name, "layer": layer, "module": module, "d_out": la.shape[0], "d_in": la.shape[1],
+               "r_a": la.r, "r_b": lb.r, "rank_a": la.rank, "rank_b": lb.rank, "zero": zero,
+               **{f"shared_{s}": v for s, v in shared.items()},
+               **{f"needed_{s}": v for s, v in needed.items()},
+               "basis": pick, "shared": shared[pick], "needed": needed[pick], "cap": caps[pick],
+               "advised": max(needed[pick], int(min_rank)),
+               "capped": bool(st[pick] is not None and st[pick].at_cap),
+               "top_cos2": float(st[pick].cos2[0, 0]) if st[pick] is not None else np.nan}
         if not keep_cache:
             la.clear_cache()
             lb.clear_cache()
+        return row
+
+    # in order, whatever ``jobs``: at most ``jobs`` modules in flight, the first error raised as a serial run would
+    rows = list(progress_bar(map_ordered(one, names, jobs=jobs), enabled=progress, total=len(names)))
     frame = pd.DataFrame(rows)
     return RankAdvice(frame=frame, side=side, n_std=float(n_std), min_rank=int(min_rank), a_path=a.path,
                       b_path=b.path, only_a=only_a, only_b=only_b,

@@ -49,7 +49,9 @@ def compute(tasks, *, client=None):
     ----------
     tasks : list of dask.delayed.Delayed
     client : distributed.Client or str, optional
-        None: Dask's local threaded scheduler (one thread per core). A ``Client``: that cluster.
+        None: Dask's local threaded scheduler, one thread per core this process may use
+        (:func:`~analysis.core.threads.available_cores`), BLAS pinned to one thread in each. A ``Client``:
+        that cluster.
         A string: the address of a running scheduler (``tcp://host:8786``); a client is opened and closed.
 
     Returns
@@ -60,7 +62,10 @@ def compute(tasks, *, client=None):
     import dask
 
     if client is None:
-        return list(dask.compute(*tasks, scheduler="threads", num_workers=os.cpu_count() or 1))
+        from analysis.core.threads import available_cores, blas_threads
+
+        with blas_threads(1):
+            return list(dask.compute(*tasks, scheduler="threads", num_workers=available_cores()))
     if isinstance(client, (str, os.PathLike)):
         from distributed import Client
 

@@ -2,7 +2,9 @@
 
 Both models are read lazily (:func:`analysis.io.base.open_base`: HF folder,
 sharded folder, single ``.safetensors``, GGUF for the base), one module at a
-time: at most one base and one fine-tuned tensor are in memory. For each 2-D
+time, in the caller's thread; ``jobs`` modules are decomposed at once (threads,
+BLAS pinned to one thread in each, :mod:`analysis.core.threads`), so at most
+``jobs`` + 1 base and fine-tuned tensor pairs are in memory. For each 2-D
 weight present in both, ΔW = W_ft − W₀ (float64), its top singular values by
 :func:`analysis.core.randomized_svd` (fixed seed), ‖ΔW‖_F exactly, and the
 energy captured by rank k, Σ_{i≤k} σ_i² / ‖ΔW‖_F². The rank-k truncations can
@@ -19,6 +21,7 @@ import numpy as np
 
 from analysis.core.adapter import is_embedding_name, natural_key, select_modules, split_name
 from analysis.core.randomized import randomized_svd
+from analysis.core.threads import map_ordered
 from analysis.errors import AdapterError
 from analysis.metrics.spectrum import energy_retained, relative_error
 from analysis.sweeps.common import progress as progress_bar
@@ -72,7 +75,7 @@ class FinetuneDeltas:
 
 
 def finetune_deltas(base, finetuned, *, rank, spectrum=None, modules=None, layers=None, alpha=None,
-                    fan_in_fan_out=False, oversample=10, n_iter=4, seed=0, progress=False):
+                    fan_in_fan_out=False, oversample=10, n_iter=4, seed=0, progress=False, jobs=None):
     """Randomized low-rank view of every module's fine-tuning update.
 
     Parameters
@@ -96,6 +99,11 @@ def finetune_deltas(base, finetuned, *, rank, spectrum=None, modules=None, layer
         Of :func:`analysis.core.randomized_svd`.
     progress : bool
         Progress bar on standard error.
+    jobs : int, optional
+        Modules decomposed at once (threads, BLAS pinned to one thread in each; see
+        :mod:`analysis.core.threads`); default: the cores available to the process. BLAS stays on one thread
+        with 1 job too, so that the result does not depend on ``jobs`` (``seconds`` aside: a multithreaded
+        LAPACK gives other last bits). Memory: ``jobs`` + 1 pairs of tensors (and their ΔW).
 
     Returns
     -------
@@ -113,45 +121,63 @@ def finetune_deltas(base, finetuned, *, rank, spectrum=None, modules=None, layer
         raise ValueError(f"spectrum ({spectrum}) must be >= rank ({rank})")
     alpha = float(rank if alpha is None else alpha)
     rows, longs, out, skipped = [], [], {}, {}
+
+    def one(item):
+        name, W0, W1, t_read = item
+        item.clear()  # the tensors go with the locals below, not with the task's argument
+        t0 = time.perf_counter()
+        if W1.shape != W0.shape:
+            raise AdapterError(f"expected shape {W0.shape} as in the base, got {W1.shape}",
+                               path=b1.path, key=name + ".weight")
+        D = W1.astype(np.float64) - W0  # (d_out, d_in), or (d_in, d_out) stored for Conv1D
+        stored = W0.shape
+        del W0, W1
+        if fan_in_fan_out:
+            D = D.T  # (d_out, d_in)
+        fro = float(np.linalg.norm(D))
+        k = min(int(rank), *D.shape)
+        ks = min(spectrum, *D.shape)
+        layer, module = split_name(name)
+        lr = None
+        if fro == 0.0:
+            S = np.zeros(0)
+        else:
+            U, S, V = randomized_svd(D, ks, oversample=oversample, n_iter=n_iter, seed=seed)
+            kind = "embedding" if is_embedding_name(name) else "linear"
+            lr = from_svd(U[:, :k], S[:k], V[:, :k], alpha=alpha, name=name, kind=kind, weight_shape=stored,
+                          source=str(finetuned), meta={"format": "peft", "fan_in_fan_out": bool(fan_in_fan_out)})
+        energy = energy_retained(S, total=fro * fro)  # (ks,): the exact ‖ΔW‖_F² as denominator
+        e_k = float(energy[k - 1]) if S.size else 1.0
+        row = {"name": name, "layer": layer, "module": module, "d_out": D.shape[0], "d_in": D.shape[1],
+               "k": k, "fro": fro, "sigma1": float(S[0]) if S.size else 0.0, "energy_k": e_k,
+               "rel_error_k": float(relative_error(e_k)), "zero": fro == 0.0,
+               "seconds": t_read + time.perf_counter() - t0}
+        long = (pd.DataFrame({"name": name, "layer": layer, "module": module, "i": np.arange(1, S.size + 1),
+                              "sigma": S, "energy": energy}) if S.size else None)
+        return name, lr, row, long
+
     with open_base(base) as b0, open_base(finetuned) as b1:
         n0, n1 = set(b0.names()), set(b1.names())
         mats = set(b0.names(matrices_only=True)) & set(b1.names(matrices_only=True))
         for n in sorted(n0 ^ n1, key=natural_key):
             skipped[n] = "only in the base" if n in n0 else "only in the fine-tuned model"
         names = select_modules(mats, modules=modules, layers=layers)
-        for name, W0 in progress_bar(b0.weights(names), enabled=progress, total=len(names)):
-            t0 = time.perf_counter()
-            W1 = b1.weight(name)
-            if W1.shape != W0.shape:
-                raise AdapterError(f"expected shape {W0.shape} as in the base, got {W1.shape}",
-                                   path=b1.path, key=name + ".weight")
-            D = W1.astype(np.float64) - W0  # (d_out, d_in), or (d_in, d_out) stored for Conv1D
-            stored = W0.shape
-            del W0, W1
-            if fan_in_fan_out:
-                D = D.T  # (d_out, d_in)
-            fro = float(np.linalg.norm(D))
-            k = min(int(rank), *D.shape)
-            ks = min(spectrum, *D.shape)
-            layer, module = split_name(name)
-            if fro == 0.0:
-                S = np.zeros(0)
-            else:
-                U, S, V = randomized_svd(D, ks, oversample=oversample, n_iter=n_iter, seed=seed)
-                kind = "embedding" if is_embedding_name(name) else "linear"
-                out[name] = from_svd(U[:, :k], S[:k], V[:, :k], alpha=alpha, name=name, kind=kind,
-                                     weight_shape=stored, source=str(finetuned),
-                                     meta={"format": "peft", "fan_in_fan_out": bool(fan_in_fan_out)})
-            energy = energy_retained(S, total=fro * fro)  # (ks,): the exact ‖ΔW‖_F² as denominator
-            e_k = float(energy[k - 1]) if S.size else 1.0
-            rows.append({"name": name, "layer": layer, "module": module, "d_out": D.shape[0], "d_in": D.shape[1],
-                         "k": k, "fro": fro, "sigma1": float(S[0]) if S.size else 0.0, "energy_k": e_k,
-                         "rel_error_k": float(relative_error(e_k)), "zero": fro == 0.0,
-                         "seconds": time.perf_counter() - t0})
-            del D
-            if S.size:
-                longs.append(pd.DataFrame({"name": name, "layer": layer, "module": module,
-                                           "i": np.arange(1, S.size + 1), "sigma": S, "energy": energy}))
+
+        def pairs():  # read here, in the caller's thread, one module at a time: the readers stay single-threaded
+            for name, W0 in b0.weights(names):
+                t0 = time.perf_counter()
+                item = [name, W0, b1.weight(name), None]  # emptied by the task that takes it
+                item[3] = time.perf_counter() - t0
+                del W0
+                yield item
+
+        done = map_ordered(one, pairs(), jobs=jobs)
+        for name, lr, row, long in progress_bar(done, enabled=progress, total=len(names)):
+            if lr is not None:
+                out[name] = lr
+            rows.append(row)
+            if long is not None:
+                longs.append(long)
     long = (pd.concat(longs, ignore_index=True) if longs else
             pd.DataFrame(columns=["name", "layer", "module", "i", "sigma", "energy"]))
     return FinetuneDeltas(frame=pd.DataFrame(rows), long=long, modules=out, rank=int(rank), alpha=alpha,

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from analysis.core.adapter import natural_key, split_name
+from analysis.core.threads import map_ordered
 from analysis.core.truncate import truncate
 from analysis.errors import AdapterError
 from analysis.metrics.pair import TIE_RTOL, near_tied_cuts
@@ -162,16 +163,22 @@ def _kohya_shapes(src, base):
     return {name: tuple(W.shape) for name, W in base.weights(flat)}
 
 
-def _default_alpha(adapter, ks):
+def _source_alpha(adapter):
+    """``lora_alpha`` of a PEFT LoRA source's config, or ``None``."""
     a = adapter.config.get("lora_alpha") if adapter.config.get("peft_type", "LORA") == "LORA" else None
-    if isinstance(a, (int, float)) and not isinstance(a, bool) and a > 0:
-        return float(a)
+    return float(a) if isinstance(a, (int, float)) and not isinstance(a, bool) and a > 0 else None
+
+
+def _default_alpha(adapter, ks):
+    a = _source_alpha(adapter)
+    if a is not None:
+        return a
     counts = Counter(max(k, 1) for k in ks)
     return float(max(counts, key=lambda k: (counts[k], k)))
 
 
 def resize_adapter(adapter, *, rank=None, energy=None, pattern=None, alpha=None, tie_rtol=TIE_RTOL,
-                   progress=False):
+                   progress=False, jobs=None):
     """Truncate every module of an adapter to its best rank-k approximation.
 
     Parameters
@@ -194,6 +201,13 @@ def resize_adapter(adapter, *, rank=None, energy=None, pattern=None, alpha=None,
         truncation is then not unique).
     progress : bool
         Progress bar on standard error.
+    jobs : int, optional
+        Modules worked on at once (threads, BLAS pinned to one thread in each; see
+        :mod:`analysis.core.threads`); default: the cores available to the process. The result does not
+        depend on it. When ``lora_alpha`` is known before the ranks (``alpha`` given, or the source's
+        config has one) each module is read, truncated and its SVD dropped in one go (at most ``jobs``
+        SVDs in memory); otherwise (the default α depends on every module's new rank) the SVDs are kept
+        from the first pass over the modules (the ranks) to the second (the truncations).
 
     Returns
     -------
@@ -212,12 +226,11 @@ def resize_adapter(adapter, *, rank=None, energy=None, pattern=None, alpha=None,
         raise ValueError(f"energy must be in (0, 1], got {energy!r}")
     if pattern is not None and not isinstance(pattern, tuple):
         pattern = read_rank_pattern(pattern)
-    spectra, targets = {}, {}
     names = sorted(adapter, key=natural_key)
-    for name in progress_bar(names, enabled=progress):
+
+    def target(name):
         lr = adapter[name]
         S = lr.singular_values()  # (n,); raises MissingAlphaError if α is unknown
-        spectra[name] = S
         if rank is not None:
             t = int(rank)
         elif energy is not None:
@@ -225,23 +238,35 @@ def resize_adapter(adapter, *, rank=None, energy=None, pattern=None, alpha=None,
         else:
             t = rank_from_pattern(name, pattern[0], pattern[1], source=adapter.path)
             t = lr.r if t is None else t
-        targets[name] = min(t, S.size)
-    alpha = float(alpha) if alpha is not None else _default_alpha(adapter, targets.values())
-    modules, rows = {}, []
-    for name in names:
+        return name, S, min(t, S.size)
+
+    def cut(item, alpha):
+        name, S, k = item
         lr = adapter[name]
-        S, k = spectra[name], targets[name]
-        modules[name] = truncate(lr, k, alpha=alpha)
+        out = truncate(lr, k, alpha=alpha)
         lr.clear_cache()
         tot = float(np.sum(S * S))
         e = float(energy_retained(S)[k - 1]) if k and tot > 0 else float(tot == 0)  # a zero update keeps all
         layer, module = split_name(name)
-        rows.append({"name": name, "layer": layer, "module": module, "r": lr.r, "rank": int(S.size), "k": k,
-                     "r_written": modules[name].r, "energy": e, "rel_error": float(relative_error(e)),
+        return out, {"name": name, "layer": layer, "module": module, "r": lr.r, "rank": int(S.size), "k": k,
+                     "r_written": out.r, "energy": e, "rel_error": float(relative_error(e)),
                      "fro": float(np.sqrt(tot)), "fro_kept": float(np.sqrt(np.sum(S[:k] ** 2))),
                      "sigma_k": float(S[k - 1]) if k else 0.0,
                      "sigma_next": float(S[k]) if k < S.size else 0.0,
-                     "cut_tied": k in near_tied_cuts(S, rtol=tie_rtol)})
+                     "cut_tied": k in near_tied_cuts(S, rtol=tie_rtol)}
+
+    alpha = float(alpha) if alpha is not None else _source_alpha(adapter)
+    if alpha is not None:  # one pass: each module's SVD dropped as soon as it is truncated
+        done = map_ordered(lambda name: cut(target(name), alpha), names, jobs=jobs)
+    else:  # the default α needs every new rank first: the SVDs stay cached from the first pass to the second
+        ranked = list(progress_bar(map_ordered(target, names, jobs=jobs), enabled=progress, total=len(names),
+                                   desc="ranks"))
+        alpha = _default_alpha(adapter, [k for _, _, k in ranked])
+        done = map_ordered(lambda item: cut(item, alpha), ranked, jobs=jobs)
+    modules, rows = {}, []
+    for out, row in progress_bar(done, enabled=progress, total=len(names)):
+        modules[row["name"]] = out
+        rows.append(row)
     notes = []
     if any(lr.kind == "merged" for lr in adapter.values()):
         notes.append("merged (loralib MergedLinear) modules are truncated as one update of the whole weight")
