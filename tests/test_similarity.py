@@ -131,3 +131,27 @@ def test_gaussian_similarity_is_the_random_null():
     assert res.phi.shape == (16, 16) and res.d == 400
     assert np.abs(res.phi - res.null).max() < 0.08
     assert np.array_equal(res.phi, gaussian_similarity(16, 16, 400, seed=3).phi)
+
+
+@pytest.mark.parametrize("r1, r2", [(8, 64), (64, 8), (4, 4)])
+def test_all_sides_at_once_equal_each_side_alone_and_scipy(r1, r2):
+    """module_similarities shares one pass over each factor's basis between the sides that live in its span:
+    the same φ and angles as one side at a time, and as scipy on the explicitly formed bases; a near-identical
+    pair (small angles, from sines) included."""
+    from analysis.metrics.pair import SIDES, module_similarities
+
+    rng = np.random.default_rng(r1 * 100 + r2)
+    d_out, d_in = 96, 80
+    la = LowRank(rng.standard_normal((r1, d_in)), rng.standard_normal((d_out, r1)), scale=1.0)
+    lb = LowRank(rng.standard_normal((r2, d_in)), rng.standard_normal((d_out, r2)), scale=1.0)
+    near = LowRank(la.lora_A + 1e-9 * rng.standard_normal(la.lora_A.shape), la.lora_B, scale=1.0)
+    for x, y in ((la, lb), (la, near)):
+        both = module_similarities(x, y, sides=SIDES)
+        assert list(both) == list(SIDES)
+        for side in SIDES:
+            one = module_similarity(x, y, side=side)
+            np.testing.assert_allclose(both[side].phi, one.phi, rtol=0, atol=1e-14)
+            np.testing.assert_allclose(both[side].angles, one.angles, rtol=0, atol=1e-14)
+            ref = np.sort(scipy.linalg.subspace_angles(x.basis(side), y.basis(side)))
+            np.testing.assert_allclose(both[side].angles, ref, rtol=1e-9, atol=1e-12)
+            np.testing.assert_allclose(both[side].phi, _phi_bruteforce(x.basis(side), y.basis(side)), atol=1e-12)

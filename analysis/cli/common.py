@@ -183,8 +183,10 @@ def run(body, args):
         130 on Ctrl-C (outputs being written are removed by their writers);
         1 for anything else.
     """
+    from analysis.core.allocator import reuse_freed_memory
     from analysis.core.threads import blas_threads
 
+    reuse_freed_memory()  # each module's arrays reuse the last module's pages (no page faults per module)
     for var in _THREAD_VARS:  # BLAS / OpenMP libraries loaded from here on (scipy's, torch's) start with one thread
         os.environ.setdefault(var, "1")
     try:

@@ -7,10 +7,11 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from analysis.core.lowrank import LowRank
-from analysis.metrics.similarity import phi_and_angles, random_null, random_null_std
+from analysis.metrics.similarity import phi_and_angles_many, random_null, random_null_std
 from analysis.metrics.stability import PrefixStability, stability_from_overlap
 
-__all__ = ["SIDES", "TIE_RTOL", "SimilarityResult", "module_similarity", "near_tied_cuts", "gaussian_similarity"]
+__all__ = ["SIDES", "TIE_RTOL", "SimilarityResult", "module_similarity", "module_similarities", "near_tied_cuts",
+           "gaussian_similarity"]
 
 SIDES = ("A", "B", "input", "output")
 def _cols(parts):
@@ -161,29 +162,61 @@ def module_similarity(lr1: LowRank, lr2: LowRank, *, side: str = "A", tie_rtol: 
     -------
     SimilarityResult
     """
-    if side not in SIDES:
-        raise ValueError(f"side must be one of {SIDES}, got {side!r}")
+    return module_similarities(lr1, lr2, sides=(side,), tie_rtol=tie_rtol, name=name)[side]
+
+
+def module_similarities(lr1: LowRank, lr2: LowRank, *, sides=SIDES, tie_rtol: float = TIE_RTOL,
+                        name: str | None = None) -> dict:
+    """:func:`module_similarity` on several sides at once: one pass over each factor's basis they share.
+
+    The input side and lora_A's share the span of Aᵀ, the output side and lora_B's that of B, so their
+    products with the larger adapter's basis are taken together (:func:`~analysis.metrics.similarity.
+    phi_and_angles_many`); the results are those of :func:`module_similarity` on each side.
+
+    Parameters
+    ----------
+    lr1, lr2 : LowRank
+    sides : sequence of {"A", "B", "input", "output"}
+    tie_rtol : float
+    name : str, optional
+
+    Returns
+    -------
+    dict[str, SimilarityResult]
+        One per side, in the order given.
+    """
+    for side in sides:
+        if side not in SIDES:
+            raise ValueError(f"side must be one of {SIDES}, got {side!r}")
     if lr1.shape != lr2.shape:
         raise ValueError(
             f"module {name or lr1.name!r}: ΔW shapes differ, {lr1.shape} vs {lr2.shape}; "
             "compare the same module of adapters on the same base model")
-    d = lr1.shape[1] if side in ("A", "input") else lr1.shape[0]
     zero1, zero2 = lr1.is_zero, lr2.is_zero
     # the bases as (Q, Y) products: only the smaller one is formed (O(d r1 r2), not O(d r²))
-    p1 = None if zero1 else lr1.basis_parts(side)
-    p2 = None if zero2 else lr2.basis_parts(side)
-    if p1 is None or p2 is None or 0 in (_cols(p1), _cols(p2)):
-        phi = overlap = np.zeros((0, 0))
-        angles = np.zeros(0)
-    else:
-        phi, angles, overlap = phi_and_angles(p1, p2)
-    k1, k2 = phi.shape
-    return SimilarityResult(
-        name=name if name is not None else lr1.name, side=side, phi=phi,
-        null=random_null(k1, k2, d), null_std=random_null_std(k1, k2, d), angles=angles, d=d,
-        r1=lr1.r, r2=lr2.r, zero1=zero1, zero2=zero2, overlap=overlap,
-        ties1=near_tied_cuts(lr1.side_singular_values(side), rtol=tie_rtol) if not zero1 else (),
-        ties2=near_tied_cuts(lr2.side_singular_values(side), rtol=tie_rtol) if not zero2 else ())
+    parts = {}
+    for side in sides:
+        p1 = None if zero1 else lr1.basis_parts(side)
+        p2 = None if zero2 else lr2.basis_parts(side)
+        if not (p1 is None or p2 is None or 0 in (_cols(p1), _cols(p2))):
+            parts[side] = (p1, p2)
+    done = dict(zip(parts, phi_and_angles_many(list(parts.values()))))
+    out = {}
+    for side in sides:
+        d = lr1.shape[1] if side in ("A", "input") else lr1.shape[0]
+        if side in done:
+            phi, angles, overlap = done[side]
+        else:
+            phi = overlap = np.zeros((0, 0))
+            angles = np.zeros(0)
+        k1, k2 = phi.shape
+        out[side] = SimilarityResult(
+            name=name if name is not None else lr1.name, side=side, phi=phi,
+            null=random_null(k1, k2, d), null_std=random_null_std(k1, k2, d), angles=angles, d=d,
+            r1=lr1.r, r2=lr2.r, zero1=zero1, zero2=zero2, overlap=overlap,
+            ties1=near_tied_cuts(lr1.side_singular_values(side), rtol=tie_rtol) if not zero1 else (),
+            ties2=near_tied_cuts(lr2.side_singular_values(side), rtol=tie_rtol) if not zero2 else ())
+    return out
 
 
 def gaussian_similarity(r1: int, r2: int, d: int, *, seed: int = 0) -> SimilarityResult:

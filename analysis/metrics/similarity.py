@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 __all__ = ["subspace_similarity", "principal_angles", "random_null", "random_null_std",
-           "check_orthonormal", "phi_grid", "phi_and_angles"]
+           "check_orthonormal", "phi_grid", "phi_and_angles", "phi_and_angles_many"]
 
 
 def check_orthonormal(U, name="U", *, atol=None):
@@ -174,16 +174,60 @@ def phi_and_angles(p1, p2):
     M : (k1, k2) ndarray
         The products U1ᵀ U2 the φ grid is made of.
     """
+    return phi_and_angles_many([(p1, p2)])[0]
+
+
+def phi_and_angles_many(pairs):
+    """:func:`phi_and_angles` for several pairs of bases, one pass over each larger ``Q`` they share.
+
+    The sides of one module share their factors' ``Q`` (ΔW's input side and lora_A's side both live in the
+    span of Aᵀ, output and B in that of B), so the products with the larger basis of each pair are taken
+    together: ``[U_s1 U_s2 …]ᵀ Q``, one pass over Q instead of one per side. The results are those of
+    :func:`phi_and_angles` on each pair.
+
+    Parameters
+    ----------
+    pairs : list of ((Q, Y), (Q, Y))
+
+    Returns
+    -------
+    list of (phi, angles, M)
+    """
     def cols(p):
         return p[0].shape[1] if p[1] is None else p[1].shape[1]
 
-    swap = cols(p1) > cols(p2)
-    (Qs, Ys), (Ql, Yl) = (p2, p1) if swap else (p1, p2)
-    Us = Qs if Ys is None else Qs @ Ys  # (d, ks): the smaller basis, formed
-    G = Us.T @ Ql  # (ks, d) @ (d, rl) -> (ks, rl)
-    M = G if Yl is None else G @ Yl  # (ks, kl) = Usᵀ Ul
-    M12 = M.T if swap else M  # (k1, k2) = U1ᵀ U2
-    return _phi_from(M12), _angles_from(M, lambda: Us - Ql @ (M.T if Yl is None else Yl @ M.T)), M12  # R: (d, ks)
+    staged, groups = [], {}
+    for p1, p2 in pairs:
+        swap = cols(p1) > cols(p2)
+        (Qs, Ys), (Ql, Yl) = (p2, p1) if swap else (p1, p2)
+        staged.append([swap, Qs, Ys, Ql, Yl])
+        groups.setdefault(id(Ql), []).append(len(staged) - 1)
+    G = [None] * len(staged)
+    for members in groups.values():
+        Ql = staged[members[0]][3]
+        ks = [cols(staged[i][1:3]) for i in members]
+        # the smaller bases, formed straight into the rows of one (Σks, d) array: Usᵀ = Ysᵀ Qsᵀ
+        UsT = np.empty((sum(ks), Ql.shape[0]))
+        at = 0
+        for i, k in zip(members, ks):
+            _, Qs, Ys = staged[i][:3]
+            if Ys is None:
+                UsT[at:at + k] = Qs.T
+            else:
+                np.matmul(Ys.T, Qs.T, out=UsT[at:at + k])  # (ks, r) @ (r, d) -> (ks, d)
+            staged[i][1], at = UsT[at:at + k].T, at + k  # Us: (d, ks), a view
+        Gall = UsT @ Ql  # (Σks, d) @ (d, rl) -> (Σks, rl): one pass over Ql for every side in its span
+        at = 0
+        for i, k in zip(members, ks):
+            G[i], at = Gall[at:at + k], at + k
+    out = []
+    for (swap, Us, _, Ql, Yl), Gi in zip(staged, G):
+        M = Gi if Yl is None else Gi @ Yl  # (ks, kl) = Usᵀ Ul
+        M12 = M.T if swap else M  # (k1, k2) = U1ᵀ U2
+        out.append((_phi_from(M12),
+                    _angles_from(M, lambda Us=Us, Ql=Ql, Yl=Yl, M=M: Us - Ql @ (M.T if Yl is None else Yl @ M.T)),
+                    M12))  # R: (d, ks), Us outside span(Ul), formed only when some angle is small
+    return out
 
 
 def random_null(k1, k2, d):

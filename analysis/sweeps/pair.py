@@ -9,7 +9,7 @@ import numpy as np
 from analysis.core.adapter import Adapter, natural_key, select_modules, split_name
 from analysis.core.threads import map_ordered
 from analysis.errors import MissingAlphaError
-from analysis.metrics.pair import SIDES, module_similarity
+from analysis.metrics.pair import SIDES, module_similarities
 from analysis.sweeps.common import progress as progress_bar
 
 __all__ = ["PairSweep", "compare_adapters"]
@@ -93,10 +93,9 @@ def compare_adapters(a: Adapter, b: Adapter, *, sides=SIDES, modules=None, layer
                "d_in": la.shape[1], "r_a": la.r, "r_b": lb.r, "rank_a": la.rank, "rank_b": lb.rank,
                "fro_a": _maybe(la.norm), "fro_b": _maybe(lb.norm),
                "zero_a": la.is_zero, "zero_b": lb.is_zero}
-        res_by_side = {}
+        res_by_side = module_similarities(la, lb, sides=sides)
         for s in sides:
-            res = module_similarity(la, lb, side=s)
-            res_by_side[s] = res
+            res = res_by_side[s]
             row[f"phi11_{s}"] = np.nan if res.phi11 is None else res.phi11
             row[f"shared_dims_{s}"] = res.shared_dims()
             ang = res.angles

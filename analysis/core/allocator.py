@@ -1,0 +1,54 @@
+"""Keep freed memory for reuse: no page faults for every module's fresh arrays.
+
+A sweep allocates and frees the same few large arrays for every module (a factor read from disk, widened to
+float32, then to float64; its Gram matrix; the products of the φ grids). glibc's malloc hands each allocation
+above its mmap threshold (128 KiB at first, at most 32 MiB) fresh pages from the kernel and returns them on
+free, so every module pays its arrays' page faults again: measured on the 70B-shaped pair of the benchmark, a
+million minor faults and 2.4 s of system time in a 5.6 s run. :func:`reuse_freed_memory` raises the
+threshold to its maximum and lets the heap keep what is freed (glibc's ``mallopt``), so the arrays of the
+next module reuse those pages: 48 thousand faults, 0.6 s of system time, for 40 MiB more peak memory there.
+The commands call it at start (:func:`analysis.cli.common.run`); notebooks may call it once.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import sys
+
+__all__ = ["reuse_freed_memory"]
+
+_M_TRIM_THRESHOLD, _M_TOP_PAD, _M_MMAP_THRESHOLD = -1, -2, -3
+_DONE = []
+
+
+def reuse_freed_memory(*, mmap_threshold=32 << 20, trim_threshold=1 << 30, top_pad=64 << 20):
+    """Make glibc keep freed memory in the process for the next allocations (idempotent).
+
+    Parameters
+    ----------
+    mmap_threshold : int
+        Allocations at least this large still get their own mapping (32 MiB is glibc's maximum).
+    trim_threshold : int
+        Free memory at the top of the heap kept before it is returned to the kernel.
+    top_pad : int
+        Extra memory asked of the kernel whenever the heap grows.
+
+    Returns
+    -------
+    bool
+        True when the settings were applied (Linux with glibc); False elsewhere (nothing changed).
+    """
+    if _DONE:
+        return _DONE[0]
+    ok = False
+    if sys.platform.startswith("linux"):
+        try:
+            mallopt = ctypes.CDLL(None).mallopt
+            mallopt.argtypes, mallopt.restype = (ctypes.c_int, ctypes.c_int), ctypes.c_int
+            ok = all(mallopt(p, v) == 1 for p, v in ((_M_MMAP_THRESHOLD, mmap_threshold),
+                                                      (_M_TRIM_THRESHOLD, trim_threshold),
+                                                      (_M_TOP_PAD, top_pad)))
+        except (OSError, AttributeError):  # not glibc (musl has no mallopt)
+            ok = False
+    _DONE.append(ok)
+    return ok
