@@ -51,7 +51,8 @@ def compute(tasks, *, client=None):
     client : distributed.Client or str, optional
         None: Dask's local threaded scheduler, one thread per core this process may use
         (:func:`~analysis.core.threads.available_cores`), BLAS pinned to one thread in each. A ``Client``:
-        that cluster.
+        that cluster (its workers are told to keep freed memory for their next tasks:
+        :func:`~analysis.core.allocator.reuse_freed_memory`).
         A string: the address of a running scheduler (``tcp://host:8786``); a client is opened and closed.
 
     Returns
@@ -70,7 +71,14 @@ def compute(tasks, *, client=None):
         from distributed import Client
 
         with Client(str(client), timeout="30s") as c:
-            return list(c.gather(c.compute(list(tasks))))
+            return _on_client(c, tasks)
+    return _on_client(client, tasks)
+
+
+def _on_client(client, tasks):
+    from analysis.core.allocator import reuse_freed_memory
+
+    client.run(reuse_freed_memory)  # the workers keep freed memory for the next task's arrays (idempotent)
     return list(client.gather(client.compute(list(tasks))))
 
 
