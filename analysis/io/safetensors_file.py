@@ -12,7 +12,6 @@ of a float32.
 from __future__ import annotations
 
 import json
-import math
 import struct
 from pathlib import Path
 
@@ -134,23 +133,11 @@ class SafetensorsFile:
         if dt not in _STORED:
             raise AdapterError(f"expected a floating tensor (F64, F32, F16, BF16), got {dt}", path=self.path,
                                key=key)
-        shape = self.shapes[key]
-        count = math.prod(shape)
         begin, _ = self._offsets[key]
-        stored = np.dtype(_STORED[dt]).newbyteorder("<")
-        if lazy:
-            return StoredMatrix.from_file(self.path, self._data_start + begin, shape, _FORMAT[dt], key=key)
-        try:
-            with open(self.path, "rb") as fh:
-                fh.seek(self._data_start + begin)
-                raw = np.fromfile(fh, dtype=stored, count=count)
-        except OSError as e:
-            raise AdapterError(f"cannot read the tensor: {e}", path=self.path, key=key) from None
-        if raw.size != count:
-            raise AdapterError(f"expected {count} values, got {raw.size} (truncated file?)", path=self.path,
-                               key=key)
-        raw = raw.astype(stored.newbyteorder("="), copy=False).reshape(shape)
-        return StoredMatrix(raw, _FORMAT[dt], path=self.path, key=key)
+        out = StoredMatrix.from_file(self.path, self._data_start + begin, self.shapes[key], _FORMAT[dt], key=key)
+        if not lazy:
+            out.bits  # one positioned read now (AdapterError on a short read)
+        return out
 
     def __repr__(self):
         return f"SafetensorsFile({self.path!r}, {len(self.shapes)} tensors)"
