@@ -36,7 +36,7 @@ __all__ = ["SVDCache", "cache_dir", "file_identity", "tensor_file", "cached_topk
 
 DEFAULT_MAX_BYTES = 2 * 2**30
 _SUFFIX = ".npz"
-_VERSION = 2
+_VERSION = 3
 
 
 def cache_dir():

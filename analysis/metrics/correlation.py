@@ -52,7 +52,7 @@ def _check_W(W, lr=None, name=None):
         raise TypeError(f"W must be real, got dtype {W.dtype}")
     if lr is not None:
         _check_shape(W, lr, name)
-    # products with W run in its own precision (float32 for float32 / bf16 / fp16 weights), see _proj
+    # products with W run in its own precision (float32 for float32 / bf16 / fp16 weights), see _projections
     W = W.astype(work_dtype(W), copy=False)
     if not np.isfinite(W).all():
         raise ValueError(f"W of shape {W.shape} contains NaN or Inf")
@@ -85,13 +85,7 @@ def projection_norm(W, U, V):
     if U.ndim != 2 or V.ndim != 2 or U.shape[0] != W.shape[0] or V.shape[0] != W.shape[1]:
         raise ValueError(f"expected U (d_out={W.shape[0]}, k) and V (d_in={W.shape[1]}, k) for W of "
                          f"shape {W.shape}, got U {U.shape} and V {V.shape}")
-    return _proj(W, U, V)
-
-
-def _proj(W, U, V):
-    UW = matmul_f64(W.T, U).T  # ((d_in, d_out) @ (d_out, k))ᵀ -> (k, d_in), in W's precision, then float64
-    P = UW @ V  # (k, d_in) @ (d_in, k2) -> (k, k2)
-    return float(np.linalg.norm(P))
+    return _projections(W, [(U, V)])[0]
 
 
 def _projections(W, pairs):
@@ -227,7 +221,7 @@ def random_projections(W, k, *, n_random=10, seed=0):
     """
     W = _check_W(W)
     d_out, d_in = W.shape
-    return np.array([_proj(W, U, V) for U, V in random_bases(d_out, d_in, k, seed=seed, n=n_random)])
+    return np.array(_projections(W, random_bases(d_out, d_in, k, seed=seed, n=n_random)))  # one pass over W
 
 
 def as_array(W):
