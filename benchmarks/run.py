@@ -64,7 +64,7 @@ def build_parser():
     p.add_argument("--dense-all-ranks", action="store_true",
                    help="run the dense full SVD at d = 8192 for every r (default: the largest r only)")
     p.add_argument("--repeats", type=int, default=3, help="repeats of the 7B end-to-end pair")
-    p.add_argument("--repeats-70b", type=int, default=1, help="repeats of the 70B end-to-end pair")
+    p.add_argument("--repeats-70b", type=int, default=3, help="repeats of the 70B end-to-end pair")
     p.add_argument("--base-layers", type=int, default=4, help="layers of the synthetic 7B-shaped base")
     p.add_argument("--base-ranks", default="8", help="adapter ranks analysed against the base (e.g. 8,64)")
     p.add_argument("--n-random", type=int, default=10, help="random subspace draws per module (Table 7)")
@@ -374,8 +374,10 @@ def render(res):
                   "synthetic PEFT adapters (bf16 safetensors + adapter_config.json, LoRA on q, k, v, o, gate, up, "
                   "down of every layer; 7B: 32 layers, 4096 / 11008; 70B: 80 layers, 8192 / 28672, k/v "
                   "1024 × 8192), next to a fresh process running `import torch` and "
-                  "`safetensors.torch.load_file` of both files. Warm page cache; wall time (median) and peak "
-                  "RSS (the child's own `VmHWM`). "
+                  "`safetensors.torch.load_file` of both files, alternating. Warm page cache; wall time (median of "
+                  + " and ".join(f"{e['repeats']} run{'s' * (e['repeats'] != 1)} at {name.split('-')[2].split()[0]}"
+                                 for name, e in rows)
+                  + ") and peak RSS (the child's own `VmHWM`). "
                   "`load_file` maps the files without reading them; the *+ touch* column also reads one byte of "
                   "every 4 KiB page (informational).", "",
                   "| shapes | modules | r8 + r64 file sizes | import torch + load_file | + touch | CLI | time ratio | "
@@ -461,10 +463,12 @@ def _notes(res):
     e = res.get("e2e_7b")
     if e:
         out.append(f"- 7B end to end: the CLI reads both adapters one module at a time (no torch import: bf16 is "
-                   f"widened with numpy) and does, per module and adapter, a float64 CholeskyQR of both factors "
-                   f"(Householder when ill-conditioned) and the r × r SVDs; the four φ grids and angle sets "
-                   f"(A, B, input, output) multiply the rank-8 bases into the rank-64 factors without forming the "
-                   f"rank-64 bases — O((d_in + d_out) r₈ r₆₄) — so pandas / numpy start-up, the reads, the QRs and "
+                   f"widened with numpy) and factors, per module and adapter, both factors in float64 from their "
+                   f"Gram matrices (the eigendecomposition when well conditioned, which gives a factor's own "
+                   f"singular vectors at once; CholeskyQR2 or Householder otherwise), then the r × r SVD of the "
+                   f"core; the rank-8 factor's basis joins the rank-64 factor in its Gram matrix (8 more columns), "
+                   f"so the four φ grids and angle sets (A, B, input, output) need no pass of their own over the "
+                   f"rank-64 factors — pandas / numpy start-up, the reads, the Gram matrices and "
                    f"the JSON make up its {e['t_cli_s']:.1f} s; the baseline only imports torch and "
                    f"maps the files (`load_file` reads no tensor data: {e['t_load_s']:.1f} s, "
                    f"{e['t_load_touch_s']:.1f} s when every page is touched).")
@@ -482,9 +486,10 @@ def _notes(res):
                    f"({(e70['bytes_a'] + e70['bytes_b']) / 2**20:.0f} MiB) and factors each module "
                    f"({e70['modules']} modules × 2 adapters, d up to 28672): its work grows with the bytes. Most of "
                    "it is float64 arithmetic on the r = 64 factors that no exact method avoids: their Gram "
-                   "matrices for the QR (128 flop per value) and the products of the φ grids (the sides that "
-                   "share a factor's span in one pass); then the r × r SVDs (18 per module), the float32 → "
-                   "float64 widening and the read. The commands keep freed memory for the next module "
+                   "matrices (82 flop per value: a symmetric product over the 64 columns and the rank-8 basis "
+                   "riding along as 8 more for the φ grids); then 14 small decompositions per module (4 Gram "
+                   "eigendecompositions, the core SVDs, the principal angles), the float32 → float64 widening and "
+                   "the read. The commands keep freed memory for the next module "
                    "(`analysis.core.allocator`): without it every module's arrays were faulted in afresh, "
                    "a million page faults and 2.4 s of system time at 70B.")
     b = res.get("busy")

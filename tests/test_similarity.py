@@ -155,3 +155,35 @@ def test_all_sides_at_once_equal_each_side_alone_and_scipy(r1, r2):
             ref = np.sort(scipy.linalg.subspace_angles(x.basis(side), y.basis(side)))
             np.testing.assert_allclose(both[side].angles, ref, rtol=1e-9, atol=1e-12)
             np.testing.assert_allclose(both[side].phi, _phi_bruteforce(x.basis(side), y.basis(side)), atol=1e-12)
+
+
+def test_phi_and_angles_many_every_route_equals_the_formed_bases():
+    """One product per larger Q, whatever the smaller bases are: several made from one shared Q (through Qᵀ
+    once), one made from a Q with more columns than it (formed first), one already formed (Y None), a pair
+    given larger-first (swapped); each equals φ and scipy's angles on the formed bases."""
+    from analysis.metrics.similarity import phi_and_angles_many
+
+    rng = np.random.default_rng(7)
+    d = 120
+
+    def orth(k):
+        return np.linalg.qr(rng.standard_normal((d, k)))[0]
+
+    def rot(r, k):
+        return np.linalg.qr(rng.standard_normal((r, r)))[0][:, :k]  # (r, k), orthonormal columns
+
+    Ql, Qs, Qw = orth(40), orth(6), orth(9)
+    large = [(Ql, rot(40, 40)), (Ql, rot(40, 30)), (Ql, None)]
+    near = Ql[:, :5] + 1e-10 * rng.standard_normal((d, 5))  # a basis almost inside span(Ql): small angles
+    small = [(Qs, rot(6, 6)), (Qs, rot(6, 5)), (Qw, rot(9, 4)), (np.linalg.qr(near)[0], None)]
+    pairs = [(small[0], large[0]), (small[1], large[1]), (small[2], large[0]), (large[2], small[3]),
+             (small[3], large[2])]
+    got = phi_and_angles_many(pairs)
+    for (p1, p2), (phi, angles, M) in zip(pairs, got):
+        U1 = p1[0] if p1[1] is None else p1[0] @ p1[1]
+        U2 = p2[0] if p2[1] is None else p2[0] @ p2[1]
+        np.testing.assert_allclose(M, U1.T @ U2, rtol=0, atol=1e-13)
+        np.testing.assert_allclose(phi, _phi_bruteforce(U1, U2), rtol=0, atol=1e-13)
+        ref = np.sort(scipy.linalg.subspace_angles(U1, U2))
+        np.testing.assert_allclose(angles, ref, rtol=1e-9, atol=1e-12)
+    assert np.abs(got[3][1]).max() < 1e-8  # the near pair's angles came from sines

@@ -67,3 +67,64 @@ def test_rotation_invariance_still_holds():
     l1, l2 = LowRank(A, B), LowRank(Qr.T @ A, B @ Qr)
     assert np.allclose(l1.svd().S, l2.svd().S, rtol=1e-12)
     assert np.allclose(l1.basis("output"), l2.basis("output"), atol=1e-10)
+
+
+@pytest.mark.parametrize("m, r, cond, route", [(900, 24, 1.5, "eig"), (900, 24, 3.9, "eig"),
+                                               (900, 24, 50.0, "cholqr2"), (900, 24, 1e9, "householder"),
+                                               (20, 50, 1.0, "householder")])
+@pytest.mark.parametrize("order", ["C", "F"])
+def test_internal_qr_every_route_and_its_companion_products(m, r, cond, route, order):
+    """The factorisation LowRank keeps: Q = Q1 T orthonormal, M = Q R; well-conditioned factors (cond ≤ 4) by
+    the Gram's eigendecomposition, whose R has a known SVD (identity, M's singular values); a companion's
+    products Cᵀ Q1 from the same Gram equal the explicit product, on every route and memory order."""
+    from analysis.core.lowrank import _q_times, _tall_qr
+
+    M = np.asarray(_matrix(m, r, cond, seed=2), order=order)
+    if order == "C":
+        M = M.astype(np.float32)  # as a factor is read: widened inside, into the array its Gram is taken of
+    C = np.asarray(np.random.default_rng(4).standard_normal((m, 5)), order=order)
+    M_in, M = M, M.astype(np.float64)
+    for companion in (None, C):
+        qr = _tall_qr(M_in, companion=companion)
+        k = min(m, r)
+        Q = _q_times(qr, np.eye(k))  # (m, k)
+        assert np.abs(Q.T @ Q - np.eye(k)).max() < 1e-13
+        assert np.abs(Q @ qr.R - M).max() < 1e-13 * np.abs(M).max()
+        assert (qr.svd is not None) == (route == "eig")
+        assert (qr.T is None) == (route == "householder")
+        if qr.svd is not None:
+            Ur, S = qr.svd
+            np.testing.assert_allclose(S, np.linalg.svd(M, compute_uv=False), rtol=1e-13)
+            Vt = (Ur.T @ qr.R) / S[:, None]  # R = Ur diag(S) Vᵀ with Ur, V orthogonal, S descending
+            assert np.abs(Ur.T @ Ur - np.eye(k)).max() < 1e-14 and np.abs(Vt @ Vt.T - np.eye(k)).max() < 1e-12
+            assert np.all(np.diff(S) <= 0)
+        if companion is None:
+            assert qr.cross is None
+        else:
+            np.testing.assert_allclose(qr.cross, C.T @ qr.Q1, rtol=0, atol=1e-10 * np.abs(C).max() * np.abs(M).max())
+
+
+def test_factor_cross_with_or_without_the_qr_cached():
+    """LowRank.factor_cross gives Qᵀ Q1 whether the factor's QR rides on it or was computed before; the
+    module comparison that uses it equals the one on bases computed beforehand."""
+    from analysis.metrics.pair import module_similarities
+
+    rng = np.random.default_rng(9)
+    A, B = rng.standard_normal((16, 300)), rng.standard_normal((200, 16))
+    a, b = rng.standard_normal((4, 300)), rng.standard_normal((200, 4))
+    Q = np.linalg.qr(rng.standard_normal((300, 3)))[0]
+    fresh, cached = LowRank(A, B, scale=1.0), LowRank(A, B, scale=1.0)
+    cached.basis("A")
+    for lr in (fresh, cached):
+        Q1, cross = lr.factor_cross("A", Q)
+        np.testing.assert_allclose(cross, Q.T @ Q1, rtol=0, atol=1e-12)
+        assert Q1 is lr.basis_parts("input")[0]
+    with pytest.raises(ValueError, match="which"):
+        fresh.factor_cross("input", Q)
+    one = module_similarities(LowRank(a, b, scale=1.0), LowRank(A, B, scale=1.0))
+    before = LowRank(A, B, scale=1.0)
+    before.svd(), before.basis("A"), before.basis("B")  # every basis formed first: no pass is shared
+    two = module_similarities(LowRank(a, b, scale=1.0), before)
+    for side in one:
+        np.testing.assert_allclose(one[side].phi, two[side].phi, rtol=0, atol=1e-13)
+        np.testing.assert_allclose(one[side].angles, two[side].angles, rtol=0, atol=1e-12)

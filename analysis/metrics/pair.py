@@ -14,6 +14,7 @@ __all__ = ["SIDES", "TIE_RTOL", "SimilarityResult", "module_similarity", "module
            "gaussian_similarity"]
 
 SIDES = ("A", "B", "input", "output")
+_FACTOR = {"A": "A", "input": "A", "B": "B", "output": "B"}  # the factor whose span a side lives in
 def _cols(parts):
     """Columns of a basis given as ``(Q, Y)`` (see ``LowRank.basis_parts``)."""
     return parts[0].shape[1] if parts[1] is None else parts[1].shape[1]
@@ -192,6 +193,15 @@ def module_similarities(lr1: LowRank, lr2: LowRank, *, sides=SIDES, tie_rtol: fl
         raise ValueError(
             f"module {name or lr1.name!r}: ΔW shapes differ, {lr1.shape} vs {lr2.shape}; "
             "compare the same module of adapters on the same base model")
+    # the larger adapter's factors meet the smaller one's Q in their own Gram: one pass over each
+    lo, hi = (lr1, lr2) if lr1.r <= lr2.r else (lr2, lr1)
+    known = {}
+    if not lo.is_zero:
+        for which, side in {_FACTOR[s]: s for s in reversed(sides)}.items():
+            Q = lo.basis_parts(side)[0]  # (d, k_lo): lo's bases in this span are Q Y (or Q itself)
+            if Q.shape[1]:
+                Q_hi, cross = hi.factor_cross(which, Q)  # (d, r_hi), (k_lo, r_hi) = Qᵀ Q_hi
+                known[(id(Q), id(Q_hi))] = cross
     zero1, zero2 = lr1.is_zero, lr2.is_zero
     # the bases as (Q, Y) products: only the smaller one is formed (O(d r1 r2), not O(d r²))
     parts = {}
@@ -200,7 +210,7 @@ def module_similarities(lr1: LowRank, lr2: LowRank, *, sides=SIDES, tie_rtol: fl
         p2 = None if zero2 else lr2.basis_parts(side)
         if not (p1 is None or p2 is None or 0 in (_cols(p1), _cols(p2))):
             parts[side] = (p1, p2)
-    done = dict(zip(parts, phi_and_angles_many(list(parts.values()))))
+    done = dict(zip(parts, phi_and_angles_many(list(parts.values()), known=known)))
     out = {}
     for side in sides:
         d = lr1.shape[1] if side in ("A", "input") else lr1.shape[0]

@@ -177,57 +177,85 @@ def phi_and_angles(p1, p2):
     return phi_and_angles_many([(p1, p2)])[0]
 
 
-def phi_and_angles_many(pairs):
+def phi_and_angles_many(pairs, *, known=None):
     """:func:`phi_and_angles` for several pairs of bases, one pass over each larger ``Q`` they share.
 
     The sides of one module share their factors' ``Q`` (ΔW's input side and lora_A's side both live in the
     span of Aᵀ, output and B in that of B), so the products with the larger basis of each pair are taken
-    together: ``[U_s1 U_s2 …]ᵀ Q``, one pass over Q instead of one per side. The results are those of
+    together: one pass over each larger ``Q`` for every side in its span. Smaller bases that share their
+    ``Q`` too enter that pass as ``Qᵀ`` once (then ``Usᵀ Ql = Ysᵀ (Qsᵀ Ql)``) when ``Q`` has fewer columns
+    than the bases together, else as the formed bases ``Usᵀ = Ysᵀ Qsᵀ``. The results are those of
     :func:`phi_and_angles` on each pair.
 
     Parameters
     ----------
     pairs : list of ((Q, Y), (Q, Y))
+    known : dict, optional
+        ``{(id(Q1), id(Q2)): Q1ᵀ Q2}``: products already at hand (e.g. from
+        :meth:`~analysis.core.LowRank.factor_cross`), used instead of a pass over ``Q2``.
 
     Returns
     -------
     list of (phi, angles, M)
     """
-    def cols(p):
-        return p[0].shape[1] if p[1] is None else p[1].shape[1]
-
-    staged, groups = [], {}
+    staged = []
     for p1, p2 in pairs:
-        swap = cols(p1) > cols(p2)
+        swap = _cols(p1) > _cols(p2)
         (Qs, Ys), (Ql, Yl) = (p2, p1) if swap else (p1, p2)
-        staged.append([swap, Qs, Ys, Ql, Yl])
-        groups.setdefault(id(Ql), []).append(len(staged) - 1)
-    G = [None] * len(staged)
-    for members in groups.values():
-        Ql = staged[members[0]][3]
-        ks = [cols(staged[i][1:3]) for i in members]
-        # the smaller bases, formed straight into the rows of one (Σks, d) array: Usᵀ = Ysᵀ Qsᵀ
-        UsT = np.empty((sum(ks), Ql.shape[0]))
-        at = 0
-        for i, k in zip(members, ks):
-            _, Qs, Ys = staged[i][:3]
-            if Ys is None:
-                UsT[at:at + k] = Qs.T
-            else:
-                np.matmul(Ys.T, Qs.T, out=UsT[at:at + k])  # (ks, r) @ (r, d) -> (ks, d)
-            staged[i][1], at = UsT[at:at + k].T, at + k  # Us: (d, ks), a view
-        Gall = UsT @ Ql  # (Σks, d) @ (d, rl) -> (Σks, rl): one pass over Ql for every side in its span
-        at = 0
-        for i, k in zip(members, ks):
-            G[i], at = Gall[at:at + k], at + k
+        staged.append((swap, Qs, Ys, Ql, Yl))
+    G = _times_larger(staged, known or {})
     out = []
-    for (swap, Us, _, Ql, Yl), Gi in zip(staged, G):
+    for (swap, Qs, Ys, Ql, Yl), Gi in zip(staged, G):
         M = Gi if Yl is None else Gi @ Yl  # (ks, kl) = Usᵀ Ul
         M12 = M.T if swap else M  # (k1, k2) = U1ᵀ U2
-        out.append((_phi_from(M12),
-                    _angles_from(M, lambda Us=Us, Ql=Ql, Yl=Yl, M=M: Us - Ql @ (M.T if Yl is None else Yl @ M.T)),
-                    M12))  # R: (d, ks), Us outside span(Ul), formed only when some angle is small
+
+        def residual(Qs=Qs, Ys=Ys, Ql=Ql, Yl=Yl, M=M):  # (d, ks): Us outside span(Ul)
+            Us = Qs if Ys is None else Qs @ Ys  # (d, r) @ (r, ks)
+            return Us - Ql @ (M.T if Yl is None else Yl @ M.T)  # (d, rl) @ (rl, ks)
+        out.append((_phi_from(M12), _angles_from(M, residual), M12))  # R formed only when some angle is small
     return out
+
+
+def _cols(p):
+    """Columns of a basis given as ``(Q, Y)``."""
+    return p[0].shape[1] if p[1] is None else p[1].shape[1]
+
+
+def _times_larger(staged, known):
+    """``Usᵀ Ql`` (ks, rl) for each staged ``(swap, Qs, Ys, Ql, Yl)``, one product per distinct ``Ql``
+    (none where ``known`` holds ``Qsᵀ Ql`` or its transpose)."""
+    G = [None] * len(staged)
+    by_large = {}
+    for i, (_, Qs, Ys, Ql, _) in enumerate(staged):
+        if Ys is not None:
+            P = known.get((id(Qs), id(Ql)))
+            if P is None and (id(Ql), id(Qs)) in known:
+                P = known[(id(Ql), id(Qs))].T
+            if P is not None:
+                G[i] = Ys.T @ P  # (ks, r) @ (r, rl) = Ysᵀ (Qsᵀ Ql)
+                continue
+        by_large.setdefault(id(Ql), {}).setdefault(id(Qs) if Ys is not None else ("formed", i), []).append(i)
+    for groups in by_large.values():
+        lefts, uses = [], []  # the stacked left factor's row blocks; per block (members, through Qsᵀ?)
+        for members in groups.values():
+            Qs, Ys = staged[members[0]][1:3]
+            if Ys is not None and Qs.shape[1] <= sum(staged[i][2].shape[1] for i in members):
+                lefts.append(Qs.T)  # (r, d): Qsᵀ once for every basis made from it
+                uses.append((members, True))
+                continue
+            for i in members:
+                _, Qs, Ys = staged[i][:3]
+                lefts.append(Qs.T if Ys is None else Ys.T @ Qs.T)  # (ks, r) @ (r, d) -> (ks, d) = Usᵀ
+                uses.append(([i], False))
+        Ql = staged[uses[0][0][0]][3]
+        left = lefts[0] if len(lefts) == 1 else np.concatenate(lefts)  # (Σ rows, d)
+        P = left @ Ql  # (Σ rows, d) @ (d, rl): one pass over Ql for every side in its span
+        at = 0
+        for block, (members, through_q) in zip(lefts, uses):
+            Pb, at = P[at:at + block.shape[0]], at + block.shape[0]
+            for i in members:
+                G[i] = staged[i][2].T @ Pb if through_q else Pb  # (ks, r) @ (r, rl) = Ysᵀ (Qsᵀ Ql)
+    return G
 
 
 def random_null(k1, k2, d):

@@ -88,12 +88,12 @@ def compare_adapters(a: Adapter, b: Adapter, *, sides=SIDES, modules=None, layer
         la, lb = ea[name], eb[name]
         if la.shape != lb.shape:
             return name, None, None
+        res_by_side = module_similarities(la, lb, sides=sides)  # first: it takes the factors' QRs in one pass
         layer, module = split_name(name)
         row = {"name": name, "layer": layer, "module": module, "d_out": la.shape[0],
                "d_in": la.shape[1], "r_a": la.r, "r_b": lb.r, "rank_a": la.rank, "rank_b": lb.rank,
                "fro_a": _maybe(la.norm), "fro_b": _maybe(lb.norm),
                "zero_a": la.is_zero, "zero_b": lb.is_zero}
-        res_by_side = module_similarities(la, lb, sides=sides)
         for s in sides:
             res = res_by_side[s]
             row[f"phi11_{s}"] = np.nan if res.phi11 is None else res.phi11
