@@ -367,7 +367,8 @@ def render(res):
                          f"{_e(k['sv_err_factored'])} / {dsv} / {_e(k['sv_err_dense_lowrank'])} | "
                          f"{_e(k['sub_err_factored'])} / {dsub} / {_e(k['sub_err_dense_lowrank'])} |")
         lines.append("")
-    rows = [(name, res[key]) for name, key in (("Llama-2-7B shapes", "e2e_7b"), ("Llama-2-70B shapes", "e2e_70b"))
+    rows = [(name, short, res[key]) for name, short, key in (("Llama-2-7B shapes", "7B", "e2e_7b"),
+                                                              ("Llama-2-70B shapes", "70B", "e2e_70b"))
             if res.get(key)]
     if rows:
         lines += ["**End to end**: `python -m analysis.subspace r8 r64 --json out.json` as a fresh process on "
@@ -375,15 +376,14 @@ def render(res):
                   "down of every layer; 7B: 32 layers, 4096 / 11008; 70B: 80 layers, 8192 / 28672, k/v "
                   "1024 × 8192), next to a fresh process running `import torch` and "
                   "`safetensors.torch.load_file` of both files, alternating. Warm page cache; wall time (median of "
-                  + " and ".join(f"{e['repeats']} run{'s' * (e['repeats'] != 1)} at {name.split('-')[2].split()[0]}"
-                                 for name, e in rows)
+                  + " and ".join(f"{e['repeats']} run{'s' * (e['repeats'] != 1)} at {short}" for _, short, e in rows)
                   + ") and peak RSS (the child's own `VmHWM`). "
                   "`load_file` maps the files without reading them; the *+ touch* column also reads one byte of "
                   "every 4 KiB page (informational).", "",
                   "| shapes | modules | r8 + r64 file sizes | import torch + load_file | + touch | CLI | time ratio | "
                   "peak RSS load_file | peak RSS CLI | CLI RSS / larger adapter |",
                   "|---|---|---|---|---|---|---|---|---|---|"]
-        for name, e in rows:
+        for name, _, e in rows:
             lines.append(f"| {name} | {e['modules']} | {_mib(e['bytes_a'])} + {_mib(e['bytes_b'])} | "
                          f"{_ms(e['t_load_s'])} | {_ms(e['t_load_touch_s'])} | {_ms(e['t_cli_s'])} | {e['ratio_time']:.2f}× | "
                          f"{_mib(e['rss_load_bytes'])} | {_mib(e['rss_cli_bytes'])} | {e['ratio_rss_larger']:.2f}× |")

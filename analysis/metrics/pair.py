@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from analysis.core.lowrank import LowRank
-from analysis.metrics.similarity import phi_and_angles_many, random_null, random_null_std
+from analysis.metrics.similarity import _cols, phi_and_angles_many, random_null, random_null_std
 from analysis.metrics.stability import PrefixStability, stability_from_overlap
 
 __all__ = ["SIDES", "TIE_RTOL", "SimilarityResult", "module_similarity", "module_similarities", "near_tied_cuts",
@@ -15,9 +15,6 @@ __all__ = ["SIDES", "TIE_RTOL", "SimilarityResult", "module_similarity", "module
 
 SIDES = ("A", "B", "input", "output")
 _FACTOR = {"A": "A", "input": "A", "B": "B", "output": "B"}  # the factor whose span a side lives in
-def _cols(parts):
-    """Columns of a basis given as ``(Q, Y)`` (see ``LowRank.basis_parts``)."""
-    return parts[0].shape[1] if parts[1] is None else parts[1].shape[1]
 
 
 #: Singular values closer than this, relative to σ₁, count as tied: equal to within the precision of the

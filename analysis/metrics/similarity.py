@@ -182,9 +182,8 @@ def phi_and_angles_many(pairs, *, known=None):
 
     The sides of one module share their factors' ``Q`` (ΔW's input side and lora_A's side both live in the
     span of Aᵀ, output and B in that of B), so the products with the larger basis of each pair are taken
-    together: one pass over each larger ``Q`` for every side in its span. Smaller bases that share their
-    ``Q`` too enter that pass as ``Qᵀ`` once (then ``Usᵀ Ql = Ysᵀ (Qsᵀ Ql)``) when ``Q`` has fewer columns
-    than the bases together, else as the formed bases ``Usᵀ = Ysᵀ Qsᵀ``. The results are those of
+    together: ``[U_s1 U_s2 …]ᵀ Q``, one pass over Q instead of one per side; where ``Qsᵀ Ql`` is already
+    known (``known``), no pass at all: ``Usᵀ Ql = Ysᵀ (Qsᵀ Ql)``. The results are those of
     :func:`phi_and_angles` on each pair.
 
     Parameters
@@ -222,39 +221,24 @@ def _cols(p):
 
 
 def _times_larger(staged, known):
-    """``Usᵀ Ql`` (ks, rl) for each staged ``(swap, Qs, Ys, Ql, Yl)``, one product per distinct ``Ql``
-    (none where ``known`` holds ``Qsᵀ Ql`` or its transpose)."""
+    """``Usᵀ Ql`` (ks, rl) for each staged ``(swap, Qs, Ys, Ql, Yl)``: from ``known`` (``Qsᵀ Ql`` or its
+    transpose) where it is there, else one product per distinct ``Ql`` with the formed bases stacked."""
     G = [None] * len(staged)
-    by_large = {}
+    groups = {}
     for i, (_, Qs, Ys, Ql, _) in enumerate(staged):
-        if Ys is not None:
-            P = known.get((id(Qs), id(Ql)))
-            if P is None and (id(Ql), id(Qs)) in known:
-                P = known[(id(Ql), id(Qs))].T
-            if P is not None:
-                G[i] = Ys.T @ P  # (ks, r) @ (r, rl) = Ysᵀ (Qsᵀ Ql)
-                continue
-        by_large.setdefault(id(Ql), {}).setdefault(id(Qs) if Ys is not None else ("formed", i), []).append(i)
-    for groups in by_large.values():
-        lefts, uses = [], []  # the stacked left factor's row blocks; per block (members, through Qsᵀ?)
-        for members in groups.values():
-            Qs, Ys = staged[members[0]][1:3]
-            if Ys is not None and Qs.shape[1] <= sum(staged[i][2].shape[1] for i in members):
-                lefts.append(Qs.T)  # (r, d): Qsᵀ once for every basis made from it
-                uses.append((members, True))
-                continue
-            for i in members:
-                _, Qs, Ys = staged[i][:3]
-                lefts.append(Qs.T if Ys is None else Ys.T @ Qs.T)  # (ks, r) @ (r, d) -> (ks, d) = Usᵀ
-                uses.append(([i], False))
-        Ql = staged[uses[0][0][0]][3]
-        left = lefts[0] if len(lefts) == 1 else np.concatenate(lefts)  # (Σ rows, d)
-        P = left @ Ql  # (Σ rows, d) @ (d, rl): one pass over Ql for every side in its span
+        P = known.get((id(Qs), id(Ql)))
+        if P is None and (id(Ql), id(Qs)) in known:
+            P = known[(id(Ql), id(Qs))].T
+        if P is not None:
+            G[i] = P if Ys is None else Ys.T @ P  # (ks, r) @ (r, rl) = Ysᵀ (Qsᵀ Ql)
+        else:
+            groups.setdefault(id(Ql), []).append(i)
+    for members in groups.values():
+        UsT = [Qs.T if Ys is None else Ys.T @ Qs.T for _, Qs, Ys, _, _ in (staged[i] for i in members)]  # (ks, d)
+        P = (UsT[0] if len(UsT) == 1 else np.concatenate(UsT)) @ staged[members[0]][3]  # (Σks, d) @ (d, rl)
         at = 0
-        for block, (members, through_q) in zip(lefts, uses):
-            Pb, at = P[at:at + block.shape[0]], at + block.shape[0]
-            for i in members:
-                G[i] = staged[i][2].T @ Pb if through_q else Pb  # (ks, r) @ (r, rl) = Ysᵀ (Qsᵀ Ql)
+        for i, block in zip(members, UsT):
+            G[i], at = P[at:at + block.shape[0]], at + block.shape[0]
     return G
 
 
