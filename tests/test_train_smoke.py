@@ -42,7 +42,8 @@ def test_tiny_training_writes_adapter_and_manifest(tmp_path, mini_wordnet):
     rc = train.main(["--tiny", "--rank", "2", "--seed", "0", "--steps", "2", "--batch-size", "4",
                      "--n-val", "8", "--wordnet", mini_wordnet, "--out", str(out)])
     assert rc == 0
-    assert sorted(os.listdir(out)) == ["adapter_config.json", "adapter_model.safetensors", "manifest.json"]
+    assert sorted(os.listdir(out)) == ["adapter_config.json", "adapter_model.safetensors", "checkpoint-0",
+                                       "manifest.json"]
 
     tensors = safetensors_numpy.load_file(str(out / "adapter_model.safetensors"))
     a_keys = sorted(k for k in tensors if "lora_A" in k)
@@ -115,7 +116,7 @@ def test_interrupted_run_resumes_bit_for_bit(tmp_path, mini_wordnet, monkeypatch
     monkeypatch.setattr(train, "_loss", fail_at_step_5)
     with pytest.raises(KeyboardInterrupt):
         train.train_one(out=str(tmp_path / "run"), state_dir=str(tmp_path / "s2"), **kw)
-    assert sorted(os.listdir(tmp_path / "run")) == ["checkpoint-2", "checkpoint-4"]
+    assert sorted(os.listdir(tmp_path / "run")) == ["checkpoint-0", "checkpoint-2", "checkpoint-4"]
     monkeypatch.setattr(train, "_loss", orig)
     m = train.train_one(out=str(tmp_path / "run"), state_dir=str(tmp_path / "s2"), **kw)
     assert m["resumed"] == [{"at_step": 4, "optimizer": "restored"}]
@@ -187,3 +188,38 @@ def test_evaluate_gives_the_training_runs_own_validation_loss(tmp_path, mini_wor
     assert got["define"]["base"] == pytest.approx(man["val_loss_base"], rel=1e-5)
     assert got["define"]["a"] == pytest.approx(man["val_loss_adapter"], rel=1e-5)
     assert got["define"]["a"] < got["define"]["base"]
+
+
+def test_step0_adapter_and_a_shared_start(tmp_path, mini_wordnet):
+    """Every run keeps its step-0 adapter; --init-a-from starts A as the first rows of another run's step-0 A (B = 0),
+    which the report reads back from the two files; --init-only regenerates a finished run's step-0 adapter."""
+    from analysis.report.compute import shared_start
+
+    kw = _tiny_kwargs(mini_wordnet, steps=2)
+    big, small, other = tmp_path / "r4", tmp_path / "r2_from_r4", tmp_path / "r2_own"
+    train.train_one(out=str(big), **{**kw, "rank": 4})
+    train.train_one(out=str(small), init_a_from=str(big / "checkpoint-0"), **{**kw, "seed": 1})
+    train.train_one(out=str(other), **kw)
+    a4 = safetensors_numpy.load_file(str(big / "checkpoint-0" / "adapter_model.safetensors"))
+    a2 = safetensors_numpy.load_file(str(small / "checkpoint-0" / "adapter_model.safetensors"))
+    keys = [k for k in a2 if "lora_A" in k]
+    assert keys and all(np.array_equal(a2[k], a4[k][:2]) for k in keys)
+    assert all(not a2[k.replace("lora_A", "lora_B")].any() for k in keys)  # B = 0 at step 0
+    man = json.loads((small / "manifest.json").read_text())
+    assert man["init_a_from"]["path"] == os.path.join("r4", "checkpoint-0") and len(man["init_a_from"]["sha256"]) == 64
+    assert shared_start(str(small), str(big)) is True and shared_start(str(other), str(big)) is False
+    assert shared_start(str(small), str(tmp_path / "missing")) is None
+    # the step-0 adapter of a finished run, regenerated from its seed and checked against its manifest
+    import shutil
+
+    kept = safetensors_numpy.load_file(str(other / "checkpoint-0" / "adapter_model.safetensors"))
+    shutil.rmtree(other / "checkpoint-0")
+    train.main(["--tiny", "--rank", "2", "--seed", "0", "--steps", "2", "--batch-size", "4", "--n-val", "8",
+                "--wordnet", mini_wordnet, "--out", str(other), "--init-only"])
+    again = safetensors_numpy.load_file(str(other / "checkpoint-0" / "adapter_model.safetensors"))
+    assert kept.keys() == again.keys() and all(np.array_equal(kept[k], again[k]) for k in kept)
+    with pytest.raises(ValueError, match="does not reproduce"):  # another seed is not this run's start
+        shutil.rmtree(other / "checkpoint-0")
+        train.train_one(out=str(other), init_only=True, **{**kw, "seed": 5})
+    with pytest.raises(ValueError, match="need at least 4 rows"):
+        train.train_one(out=str(tmp_path / "too_big"), init_a_from=str(small / "checkpoint-0"), **{**kw, "rank": 4})

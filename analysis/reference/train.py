@@ -32,11 +32,18 @@ import shlex
 import subprocess
 import sys
 import time
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from analysis.reference.data import WORDNET_DIR, data_hash, split_examples
 from analysis.reference.smollm2 import GGUF_REL, smollm2_gguf
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+    from typing import Any
+
+    from analysis.reference.data import Example, TaskExample
 
 __all__ = [
     "ALL_RUNS",
@@ -52,7 +59,7 @@ __all__ = [
 ]
 
 #: Hyperparameters shared by every reference run.
-DEFAULTS = dict(
+DEFAULTS: dict[str, Any] = dict(
     steps=180,
     lr=2e-3,
     warmup=20,
@@ -68,7 +75,7 @@ DEFAULTS = dict(
 ALL_RUNS = ((8, 0), (64, 0), (1, 0), (2, 0), (4, 0), (8, 1), (64, 1))
 
 #: Every named reference run: folder name under ``checkpoints/`` → ``train_one`` settings beyond the defaults.
-RUNS = {f"r{r}_seed{s}": {"rank": r, "seed": s} for r, s in ALL_RUNS}
+RUNS: dict[str, dict[str, Any]] = {f"r{r}_seed{s}": {"rank": r, "seed": s} for r, s in ALL_RUNS}
 RUNS.update({
     # What makes r = 8 and r = 64 (seed 0) share a top direction: the data order or A's initialisation?
     "r8_data0_init1": {"rank": 8, "seed": 0, "data_seed": 0, "init_seed": 1},
@@ -124,7 +131,8 @@ class _HFTokenizer:
         return self._tok(text, add_special_tokens=False)["input_ids"]
 
 
-def load_base(model_path=None, *, tiny=False, seed=0):
+def load_base(model_path: str | None = None, *, tiny: bool = False,
+              seed: int = 0) -> tuple[Any, Any, dict[str, Any]]:
     """Load the frozen base model (float32) and a tokenizer.
 
     Parameters
@@ -157,7 +165,7 @@ def load_base(model_path=None, *, tiny=False, seed=0):
         torch.manual_seed(seed)
         model = transformers.LlamaForCausalLM(cfg).float()
         return model, tok, {"kind": "tiny-random-llama", "config": cfg.to_diff_dict()}
-    path = os.path.abspath(model_path or smollm2_gguf(required=True))
+    path: str = os.path.abspath(model_path or smollm2_gguf(required=True))  # type: ignore[type-var, assignment]
     if path.endswith(".gguf"):
         folder, name = os.path.split(path)
         tok = transformers.AutoTokenizer.from_pretrained(folder, gguf_file=name)
@@ -173,7 +181,8 @@ def load_base(model_path=None, *, tiny=False, seed=0):
     return model, _HFTokenizer(tok), source
 
 
-def encode_examples(examples, tok, max_len):
+def encode_examples(examples: Sequence[Example | TaskExample], tok: Any,
+                    max_len: int) -> list[tuple[list[int], int]]:
     """Tokenise examples to ``(ids, n_prompt)`` pairs: prompt + target + EOS, cut to ``max_len`` tokens."""
     out = []
     for ex in examples:
@@ -227,7 +236,8 @@ def _loss(causal, ids, attn, pred):
     return F.cross_entropy(logits.float(), labels), int(labels.numel())
 
 
-def val_loss(causal, val_pairs, pad_id, *, batch_size=32):
+def val_loss(causal: Any, val_pairs: Sequence[tuple[list[int], int]], pad_id: int, *,
+             batch_size: int = 32) -> float:
     """Mean cross-entropy per target token of ``causal`` over ``val_pairs`` (from :func:`encode_examples`)."""
     import torch
 
@@ -277,7 +287,7 @@ def _lr_lambda(warmup, steps):
     return f
 
 
-def default_state_dir():
+def default_state_dir() -> str:
     """Folder for resumable training state (optimizer, data position), outside any repository.
 
     Returns
@@ -336,12 +346,16 @@ def _checkpoint_steps(folder):
     return sorted(steps)
 
 
-def train_one(*, rank, seed, out, data_seed=None, init_seed=None, task="define", steps=DEFAULTS["steps"],
-              lr=DEFAULTS["lr"], warmup=DEFAULTS["warmup"], alpha=DEFAULTS["alpha"],
-              batch_size=DEFAULTS["batch_size"], max_len=DEFAULTS["max_len"], clip=DEFAULTS["clip"],
-              n_val=DEFAULTS["n_val"], threads=DEFAULTS["threads"], model=None, tiny=False, wordnet=WORDNET_DIR,
-              command=None, log_every=10, save_steps=(), state_every=0, state_dir=None,
-              target_modules=DEFAULT_TARGETS, init_a_from=None, init_only=False):
+def train_one(*, rank: int, seed: int, out: str, data_seed: int | None = None, init_seed: int | None = None,
+              task: str = "define", steps: int = DEFAULTS["steps"], lr: float = DEFAULTS["lr"],
+              warmup: int = DEFAULTS["warmup"], alpha: float = DEFAULTS["alpha"],
+              batch_size: int = DEFAULTS["batch_size"], max_len: int = DEFAULTS["max_len"],
+              clip: float = DEFAULTS["clip"], n_val: int = DEFAULTS["n_val"], threads: int = DEFAULTS["threads"],
+              model: str | None = None, tiny: bool = False, wordnet: str | os.PathLike[str] = WORDNET_DIR,
+              command: str | None = None, log_every: int = 10, save_steps: Sequence[int] = (),
+              state_every: int = 0, state_dir: str | None = None,
+              target_modules: Sequence[str] | str = DEFAULT_TARGETS, init_a_from: str | None = None,
+              init_only: bool = False) -> dict[str, Any]:
     """Train one adapter and write it with its manifest into ``out``; resumable.
 
     Parameters
@@ -683,7 +697,8 @@ def _run_settings(name, out_root):
     return settings
 
 
-def run_all(*, out_root, names=None, extra_args=(), skip_existing=False, jobs=1, log_dir=None):
+def run_all(*, out_root: str, names: Sequence[str] | None = None, extra_args: Sequence[str] = (),
+            skip_existing: bool = False, jobs: int = 1, log_dir: str | None = None) -> int:
     """Train named reference runs (default: the seven of :data:`ALL_RUNS`), each in its own process.
 
     Parameters
@@ -724,6 +739,7 @@ def run_all(*, out_root, names=None, extra_args=(), skip_existing=False, jobs=1,
         queue.append((name, out))
     if log_dir:
         os.makedirs(log_dir, exist_ok=True)
+    running: list[tuple[Any, Any, str]]
     running, first_rc = [], 0
     while queue or running:
         while queue and len(running) < jobs and not first_rc:
@@ -800,7 +816,7 @@ def _parser():
     return p
 
 
-def main(argv=None):
+def main(argv: Sequence[str] | None = None) -> int:
     """Command-line entry point; returns the exit code."""
     argv = sys.argv[1:] if argv is None else list(argv)
     args = _parser().parse_args(argv)
