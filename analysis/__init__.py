@@ -8,11 +8,30 @@ reproduce the analyses of Section 7 of the LoRA paper (Hu et al., 2021).
 >>> U, S, V = ad["model.layers.15.self_attn.q_proj"].svd()     # doctest: +SKIP
 """
 
+from typing import TYPE_CHECKING, Any
+
 from analysis.core import Adapter, FactoredSVD, LowRank, split_name
 from analysis.errors import AdapterError, MissingAlphaError, UnsupportedAdapterError
 from analysis.io import load_adapter
 from analysis.metrics import (SimilarityResult, module_similarity, principal_angles, random_null,
                               subspace_similarity)
+
+if TYPE_CHECKING:  # the lazy names below, for type checkers
+    from analysis.io.base import open_base
+    from analysis.io.dora import dora_effective
+    from analysis.io.frames import load_frame, save_frame
+    from analysis.io.kohya_names import resolve_adapter_names
+    from analysis.io.peft_live import from_peft_model, from_state_dict
+    from analysis.sweeps.adapter import analyse_adapter, analyse_adapters
+    from analysis.sweeps.advice import advise_ranks
+    from analysis.sweeps.collection import collection_similarity
+    from analysis.sweeps.finetune import finetune_deltas
+    from analysis.sweeps.intruders import intruder_sweep
+    from analysis.sweeps.merge import merge_adapters
+    from analysis.sweeps.pair import compare_adapters
+    from analysis.sweeps.resize import resize_adapter
+    from analysis.sweeps.spectra import spectra_frame, spectra_long
+    from analysis.sweeps.trajectory import trajectory
 
 __version__ = "0.1.0"
 
@@ -37,7 +56,7 @@ __all__ = ["Adapter", "AdapterError", "FactoredSVD", "LowRank", "MissingAlphaErr
            "principal_angles", "random_null", "split_name", "subspace_similarity", *_LAZY]
 
 
-def __getattr__(name):
+def __getattr__(name: str) -> Any:
     if name in _LAZY:
         import importlib
 
@@ -47,5 +66,5 @@ def __getattr__(name):
     raise AttributeError(f"module 'analysis' has no attribute {name!r}")
 
 
-def __dir__():
+def __dir__() -> list[str]:
     return sorted(set(globals()) | set(_LAZY))

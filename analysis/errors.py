@@ -1,15 +1,23 @@
-"""Exceptions raised on bad input.
+"""Exceptions raised on bad input, and on failures of the environment.
 
 Every message is one line that names the file, the key (when there is one) and
-what was expected, so that the command-line tools can print it as is.
+what was expected, so that the command-line tools can print it as is:
+:class:`AdapterError` (the input's fault) becomes exit code 2,
+:class:`EnvironmentFault` (the machine's: a lost Dask scheduler, a missing optional
+package, no memory left) exit code 3 (see :mod:`analysis.cli.common`).
 """
 
 from __future__ import annotations
 
-__all__ = ["AdapterError", "MissingAlphaError", "UnsupportedAdapterError", "format_error"]
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import os
+
+__all__ = ["AdapterError", "MissingAlphaError", "UnsupportedAdapterError", "EnvironmentFault", "format_error"]
 
 
-def format_error(path, key=None, message=""):
+def format_error(path: str | os.PathLike[str] | None, key: str | None = None, message: str = "") -> str:
     """Build the one-line message ``"<path>: key '<key>': <message>"``.
 
     Parameters
@@ -48,7 +56,8 @@ class AdapterError(ValueError):
         The tensor or configuration key concerned; named in the message.
     """
 
-    def __init__(self, message, *, path=None, key=None):
+    def __init__(self, message: str, *, path: str | os.PathLike[str] | None = None,
+                 key: str | None = None) -> None:
         self.path = None if path is None else str(path)
         self.key = key
         super().__init__(format_error(path, key, message) if (path or key) else " ".join(str(message).split()))
@@ -60,3 +69,25 @@ class MissingAlphaError(AdapterError):
 
 class UnsupportedAdapterError(AdapterError):
     """The checkpoint is a recognised variant whose update is not ``s · B A``."""
+
+
+class EnvironmentFault(RuntimeError):
+    """The environment failed, not the input: a Dask scheduler lost or not answering, an optional package
+    missing, memory exhausted. The message names what failed and how to fix it; commands exit with code 3.
+
+    Parameters
+    ----------
+    message : str
+        What failed.
+    fix : str, optional
+        What to do about it (appended after a semicolon).
+    what : str, optional
+        The option or file concerned (prefixed to the message).
+    """
+
+    def __init__(self, message: str, *, fix: str | None = None, what: str | None = None) -> None:
+        self.fix, self.what = fix, what
+        text = " ".join(str(message).split())
+        if fix:
+            text = f"{text}; {' '.join(str(fix).split())}"
+        super().__init__(f"{what}: {text}" if what else text)

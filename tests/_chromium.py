@@ -63,3 +63,30 @@ def probe(page, tmp_path):
     assert m, f"no probe title in the DOM (exit {res.returncode}): {res.stdout[:300]!r} {res.stderr[-500:]!r}"
     urls = json.loads(m.group(4).replace("&amp;", "&").replace("&quot;", '"'))
     return int(m.group(1)), int(m.group(2)), urls
+
+
+#: After ``load``, the title becomes ``"layout <scrollWidth> <clientWidth> <has $\\ in the text: 0/1>"``.
+LAYOUT = """<script>
+window.addEventListener("load", function () {
+  var d = document.documentElement, t = document.body.innerText;
+  document.title = "layout " + d.scrollWidth + " " + d.clientWidth + " " + (t.indexOf("$\\\\") >= 0 ? 1 : 0);
+});
+</script>
+"""
+
+
+def layout(page, tmp_path, width=1280):
+    """Load a copy of ``page`` at ``width`` px; return (page scroll width, viewport width, LaTeX source seen)."""
+    with open(page, encoding="utf-8") as fh:
+        text = fh.read()
+    copy = os.path.join(os.path.dirname(page), "_layout_" + os.path.basename(page))
+    with open(copy, "w", encoding="utf-8") as fh:
+        fh.write(text.replace("</body>", LAYOUT + "</body>", 1))
+    try:
+        res = run("file://" + copy, tmp_path / "profile-layout", f"--window-size={width},900",
+                  "--virtual-time-budget=5000", "--dump-dom")
+    finally:
+        os.unlink(copy)
+    m = re.search(r"<title>layout (\d+) (\d+) (\d)</title>", res.stdout)
+    assert m, f"no layout title in the DOM (exit {res.returncode}): {res.stderr[-500:]!r}"
+    return int(m.group(1)), int(m.group(2)), m.group(3) == "1"

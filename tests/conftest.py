@@ -61,7 +61,7 @@ def tiny_report(tiny):
 
 @pytest.fixture(autouse=True, scope="session")
 def _private_svd_cache(tmp_path_factory):
-    """Keep the persistent SVD cache of base weights (analysis.io.svd_cache) out of the user's folder."""
+    """Keep the persistent SVD cache of base weights (analysis.sweeps.svd_cache) out of the user's folder."""
     import os
 
     old = os.environ.get("LORA_SUBSPACE_CACHE")
@@ -71,3 +71,11 @@ def _private_svd_cache(tmp_path_factory):
         os.environ.pop("LORA_SUBSPACE_CACHE", None)
     else:
         os.environ["LORA_SUBSPACE_CACHE"] = old
+
+
+@pytest.fixture(scope="session")
+def corpus(tmp_path_factory):
+    """Tiny models of ten architecture families with planted PEFT / kohya adapters (see tests/corpus.py)."""
+    from corpus import build_corpus
+
+    return build_corpus(tmp_path_factory.mktemp("corpus"))

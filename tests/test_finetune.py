@@ -134,3 +134,20 @@ def test_cli_bad_input(models, tmp_path, capsys):
 def test_embedding_names():
     assert is_embedding_name("transformer.wte") and is_embedding_name("model.embed_tokens")
     assert not is_embedding_name("lm_head") and not is_embedding_name("model.layers.0.mlp.up_proj")
+
+
+def test_cli_tolerance_is_the_ladder_of_every_command(models, tmp_path):
+    """``--tolerance`` (one vocabulary for the SVD's accuracy): ``exact`` gives the dense SVD's spectrum, and the
+    setting is recorded; without it the settings (and the bytes) are as before."""
+    base, ft, deltas = models
+    out = tmp_path / "exact.json"
+    assert main([str(base), str(ft), "--rank", "3", "--modules", "q_proj", "--json", str(out),
+                 "--tolerance", "exact"]) == 0
+    rec = json.loads(out.read_text())
+    assert rec["settings"]["tolerance"] == "exact" and rec["settings"]["n_iter"] >= 8
+    [m] = [m for m in rec["modules"] if m["name"] == PLANTED[0]]
+    S, _ = _dense(deltas[PLANTED[0]], 3)
+    np.testing.assert_allclose(m["sigma"][:3], S[:3], rtol=1e-6)
+    plain = tmp_path / "plain.json"
+    assert main([str(base), str(ft), "--rank", "3", "--modules", "q_proj", "--json", str(plain)]) == 0
+    assert "tolerance" not in json.loads(plain.read_text())["settings"]

@@ -150,7 +150,7 @@ def test_topk_in_w_basis_matches_the_full_svd(shape, side):
     """With W's cached full basis on its smaller side, the top-k of W + ΔW come from a diagonal-plus-low-rank
     eigenproblem in W's coordinates (Lanczos for d > 4k + 40, LAPACK below): the same σ, |cos| and matches as
     LAPACK's SVD of the dense W + ΔW (and the general path where the basis is not square)."""
-    from analysis.io.svd_cache import full_basis
+    from analysis.core.bases import full_basis
 
     rng = np.random.default_rng(sum(shape))
     m, n = shape

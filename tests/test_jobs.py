@@ -193,7 +193,7 @@ def test_compute_report_same_with_one_and_two_jobs(report_set):
     cfg = ReportConfig(checkpoints=str(ck), base=str(base), layer=1, layers=(0, 1), ranks=(1, 2, 4), low=2,
                        high=4, long_runs=("long_r4_seed0",), n_random_table=50, collection=False)
     one, two = (compute_report(cfg, jobs=j) for j in (1, 2))
-    assert len(one.long_run) == 4  # 2 checkpoints × 2 layers of q_proj
+    assert len(one.long_run) == 8  # 2 checkpoints × 2 layers × q_proj and v_proj
     pd.testing.assert_frame_equal(one.long_run, two.long_run)
     pd.testing.assert_frame_equal(one.table7, two.table7)
     pd.testing.assert_frame_equal(one.advice.frame, two.advice.frame)
@@ -202,9 +202,11 @@ def test_compute_report_same_with_one_and_two_jobs(report_set):
     assert list(one.sweeps) == list(two.sweeps)
     for lab in one.sweeps:
         pd.testing.assert_frame_equal(one.sweeps[lab].frame, two.sweeps[lab].frame)
-    assert list(one.w_spectra) == list(two.w_spectra) == one.modules
-    for m in one.modules:
+    assert list(one.w_spectra) == list(two.w_spectra)  # every q and v module, by name
+    assert len(one.w_spectra) == 4
+    for m in one.w_spectra:
         assert np.array_equal(one.w_spectra[m], two.w_spectra[m])
+    pd.testing.assert_frame_equal(one.t7_layers, two.t7_layers)
     assert list(one.overlaps) == list(two.overlaps)
     for key, by_label in one.overlaps.items():
         assert list(by_label) == list(two.overlaps[key])

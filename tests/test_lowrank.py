@@ -150,3 +150,16 @@ def test_negative_scale_reconstructs():
     U, S, V = lr.svd()
     assert (S >= 0).all()
     np.testing.assert_allclose(U @ np.diag(S) @ V.T, -1.5 * B @ A, atol=1e-10)
+
+
+def test_a_module_of_width_zero_is_refused_naming_it():
+    import numpy as np
+    import pytest
+
+    from analysis.core import LowRank
+    from analysis.errors import AdapterError
+
+    with pytest.raises(AdapterError, match="positive width") as e:
+        LowRank(np.zeros((2, 0)), np.zeros((4, 2)), name="layers.0.q", source="a.safetensors")
+    assert "a.safetensors" in str(e.value) and "layers.0.q" in str(e.value)
+    assert LowRank(np.zeros((0, 3)), np.zeros((4, 0))).is_zero  # rank 0: a zero update, not an error

@@ -148,7 +148,7 @@ def test_bad_inputs(trio, tmp_path):
     with pytest.raises(ValueError, match="one weight per adapter"):
         merge_adapters([a, d], weights=[1.0], method="cat")
     with pytest.raises(ValueError, match="method must be"):
-        merge_adapters([a, d], method="ties")
+        merge_adapters([a, d], method="tie")
     with pytest.raises(ValueError, match="at least two"):
         merge_adapters([a], method="cat")
     from conftest import make_peft_adapter

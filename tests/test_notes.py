@@ -9,10 +9,11 @@ from analysis.report.notes import notes
 
 
 def _data(**kw):
-    cfg = SimpleNamespace(low=8, high=64, seeds=(0, 1), ranks=(1, 8), layer=15)
+    cfg = SimpleNamespace(low=8, high=64, seeds=(0, 1), ranks=(1, 8), layer=15, pairs=())
     base = dict(config=cfg, advice=None, manifests={}, sweeps={}, table7=None, modules=[], adapters={},
                 rank_pair=None, seed_pair=None, cross_pair=None, w_spectra={}, collection=None,
-                collection_meta={}, merge=None)
+                collection_meta={}, merge=None, layer=15, role_kind=lambda role: None, stacks=lambda: ["decoder"],
+                say=lambda role: {"seed_a": "r = 64, seed 0", "seed_b": "r = 64, seed 1"}.get(role, "?"))
     return SimpleNamespace(**{**base, **kw})
 
 
@@ -33,19 +34,20 @@ def _pairs(same, cross, seed, d=576):
     mods = ["self_attn.q_proj", "self_attn.v_proj"]
 
     def pair(vals):
-        return SimpleNamespace(frame=pd.DataFrame({"module": mods, "phi11_A": vals, "d_in": [d, d]}), results={})
+        return SimpleNamespace(frame=pd.DataFrame({"name": [f"model.layers.0.{m}" for m in mods], "module": mods,
+                                                   "phi11_A": vals, "d_in": [d, d]}), results={})
     return _data(rank_pair=pair(same), cross_pair=pair(cross), seed_pair=pair(seed))
 
 
 def test_seed_note_says_same_seed_effect_only_below_half():
     [n] = notes(_pairs([0.72, 0.73], [0.15, 0.33], [0.17, 0.41]))
-    assert n.endswith("falls from q_proj 0.72 to 0.15, v_proj 0.73 to 0.33, close to the seed pair of Fig. 4: on "
+    assert n.endswith("falls from ΔWq 0.72 to 0.15, ΔWv 0.73 to 0.33, close to the seed pair of Fig. 4: on "
                       "these adapters the shared top direction of Fig. 3 is largely a same-seed effect, though "
                       "still far above the random 1/d.")
     [n] = notes(_pairs([0.72, 0.80], [0.37, 0.41], [0.17, 0.41]))   # 0.37 ≥ 0.72 / 2: not a same-seed effect
     assert "is not largely a same-seed effect here" in n and "is largely a same-seed effect" not in n
     [n] = notes(_pairs([0.72, 0.80], [0.35, 0.41], [0.17, 0.41]))   # q below half, v not
-    assert "largely a same-seed effect for q_proj but not for v_proj" in n
+    assert "largely a same-seed effect for ΔWq but not for ΔWv" in n
     [n] = notes(_pairs([0.72, 0.60], [0.75, 0.65], [0.17, 0.41]))   # cross above same: no "falls"
     assert "goes from" in n and "falls" not in n
     [n] = notes(_pairs([0.72, 0.73], [0.015, 0.016], [0.9, 0.9]))   # ≤ 10/d and nearer the rank pair
@@ -68,7 +70,8 @@ def test_training_note_says_short_only_below_one_pass():
 
 
 def test_advice_note_cites_table18_only_when_the_loss_is_flat():
-    adv = SimpleNamespace(frame=pd.DataFrame({"module": ["q_proj"], "advised": [3], "capped": [False]}),
+    adv = SimpleNamespace(frame=pd.DataFrame({"name": ["model.layers.0.self_attn.q_proj"], "module": ["q_proj"],
+                                              "advised": [3], "capped": [False]}),
                           rank_pattern=lambda: (3, {}))
     flat = {"r1_seed0": {"val_loss_adapter": 3.0, "val_loss_base": 4.0}, "r8_seed0": {"val_loss_adapter": 2.9}}
     steep = {"r1_seed0": {"val_loss_adapter": 3.5, "val_loss_base": 4.0}, "r8_seed0": {"val_loss_adapter": 2.9}}

@@ -1,7 +1,10 @@
 """What the toolkit promises (README, "What the toolkit promises"): one test per class of failure.
 
 Outputs appear whole or not at all and never clobber; bad input is one line and exit 2; Ctrl-C is one line
-and exit 130; JSON is byte-identical across reruns; written files follow the umask.
+and exit 130; JSON is byte-identical across reruns; written files follow the umask. Issue 23's classes are beside
+this file: test_promises_outputs.py (never over an input, --force, all or none), test_promises_kills.py (dead
+writers, interrupted replacements), test_promises_inputs.py (the cache, the Hugging Face cache, patterns, pickles,
+schedulers), test_promises_numbers.py (extreme factors, --min-rank, shapes_differ, --tile, exit codes).
 """
 
 import errno

@@ -11,7 +11,7 @@ import _chromium
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
-ARGS = ["--layer", "1", "--layers", "0,1", "--ranks", "1,2,4", "--low", "2", "--high", "4", "--progress", "off"]
+ARGS = ["--layer", "1", "--fig-layers", "0,1", "--ranks", "1,2,4", "--low", "2", "--high", "4", "--progress", "off"]
 FIELDS = {"id", "figure", "paper", "measured", "null_mean", "null_sd", "z", "n_modules", "n_holding", "conditions",
           "verdict"}
 
@@ -23,14 +23,15 @@ def test_report_writes_every_figure_table_readme_findings_and_page(tiny, capsys)
     names = {p.name for p in out.iterdir()}
     figs = {"fig3_rank_pair.png", "fig3_dW_input_basis.png", "fig4_seed_pair.png", "fig4_dW_input_basis.png",
             "fig6_layers_rank.png", "fig7_layers_seed.png", "table7.png", "fig8_W_vs_dW.png",
-            "fig8_W_vs_dW_top1.png", "fig8_heatmap.png", "layers_phi11.png", "layers_amplification.png", "spectra.png"}
+            "fig8_W_vs_dW_top1.png", "fig8_grid.png", "layers_phi11.png", "layers_amplification.png", "spectra.png",
+            "table7_layers.png"}
     assert figs <= names
     assert {"table7.csv", "pair_rank.csv", "pair_seed.csv", "pair_cross.csv", "sweep_r4_seed1.csv", "README.md",
             "findings.json", "report.html", "MANIFEST", "collection.png", "collection.csv"} <= names
     for f in figs:
         assert (out / f).read_bytes()[:8] == PNG
     readme = (out / "README.md").read_text()
-    assert "## Summary" in readme and "Table 7" in readme and "layer **1**" in readme
+    assert "## Verdicts" in readme and "Table 7" in readme and "layer **1**" in readme
     for f in figs:
         assert f"]({f})" in readme, f
     sweep = load_frame(out / "sweep_r2_seed0.csv")
@@ -82,3 +83,18 @@ def test_report_on_anyones_adapters_with_its_html_page(tiny, tmp_path, capsys):
     shot = tmp_path / "shot.png"
     _chromium.run(page.as_uri(), tmp_path / "profile-shot", f"--screenshot={shot}", "--window-size=1200,2400")
     assert shot.read_bytes()[:8] == PNG and shot.stat().st_size > 20_000
+
+
+def test_report_page_at_1280_px(tiny, tmp_path):
+    """The written page in headless Chromium at 1280 px: no horizontal overflow, every image decodes, nothing is
+    fetched, no LaTeX source in the rendered text; under 1.5 MB."""
+    out = tmp_path / "page"
+    assert main(["--checkpoints", str(tiny / "checkpoints"), "--base", str(tiny / "base.safetensors"),
+                 "--out", str(out), *ARGS]) == 0
+    page = str(out / "report.html")
+    _chromium.chromium()
+    decoded, total, fetched = _chromium.probe(page, tmp_path)
+    assert total >= 10 and decoded == total and fetched == []
+    scroll, client, latex = _chromium.layout(page, tmp_path, width=1280)
+    assert scroll <= client and not latex
+    assert (out / "report.html").stat().st_size < 1_500_000

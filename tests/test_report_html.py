@@ -111,9 +111,10 @@ def test_page_is_self_contained(report):
     tags = _parse(text)
     imgs = [a for t, a in tags if t == "img"]
     assert len(imgs) == 2  # fig_a in the README, fig_b under "Other figures"; the remote and outside ones not
-    for a in imgs:
-        assert a["src"].startswith("data:image/png;base64,")
-        assert base64.b64decode(a["src"].split(",", 1)[1], validate=True).startswith(PNG)
+    for a in imgs:  # PNG figures embedded as lossless WebP (the same pixels, fewer bytes)
+        assert a["src"].startswith("data:image/webp;base64,")
+        data = base64.b64decode(a["src"].split(",", 1)[1], validate=True)
+        assert data[:4] == b"RIFF" and data[8:12] == b"WEBP"
     for t, a in tags:
         assert t not in ("script", "link", "iframe", "object", "embed", "base")
         for k in ("src", "href", "srcset", "action", "poster", "data"):
@@ -145,12 +146,14 @@ def test_verdict_table(report):
     for row, v in zip(rows, VERDICTS):
         assert f'<span class="v v-{classes[v]}">' in row and f"&nbsp;{v}</span>" in row  # colour and words
     cells = lambda row: [c.split(">", 1)[1] for c in row.split("<td")[1:]]  # noqa: E731
+    # figure, verdict, claim (and rule), measured (and conditions), effect, null, z, p, holding, power
     first = cells(rows[0])
-    assert first[3].startswith("0.5") and first[4].startswith("0.01 ± 0.002") and first[5].startswith("123.5")
-    assert first[6].startswith("0/4") and "claim 0 &lt;b&gt;" in first[1] and "rule: φ(1,1) &gt; 0.5" in first[1]
-    assert cells(rows[1])[5].startswith("–")          # z None
-    assert cells(rows[2])[3].startswith("–")          # effect NaN
-    assert [c[:1] for c in cells(rows[3])[3:7]] == ["–"] * 4  # nothing computed, 0 modules
+    assert first[4].startswith("0.5") and first[5].startswith("0.01 ± 0.002") and first[6].startswith("123.5")
+    assert first[8].startswith("0/4") and "claim 0 &lt;b&gt;" in first[2] and "rule: φ(1,1) &gt; 0.5" in first[2]
+    assert "conditions: layer 15, A basis" in first[3]
+    assert cells(rows[1])[6].startswith("–")          # z None
+    assert cells(rows[2])[4].startswith("–")          # effect NaN
+    assert [c[:1] for c in cells(rows[3])[4:9]] == ["–"] * 5  # nothing computed, 0 modules
     assert "checkpoints/r8_seed0" in text and "<td>layer</td><td>15</td>" in text
     assert "lora-subspace-analysis 9.9" in text
 
@@ -199,14 +202,14 @@ def test_bad_arguments(report, tmp_path):
 
 
 def test_markdown_converter(tmp_path):
-    h = markdown_to_html("## A & B\n\n| x | y |\n|:--|--:|\n| `p|q` | 1 \\| 2 |\n\n"
+    h = markdown_to_html("## A & B\n\n| x | y |\n|:--|--:|\n| `p\\|q` | 1 \\| 2 |\n\n"
                          "- one **two** *three*\n  - nested\n\n1. first\n2. second\n\n```\n<raw> **x**\n```\n",
                          tmp_path)
     assert '<h2 id="a-b">A &amp; B</h2>' in h
-    assert "<td><code>p|q</code></td>" in h and '<td style="text-align:right">1 | 2</td>' in h
+    assert "<code>p|q</code></td>" in h and '<td style="text-align:right">1 | 2</td>' in h
     assert "<li>one <strong>two</strong> <em>three</em><ul><li>nested</li></ul></li>" in h
     assert "<ol><li>first</li><li>second</li></ol>" in h
-    assert "<pre><code>&lt;raw&gt; **x**</code></pre>" in h
+    assert "<pre><code>&lt;raw&gt; **x**\n</code></pre>" in h
     h = markdown_to_html("[x](javascript:alert(1)) [y](#top) snake_case_name a*b ![i](missing.png)", tmp_path)
     assert 'href="javascript' not in h and '<a href="#top">y</a>' in h and "snake_case_name" in h
     assert "<img" not in h and "missing.png" in h

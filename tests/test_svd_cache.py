@@ -1,4 +1,4 @@
-"""The persistent cache of base weights' singular triplets (analysis.io.svd_cache) and the threading helpers."""
+"""The persistent cache of base weights' singular triplets (analysis.sweeps.svd_cache) and the threading helpers."""
 
 import os
 import subprocess
@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from analysis.core.threads import available_cores, blas_threads, map_ordered, resolve_jobs
-from analysis.io import svd_cache
-from analysis.io.svd_cache import SVDCache, cached_full_basis, cached_topk_svd, file_identity
+from analysis.sweeps import svd_cache
+from analysis.sweeps.svd_cache import SVDCache, cached_full_basis, cached_topk_svd, file_identity
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -37,6 +37,8 @@ def _W(path):
 
 
 def _entries(folder):
+    """The cache's entries under the user folder ``folder`` (they live in its own subfolder)."""
+    folder = os.path.join(folder, svd_cache.SUBFOLDER)
     return sorted(n for n in os.listdir(folder) if n.endswith(".npz")) if os.path.isdir(folder) else []
 
 
@@ -101,7 +103,7 @@ def test_corrupted_entry_is_ignored_and_rewritten(tmp_path, base_file, damage):
     W = _W(base_file)
     good = cached_topk_svd(SVDCache(tmp_path / "c"), str(base_file), "layer.q", W, 4)
     (entry,) = _entries(tmp_path / "c")
-    path = tmp_path / "c" / entry
+    path = tmp_path / "c" / svd_cache.SUBFOLDER / entry
     data = path.read_bytes()
     if damage == "garbage":
         path.write_bytes(b"not an npz file" * 10)
@@ -132,7 +134,7 @@ def test_two_processes_filling_the_cache_at_once(tmp_path, base_file):
         sys.path.insert(0, {ROOT!r})
         import numpy as np
         from safetensors.numpy import load_file
-        from analysis.io.svd_cache import SVDCache, cached_topk_svd
+        from analysis.sweeps.svd_cache import SVDCache, cached_topk_svd
         W = load_file({str(base_file)!r})["layer.q.weight"]
         while time.time() < float(sys.argv[1]):  # start together
             pass
@@ -146,7 +148,7 @@ def test_two_processes_filling_the_cache_at_once(tmp_path, base_file):
     procs = [subprocess.Popen([sys.executable, "-c", script, start], stderr=subprocess.PIPE) for _ in range(2)]
     errs = [p.communicate(timeout=300)[1] for p in procs]
     assert [p.returncode for p in procs] == [0, 0], errs
-    names = os.listdir(folder)
+    names = [n for n in os.listdir(folder / svd_cache.SUBFOLDER) if n != "CACHEDIR.TAG"]
     assert len(_entries(folder)) == 12 and len(names) == 12  # no temporary file left behind
     cache = SVDCache(folder)
     W = _W(base_file)
@@ -160,7 +162,7 @@ def test_size_bound_removes_least_recently_used(tmp_path, base_file):
     W = _W(base_file)
     probe = SVDCache(tmp_path / "probe")
     cached_topk_svd(probe, str(base_file), "layer.q", W, 4)
-    one = os.path.getsize(tmp_path / "probe" / _entries(tmp_path / "probe")[0])
+    one = os.path.getsize(tmp_path / "probe" / svd_cache.SUBFOLDER / _entries(tmp_path / "probe")[0])
     cache = SVDCache(tmp_path / "c", max_bytes=int(2.5 * one))
     for seed in range(4):
         cached_topk_svd(cache, str(base_file), "layer.q", W, 4, seed=seed)
@@ -365,7 +367,7 @@ def test_pair_sweep_same_with_one_and_two_jobs(peft_pair):
 @pytest.mark.parametrize("shape", [(40, 40), (24, 40), (40, 24)])
 @pytest.mark.parametrize("side", ["left", "right"])
 def test_full_basis_matches_lapack_svd(shape, side):
-    from analysis.io.svd_cache import full_basis
+    from analysis.core.bases import full_basis
 
     rng = np.random.default_rng(3)
     W = rng.standard_normal(shape)

@@ -4,8 +4,14 @@ from __future__ import annotations
 
 import os
 import sys
+from typing import TYPE_CHECKING
+
+import numpy as np
 
 from analysis.cli.common import Parser, check_outputs, provenance, run, write_csv, write_json
+
+if TYPE_CHECKING:
+    from collections.abc import Iterable, Sequence
 
 __all__ = ["main", "build_parser", "expand_sources"]
 
@@ -19,11 +25,25 @@ what it computes (every pair, every module both adapters have, exact from the Lo
   random directions give phi(1, 1) ~ 1/d and cosines ~ 0 +- 1/sqrt(d_out d_in).
 
 execution:
-  Dask tasks (one per adapter to read and summarise it, one per block of adapter pairs and
-  group of modules); locally by default, on a running Dask cluster with --scheduler ADDRESS
+  Dask tasks (one per adapter to read its module shapes, one to summarise it, one per block of
+  adapter pairs and group of modules); locally by default, on a running Dask cluster with --scheduler ADDRESS
   (workers must see the paths: a shared filesystem, or fsspec URLs such as s3://...).
 
 a folder holding checkpoint-N subfolders (one training run) stands for all of them, in step order.
+
+inputs that are no adapter (a README.md or manifest.json caught by a glob, a folder with no checkpoint)
+are skipped with a one-line note on stderr, before any work; an adapter that cannot be read stops the
+command at once (exit 2, one line naming it).
+
+adapters of several base models in one call (a folder of adapters for different bases): each
+adapter's module names and shapes are read first (PEFT safetensors: the header only) and the
+adapters are grouped into models (those sharing modules, all of equal shapes, belong together;
+partial overlaps join when no shared module contradicts). Each model's adapters are compared among
+themselves; pairs across models are never compared (null in --json, '-' in the tables), and a note
+on stderr names the models and why they differ. --json has "groups" (the models) and "not_compared"
+(per pair of models: different shapes, with the module and both shapes, or no module in common).
+--one-model refuses adapters whose shared modules differ in shape instead (exit 2). Shapes are the
+only evidence: two bases of one architecture and size cannot be told apart.
 
 examples:
   python -m analysis.collection checkpoints/*_r8_seed? checkpoints/r8_seed? --json sim.json --out figs
@@ -31,7 +51,7 @@ examples:
 """
 
 
-def build_parser():
+def build_parser() -> Parser:
     from analysis.sweeps.collection import COLLECTION_SIDES
 
     p = Parser("analysis.collection",
@@ -39,8 +59,8 @@ def build_parser():
                            "every pair of adapters in a collection, per module and over all modules.",
                epilog=_EPILOG)
     p.add_argument("adapters", nargs="+", metavar="ADAPTER",
-                   help="two or more adapters of one base model (PEFT folders or files, loralib, kohya; "
-                        "fsspec URLs), or folders of checkpoint-N subfolders")
+                   help="two or more adapters (PEFT folders or files, loralib, kohya; fsspec URLs), or folders "
+                        "of checkpoint-N subfolders; adapters of several base models are compared model by model")
     p.add_argument("--k", type=int, default=1, help="top-k singular directions compared (default 1)")
     p.add_argument("--side", choices=COLLECTION_SIDES, default="input",
                    help="input / output: right / left singular vectors of dW; A / B: the paper's bases "
@@ -48,21 +68,27 @@ def build_parser():
     p.add_argument("--scheduler", metavar="ADDRESS", default=None,
                    help="address of a running Dask scheduler (default: run locally, no cluster)")
     p.add_argument("--tile", type=int, default=None, metavar="T",
-                   help="adapters per block task (default min(N, 64))")
+                   help="adapters per block task (default min(N, 64)); it sets the order of the sums, so results "
+                        "differ in the last bits (~1e-15) with it: recorded in --json's settings")
     p.add_alpha(needed="Needed for the cosine.")
     p.add_filters()
     p.add_force()
     p.add_argument("--json", dest="json_path", metavar="FILE",
-                   help="write {adapters, similarity, cosine, modules: {name: {similarity, cosine}}}")
+                   help="write {adapters, similarity, cosine, modules: {name: {similarity, cosine}}, groups, "
+                        "not_compared, skipped} (null: not compared)")
     p.add_argument("--csv", dest="csv_path", metavar="FILE", help="write the tidy per-pair, per-module table")
     p.add_argument("--out", metavar="DIR", help="folder for the figures (matrices, seriated, with the spread "
                                                 "over modules)")
     p.add_argument("--no-modules", action="store_true",
                    help="keep only the pooled matrices (for very large collections)")
+    p.add_argument("--one-model", action="store_true",
+                   help="refuse adapters of several base models (shared module names with different shapes) "
+                        "with exit 2, instead of comparing each model's adapters apart")
     return p
 
 
-def expand_sources(paths, *, runs=None):
+def expand_sources(paths: Iterable[str | os.PathLike[str]], *,
+                   runs: dict[str, list[tuple[int, str]]] | None = None) -> list[str]:
     """Each path as is, except a folder of ``checkpoint-N`` subfolders: those, in step order.
 
     ``runs``, a dict, receives ``{folder: [(step, path), …]}`` for every such folder.
@@ -94,9 +120,15 @@ def _print_trajectory(run, tr, out):
           f"{first['norm_growth'].median():.2f} of the final (medians)", file=out)
 
 
-def _print(res, out):
-    import numpy as np
+def _cell(value, shared, fmt):
+    """A matrix cell: the number, ``-`` for a pair with no module compared (no module in common, or
+    adapters of different models), ``zero`` where the updates compared are zero."""
+    if np.isfinite(value):
+        return fmt.format(value)
+    return "     -" if shared == 0 else "  zero"
 
+
+def _print(res, out):
     from analysis.plotting.collection import short_labels
 
     n = len(res.labels)
@@ -110,7 +142,7 @@ def _print(res, out):
                               ("cosine (pooled over shared modules)", res.cosine, "{:6.2f}")):
             print(f"{title}, rows in clustered order:", file=out)
             for i in order:
-                cells = " ".join("  zero" if not np.isfinite(M[i, j]) else fmt.format(M[i, j]) for j in order)
+                cells = " ".join(_cell(M[i, j], res.shared[i, j], fmt) for j in order)
                 print(f"  {labels[i]:>{w}} {cells}", file=out)
     iu = np.triu_indices(n, 1)
     for title, M in (("similarity", res.similarity), ("cosine", res.cosine)):
@@ -127,55 +159,30 @@ def _print(res, out):
         names = list(res.only_some)
         print(f"modules not in every adapter ({len(names)}, compared where present): {', '.join(names[:6])}"
               + (" …" if len(names) > 6 else ""), file=out)
+    if len(res.groups) > 1:
+        print(f"{len(res.groups)} models: " + ", ".join(f"{g.name} = {', '.join(labels[i] for i in g.members[:4])}"
+                                                         + (" …" if len(g.members) > 4 else "")
+                                                         for g in res.groups)
+              + "; pairs across models not compared ('-')", file=out)
 
 
 def write_figures(res, out, *, force, trajectories=None):
     """``similarity.png`` and ``cosine.png`` in ``out`` (whole or not at all): the seriated matrix and its
     spread over modules side by side; ``trajectory_<run>.png`` for each run in ``trajectories``."""
-    from matplotlib.figure import Figure
-
     from analysis.io.outputs import atomic_output
-    from analysis.plotting.collection import plot_collection_matrix, short_labels
+    from analysis.plotting.composite import collection_figure, trajectory_figure
 
-    n = len(res.labels)
-    size = min(6.0, 2.5 + 0.18 * n)
-    with atomic_output(out, force=force, folder=True) as tmp:
+    with atomic_output(out, force=force, folder=True, option="--out") as tmp:
         for kind in ("similarity", "cosine"):
-            fig = Figure(figsize=(2 * size + 1.5, size), layout="constrained")
-            axes = fig.subplots(1, 2)
-            order = res.order(kind)
-            plot_collection_matrix(res, kind=kind, order=order, ax=axes[0],
-                                   title=("φ(k, k), k = %d, side %s: mean over modules" % (res.k, res.side))
-                                   if kind == "similarity" else "Frobenius cosine, pooled over modules")
-            if res.module_similarity is not None:
-                plot_collection_matrix(res.spread(kind), labels=short_labels(res.labels), order=order,
-                                       kind="spread", ax=axes[1], title=f"{kind}: sd over modules")
-                axes[1].set_yticklabels([])
-            else:
-                axes[1].set_axis_off()
-            fig.savefig(os.path.join(tmp, f"{kind}.png"), dpi=120)
+            collection_figure(res, kind).savefig(os.path.join(tmp, f"{kind}.png"), dpi=120)
         for folder, tr in (trajectories or {}).items():
-            _trajectory_figure(folder, tr).savefig(
+            trajectory_figure(folder, tr).savefig(
                 os.path.join(tmp, f"trajectory_{os.path.basename(os.path.normpath(folder))}.png"), dpi=120)
 
 
-def _trajectory_figure(run, tr):
-    from matplotlib.figure import Figure
-
-    from analysis.plotting.collection import plot_trajectory
-    from analysis.sweeps.trajectory import phi11_null
-
-    fig = Figure(figsize=(13, 3.4), layout="constrained")
-    axes = fig.subplots(1, 4)
-    d = int(tr.present_from["d"].min())
-    for ax, y, title, null in ((axes[0], "drift_final", f"drift of the top-{tr.k} subspace from the final", None),
-                               (axes[1], "phi_final", "φ(1, 1) with the final top direction",
-                                phi11_null(d, n_std=tr.n_std)[2]),
-                               (axes[2], "norm_growth", "‖ΔW‖ / final ‖ΔW‖", None),
-                               (axes[3], "effective_rank", "effective rank", None)):
-        plot_trajectory(tr.frame, y=y, ax=ax, null=null, title=title, legend=ax is axes[0])
-    fig.suptitle(f"{run}: median over layers, inter-quartile band", fontsize="medium")
-    return fig
+def _note(line):
+    """A note on stderr, at once (before the heavy work it precedes)."""
+    print(f"note: {line}", file=sys.stderr, flush=True)
 
 
 def _body(args):
@@ -183,6 +190,8 @@ def _body(args):
 
     if args.k < 1:
         raise ValueError(f"--k must be a positive integer, got {args.k}")
+    if args.tile is not None and args.tile < 1:
+        raise ValueError(f"--tile must be a positive integer, got {args.tile}")
     check_outputs(args, "json_path", "csv_path", "out")
     runs = {}
     srcs = expand_sources(args.adapters, runs=runs)
@@ -190,7 +199,8 @@ def _body(args):
         raise ValueError(f"expected at least two adapters, got {len(srcs)}: {', '.join(srcs)}")
     res = collection_similarity(srcs, k=args.k, side=args.side, alpha=args.alpha, modules=args.modules,
                                 layers=args.layers, client=args.scheduler, tile=args.tile,
-                                keep_modules=not args.no_modules)
+                                keep_modules=not args.no_modules, not_adapters="skip",
+                                mixed_models="error" if args.one_model else "split", notes=_note)
     _print(res, sys.stdout)
     trajs = {}
     for folder, steps in runs.items():
@@ -201,9 +211,12 @@ def _body(args):
                                     layers=args.layers, client=args.scheduler)
             _print_trajectory(folder, trajs[folder], sys.stdout)
     if args.json_path:
+        # every setting that changes a number: the tile changes the order of the sums (results at ~1e-15)
+        tile = args.tile if args.tile is not None else min(len(res.labels), 64)
         head = provenance("collection", inputs={"adapters": list(args.adapters)},
                           settings={"k": args.k, "side": args.side, "alpha": args.alpha, "modules": args.modules,
-                                    "layers": args.layers})
+                                    "layers": args.layers, "one_model": args.one_model, "tile": tile,
+                                    "keep_modules": not args.no_modules})
         body = {**head, **res.to_dict()}
         if trajs:
             body["trajectories"] = {folder: tr.to_dict() for folder, tr in trajs.items()}
@@ -214,7 +227,7 @@ def _body(args):
         write_figures(res, args.out, force=args.force, trajectories=trajs)
 
 
-def main(argv=None):
+def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit code."""
     args = build_parser().parse_args(argv)
     return run(_body, args)

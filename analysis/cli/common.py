@@ -1,21 +1,57 @@
 """What every command shares: the parser, the runner (one-line errors, exit codes) and the printer.
 
-Exit codes: 0 on success, 2 on bad input (one line on standard error naming
-the file and the problem, no traceback), 1 on an internal error.
+Exit codes (every command):
+
+- **0** success.
+- **2** the input's fault: a file that cannot be read or is not what was expected, a bad option value, a
+  pattern that does not finish matching within its time bound, a ``--scheduler`` that does not answer as a
+  Dask scheduler, an output that would destroy an input or cannot be written where asked. One line on
+  standard error, ``error: <file or option>: <what was expected and what was found>``; nothing written.
+- **3** the environment's fault: the Dask scheduler lost during the run, an optional package missing, memory
+  exhausted. One line, ``error: …; <how to fix it>``; nothing written.
+- **1** a bug in the toolkit: one line ``internal error (a bug in the toolkit): …`` with the file holding the
+  traceback (``--debug`` shows it instead).
+- **128 + N** stopped by signal N: 130 for Ctrl-C (SIGINT), 143 for SIGTERM, 129 for SIGHUP. One line;
+  outputs being written are removed, outputs being put in place are finished first. 141 (SIGPIPE), silently,
+  when the reader of standard output went away (``… | head``).
+
+Standard error holds only that line (and ``note:`` lines a command documents, and progress); warnings of the
+libraries (numpy overflow, torch, Dask) are captured and shown only with ``--debug``, which also shows tracebacks.
+
+Outputs (``--json``, ``--csv``, ``--plot``, ``--out``; see :mod:`analysis.io.outputs`):
+
+- ``-`` writes the data to standard output, and then every message of the command (its table, notes,
+  progress, ``wrote …``) goes to standard error: ``--json - | jq .`` works. Binary data (``--plot -``, a PNG)
+  is refused when standard output is a terminal; a folder (``--out -``) always. Two options given ``-`` are
+  refused (two outputs on one stream).
+- A path that is no regular file, the null device (``--json /dev/null`` discards an output), a FIFO or another
+  character device, is written as it is, without ``--force``.
+- A folder (or a path ending in ``/``) given where a file goes is one error naming the option and the path.
+
+Progress (``--progress auto|on|off``, :mod:`analysis.sweeps.progress`): on a terminal a bar; otherwise (a log,
+a notebook, CI) a plain line per stage on standard error, what it does, how far (n of N) and for how long: with
+``auto`` for the stages that run 2 s or more, with ``on`` for every stage; at most one line every 10 s besides
+each stage's first and last.
+
+``--quiet`` (every command): standard error carries only ``warning:`` and ``error:`` lines (and ``--debug``'s
+output): no progress, no ``note:`` lines, no timings, and no table when ``-`` moved it off standard output.
+Errors are never silenced. Standard output (the result table, the data of ``-``) is unchanged.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import math
 import os
 import sys
 
 from analysis.errors import AdapterError
-from analysis.io.outputs import json_ready, provenance, write_json
+from analysis.io.outputs import json_ready, provenance
 
 __all__ = ["Parser", "run", "json_ready", "write_json", "layer_str", "fit", "describe", "wants_progress",
-           "alpha_b", "print_only", "provenance", "check_outputs", "write_csv", "save_figure", "tolerance_setting"]
+           "alpha_b", "print_only", "provenance", "check_outputs", "write_csv", "save_figure", "tolerance_setting",
+           "input_paths", "Interrupted", "OUTPUT_OPTIONS", "STDOUT_KINDS"]
 
 
 def _prog(module):
@@ -38,11 +74,25 @@ class Parser(argparse.ArgumentParser):
         For ``argparse.ArgumentParser``.
     """
 
+    _QUIET_HELP = ("standard error carries only warnings and errors: no progress, no note: lines, no timings "
+                   "(errors are never silenced)")
+
     def __init__(self, module, **kwargs):
         kwargs.setdefault("formatter_class", argparse.RawDescriptionHelpFormatter)
         kwargs.setdefault("prog", _prog(module))
+        self._quiet = None
         super().__init__(**kwargs)
         self.add_argument("--debug", action="store_true", help="show tracebacks instead of one-line errors")
+        self._quiet = self.add_argument("--quiet", action="store_true", help=self._QUIET_HELP)
+
+    def add_argument(self, *names, **kwargs):
+        """As argparse's; a command's own ``--quiet`` (a shorter table) takes the shared one's place and adds
+        its meaning (progress and notes silenced)."""
+        if "--quiet" in names and self._quiet is not None:
+            self._handle_conflict_resolve(None, [("--quiet", self._quiet)])
+            self._quiet = None
+            kwargs["help"] = (kwargs.get("help") or "").rstrip(".") + "; " + self._QUIET_HELP
+        return super().add_argument(*names, **kwargs)
 
     def error(self, message):
         self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
@@ -64,9 +114,12 @@ class Parser(argparse.ArgumentParser):
                           help="only these layers, e.g. '0,15,29' or '10-19'")
 
     def add_force(self):
-        """``--force``: replace outputs that already exist (without it they are refused before any work)."""
+        """``--force``: replace outputs of the toolkit's that already exist (without it they are refused before any
+        work; see :func:`~analysis.io.outputs.check_target`)."""
         self.add_argument("--force", action="store_true",
-                          help="replace output files or folders that already exist (default: refuse them)")
+                          help="replace outputs that already exist (default: refuse them): only what the toolkit "
+                               "writes, a file of the same kind or a folder holding only the files it wrote there; "
+                               "never an input, the working directory or the home folder")
 
     def add_jobs(self):
         """``--jobs N``: modules worked on at once (default: the cores available to the process)."""
@@ -78,8 +131,9 @@ class Parser(argparse.ArgumentParser):
         """``--no-cache``: neither read nor write the persistent cache of base-weight SVDs."""
         self.add_argument("--no-cache", action="store_true",
                           help="do not use the persistent cache of the base weights' top singular triplets "
-                               "($XDG_CACHE_HOME/lora-subspace-analysis or ~/.cache/lora-subspace-analysis; "
-                               "LORA_SUBSPACE_CACHE overrides the folder)")
+                               "(keyed by the tensors' contents, in the svd-cache subfolder of "
+                               "$XDG_CACHE_HOME/lora-subspace-analysis or ~/.cache/lora-subspace-analysis; "
+                               "LORA_SUBSPACE_CACHE overrides the folder; nothing else in it is touched)")
 
     def add_tolerance(self):
         """``--tolerance T``: accuracy of the base weights' top singular triplets (see :func:`tolerance_setting`)."""
@@ -98,7 +152,9 @@ class Parser(argparse.ArgumentParser):
     def add_progress(self):
         """``--progress auto|on|off`` (see :func:`wants_progress`)."""
         self.add_argument("--progress", choices=("auto", "on", "off"), default="auto",
-                          help="progress bar on standard error (auto: only on a terminal)")
+                          help="progress on standard error: a bar on a terminal, else a line per stage (n of N, "
+                               "elapsed; at most one every 10 s besides its first and last). auto (default): "
+                               "on a terminal, else the stages lasting 2 s or more; on: every stage; off: none")
 
 
 def _positive_int(text):
@@ -146,9 +202,26 @@ def tolerance_setting(args):
 
 
 def wants_progress(args):
-    """Whether to draw a progress bar: ``--progress on``, or ``auto`` on a terminal."""
-    setting = getattr(args, "progress", "auto")
-    return sys.stderr.isatty() if setting == "auto" else setting == "on"
+    """The command's progress reporter, to pass as the sweeps' ``progress=`` (false when it shows nothing).
+
+    Inside :func:`run`, the reporter it made for ``args``; otherwise a new one (see
+    :meth:`~analysis.sweeps.progress.Progress.for_stream`): ``--quiet`` or ``--progress off``: nothing; a
+    bar when standard error is a terminal; else plain lines (``auto``: the stages lasting 2 s or more;
+    ``on``: every stage).
+
+    Returns
+    -------
+    Progress
+    """
+    from analysis.sweeps.progress import Progress
+
+    mine = _RUNNING.get(id(args))
+    if mine is not None:
+        return mine
+    return Progress.for_stream(getattr(args, "progress", "auto"), quiet=bool(getattr(args, "quiet", False)))
+
+
+_RUNNING = {}  # id(args) -> the progress reporter of the command running on them
 
 
 def alpha_b(args):
@@ -161,12 +234,17 @@ _THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
 
 
 def run(body, args):
-    """Call ``body(args)`` with BLAS on one thread, and map failures to exit codes.
+    """Call ``body(args)`` with BLAS on one thread, its outputs written together, and map failures to exit codes.
 
     The commands get their parallelism from module jobs (:mod:`analysis.core.threads`), so BLAS and OpenMP
     stay on one thread throughout, as with ``OMP_NUM_THREADS=1``: the libraries already loaded through
     ``threadpoolctl``, those loaded later through the thread-count variables (set only where the user has
     not set them; child processes such as Dask workers inherit them).
+
+    Every existing path among the arguments is protected (:func:`~analysis.io.outputs.protect`: no output may
+    be, hold or lie above it); the outputs are put in place together when ``body`` returns
+    (:func:`~analysis.io.outputs.output_set`); SIGTERM and SIGHUP stop the command as Ctrl-C does; the
+    libraries' warnings are captured (shown with ``--debug``).
 
     Parameters
     ----------
@@ -178,70 +256,346 @@ def run(body, args):
     Returns
     -------
     int
-        0 on success; 2 for :class:`~analysis.errors.AdapterError`,
-        ``ValueError``, ``OSError`` (bad input: one line on stderr);
-        130 on Ctrl-C (outputs being written are removed by their writers);
-        1 for anything else.
+        See the exit codes in the module docstring: 0, 2 (bad input), 3 (the environment), 1 (a bug),
+        128 + N (signal N).
     """
     from analysis.core.allocator import reuse_freed_memory
     from analysis.core.threads import blas_threads
+    from analysis.errors import EnvironmentFault
+    from analysis.io.outputs import output_set, protect
 
+    debug = bool(getattr(args, "debug", False))
     reuse_freed_memory()  # each module's arrays reuse the last module's pages (no page faults per module)
     for var in _THREAD_VARS:  # BLAS / OpenMP libraries loaded from here on (scipy's, torch's) start with one thread
         os.environ.setdefault(var, "1")
     try:
-        with blas_threads(1):  # and the ones already loaded (numpy's): parallelism comes from module jobs
-            code = body(args)
-    except KeyboardInterrupt:
-        if args.debug:
+        with _signals_as_interrupts(), _captured_warnings(debug), protect(input_paths(args)), \
+                _messages(args, quiet=bool(getattr(args, "quiet", False)) and not debug), _progress(args):
+            with blas_threads(1), output_set():  # parallelism comes from module jobs; outputs all or none
+                code = body(args)
+    except BrokenPipeError:  # the reader of standard output went away (``… | head``): stop quietly, as Unix tools do
+        try:
+            sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - keeps Python's exit flush from failing again
+        except OSError:
+            pass
+        return 141
+    except KeyboardInterrupt as e:
+        if debug:
             raise
-        print("interrupted: nothing half-written was left behind", file=sys.stderr)
-        return 130
+        signum = getattr(e, "signum", 2)
+        print(f"interrupted ({_signal_name(signum)}): nothing half-written was left behind", file=sys.stderr)
+        return 128 + signum
+    except EnvironmentFault as e:
+        if debug:
+            raise
+        return _fail(e, 3)
+    except MemoryError as e:
+        if debug:
+            raise
+        what = " ".join(str(e).split()) or "an allocation failed"
+        return _fail(f"out of memory ({what}); free memory or ask for less (fewer --jobs, smaller --trials or "
+                     "--tile, fewer inputs at once)", 3)
+    except ImportError as e:
+        if debug:
+            raise
+        if str(getattr(e, "name", "") or "").startswith("analysis"):  # one of the toolkit's own modules: a bug
+            return _bug(e)
+        return _fail(_missing_package(e), 3)
     except (AdapterError, ValueError, OSError) as e:
-        if args.debug:
+        if debug:
             raise
         msg = " ".join(str(e).split())
         if isinstance(e, OSError) and getattr(e, "filename", None) and str(e.filename) not in msg:
             msg = f"{e.filename}: {msg}"
-        print(f"error: {msg}", file=sys.stderr)
-        return 2
+        return _fail(msg, 2)
     except Exception as e:  # pragma: no cover - only on bugs
-        if args.debug:
+        if debug:
             raise
-        print(f"internal error: {type(e).__name__}: {' '.join(str(e).split())[:300]} "
-              "(rerun with --debug for a traceback)", file=sys.stderr)
-        return 1
+        return _bug(e)
     return 0 if code is None else int(code)
 
 
-def check_outputs(args, *names):
-    """Refuse, before any work, every output option in ``names`` whose target exists, unless ``--force``."""
-    from analysis.io.outputs import check_target
+def _bug(e):
+    """Exit code 1: one line naming the error and the file holding its traceback."""
+    where = _save_traceback(e)
+    pointer = f"traceback in {where} (or rerun with --debug)" if where else "rerun with --debug for a traceback"
+    print(f"internal error (a bug in the toolkit): {type(e).__name__}: {' '.join(str(e).split())[:300]}; {pointer}",
+          file=sys.stderr)
+    return 1
 
+
+#: pip names of modules whose import name differs.
+_PIP_NAMES = {"yaml": "pyyaml", "sklearn": "scikit-learn", "PIL": "pillow"}
+
+
+def _missing_package(e):
+    """The one line for an ImportError of an optional package: what is missing and the pip command."""
+    import re
+
+    names = [e.name] if getattr(e, "name", None) else re.findall(r"[\"'`]([A-Za-z][\w.-]*)[\"'`]", str(e))
+    pip = " ".join(dict.fromkeys(_PIP_NAMES.get(n.split(".")[0], n.split(".")[0]) for n in names))
+    return (f"a package this needs is not installed ({' '.join(str(e).split())}); "
+            + (f"install it with pip install {pip}" if pip else "install the package it names"))
+
+
+def _fail(message, code):
+    print(f"error: {' '.join(str(message).split())}", file=sys.stderr)
+    return code
+
+
+def _save_traceback(e):
+    """Write the traceback of ``e`` to a file in the temporary folder; its path, or None."""
+    import tempfile
+    import traceback
+
+    try:
+        fd, path = tempfile.mkstemp(prefix="lora-subspace-traceback-", suffix=".txt")
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(" ".join(sys.argv) + "\n\n")
+            fh.write("".join(traceback.format_exception(type(e), e, e.__traceback__)))
+        return path
+    except OSError:
+        return None
+
+
+def _signal_name(signum):
+    import signal
+
+    try:
+        return signal.Signals(signum).name
+    except ValueError:
+        return f"signal {signum}"
+
+
+class Interrupted(KeyboardInterrupt):
+    """SIGTERM or SIGHUP, raised in the main thread as Ctrl-C is (``signum`` says which)."""
+
+    def __init__(self, signum):
+        super().__init__(signum)
+        self.signum = signum
+
+
+@contextlib.contextmanager
+def _signals_as_interrupts():
+    """SIGTERM and SIGHUP stop the command as Ctrl-C does (main thread only; the old handlers come back)."""
+    import signal
+    import threading
+
+    old = {}
+    if threading.current_thread() is threading.main_thread():
+        def stop(signum, frame):
+            raise Interrupted(signum)
+
+        for name in ("SIGTERM", "SIGHUP"):
+            s = getattr(signal, name, None)
+            if s is not None:
+                with contextlib.suppress(ValueError, OSError):
+                    old[s] = signal.signal(s, stop)
+    try:
+        yield
+    finally:
+        for s, h in old.items():
+            with contextlib.suppress(ValueError, OSError, TypeError):
+                signal.signal(s, h)
+
+
+@contextlib.contextmanager
+def _captured_warnings(debug):
+    """Keep the libraries' warnings (numpy overflow, torch, Dask) off standard error unless ``debug``."""
+    import logging
+    import warnings
+
+    if debug:
+        yield
+        return
+    before = logging.root.manager.disable
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        logging.disable(logging.CRITICAL)  # Dask's and tornado's log lines (a lost scheduler's tracebacks)
+        try:
+            yield
+        finally:
+            logging.disable(before)
+
+
+@contextlib.contextmanager
+def _progress(args):
+    """The command's progress reporter (:func:`wants_progress`), ended with the command."""
+    reporter = wants_progress(args)
+    _RUNNING[id(args)] = reporter
+    try:
+        with reporter.activate():
+            yield reporter
+    finally:
+        _RUNNING.pop(id(args), None)
+
+
+def _uses_stdout(args):
+    """Whether an output option of ``args`` is ``-`` (standard output)."""
+    from analysis.io.outputs import STDOUT
+
+    return any(isinstance(v, str) and v == STDOUT for n, v in vars(args).items() if n in OUTPUT_OPTIONS)
+
+
+@contextlib.contextmanager
+def _messages(args, *, quiet):
+    """Standard error filtered by ``--quiet``; with an output to ``-``, the command's prints moved to standard
+    error and ``-`` bound to the standard output the command started with."""
+    from analysis.io.outputs import standard_output
+
+    data = sys.stdout
+    with contextlib.ExitStack() as stack:
+        if quiet:
+            stack.enter_context(_quiet_stderr())
+        if _uses_stdout(args):
+            stack.enter_context(standard_output(data))
+            stack.enter_context(contextlib.redirect_stdout(sys.stderr))
+        yield
+
+
+class _QuietStream:
+    """A text stream passing on only the lines that start with ``warning`` or ``error`` (``--quiet``)."""
+
+    _KEEP = ("warning", "error")
+
+    def __init__(self, inner):
+        self.inner, self.pending = inner, ""
+
+    def write(self, text):
+        self.pending += text
+        *lines, self.pending = self.pending.split("\n")
+        kept = [line for line in lines if line.lstrip().lower().startswith(self._KEEP)]
+        if kept:
+            self.inner.write("".join(f"{line}\n" for line in kept))
+        return len(text)
+
+    def flush(self):
+        self.inner.flush()
+
+    def finish(self):
+        if self.pending.lstrip().lower().startswith(self._KEEP):
+            self.inner.write(self.pending + "\n")
+        self.pending = ""
+        self.inner.flush()
+
+    def isatty(self):
+        return False
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+
+@contextlib.contextmanager
+def _quiet_stderr():
+    real = sys.stderr
+    quiet = _QuietStream(real)
+    sys.stderr = quiet
+    try:
+        yield
+    finally:
+        sys.stderr = real
+        with contextlib.suppress(OSError, ValueError):
+            quiet.finish()
+
+
+#: Argument names that are outputs, the option naming each, and the kind of target.
+OUTPUT_OPTIONS = {"json_path": ("--json", False, "json"), "csv_path": ("--csv", False, "csv"),
+                  "plot_path": ("--plot", False, None), "out": ("--out", None, None)}
+#: The kind of data an output option sends to ``-`` (standard output), where its name has no suffix to say.
+STDOUT_KINDS = {"json_path": "json", "csv_path": "csv", "plot_path": "png"}
+
+
+def input_paths(args):
+    """Every existing path among the arguments that are not outputs (the inputs an output must not touch)."""
+    out = []
+
+    def add(v):
+        if isinstance(v, (list, tuple)):
+            for x in v:
+                add(x)
+        elif isinstance(v, (str, os.PathLike)) and str(v) and "://" not in str(v):
+            with contextlib.suppress(OSError, ValueError):
+                if os.path.lexists(v):
+                    out.append(os.fspath(v))
+
+    for name, value in vars(args).items():
+        if name not in OUTPUT_OPTIONS:
+            add(value)
+    return out
+
+
+def check_outputs(args, *names):
+    """Refuse, before any work, the output options in ``names`` that would lose something.
+
+    Every target is checked (:func:`~analysis.io.outputs.check_target`: not an input, the working directory
+    or the home folder; existing only with ``--force``, and then only of the kind the command writes; not a
+    folder where a file goes), and two options naming one path, one inside another's folder, or both ``-``
+    (one stream), are refused. ``-`` is for file outputs only (``--json``, ``--csv``, ``--plot``); the null
+    device takes any number of outputs.
+    """
+    from analysis.io.outputs import check_target, target_type
+
+    force = getattr(args, "force", False)
+    seen = []
     for n in names:
         target = getattr(args, n, None)
-        if target:
-            check_target(target, force=getattr(args, "force", False))
+        if not target:
+            continue
+        option, folder, kind = OUTPUT_OPTIONS.get(n, (f"--{n.replace('_', '-')}", None, None))
+        where = target_type(target)
+        if where == "stdout" and folder is not False:
+            raise AdapterError(f"standard output takes the data of --json, --csv or --plot; {option} writes a "
+                               "folder or an adapter file: give a path", path=f"{option} -")
+        if where == "stdout":
+            kind = kind or STDOUT_KINDS.get(n)
+        real = "<standard output>" if where == "stdout" else os.path.realpath(os.path.abspath(os.fspath(target)))
+        for other_option, other_real, other_folder, other_where in seen:
+            if where == "null" or other_where == "null":
+                continue  # the null device takes any number of outputs
+            if real == other_real:
+                if where == "stdout":
+                    raise AdapterError(f"is also given to {other_option}; two outputs cannot share standard "
+                                       "output: give one of them a path", path=f"{option} -")
+                raise AdapterError(f"is also given to {other_option}; two outputs cannot name one path", path=target)
+            if where != "path" or other_where != "path":
+                continue
+            for (a, ra, fa), (b, rb) in (((option, real, folder), (other_option, other_real)),
+                                         ((other_option, other_real, other_folder), (option, real))):
+                if fa is not False and os.path.commonpath([ra, rb]) == ra:
+                    raise AdapterError(f"lies inside the {a} folder {ra}, which is replaced as a whole; choose "
+                                       "a path outside it", path=f"{b} {rb}")
+        check_target(target, force=force, folder=folder, kind=kind, option=option)
+        seen.append((option, real, folder, where))
+
+
+def write_json(path, obj, *, force=True, option="--json"):
+    """:func:`analysis.io.outputs.write_json`, its messages naming ``--json``."""
+    from analysis.io import outputs
+
+    outputs.write_json(path, obj, force=force, option=option)
 
 
 def write_csv(frame, path, *, force):
     """A DataFrame as CSV, whole or not at all."""
     from analysis.io.outputs import atomic_output
 
-    with atomic_output(path, force=force) as tmp:
+    with atomic_output(path, force=force, kind="csv", option="--csv") as tmp:
         frame.to_csv(tmp, index=False)
 
 
 def save_figure(fig, path, *, force, dpi=150):
-    """Save a Figure whole or not at all; the format from the suffix, checked first."""
-    from analysis.io.outputs import atomic_output
+    """Save a Figure whole or not at all; the format from the suffix, checked first (PNG for ``-`` and for a
+    device or FIFO whose name has no figure suffix)."""
+    from analysis.io.outputs import atomic_output, target_type
 
     ext = os.path.splitext(str(path))[1].lstrip(".").lower()
     formats = fig.canvas.get_supported_filetypes()
+    if target_type(path) != "path" and ext not in formats:
+        ext = "png"
     if ext not in formats:
         raise AdapterError(f"expected a figure file name ending in one of .{', .'.join(sorted(formats))}, "
                            f"got {'.' + ext if ext else 'no suffix'}", path=path)
-    with atomic_output(path, force=force) as tmp:
+    with atomic_output(path, force=force, kind=ext, option="--plot") as tmp:
         fig.savefig(tmp, dpi=dpi)
 
 

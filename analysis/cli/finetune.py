@@ -3,8 +3,13 @@
 from __future__ import annotations
 
 
+from typing import TYPE_CHECKING
+
 from analysis.cli.common import (Parser, check_outputs, fit, layer_str, provenance, run, wants_progress,
                                  write_csv, write_json)
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
 
 __all__ = ["main", "build_parser"]
 
@@ -26,7 +31,7 @@ examples:
 """
 
 
-def build_parser():
+def build_parser() -> Parser:
     p = Parser("analysis.finetune",
                description="Low-rank view of a full fine-tune: per module, the spectrum of W_ft - W0 by a "
                            "seeded randomized SVD, the energy captured by rank k, and the rank-k truncation "
@@ -48,7 +53,9 @@ def build_parser():
                    help="weights are stored (d_in, d_out) as GPT-2's Conv1D: transpose, and export with "
                         "fan_in_fan_out = true")
     p.add_argument("--seed", type=int, default=0, help="seed of the randomized SVD (default 0)")
-    p.add_argument("--n-iter", type=int, default=4, help="power iterations of the randomized SVD (default 4)")
+    p.add_tolerance()
+    p.add_argument("--n-iter", type=int, default=4, help="power iterations of the randomized SVD (default 4; "
+                   "--tolerance, when given, sets it and --oversample from the measured ladder instead)")
     p.add_argument("--oversample", type=int, default=10, help="extra random directions (default 10)")
     p.add_argument("--json", dest="json_path", metavar="FILE",
                    help="write per-module records, each with its computed spectrum")
@@ -63,6 +70,12 @@ def _body(args):
         raise ValueError("--n-iter and --oversample must be >= 0")
     check_outputs(args, "out", "json_path", "csv_path")
     from analysis.sweeps.finetune import finetune_deltas
+
+    if args.tolerance is not None:  # one vocabulary for the SVD's accuracy: the measured ladder of every command
+        from analysis.core.randomized import krylov_settings
+
+        ladder = krylov_settings(args.tolerance)
+        args.n_iter, args.oversample = ladder["n_iter"], ladder["oversample"]  # None: the default block
 
     res = finetune_deltas(args.base, args.finetuned, rank=args.rank, spectrum=args.spectrum,
                           modules=args.modules, layers=args.layers, alpha=args.lora_alpha,
@@ -102,13 +115,14 @@ def _body(args):
                           settings={"rank": args.rank, "spectrum": args.spectrum, "modules": args.modules,
                                     "layers": args.layers, "lora_alpha": args.lora_alpha,
                                     "fan_in_fan_out": args.fan_in_fan_out, "seed": args.seed,
-                                    "n_iter": args.n_iter, "oversample": args.oversample})
+                                    "n_iter": args.n_iter, "oversample": args.oversample,
+                                    **({"tolerance": args.tolerance} if args.tolerance is not None else {})})
         write_json(args.json_path, {**head, "skipped": res.skipped, "modules": recs}, force=args.force)
     if args.csv_path:
         write_csv(fr, args.csv_path, force=args.force)
 
 
-def main(argv=None):
+def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit code."""
     args = build_parser().parse_args(argv)
     return run(_body, args)

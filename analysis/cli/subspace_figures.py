@@ -1,12 +1,18 @@
 """Figures written by ``python -m analysis.subspace A B --out DIR`` (PNG, one file per figure).
 
-Built with the report's figure builders (:mod:`analysis.report.figures`), so
-that the same figure looks the same from both commands.
+Built with the composite builders of :mod:`analysis.plotting.composite` that the report uses too, so that the
+same figure looks the same from both commands.
 """
 
 from __future__ import annotations
 
 import os
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from analysis.core.adapter import Adapter
+    from analysis.sweeps.adapter import AdapterSweep
+    from analysis.sweeps.pair import PairSweep
 
 __all__ = ["write_pair_figures"]
 
@@ -24,6 +30,15 @@ def _focus_layer(frame, layer):
     return layers[len(layers) // 2] if layers else None
 
 
+def _by_kind(frame):
+    """``frame`` whose ``module`` column holds each module's type across layers (``stack/module part``)."""
+    from analysis.io.roles import module_role
+
+    if not len(frame):
+        return frame
+    return frame.assign(module=[module_role(n).kind for n in frame["name"]])
+
+
 def _spectra(adapter, names):
     """Singular values of ΔW per module (of the update's factors when the adapter stores no scale)."""
     mods = adapter.expanded()
@@ -31,7 +46,9 @@ def _spectra(adapter, names):
             for n in names}
 
 
-def write_pair_figures(sweep, a, b, out, *, sweeps=None, layer=None, force=False):
+def write_pair_figures(sweep: PairSweep, a: Adapter, b: Adapter, out: str, *,
+                       sweeps: tuple[AdapterSweep, AdapterSweep] | None = None, layer: int | None = None,
+                       force: bool = False) -> list[str]:
     """Write the comparison figures of two adapters into ``out``.
 
     Parameters
@@ -61,10 +78,11 @@ def write_pair_figures(sweep, a, b, out, *, sweeps=None, layer=None, force=False
 
 
 def _write_figures(sweep, a, b, out, *, sweeps, layer):
-    from analysis.report.figures import (amplification_figure, phi11_layers_figure, phi_modules_figure,
-                                         spectra_figure, table7_figure)
+    from analysis.plotting.composite import (amplification_figure, phi11_layers_figure, phi_modules_figure,
+                                             spectra_figure, table7_figure)
 
     fr = sweep.frame[~(sweep.frame["zero_a"] | sweep.frame["zero_b"])] if len(sweep.frame) else sweep.frame
+    fr = _by_kind(fr)  # one line per module type, unique across stacks (encoder / decoder …)
     written = []
     ta, tb = _tag(a.path), _tag(b.path)
     if ta == tb:  # the figures name the two adapters apart
@@ -88,14 +106,17 @@ def _write_figures(sweep, a, b, out, *, sweeps, layer):
                                          "random subspaces: φ ≈ max(i, j)/d"),
              f"phi_layer{L}.png" if L is not None else "phi.png")
     if fr["layer"].notna().any():
-        save(phi11_layers_figure({"": fr},
+        from analysis.plotting.common import module_label
+
+        several = fr["module"].str.split("/").str[0].nunique() > 1
+        save(phi11_layers_figure({"": fr}, labels={k: module_label(k, stack=several) for k in fr["module"].unique()},
                                  suptitle=f"Is the top direction shared? φ(1, 1) per layer, {ta} vs {tb}"),
              "phi11_by_layer.png")
     modules = sorted(fr["module"].unique())[:4]
     names = list(fr["name"])
     save(spectra_figure({ta: _spectra(a, names), tb: _spectra(b, names)}, modules), "spectra.png")
     if sweeps is not None:
-        frames = {t: s.frame[~s.frame["zero"]] for t, s in zip((ta, tb), sweeps)}
+        frames = {t: _by_kind(s.frame[~s.frame["zero"]]) for t, s in zip((ta, tb), sweeps)}
         save(amplification_figure(frames, modules=sorted(set().union(*(f["module"] for f in frames.values())))[:4],
                                   suptitle="How strongly ΔW amplifies directions of W (Table 7 of the LoRA paper, "
                                            "per layer)"),

@@ -4,8 +4,14 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
+from typing import TYPE_CHECKING
 
 from analysis.core.lowrank import LowRank
+
+if TYPE_CHECKING:
+    import os
+    from collections.abc import Iterable, Iterator, Sequence
+    from typing import Any
 
 __all__ = ["Adapter", "Layers", "is_embedding_name", "natural_key", "parse_layers", "select_modules", "split_name"]
 
@@ -14,7 +20,7 @@ _EMBED_RE = re.compile(r"(^|_)(wte|wpe|shared|emb|embed|embeds|embedding|embeddi
 _LAYER_RE = re.compile(r"^(?P<prefix>.*?)(?:^|[._])(?P<layer>\d+)[._](?P<module>.+)$")
 
 
-def is_embedding_name(name):
+def is_embedding_name(name: object) -> bool:
     """True for the module names of embedding tables (``wte``, ``embed_tokens``, ``word_embeddings`` …).
 
     >>> is_embedding_name("model.embed_tokens"), is_embedding_name("bert.embeddings.word_embeddings")
@@ -57,18 +63,18 @@ class Layers:
         The text it was parsed from, for messages.
     """
 
-    def __init__(self, ranges, spec=""):
+    def __init__(self, ranges: Iterable[tuple[int, int]], spec: str = "") -> None:
         self.ranges = tuple((int(lo), int(hi)) for lo, hi in ranges)
         self.spec = spec
 
-    def __contains__(self, layer):
+    def __contains__(self, layer: int | None) -> bool:
         return layer is not None and any(lo <= layer <= hi for lo, hi in self.ranges)
 
-    def size(self):
+    def size(self) -> int:
         """Number of layers named, counting overlaps twice (an upper bound, computed without expanding)."""
         return sum(hi - lo + 1 for lo, hi in self.ranges)
 
-    def __iter__(self):
+    def __iter__(self) -> Iterator[int]:
         if self.size() > 1 << 20:
             raise ValueError(f"layer selection {self.spec!r} is too large to list")
         return iter(sorted(set().union(*(range(lo, hi + 1) for lo, hi in self.ranges))))
@@ -80,7 +86,7 @@ class Layers:
             return self.size() <= 1 << 20 and set(self) == other
         return NotImplemented
 
-    def missing(self, existing):
+    def missing(self, existing: Iterable[int]) -> str:
         """The requested layers that are not in ``existing``, as text (``"30-99"``), or ``""``.
 
         Parameters
@@ -150,7 +156,8 @@ def parse_layers(spec: str) -> Layers:
     return Layers(ranges, str(spec))
 
 
-def select_modules(names, *, modules=None, layers=None):
+def select_modules(names: Iterable[str], *, modules: Sequence[str] | None = None,
+                   layers: set[int] | str | Layers | None = None) -> list[str]:
     """Filter module names by regular expressions and layer indices.
 
     Parameters
@@ -176,12 +183,14 @@ def select_modules(names, *, modules=None, layers=None):
         if gone and existing:
             raise ValueError(f"--layers {layers.spec}: no layer {gone} here; the modules have layers "
                              f"{_ranges_text(existing)}")
+    from analysis.core.patterns import compile_pattern
+
     pats = []
     for p in modules or ():
         try:
-            pats.append(re.compile(p))
-        except re.error as e:
-            raise ValueError(f"bad module pattern {p!r}: {e}") from None
+            pats.append(compile_pattern(p, "--modules"))  # matched with a time bound: no pattern hangs
+        except ValueError as e:
+            raise ValueError(f"bad module pattern {p!r}: {str(e).split(': ', 1)[-1]}") from None
     out = []
     for n in sorted(names, key=natural_key):
         if pats and not any(p.search(n) for p in pats):
@@ -192,7 +201,7 @@ def select_modules(names, *, modules=None, layers=None):
     return out
 
 
-def natural_key(name):
+def natural_key(name: str) -> list[int | str]:
     """Sort key that orders the numbers inside a name numerically (layer 2 before layer 10).
 
     >>> sorted(["h.10.q", "h.2.q", "h.1.v"], key=natural_key)
@@ -220,23 +229,24 @@ class Adapter(Mapping):
         Things the reader settled that a user may want to know.
     """
 
-    def __init__(self, modules, *, path, format, config=None, notes=()):
+    def __init__(self, modules: Mapping[str, LowRank], *, path: str | os.PathLike[str], format: str,
+                 config: Mapping[str, Any] | None = None, notes: Iterable[str] = ()) -> None:
         self._modules = dict(modules)
         self.path = str(path)
         self.format = format
         self.config = dict(config) if config else {}
         self.notes = tuple(notes)
 
-    def __getitem__(self, name) -> LowRank:
+    def __getitem__(self, name: str) -> LowRank:
         return self._modules[name]
 
-    def __iter__(self):
+    def __iter__(self) -> Iterator[str]:
         return iter(self._modules)
 
-    def __len__(self):
+    def __len__(self) -> int:
         return len(self._modules)
 
-    def expanded(self) -> dict:
+    def expanded(self) -> Mapping[str, LowRank]:
         """Modules with merged projections split into their parts.
 
         A loralib ``MergedLinear`` named ``…c_attn`` becomes ``…c_attn:q`` and
@@ -260,7 +270,7 @@ class Adapter(Mapping):
         """Stored rank per module."""
         return {k: v.r for k, v in self._modules.items()}
 
-    def with_alpha(self, alpha) -> "Adapter":
+    def with_alpha(self, alpha: float) -> "Adapter":
         """A copy with scale α / r on every module (for formats without α)."""
         mods = {k: v.with_scale(float(alpha) / v.meta.get("r", v.r)) for k, v in self._modules.items()}
         return Adapter(mods, path=self.path, format=self.format, config=self.config, notes=self.notes)

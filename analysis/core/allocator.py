@@ -18,10 +18,11 @@ import sys
 __all__ = ["reuse_freed_memory"]
 
 _M_TRIM_THRESHOLD, _M_TOP_PAD, _M_MMAP_THRESHOLD = -1, -2, -3
-_DONE = []
+_DONE: list[bool] = []
 
 
-def reuse_freed_memory(*, mmap_threshold=32 << 20, trim_threshold=1 << 30, top_pad=64 << 20):
+def reuse_freed_memory(*, mmap_threshold: int = 32 << 20, trim_threshold: int = 1 << 30,
+                       top_pad: int = 64 << 20) -> bool:
     """Make glibc keep freed memory in the process for the next allocations (idempotent).
 
     Parameters

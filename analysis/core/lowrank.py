@@ -10,18 +10,24 @@ O((d_out + d_in) r²).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Mapping, NamedTuple
+from typing import TYPE_CHECKING, Mapping, NamedTuple
 
 import numpy as np
 
 from analysis.errors import AdapterError, MissingAlphaError
+
+if TYPE_CHECKING:
+    import os
+    from collections.abc import Iterator
+
+    from numpy.typing import ArrayLike, DTypeLike
 
 __all__ = ["LowRank", "FactoredSVD", "numerical_rank", "require_float", "sign_flip", "tall_qr"]
 
 _KINDS = frozenset({"linear", "embedding", "conv", "merged"})
 
 
-def numerical_rank(s, shape):
+def numerical_rank(s: np.ndarray, shape: tuple[int, ...]) -> int:
     """Number of singular values above ``s[0] · max(shape) · eps(float64)``.
 
     Parameters
@@ -65,7 +71,7 @@ class _QR(NamedTuple):
     cross: np.ndarray | None = None  # (e, k): companionᵀ Q1
 
 
-def tall_qr(M):
+def tall_qr(M: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Thin QR ``M = Q R`` of a tall float64 matrix, Q with orthonormal columns.
 
     CholeskyQR (Cholesky of the Gram matrix) once when cond(M) ≤ 4, where its
@@ -153,7 +159,7 @@ def _q_times(qr, X):
     return qr.Q1 @ (X if qr.T is None else qr.T @ X)
 
 
-def sign_flip(u, v=None):
+def sign_flip(u: np.ndarray, v: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray | None]:
     """Fix the sign of singular vector pairs deterministically.
 
     Each column of ``u`` is flipped so that its entry of largest magnitude is
@@ -210,11 +216,12 @@ class FactoredSVD:
     S: np.ndarray
     V: np.ndarray
 
-    def __iter__(self):
+    def __iter__(self) -> Iterator[np.ndarray]:
         return iter((self.U, self.S, self.V))
 
 
-def require_float(x, *, path=None, key=None, what="values"):
+def require_float(x: ArrayLike, *, path: str | os.PathLike[str] | None = None, key: str | None = None,
+                  what: str = "values") -> np.ndarray:
     """The one rule for factors and base weights: floating point, upcast to at least float32.
 
     Parameters
@@ -310,6 +317,10 @@ class LowRank:
             raise AdapterError(
                 f"lora_A and lora_B must be 2-D, got lora_A {A.shape} and lora_B {B.shape}",
                 path=self.source, key=key)
+        if A.shape[1] == 0 or B.shape[0] == 0:  # a layer of width 0 has no directions to compare
+            raise AdapterError(
+                f"expected a module of positive width, got lora_A {A.shape} (r, d_in) and lora_B {B.shape} "
+                "(d_out, r)", path=self.source, key=key)
         if B.shape[1] != A.shape[0]:
             raise AdapterError(
                 f"inner dimensions disagree: lora_B is {B.shape} (d_out, r) and lora_A is "
@@ -352,7 +363,7 @@ class LowRank:
             c = self._cache[key] = _tall_qr(M)  # Q = Q1 T, M = Q R
         return c
 
-    def factor_cross(self, which, Q):
+    def factor_cross(self, which: str, Q: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """``Qᵀ Q1`` for the factor ``which``, Q1 its QR's first factor (see :meth:`basis_parts`).
 
         When the factor's QR is not computed yet and Q has at most r / 4 columns, the product rides on its
@@ -417,7 +428,7 @@ class LowRank:
             c = self._cache["core"] = (U, S, V)
         return c
 
-    def basis_parts(self, side):
+    def basis_parts(self, side: str) -> tuple[np.ndarray, np.ndarray | None]:
         """``(Q, Y)`` with ``basis(side) = Q @ Y`` up to the signs of its columns, without forming it.
 
         Parameters
@@ -532,7 +543,7 @@ class LowRank:
         s = abs(self._require_scale())
         return float(s * np.linalg.norm(self._small("core")[1]))
 
-    def delta(self, *, dtype=np.float64) -> np.ndarray:
+    def delta(self, *, dtype: DTypeLike = np.float64) -> np.ndarray:
         """Dense ΔW = scale · lora_B @ lora_A, only on explicit request.
 
         Returns
@@ -549,7 +560,7 @@ class LowRank:
         out *= s
         return out
 
-    def with_scale(self, scale) -> "LowRank":
+    def with_scale(self, scale: float | None) -> "LowRank":
         """A copy with another scale (e.g. α supplied after loading)."""
         return LowRank(self.lora_A, self.lora_B, scale, name=self.name, source=self.source,
                        kind=self.kind, weight_shape=self.weight_shape,

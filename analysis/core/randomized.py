@@ -29,9 +29,16 @@ exact LAPACK SVD is used instead (it is then both cheaper and exact).
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 
 from analysis.core.lowrank import FactoredSVD, sign_flip
+
+if TYPE_CHECKING:
+    from typing import Any
+
+    from numpy.typing import ArrayLike
 
 __all__ = ["randomized_svd", "krylov_settings", "METHODS", "TOLERANCES", "DEFAULT_TOLERANCE", "EXACT",
            "FULL_N_ITER", "work_dtype", "matmul_f64"]
@@ -53,7 +60,7 @@ FULL_N_ITER = 2**20
 _MAX_TOLERANCE = 0.5
 
 
-def krylov_settings(tolerance=None):
+def krylov_settings(tolerance: float | str | None = None) -> dict[str, Any]:
     """Settings of :func:`randomized_svd` that meet ``tolerance``: the cheapest measured rung.
 
     Parameters
@@ -68,7 +75,7 @@ def krylov_settings(tolerance=None):
     -------
     dict
         ``{"n_iter": int, "oversample": int or None}`` for :func:`randomized_svd` (with ``method="auto"``)
-        or :func:`~analysis.io.svd_cache.cached_topk_svd`; the full SVD is ``n_iter=FULL_N_ITER``, which
+        or :func:`~analysis.sweeps.svd_cache.cached_topk_svd`; the full SVD is ``n_iter=FULL_N_ITER``, which
         ``method="auto"`` turns into LAPACK's SVD.
 
     Raises
@@ -112,7 +119,7 @@ def _full(W, k):
     return FactoredSVD(U, S[:k].copy(), V)
 
 
-def work_dtype(W):
+def work_dtype(W: np.ndarray) -> type[np.float32] | type[np.float64]:
     """Precision of the products with a large matrix W: its own for float32 and below, float64 otherwise.
 
     Parameters
@@ -127,7 +134,7 @@ def work_dtype(W):
     return np.float32 if W.dtype.kind == "f" and W.dtype.itemsize <= 4 else np.float64
 
 
-def matmul_f64(X, Y):
+def matmul_f64(X: np.ndarray, Y: np.ndarray) -> np.ndarray:
     """``X @ Y`` in X's precision (see :func:`work_dtype`), returned in float64.
 
     The large products with a base weight run in its own precision; the small factorisations that follow
@@ -162,7 +169,8 @@ def _block_krylov(W, k, p, n_iter, seed):
     return FactoredSVD(U, S[:k].copy(), V)
 
 
-def randomized_svd(W, k, *, oversample=None, n_iter=8, seed=0, method="auto"):
+def randomized_svd(W: ArrayLike, k: int, *, oversample: int | None = None, n_iter: int = 8, seed: int = 0,
+                   method: str = "auto") -> FactoredSVD:
     """Top-k singular triplets of ``W``, seeded and deterministic.
 
     Parameters

@@ -17,6 +17,11 @@ import math
 import os
 import threading
 from collections import deque
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterable, Iterator
+    from typing import Any
 
 __all__ = ["available_cores", "resolve_jobs", "blas_threads", "map_ordered"]
 
@@ -44,7 +49,7 @@ def _cgroup_quota(root="/sys/fs/cgroup"):
         return None
 
 
-def available_cores(*, cgroup_root="/sys/fs/cgroup"):
+def available_cores(*, cgroup_root: str = "/sys/fs/cgroup") -> int:
     """Cores this process may actually use: its CPU affinity, capped by the cgroup CPU quota.
 
     Parameters
@@ -67,7 +72,7 @@ def available_cores(*, cgroup_root="/sys/fs/cgroup"):
     return max(1, int(n))
 
 
-def resolve_jobs(jobs=None):
+def resolve_jobs(jobs: int | None = None) -> int:
     """The number of modules worked on at once: ``jobs``, or :func:`available_cores` when ``None`` / 0.
 
     Parameters
@@ -86,7 +91,7 @@ def resolve_jobs(jobs=None):
 
 
 @contextlib.contextmanager
-def blas_threads(n=1):
+def blas_threads(n: int | None = 1) -> Iterator[None]:
     """Limit the BLAS / OpenMP thread pools (numpy's, scipy's and torch's) to ``n`` threads inside the block.
 
     The limit is process-wide (BLAS libraries have no per-thread setting); nested and concurrent uses from
@@ -149,7 +154,8 @@ def _loaded_torch():
     return sys.modules.get("torch")  # never imported here: only limited when the caller already uses it
 
 
-def map_ordered(fn, items, *, jobs=1, alone_threads=1):
+def map_ordered(fn: Callable[[Any], Any], items: Iterable[Any], *, jobs: int | None = 1,
+                alone_threads: int | None = 1) -> Iterator[Any]:
     """``[fn(x) for x in items]``, with up to ``jobs`` calls at once in threads, BLAS pinned to one thread.
 
     At most ``jobs`` calls run at once and the next item is read only when one of them is free, so memory
@@ -193,6 +199,7 @@ def map_ordered(fn, items, *, jobs=1, alone_threads=1):
             return more[0] and running[0] < jobs and len(pending) < window
 
         with ThreadPoolExecutor(max_workers=jobs, thread_name_prefix="analysis-module") as pool:
+            pending: deque[Any]
             pending, it, more = deque(), iter(items), [True]
             try:
                 while more[0] or pending:

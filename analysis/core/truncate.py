@@ -15,15 +15,22 @@ and the relative error ‖ΔW − ΔW_k‖_F / ‖ΔW‖_F = √(1 − energy)
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from analysis.core.lowrank import LowRank
 
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+    from typing import Any
+
 __all__ = ["from_svd", "truncate"]
 
 
-def from_svd(U, S, V, *, alpha, name="", kind="linear", weight_shape=None, meta=None, source=None):
+def from_svd(U: np.ndarray, S: np.ndarray, V: np.ndarray, *, alpha: float, name: str = "", kind: str = "linear",
+             weight_shape: tuple[int, ...] | None = None, meta: Mapping[str, Any] | None = None,
+             source: str | None = None) -> LowRank:
     """LoRA factors of ``U diag(S) Vᵀ`` for PEFT's scale ``alpha / k``.
 
     Parameters
@@ -65,7 +72,7 @@ def from_svd(U, S, V, *, alpha, name="", kind="linear", weight_shape=None, meta=
     return LowRank(A, B, alpha / k, name=name, source=source, kind=kind, weight_shape=weight_shape, meta=meta)
 
 
-def truncate(lr, k, *, alpha=None):
+def truncate(lr: LowRank, k: int, *, alpha: float | None = None) -> LowRank:
     """Best rank-k approximation of one update, as LoRA factors.
 
     Parameters

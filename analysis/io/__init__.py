@@ -12,17 +12,24 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from analysis.errors import AdapterError
 from analysis.io.hub import is_repo_id, resolve_repo
 from analysis.io.tensors import TENSOR_SUFFIXES, read_tensors
+
+if TYPE_CHECKING:
+    from collections.abc import Iterable
+    from typing import Any
+
+    from analysis.core.adapter import Adapter
 
 __all__ = ["load_adapter", "sniff_format"]
 
 _LYCORIS_MARKERS = ("hada_w1_a", "hada_w2_a", "lokr_w1", "lokr_w2", ".oft_", "oft_blocks", "lokr_t")
 
 
-def sniff_format(keys, path=None) -> str:
+def sniff_format(keys: Iterable[str], path: str | os.PathLike[str] | None = None) -> str:
     """Name the checkpoint format from its tensor keys.
 
     Parameters
@@ -66,7 +73,8 @@ def _pick_file(folder: Path) -> Path:
     return files[0]
 
 
-def load_adapter(path, *, alpha=None, lazy=False, **options):
+def load_adapter(path: str | os.PathLike[str], *, alpha: float | None = None, lazy: bool = False,
+                 **options: Any) -> Adapter:
     """Read a LoRA checkpoint of any supported format.
 
     Parameters

@@ -5,17 +5,19 @@
 * an HF model folder with ``model.safetensors``, or with shards listed in
   ``model.safetensors.index.json``;
 * a single ``.safetensors`` file;
-* a ``.gguf`` file of a Llama-architecture model (llama.cpp): tensors are
-  dequantised with the ``gguf`` package, renamed to HF Llama names, and the
-  row permutation llama.cpp's converter applies to Wq and Wk for its rotary
-  embedding is undone, so that the weights line up with adapters trained on
-  the HF model.
+* a ``.gguf`` file (llama.cpp) of any architecture the ``gguf`` package maps: tensors are
+  dequantised with the ``gguf`` package, found under any HF name the package maps to them, and given back
+  as the HF model holds them — the row permutation llama.cpp's converter applies to Wq and Wk for its
+  rotary embedding (Llama and its kin), the regrouped fused QKV (BLOOM, GPT-NeoX, Falcon) and the norms
+  stored as 1 + w (Gemma) are undone (:mod:`analysis.io.gguf_layout`), so that the weights line up with
+  adapters trained on the HF model.
 
 Module names are HF names without the ``.weight`` suffix (e.g.
 ``model.layers.0.self_attn.q_proj``); kohya / LyCORIS names (``lora_unet_…``)
-are resolved against them (:mod:`analysis.io.kohya_names`); ``weight(name)`` returns float32 in the
-``nn.Linear`` orientation, shape (d_out, d_in), read one tensor at a time and
-checked for NaN / Inf.
+are resolved against them (:mod:`analysis.io.kohya_names`); ``weight(name)`` returns float32, a matrix in
+the ``nn.Linear`` orientation (d_out, d_in) as a GGUF file and HF ``nn.Linear`` layers store it (a safetensors
+Conv1D weight is returned as stored, (d_in, d_out), and oriented by :func:`base_matrix`), read one tensor at
+a time and checked for NaN / Inf.
 
 Example
 -------
@@ -27,16 +29,23 @@ from __future__ import annotations
 
 import json
 import os
-import re
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from analysis.core.lowrank import require_float
 from analysis.errors import AdapterError
+from analysis.io import gguf_layout
+from analysis.io.gguf_layout import gguf_to_hf_name, unpermute_rope_rows
 from analysis.io.kohya_names import kohya_prefix, resolve_kohya_name, underscore_index
 from analysis.io.safetensors_file import FLOAT_DTYPES, SafetensorsFile
 from analysis.io.stored import StoredMatrix
 from analysis.io.tensors import check_finite
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+
+    from analysis.core.lowrank import LowRank
 
 __all__ = [
     "BaseWeights",
@@ -45,6 +54,7 @@ __all__ = [
     "read_base",
     "SafetensorsBase",
     "GGUFBase",
+    "LinearOriented",
     "open_base",
     "gguf_to_hf_name",
     "unpermute_rope_rows",
@@ -62,8 +72,10 @@ class BaseWeights:
     """
 
     path: str
+    _index: Callable[[], dict[str, int]]  # module name -> ndim, from the reader
+    _read: Callable[..., np.ndarray]  # one tensor, by the reader's own name
 
-    def names(self, *, matrices_only=False):
+    def names(self, *, matrices_only: bool = False) -> list[str]:
         """List module names (HF naming, without ``.weight``).
 
         Parameters
@@ -77,7 +89,7 @@ class BaseWeights:
         """
         return [n for n, ndim in self._index().items() if not matrices_only or ndim == 2]
 
-    def __contains__(self, name):
+    def __contains__(self, name: str) -> bool:
         if name in self._index():
             return True
         try:
@@ -86,7 +98,7 @@ class BaseWeights:
             return False
         return True
 
-    def resolve(self, name):
+    def resolve(self, name: str) -> str:
         """The base's own name for a module: ``name`` itself, or a kohya / LyCORIS name resolved.
 
         Parameters
@@ -114,7 +126,7 @@ class BaseWeights:
             under = self._underscore = underscore_index(index)
         return resolve_kohya_name(name, index, index=under, path=self.path)
 
-    def weight(self, name):
+    def weight(self, name: str) -> np.ndarray:
         """Read one weight.
 
         Parameters
@@ -134,7 +146,8 @@ class BaseWeights:
         """
         return self._read(self.resolve(name))
 
-    def weights(self, names=None, *, stored=False):
+    def weights(self, names: Iterable[str] | None = None, *,
+                stored: bool = False) -> Iterator[tuple[str, np.ndarray | StoredMatrix]]:
         """Yield ``(name, W)`` for several modules, one at a time (each file's header parsed once).
 
         Parameters
@@ -151,7 +164,7 @@ class BaseWeights:
         W : (d_out, d_in) ndarray of float32 (float64 for a float64 tensor), or StoredMatrix
         """
         names = self.names() if names is None else list(names)
-        asked = {}  # the base's name -> the names it was asked by (kohya names resolved)
+        asked: dict[str, list[str]] = {}  # the base's name -> the names it was asked by (kohya names resolved)
         for name in names:
             asked.setdefault(self.resolve(name), []).append(name)
         for real, W in self._read_many(list(asked), stored=stored):
@@ -167,9 +180,14 @@ class BaseWeights:
     def _read_many(self, names, stored=False):
         for name in names:
             W = self._read(name)
-            yield name, StoredMatrix.from_array(W, path=self.path, key=name + ".weight") if stored else W
+            if stored:
+                linear = getattr(W, "nn_linear", False)
+                W = StoredMatrix.from_array(W, path=self.path, key=name + ".weight")
+                if linear:  # a LinearOriented array: its stored form keeps the mark for base_matrix
+                    W.nn_linear = True
+            yield name, W
 
-    def close(self):
+    def close(self) -> None:
         """Release open files."""
 
     def __enter__(self):
@@ -193,30 +211,35 @@ class SafetensorsBase(BaseWeights):
         ``model.safetensors.index.json``.
     """
 
-    def __init__(self, path):
+    def __init__(self, path: str | os.PathLike[str]) -> None:
         from safetensors import safe_open
 
         self._safe_open = safe_open
         path = os.fspath(path)
         self.path = path
         if os.path.isdir(path):
-            index = os.path.join(path, _INDEX)
-            single = os.path.join(path, _SINGLE)
+            # transformers' names, then diffusers' (a UNet / transformer folder of a pipeline)
+            for stem in ("model", "diffusion_pytorch_model"):
+                index = os.path.join(path, f"{stem}.safetensors.index.json")
+                single = os.path.join(path, f"{stem}.safetensors")
+                if os.path.exists(index) or os.path.exists(single):
+                    break
             if os.path.exists(index):
                 shard_of = self._read_index(index)
             elif os.path.exists(single):
                 shard_of = None
                 files = [single]
             else:
-                raise AdapterError(f"expected {_SINGLE} or {_INDEX} in the folder, got neither", path=path)
+                raise AdapterError(f"expected {_SINGLE} or {_INDEX} (or diffusers' diffusion_pytorch_model.safetensors) "
+                                   "in the folder, got neither", path=path)
         else:
             shard_of = None
             files = [path]
         if shard_of is not None:
             files = sorted(set(shard_of.values()))
-        self._files = {}  # shard file -> SafetensorsFile (header parsed once)
-        self._keys = {}  # tensor key -> file
-        self._ndim = {}  # module name -> ndim
+        self._files: dict[str, SafetensorsFile] = {}  # shard file -> SafetensorsFile (header parsed once)
+        self._keys: dict[str, str] = {}  # tensor key -> file
+        self._ndim: dict[str, int] = {}  # module name -> ndim
         for f in files:
             if not os.path.exists(f):
                 raise AdapterError(f"expected shard file {os.path.basename(f)} listed in {_INDEX}, got a missing file",
@@ -249,16 +272,19 @@ class SafetensorsBase(BaseWeights):
                                path=index, key="weight_map") from None
         if not isinstance(weight_map, dict):
             raise AdapterError(f"expected an object, got {type(weight_map).__name__}", path=index, key="weight_map")
-        folder = os.path.realpath(os.path.dirname(index))
+        # The check is on the names the index gives, not on where the files are: in the Hugging Face cache every
+        # shard of snapshots/<rev>/ is a symbolic link to ../../blobs/<sha256>, which is as it should be.
+        folder = os.path.abspath(os.path.dirname(index))
         out = {}
         for k, v in weight_map.items():
             if not isinstance(v, str) or not v:
                 raise AdapterError(f"expected a shard file name, got {v!r}", path=index, key=k)
-            f = os.path.realpath(os.path.join(folder, v))
-            if os.path.dirname(f) != folder:  # checked before anything is opened
+            parts = v.replace("\\", "/").split("/")
+            if os.path.isabs(v) or any(p in ("", ".", "..") for p in parts) or "\0" in v:
+                # checked before anything is opened
                 raise AdapterError(f"expected a shard file inside the model folder, got {v!r}, which leaves it",
                                    path=index, key=k)
-            out[k] = f
+            out[k] = os.path.join(folder, *parts)
         return out
 
     def _index(self):
@@ -297,93 +323,45 @@ class SafetensorsBase(BaseWeights):
             yield name, self._read(name, stored=stored)
 
 
-# GGUF (llama.cpp) -> HF Llama names, per block and global.
-_GGUF_BLOCK = {
-    "attn_q": "self_attn.q_proj",
-    "attn_k": "self_attn.k_proj",
-    "attn_v": "self_attn.v_proj",
-    "attn_output": "self_attn.o_proj",
-    "ffn_gate": "mlp.gate_proj",
-    "ffn_up": "mlp.up_proj",
-    "ffn_down": "mlp.down_proj",
-    "attn_norm": "input_layernorm",
-    "ffn_norm": "post_attention_layernorm",
-}
-_GGUF_GLOBAL = {"token_embd": "model.embed_tokens", "output_norm": "model.norm", "output": "lm_head"}
-_BLK = re.compile(r"^blk\.(\d+)\.([a-z_]+)\.weight$")
+class LinearOriented(np.ndarray):
+    """A base weight already in the ``nn.Linear`` (d_out, d_in) orientation although its HF layer stores it
+    transposed (a GPT-2 Conv1D read from a GGUF file): :func:`base_matrix` does not transpose it again for an
+    adapter's ``fan_in_fan_out``. A plain view of the same memory otherwise."""
 
-
-def gguf_to_hf_name(gguf_name):
-    """Map a llama.cpp tensor name to an HF Llama module name.
-
-    Parameters
-    ----------
-    gguf_name : str
-        E.g. ``"blk.3.attn_q.weight"``.
-
-    Returns
-    -------
-    str or None
-        E.g. ``"model.layers.3.self_attn.q_proj"``; None if unknown (or not a weight).
-
-    Examples
-    --------
-    >>> gguf_to_hf_name("blk.3.attn_q.weight")
-    'model.layers.3.self_attn.q_proj'
-    >>> gguf_to_hf_name("token_embd.weight")
-    'model.embed_tokens'
-    """
-    m = _BLK.match(gguf_name)
-    if m:
-        part = _GGUF_BLOCK.get(m.group(2))
-        return None if part is None else f"model.layers.{m.group(1)}.{part}"
-    if gguf_name.endswith(".weight"):
-        return _GGUF_GLOBAL.get(gguf_name[: -len(".weight")])
-    return None
-
-
-def unpermute_rope_rows(W, n_head):
-    """Undo llama.cpp's rotary row permutation of Wq / Wk.
-
-    ``convert_hf_to_gguf.py`` stores ``W.reshape(n_head, 2, hd/2, d_in).swapaxes(1, 2)``
-    (interleaving the two rotary halves of each head); this applies the inverse.
-
-    Parameters
-    ----------
-    W : (n_head * head_dim, d_in) ndarray
-        The weight as stored in the GGUF file (rows permuted).
-    n_head : int
-        Number of heads of this projection (``head_count`` for Wq,
-        ``head_count_kv`` for Wk).
-
-    Returns
-    -------
-    (n_head * head_dim, d_in) ndarray
-        The HF row order.
-
-    Raises
-    ------
-    ValueError
-        If the row count is not a multiple of ``2 * n_head``.
-    """
-    rows = W.shape[0]
-    if n_head < 1 or rows % (2 * n_head):
-        raise ValueError(f"W has {rows} rows, not a multiple of 2 * n_head = {2 * n_head}: "
-                         f"got W of shape {W.shape}")
-    half = rows // n_head // 2
-    return W.reshape(n_head, half, 2, *W.shape[1:]).swapaxes(1, 2).reshape(W.shape)
+    nn_linear = True
 
 
 class GGUFBase(BaseWeights):
-    """Base weights of a Llama-architecture GGUF file, dequantised to float32.
+    """Base weights of a GGUF file (llama.cpp) of any architecture the ``gguf`` package maps, as float32.
+
+    Tensors are dequantised with the ``gguf`` package and given back as the HF model holds them, in the
+    ``nn.Linear`` (d_out, d_in) orientation: what llama.cpp's converter changed (rotary row permutation of
+    Wq / Wk, regrouped fused QKV, norms stored as 1 + w) is undone per architecture
+    (:mod:`analysis.io.gguf_layout`). A GGUF matrix is always stored (d_out, d_in) (ggml's ``ne0`` = d_in);
+    GPT-2's Conv1D weights, (d_in, d_out) in HF, are transposed by the converter and returned (d_out, d_in)
+    as :class:`LinearOriented` arrays.
+
+    Names: any HF module name the ``gguf`` package maps to a tensor of this architecture
+    (``gguf.get_tensor_name_map(arch, block_count)``), the file's own names (``blk.0.attn_q``), or a kohya
+    name resolved against :meth:`names`. ``names()`` lists a llama-architecture file under HF Llama names
+    (``model.layers.0.self_attn.q_proj``, :data:`~analysis.io.gguf_layout.LLAMA_HF_NAMES`) and any other
+    file under its GGUF names without ``.weight``: the package maps many HF spellings to each tensor, and
+    none of them is the architecture's own.
 
     Parameters
     ----------
     path : str or os.PathLike
         A ``.gguf`` file.
+
+    Attributes
+    ----------
+    arch : str
+        ``general.architecture``.
+    n_head, n_head_kv : int or list of int or None
+        ``<arch>.attention.head_count`` / ``head_count_kv`` (per layer for some architectures).
     """
 
-    def __init__(self, path):
+    def __init__(self, path: str | os.PathLike[str]) -> None:
         try:
             import gguf
         except ImportError:
@@ -395,19 +373,35 @@ class GGUFBase(BaseWeights):
             self._reader = gguf.GGUFReader(self.path)
         except Exception as err:
             raise AdapterError(f"expected a valid GGUF file, got {type(err).__name__}: {err}", path=path) from None
-        arch = self._field("general.architecture")
-        if arch != "llama":
-            raise AdapterError(f"expected architecture 'llama', got {arch!r}", path=path, key="general.architecture")
-        self.n_head = int(self._field("llama.attention.head_count"))
-        kv = self._field("llama.attention.head_count_kv", required=False)
-        self.n_head_kv = self.n_head if kv is None else int(kv)
-        self._tensors = {}
-        self._ndim = {}
+        self.arch = arch = str(self._field("general.architecture"))
+        if gguf_layout.tensor_name_map(arch, 0) is None:
+            known = sorted(gguf.MODEL_ARCH_NAMES.values())
+            raise AdapterError(f"expected an architecture the gguf package maps ({len(known)} of them, e.g. llama, "
+                               f"qwen2, gpt2, falcon), got {arch!r}", path=path, key="general.architecture")
+        self._map = gguf_layout.tensor_name_map(arch, int(self._field(f"{arch}.block_count")))
+        needs_heads = arch in gguf_layout.ROPE_PERMUTED | gguf_layout.ROPE_PERMUTED_K_GROUPS | \
+            gguf_layout.QKV_PER_HEAD | gguf_layout.QKV_KV_GROUPS
+        self.n_head = _heads(self._field(f"{arch}.attention.head_count", required=needs_heads))
+        kv = _heads(self._field(f"{arch}.attention.head_count_kv", required=False))
+        self.n_head_kv = self.n_head if kv is None else kv
+        self._index_tensors()
+
+    def _index_tensors(self):
+        self._tensors = {}  # listed name -> ReaderTensor
+        self._ndim = {}  # listed name -> ndim
+        self._kinds = {}  # listed name -> (MODEL_TENSOR member name, block)
+        self._listed = {}  # GGUF name without .weight -> listed name
         for t in self._reader.tensors:
-            hf = gguf_to_hf_name(t.name)
-            if hf is not None:
-                self._tensors[hf] = t
-                self._ndim[hf] = len(t.shape)
+            if not t.name.endswith(".weight"):
+                continue
+            stem = t.name[: -len(".weight")]
+            listed = gguf_layout.listed_name(self._map, self.arch, stem)
+            if listed is None:
+                continue
+            self._tensors[listed] = t
+            self._ndim[listed] = len(t.shape)
+            self._kinds[listed] = gguf_layout.tensor_kind(self._map, stem)
+            self._listed[stem] = listed
 
     def _field(self, key, *, required=True):
         field = self._reader.fields.get(key)
@@ -420,6 +414,47 @@ class GGUFBase(BaseWeights):
     def _index(self):
         return self._ndim
 
+    def resolve(self, name: str) -> str:
+        """The name :meth:`names` lists a module under: ``name`` itself, its GGUF tensor through the ``gguf``
+        package's map, or a kohya name resolved.
+
+        Parameters
+        ----------
+        name : str
+            An HF module name of this architecture (``transformer.h.0.attn.c_attn``), a GGUF name
+            (``blk.0.attn_qkv``) or a kohya name.
+
+        Returns
+        -------
+        str
+
+        Raises
+        ------
+        AdapterError
+            The package maps no tensor of this architecture to the name, or the file lacks that tensor.
+        """
+        if name in self._ndim:
+            return name
+        stem = gguf_layout.mapped_name(self._map, self.arch, name)  # type: ignore[arg-type]  # checked in __init__
+        if stem in self._listed:
+            return self._listed[stem]
+        if kohya_prefix(name) is not None:
+            return super().resolve(name)
+        if stem is not None:
+            raise AdapterError(f"expected tensor '{stem}.weight' (the gguf package's name for module '{name}' in a "
+                               f"{self.arch} model), got no such tensor in the file (llama.cpp's converter may have "
+                               "split, fused or dropped it)", path=self.path, key=name + ".weight")
+        some = ", ".join(list(self._ndim)[:3])
+        raise AdapterError(f"expected a module name the gguf package maps to a tensor of a {self.arch} model "
+                           f"({len(self._ndim)} weights, e.g. {some}), got none for module '{name}'",
+                           path=self.path, key=name + ".weight")
+
+    def _block_heads(self, bid):
+        """``(n_head, n_head_kv)`` of block ``bid`` (per-layer counts picked)."""
+        def pick(v):
+            return v[bid] if isinstance(v, list) and bid is not None and bid < len(v) else v
+        return pick(self.n_head), pick(self.n_head_kv)
+
     def _read(self, name):
         t = self._tensors[name]
         W = np.asarray(self._gguf.quants.dequantize(t.data, t.tensor_type), dtype=np.float32)
@@ -427,20 +462,36 @@ class GGUFBase(BaseWeights):
         if W.shape != shape:
             raise AdapterError(f"expected shape {shape} after dequantisation, got {W.shape}",
                                path=self.path, key=t.name)
-        if name.endswith("self_attn.q_proj"):
-            W = unpermute_rope_rows(W, self.n_head)
-        elif name.endswith("self_attn.k_proj"):
-            W = unpermute_rope_rows(W, self.n_head_kv)
-        return check_finite(np.ascontiguousarray(W), self.path, t.name)
+        kind, bid = self._kinds[name]
+        n_head, n_head_kv = self._block_heads(bid)
+        try:
+            W, conv1d = gguf_layout.undo_converter(W, self.arch, kind, n_head, n_head_kv)
+        except (ValueError, TypeError) as err:
+            raise AdapterError(f"expected rows that fit the {self.arch} head counts (head_count {n_head}, "
+                               f"head_count_kv {n_head_kv}) to undo llama.cpp's reordering, got {err}",
+                               path=self.path, key=t.name) from None
+        W = check_finite(np.ascontiguousarray(W), self.path, t.name)
+        return W.view(LinearOriented) if conv1d else W
 
-    def close(self):
+    def close(self) -> None:
         """Drop the memory map."""
-        self._reader = None
+        self._reader = None  # type: ignore[assignment]
         self._tensors = {}
         self._ndim = {}
+        self._kinds = {}
+        self._listed = {}
 
 
-def open_base(path):
+def _heads(value):
+    """A head count from GGUF metadata: an int, a per-layer list of ints, or None."""
+    if value is None:
+        return None
+    if isinstance(value, (list, tuple)):
+        return [int(v) for v in value]
+    return int(value)
+
+
+def open_base(path: str | os.PathLike[str]) -> BaseWeights:
     """Open base-model weights for lazy, one-tensor-at-a-time reading.
 
     Parameters
@@ -448,8 +499,8 @@ def open_base(path):
     path : str or os.PathLike
         HF folder (``model.safetensors`` or sharded with
         ``model.safetensors.index.json``), a ``.safetensors`` file, a
-        Llama ``.gguf`` file, or a Hugging Face repo id ``org/name`` in the
-        local cache.
+        ``.gguf`` file of an architecture the ``gguf`` package maps, or a Hugging Face repo id ``org/name`` in
+        the local cache.
 
     Returns
     -------
@@ -483,7 +534,7 @@ def open_base(path):
 
 # ---------------------------------------------------------------------------- a module's base weight
 
-def base_tensor_name(name, lr):
+def base_tensor_name(name: str, lr: LowRank) -> str:
     """Name of the base tensor a module's update applies to (a MergedLinear part's: its parent's).
 
     Parameters
@@ -500,7 +551,8 @@ def base_tensor_name(name, lr):
     return lr.meta.get("parent") or name
 
 
-def read_base(base, names, *, stored=False):
+def read_base(base: BaseWeights | Mapping[str, np.ndarray], names: Sequence[str], *,
+              stored: bool = False) -> Iterator[tuple[str, np.ndarray | StoredMatrix]]:
     """Yield ``(name, W)`` for the named base tensors, one at a time.
 
     Parameters
@@ -531,7 +583,8 @@ def read_base(base, names, *, stored=False):
         yield n, base[n]
 
 
-def base_matrix(W, lr, *, name=None, path=None):
+def base_matrix(W: np.ndarray | StoredMatrix, lr: LowRank, *, name: str | None = None,
+                path: str | None = None) -> np.ndarray | StoredMatrix:
     """The base weight of a module in ΔW's (d_out, d_in) orientation: one rule for every command.
 
     - A convolution kernel (out, in, kh, kw) is flattened to (out, in·kh·kw), as ΔW is.
@@ -539,7 +592,9 @@ def base_matrix(W, lr, *, name=None, path=None):
     - A weight is read as stored (d_in, d_out) and transposed when the adapter says its layer stores it so
       (``fan_in_fan_out``: GPT-2's Conv1D); as (d_out, d_in) when the adapter says it is an ``nn.Linear``;
       when the adapter does not say (loralib without a base, kohya), either orientation is accepted where the
-      shape tells them apart (a square weight is taken as (d_out, d_in)).
+      shape tells them apart (a square weight is taken as (d_out, d_in)). A weight the reader marks as
+      already in the ``nn.Linear`` orientation (``nn_linear``: a GGUF file's Conv1D weight,
+      :class:`LinearOriented`) is taken as (d_out, d_in) whatever the adapter says.
     - Any other shape is refused: the base is not the one the adapter was trained on.
 
     Parameters
@@ -560,16 +615,19 @@ def base_matrix(W, lr, *, name=None, path=None):
     name = name or lr.name
     d_out, d_in = lr.shape
     key = base_tensor_name(name, lr) + ".weight"
+    linear = bool(getattr(W, "nn_linear", False))  # (d_out, d_in) already, although its layer is a Conv1D
+    if isinstance(W, LinearOriented):
+        W = W.view(np.ndarray)
     if not isinstance(W, StoredMatrix):  # a StoredMatrix is floating point by construction, kept unwidened
         W = require_float(W, path=path, key=key, what="base weight values")
     if W.ndim > 2:
         W = W.reshape(W.shape[0], -1)  # (out, in, kh, kw) -> (out, in·kh·kw)
     if W.ndim != 2:
         raise AdapterError(f"expected a matrix, got a base weight of shape {W.shape}", path=path, key=key)
-    fifo = lr.meta.get("fan_in_fan_out")
+    fifo = False if linear else lr.meta.get("fan_in_fan_out")
     rows = lr.meta.get("rows") if lr.meta.get("parent") else None
     if rows is not None:
-        if W.shape[1] != d_in and W.shape[0] == d_in:
+        if not linear and W.shape[1] != d_in and W.shape[0] == d_in:
             W = W.T  # a fused Conv1D weight (in, out_total) -> (out_total, in)
         lo, hi = rows
         W = W[lo:hi]  # (d_out, d_in): this part's rows of the fused weight

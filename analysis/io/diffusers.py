@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import re
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -28,6 +29,11 @@ from analysis.core.adapter import Adapter
 from analysis.core.lowrank import LowRank
 from analysis.errors import AdapterError
 from analysis.io.peft_config import parse_settings
+
+if TYPE_CHECKING:
+    import os
+    from collections.abc import Iterable
+    from typing import Any
 
 __all__ = ["COMPONENTS", "is_diffusers_keys", "load_diffusers"]
 
@@ -60,7 +66,7 @@ def _split(key):
     return m["component"], module, role
 
 
-def is_diffusers_keys(keys, path=None):
+def is_diffusers_keys(keys: Iterable[str], path: str | os.PathLike[str] | None = None) -> bool:
     """True when the keys are a diffusers LoRA file's (component prefix and a LoRA factor layout).
 
     ``transformer.<module>.lora_A.weight`` is also what a PEFT state dict of a GPT-2-like model
@@ -113,7 +119,8 @@ def _factors(name, roles, source):
     return A.reshape(r, -1), B.reshape(B.shape[0], r), "conv", (B.shape[0], *A.shape[1:])
 
 
-def load_diffusers(path, tensors, *, alpha=None, **options):
+def load_diffusers(path: str | os.PathLike[str], tensors: dict[str, np.ndarray], *, alpha: float | None = None,
+                   **options: Any) -> Adapter:
     """Read a diffusers LoRA file.
 
     Parameters
@@ -141,6 +148,7 @@ def load_diffusers(path, tensors, *, alpha=None, **options):
         raise AdapterError(f"option(s) {sorted(options)} do not apply to a diffusers file (accepted: alpha)",
                            path=path)
     source = str(path)
+    groups: dict[tuple[str, str], dict[str, tuple[str, np.ndarray]]]
     groups, other = {}, []
     for key, arr in tensors.items():
         split = _split(key)

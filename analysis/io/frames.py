@@ -16,6 +16,10 @@ from __future__ import annotations
 import io
 import json
 import os
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 __all__ = ["save_frame", "load_frame", "FRAME_FORMATS"]
 
@@ -34,7 +38,7 @@ def _format(path, format):
     return fmt
 
 
-def save_frame(df, path, *, format=None):
+def save_frame(df: pd.DataFrame, path: str | os.PathLike[str], *, format: str | None = None) -> str:
     """Write a DataFrame so that :func:`load_frame` gives it back with the same dtypes.
 
     Parameters
@@ -81,7 +85,7 @@ def _restore(series, dtype):
         return pd.to_numeric(series, errors="coerce").astype(dtype)
 
 
-def load_frame(path, *, format=None):
+def load_frame(path: str | os.PathLike[str], *, format: str | None = None) -> pd.DataFrame:
     """Read a DataFrame written by :func:`save_frame`, dtypes restored.
 
     Parameters

@@ -18,9 +18,11 @@ from analysis.errors import AdapterError
 __all__ = ["is_repo_id", "resolve_repo"]
 
 _REPO_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9_.-]+$")
+#: What a snapshot folder of the cache is named: a commit hash (what ``refs/<revision>`` holds).
+_COMMIT = re.compile(r"^[0-9a-f]{40}$|^[0-9a-f]{64}$")
 
 
-def is_repo_id(path):
+def is_repo_id(path: object) -> bool:
     """True for a string shaped like ``org/name`` that is not an existing path.
 
     >>> is_repo_id("peft-internal-testing/tiny-lora"), is_repo_id("./checkpoints/r8"), is_repo_id("a/b/c")
@@ -31,7 +33,8 @@ def is_repo_id(path):
             and not os.path.exists(s))
 
 
-def resolve_repo(repo_id, *, revision=None, subfolder=None, repo_type="model"):
+def resolve_repo(repo_id: str, *, revision: str | None = None, subfolder: str | None = None,
+                 repo_type: str = "model") -> Path:
     """The local folder of a repo id (and subfolder) in the Hugging Face cache.
 
     Parameters
@@ -60,6 +63,9 @@ def resolve_repo(repo_id, *, revision=None, subfolder=None, repo_type="model"):
         raise AdapterError("a Hugging Face repo id needs the huggingface_hub package (pip install huggingface_hub); "
                            "or pass a local path", path=repo_id) from None
     at = f" at revision {revision!r}" if revision else ""
+    if revision is not None and (not isinstance(revision, str) or not revision or ".." in revision
+                                 or revision.startswith("/") or "\\" in revision or "\0" in revision):
+        raise AdapterError(f"expected a branch, tag or commit as revision, got {revision!r}", path=repo_id)
     try:
         folder = snapshot_download(repo_id, revision=revision, repo_type=repo_type, local_files_only=True)
     except (LocalEntryNotFoundError, FileNotFoundError, OSError, ValueError) as e:
@@ -71,7 +77,7 @@ def resolve_repo(repo_id, *, revision=None, subfolder=None, repo_type="model"):
                            f"({constants.HF_HUB_CACHE}); fetch it first with `{fetch}` (or "
                            f"huggingface_hub.snapshot_download({repo_id!r})), or pass a local path",
                            path=repo_id) from None
-    p = Path(folder)
+    p = _check_snapshot(Path(folder), repo_id, revision)
     if subfolder:
         sub = Path(subfolder)
         if sub.is_absolute() or ".." in sub.parts:
@@ -82,3 +88,16 @@ def resolve_repo(repo_id, *, revision=None, subfolder=None, repo_type="model"):
             raise AdapterError(f"no subfolder {subfolder!r} in the cached snapshot{at}; it holds {', '.join(have)}",
                                path=repo_id)
     return p
+
+
+def _check_snapshot(folder, repo_id, revision):
+    """The snapshot folder ``snapshot_download`` returned, checked to be ``snapshots/<commit>`` of the cache.
+
+    ``refs/<revision>`` is a file in the cache naming the commit; one edited to hold ``../..`` would send the
+    reader anywhere on the disk. The folder's name must be a commit hash, directly under ``snapshots/``.
+    """
+    if not _COMMIT.match(folder.name) or folder.parent.name != "snapshots" or ".." in folder.parts:
+        raise AdapterError(f"the local Hugging Face cache gives {str(folder)!r} as the snapshot of revision "
+                           f"{revision or 'main'!r}, which is no commit hash under snapshots/ (a damaged or crafted "
+                           f"refs/{revision or 'main'} file?); expected 40 hex digits", path=repo_id)
+    return folder

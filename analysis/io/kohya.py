@@ -44,6 +44,7 @@ axis in ``meta["dora_norm"]``; the effective update needs the base
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -52,7 +53,11 @@ from analysis.core.lowrank import LowRank
 from analysis.errors import AdapterError, UnsupportedAdapterError
 from analysis.io.lycoris import (LOHA_PARTS, LOKR_PARTS, LYCORIS_REFUSED, loha_lowrank, lokr_lowrank,
                                  lycoris_kind, lycoris_rank)
-from analysis.io.products import tucker_factors
+from analysis.core.products import tucker_factors
+
+if TYPE_CHECKING:
+    import os
+    from typing import Any
 
 __all__ = ["load_kohya", "read_metadata", "split_kohya_key", "KOHYA_PREFIXES"]
 
@@ -67,7 +72,7 @@ _ROLES = {"lora_down.weight": "down", "lora_up.weight": "up", "lora_mid.weight":
           **{p: p for p in LOHA_PARTS + LOKR_PARTS}, **{p + ".weight": p for p in LOHA_PARTS + LOKR_PARTS}}
 
 
-def split_kohya_key(key):
+def split_kohya_key(key: str) -> tuple[str, str] | None:
     """``(module, role)`` of a kohya / LyCORIS key, or None when it is not one.
 
     >>> split_kohya_key("lora_unet_mid_block_attentions_0_proj_in.lora_down.weight")
@@ -81,7 +86,7 @@ def split_kohya_key(key):
     return None
 
 
-def read_metadata(path):
+def read_metadata(path: str | os.PathLike[str]) -> dict[str, str]:
     """The ``__metadata__`` of a safetensors header (``{}`` for other files).
 
     Parameters
@@ -226,7 +231,8 @@ def _component(name):
     return None
 
 
-def load_kohya(path, tensors, *, alpha=None, **options):
+def load_kohya(path: str | os.PathLike[str], tensors: dict[str, np.ndarray], *, alpha: float | None = None,
+               **options: Any) -> Adapter:
     """Read a kohya sd-scripts or LyCORIS file into an :class:`~analysis.core.adapter.Adapter`.
 
     Parameters
@@ -265,6 +271,8 @@ def load_kohya(path, tensors, *, alpha=None, **options):
                            "'.hada_w1_a' / '.lokr_w1' …)", path=path)
     header = {k: metadata[k] for k in _META_KEYS if k in metadata}
     counts = {"zero": 0, "argument": 0, "default": 0}
+    out: dict[str, LowRank]
+    algos: dict[str, int]
     out, algos = {}, {}
     for name, roles in sorted(mods.items()):
         algo = lycoris_kind(roles) or "lora"
@@ -279,7 +287,7 @@ def load_kohya(path, tensors, *, alpha=None, **options):
             build = loha_lowrank if algo == "loha" else lokr_lowrank
             out[name] = build(name, parts, scale, path=str(path), meta=meta)
             if r is not None:
-                out[name].meta["r"] = r
+                out[name].meta["r"] = r  # type: ignore[index]  # the reader's own meta dict
             continue
         down, up = tensors[roles["down"]], tensors[roles["up"]]
         if "mid" in roles:

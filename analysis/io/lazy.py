@@ -14,15 +14,25 @@ bounded by the modules the caller holds.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from analysis.core.adapter import Adapter
 
+if TYPE_CHECKING:
+    import os
+    from collections.abc import Callable, Iterable, Iterator
+    from typing import Any
+
+    from numpy.typing import DTypeLike
+
+    from analysis.core.lowrank import LowRank
+
 __all__ = ["LazyAdapter", "placeholder"]
 
 
-def placeholder(shape, dtype=np.float32):
+def placeholder(shape: Iterable[int], dtype: DTypeLike = np.float32) -> np.ndarray:
     """A read-only zero-stride array with ``shape``: costs no memory.
 
     Stands in for a tensor whose values have not been read, so that the
@@ -60,6 +70,8 @@ class LazyAdapter(Adapter):
         :class:`~analysis.core.LowRank` (reads and validates the factors).
     ranks : Mapping[str, int]
         Stored rank per module (known from the header).
+    shapes : Mapping[str, tuple of int], optional
+        ``(d_out, d_in)`` of each module's ΔW (known from the header), see :attr:`shapes`.
     path, format, config, notes
         As for :class:`~analysis.core.adapter.Adapter`.
 
@@ -72,24 +84,27 @@ class LazyAdapter(Adapter):
     file and key named.
     """
 
-    def __init__(self, loaders, ranks, *, path, format, config=None, notes=()):
+    def __init__(self, loaders: Mapping[str, Callable[[], LowRank]], ranks: Mapping[str, int], *,
+                 path: str | os.PathLike[str], format: str, config: Mapping[str, Any] | None = None,
+                 notes: Iterable[str] = (), shapes: Mapping[str, tuple[int, ...]] | None = None) -> None:
         super().__init__({}, path=path, format=format, config=config, notes=notes)
         self._loaders = dict(loaders)
         self._ranks = {k: int(ranks[k]) for k in self._loaders}
+        self._shapes = None if shapes is None else {k: tuple(int(x) for x in shapes[k]) for k in self._loaders}
 
-    def __getitem__(self, name):
+    def __getitem__(self, name: str) -> LowRank:
         return self._loaders[name]()
 
-    def __iter__(self):
+    def __iter__(self) -> Iterator[str]:
         return iter(self._loaders)
 
-    def __len__(self):
+    def __len__(self) -> int:
         return len(self._loaders)
 
-    def __contains__(self, name):
+    def __contains__(self, name: object) -> bool:
         return name in self._loaders
 
-    def expanded(self):
+    def expanded(self) -> Mapping[str, LowRank]:
         """A lazy view of the modules (PEFT modules have no merged parts)."""
         return _View(self)
 
@@ -98,7 +113,13 @@ class LazyAdapter(Adapter):
         """Stored rank per module (from the header, nothing read)."""
         return dict(self._ranks)
 
-    def with_alpha(self, alpha) -> "LazyAdapter":
+    @property
+    def shapes(self) -> dict[str, tuple[int, ...]] | None:
+        """``{name: (d_out, d_in)}`` of every module's ΔW, from the header (nothing read); None when the
+        reader did not give them."""
+        return None if self._shapes is None else dict(self._shapes)
+
+    def with_alpha(self, alpha: float) -> "LazyAdapter":
         """A lazy copy with scale α / r on every module."""
         def wrap(load):
             def loader():
@@ -107,7 +128,7 @@ class LazyAdapter(Adapter):
             return loader
 
         return LazyAdapter({k: wrap(f) for k, f in self._loaders.items()}, self._ranks, path=self.path,
-                           format=self.format, config=self.config, notes=self.notes)
+                           format=self.format, config=self.config, notes=self.notes, shapes=self._shapes)
 
     def eager(self) -> Adapter:
         """Read every module now: an ordinary in-memory :class:`~analysis.core.adapter.Adapter`."""

@@ -30,11 +30,18 @@ How each loralib layer is represented (``delta()`` always (d_out, d_in)):
 from __future__ import annotations
 
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 
 from analysis.core.adapter import Adapter, is_embedding_name
 from analysis.core.lowrank import LowRank
 from analysis.errors import AdapterError, UnsupportedAdapterError
+
+if TYPE_CHECKING:
+    import os
+    from collections.abc import Sequence
+    from typing import Any
 
 __all__ = ["load_loralib"]
 
@@ -244,7 +251,8 @@ def _module(name, A, B, tensors, alpha, enable_lora, path, notes):
                    meta=dict(base, r=r, fan_in_fan_out=fifo))
 
 
-def load_loralib(path, tensors, *, alpha=None, enable_lora=None, **options):
+def load_loralib(path: str | os.PathLike[str], tensors: dict[str, np.ndarray], *, alpha: float | None = None,
+                 enable_lora: Sequence[bool] | None = None, **options: Any) -> Adapter:
     """Read a loralib state dict into an :class:`~analysis.core.adapter.Adapter`.
 
     Parameters

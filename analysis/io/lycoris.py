@@ -24,11 +24,17 @@ LoKr (``lokr_w1`` (a, b) or ``lokr_w1_a`` (a, r) @ ``lokr_w1_b`` (r, b); ``lokr_
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 
 from analysis.core.lowrank import LowRank
 from analysis.errors import AdapterError, UnsupportedAdapterError
-from analysis.io.products import face_splitting, full_factors, kronecker, tucker_factors
+from analysis.core.products import face_splitting, full_factors, kronecker, tucker_factors
+
+if TYPE_CHECKING:
+    from collections.abc import Iterable, Mapping
+    from typing import Any
 
 __all__ = ["LOHA_PARTS", "LOKR_PARTS", "LYCORIS_REFUSED", "lycoris_kind", "loha_lowrank", "lokr_lowrank",
            "lycoris_rank"]
@@ -48,7 +54,7 @@ LYCORIS_REFUSED = {
 }
 
 
-def lycoris_kind(parts):
+def lycoris_kind(parts: Iterable[str]) -> str | None:
     """``"loha"``, ``"lokr"`` or None from a module's part names."""
     if any(p in parts for p in LOHA_PARTS):
         return "loha"
@@ -98,7 +104,8 @@ def _loha_half(parts, i, path, module):
     return wb, wa, None, None
 
 
-def loha_lowrank(name, parts, scale, *, path, meta):
+def loha_lowrank(name: str, parts: Mapping[str, tuple[str, np.ndarray]], scale: float | None, *, path: str,
+                 meta: dict[str, Any]) -> LowRank:
     """The LowRank of a LoHa module.
 
     Parameters
@@ -173,7 +180,7 @@ def _lokr_w2(parts, path, module):
     return wb.reshape(wb.shape[0], -1), wa, (wa.shape[0], wb.shape[1]), (kernel or None)
 
 
-def lycoris_rank(parts):
+def lycoris_rank(parts: Mapping[str, tuple[str, np.ndarray]]) -> int | None:
     """The ``r`` LyCORIS divides α by for a LoKr or LoHa module (None when both LoKr halves are full).
 
     LoHa: rows of ``hada_w1_b``. LoKr: columns of ``lokr_w1_a``, else of ``lokr_w2_a`` (rows for a
@@ -189,7 +196,8 @@ def lycoris_rank(parts):
     return None
 
 
-def lokr_lowrank(name, parts, scale, *, path, meta):
+def lokr_lowrank(name: str, parts: Mapping[str, tuple[str, np.ndarray]], scale: float | None, *, path: str,
+                 meta: dict[str, Any]) -> LowRank:
     """The LowRank of a LoKr module.
 
     Parameters

@@ -48,13 +48,21 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from analysis.core.adapter import Adapter
 from analysis.core import LowRank
 from analysis.errors import AdapterError, UnsupportedAdapterError
+from analysis.io.lycoris import LOHA_PARTS, LOKR_PARTS
 from analysis.io.peft_config import CONFIG_NAME, adalora_rank, parse_settings, read_config
 from analysis.io.peft_methods import PEFT_METHODS, add_part, check_one_adapter, load_peft_method
 from analysis.io.tensors import read_tensors
+
+if TYPE_CHECKING:
+    import os
+    from typing import Any
+
+    import numpy as np
 
 __all__ = ["is_peft_dir", "is_peft_file", "load_peft", "non_lora_tensors", "WEIGHT_NAMES"]
 
@@ -64,15 +72,19 @@ _PARTS = ("lora_A", "lora_B", "lora_E", "lora_embedding_A", "lora_embedding_B", 
 _KEY_RE = re.compile(
     rf"^(?P<module>.+)\.(?P<part>{'|'.join(_PARTS)})"
     r"(?:\.(?!(?:weight|bias)$)(?P<adapter>[^.]+))?(?:\.(?P<param>weight|bias))?$")
+#: A factor of LoHa / LoKr / VeRA (module parts, or VeRA's shared projections): not a saved module's tensor.
+_METHOD_KEY_RE = re.compile(
+    rf"(?:^|\.)(?:{'|'.join(LOHA_PARTS + LOKR_PARTS + ('vera_lambda_b', 'vera_lambda_d'))})(?:\.|$)"
+    r"|^(?:base_model\.)?vera_[AB](?:\.[^.]+)?$")
 
 
-def is_peft_dir(path) -> bool:
+def is_peft_dir(path: str | os.PathLike[str]) -> bool:
     """True for a folder holding ``adapter_config.json`` or ``adapter_model.{safetensors,bin}``."""
     p = Path(path)
     return p.is_dir() and any((p / n).is_file() for n in (CONFIG_NAME, *WEIGHT_NAMES))
 
 
-def is_peft_file(path) -> bool:
+def is_peft_file(path: str | os.PathLike[str]) -> bool:
     """True for a file named ``adapter_model.safetensors`` or ``adapter_model.bin``."""
     p = Path(path)
     return p.is_file() and p.name in WEIGHT_NAMES
@@ -95,8 +107,18 @@ def _resolve(path):
     return p, (cfg if cfg.is_file() else None)
 
 
-def non_lora_tensors(path):
-    """The tensors of a PEFT adapter that are not LoRA factors (``modules_to_save`` heads, …), as stored.
+def non_lora_tensors(path: str | os.PathLike[str]) -> dict[str, np.ndarray]:
+    """The tensors a PEFT adapter saves beside its update's factors, as stored.
+
+    What PEFT 0.21 saves there (adapter name dropped), all loaded back by ``PeftModel.from_pretrained``::
+
+        base_model.model.<module>.<param>                        modules_to_save (e.g. classifier.weight)
+        base_model.model.<emb>.token_adapter.trainable_tokens_delta   trainable_token_indices
+        base_model.model.<module>[.base_layer].bias              bias="all" / "lora_only"
+        base_model.model.<emb>[.base_layer].weight               save_embedding_layers
+
+    The factors of every method read here are left out: LoRA / AdaLoRA / DoRA (``lora_*``), LoHa
+    (``hada_*``), LoKr (``lokr_*``), VeRA (``vera_lambda_*`` and the shared ``vera_A`` / ``vera_B``).
 
     Parameters
     ----------
@@ -109,7 +131,7 @@ def non_lora_tensors(path):
     """
     weights, _ = _resolve(path)
     tensors = read_tensors(weights)
-    return {k: v for k, v in tensors.items() if _KEY_RE.match(k) is None}
+    return {k: v for k, v in tensors.items() if _KEY_RE.match(k) is None and _METHOD_KEY_RE.search(k) is None}
 
 
 def _group(tensors, source, adapter_name):
@@ -264,8 +286,9 @@ def _adalora_module(name, parts, settings, source):
                    weight_shape=shape, meta=meta)
 
 
-def load_peft(path, *, alpha=None, tensors=None, adapter_name=None, lazy=False, config=None,
-              **options) -> Adapter:
+def load_peft(path: str | os.PathLike[str], *, alpha: float | None = None,
+              tensors: dict[str, np.ndarray] | None = None, adapter_name: str | None = None, lazy: bool = False,
+              config: dict[str, Any] | None = None, **options: Any) -> Adapter:
     """Read a PEFT LoRA or AdaLoRA adapter.
 
     Parameters
@@ -319,7 +342,7 @@ def load_peft(path, *, alpha=None, tensors=None, adapter_name=None, lazy=False, 
         weights, cfg_path, cfg, lazy = Path(str(path)), Path(f"{path} [{CONFIG_NAME}]"), dict(config), False
     else:
         weights, cfg_path = _resolve(path)
-        cfg = read_config(cfg_path) if cfg_path is not None else None
+        cfg = read_config(cfg_path) if cfg_path is not None else None  # type: ignore[assignment]
     if cfg is not None and str(cfg.get("peft_type")).upper() in PEFT_METHODS:  # LoHa, LoKr, VeRA
         return load_peft_method(path, weights, cfg, cfg_path, read_tensors(weights) if tensors is None else tensors,
                                 adapter_name=adapter_name)
@@ -396,7 +419,8 @@ def _lazy(reader, groups, modules, settings, source, alpha, path, cfg, notes):
         return load
 
     return LazyAdapter({n: loader(n) for n in modules}, {n: m.r for n, m in modules.items()},
-                       path=str(path), format="peft", config=cfg, notes=notes)
+                       path=str(path), format="peft", config=cfg, notes=notes,
+                       shapes={n: m.shape for n, m in modules.items()})
 
 
 def _add_notes(notes, settings, cfg_path, weights, alpha, ignored, biases, modules):

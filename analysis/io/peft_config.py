@@ -13,8 +13,14 @@ import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from analysis.errors import AdapterError, UnsupportedAdapterError
+
+if TYPE_CHECKING:
+    import os
+    from collections.abc import Iterable
+    from typing import Any
 
 __all__ = ["CONFIG_NAME", "PeftSettings", "adalora_rank", "get_pattern_key", "parse_settings", "pattern_matches",
            "read_config"]
@@ -66,7 +72,7 @@ class PeftSettings:
     alpha_pattern: dict = field(default_factory=dict)
     notes: tuple = ()
 
-    def rank_alpha(self, name):
+    def rank_alpha(self, name: str) -> tuple[int, float, str | None, str | None]:
         """``(r, alpha, r_key, alpha_key)`` of LoRA module ``name`` (PEFT's pattern rule)."""
         r_key = get_pattern_key(self.rank_pattern, name, self.path, "rank_pattern")
         a_key = get_pattern_key(self.alpha_pattern, name, self.path, "alpha_pattern")
@@ -75,18 +81,23 @@ class PeftSettings:
         return (r, alpha, r_key if r_key in self.rank_pattern else None,
                 a_key if a_key in self.alpha_pattern else None)
 
-    def scale(self, r, alpha):
+    def scale(self, r: int, alpha: float) -> float:
         """PEFT's ``scaling``: ``alpha / r``, or ``alpha / sqrt(r)`` with rsLoRA."""
         return alpha / math.sqrt(r) if self.use_rslora else alpha / r
 
 
-def pattern_matches(pattern, name):
+def pattern_matches(pattern: str, name: str, *, what: str = "pattern") -> bool:
     """PEFT's matching rule: ``pattern`` is a regular expression matching a dot-separated suffix of ``name``.
+
+    The match runs with a time bound (:mod:`analysis.core.patterns`): a pattern that backtracks for ever
+    (nested quantifiers) is refused instead of hanging.
 
     Parameters
     ----------
     pattern : str
     name : str
+    what : str
+        Where the pattern came from, for messages.
 
     Returns
     -------
@@ -94,48 +105,62 @@ def pattern_matches(pattern, name):
 
     Raises
     ------
-    re.error
-        If ``pattern`` is not a valid regular expression.
+    ValueError
+        If ``pattern`` is not a valid regular expression, or does not finish matching ``name`` within
+        :data:`~analysis.core.patterns.PATTERN_SECONDS` (:class:`~analysis.core.patterns.PatternTimeout`).
 
     Examples
     --------
     >>> pattern_matches("q_proj", "model.layers.0.self_attn.q_proj"), pattern_matches("proj", "model.q_proj")
     (True, False)
     """
-    return re.match(rf"(.*\.)?({pattern})$", name) is not None
+    from analysis.core.patterns import compile_pattern
+
+    return compile_pattern(pattern, what, r"(.*\.)?({})$").match(name) is not None
 
 
-def get_pattern_key(pattern_keys, key_to_match, path=None, what="rank_pattern"):
+def get_pattern_key(pattern_keys: Iterable[str], key_to_match: str, path: str | None = None,
+                    what: str = "rank_pattern") -> str:
     """PEFT's ``get_pattern_key``: the first pattern matching a module name.
 
     A pattern ``p`` matches ``name`` when ``re.match(rf"(.*\\.)?({p})$", name)``
     succeeds, i.e. ``p`` is a regular expression matching a dot-separated
-    suffix of the name. Patterns are tried in the config's order.
+    suffix of the name. Patterns are tried in the config's order, each with a
+    time bound (see :func:`pattern_matches`).
 
     Parameters
     ----------
     pattern_keys : iterable of str
     key_to_match : str
         Module name in the base model (``model.layers.0.self_attn.q_proj``).
+    path : str, optional
+        The file the patterns come from, named in errors.
+    what : str
+        The config key (or option) holding them, named in errors.
 
     Returns
     -------
     str
         The matching pattern, or ``key_to_match`` itself when none matches
         (as PEFT does).
+
+    Raises
+    ------
+    AdapterError
+        A pattern is not a regular expression, or does not finish matching within the time bound.
     """
     for key in pattern_keys:
         try:
-            match = pattern_matches(key, key_to_match)
-        except re.error as e:
-            raise AdapterError(f"expected a valid regular expression, got {key!r} ({e})",
-                               path=path, key=what) from None
+            match = pattern_matches(key, key_to_match, what=what)
+        except (re.error, ValueError) as e:  # not a regular expression, or a PatternTimeout
+            msg = str(e)[len(what) + 2:] if str(e).startswith(f"{what}: ") else str(e)
+            raise AdapterError(msg, path=path, key=what) from None
         if match:
             return key
     return key_to_match
 
 
-def read_config(path):
+def read_config(path: str | os.PathLike[str]) -> dict[str, Any]:
     """Read ``adapter_config.json`` as a dict; AdapterError if not a JSON object."""
     path = Path(path)
     try:
@@ -160,6 +185,15 @@ def _is_int(v):
 
 def _is_number(v):
     return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+#: The largest |α| read from a config: below it the update's norm s ‖B A‖ (s = α / r) stays within float64 for
+#: any float32 factors (‖B A‖ < 1e90); beyond, a norm could overflow to Inf and be written as null.
+MAX_ALPHA = 1e100
+
+
+def _is_alpha(v):
+    return _is_number(v) and abs(v) <= MAX_ALPHA
 
 
 def _get(cfg, key, check, expected, path, default):
@@ -231,7 +265,7 @@ def _notes(cfg):
     return notes
 
 
-def parse_settings(cfg, path):
+def parse_settings(cfg: dict[str, Any], path: str | os.PathLike[str]) -> PeftSettings:
     """Validate a parsed ``adapter_config.json`` and return :class:`PeftSettings`.
 
     Parameters
@@ -269,7 +303,8 @@ def parse_settings(cfg, path):
     if missing:
         notes.append(f"adapter_config.json lacks {' and '.join(missing)}: PEFT's defaults used")
     pos_int, pos_int_s = (lambda v: _is_int(v) and v > 0), "a positive integer"
-    alpha = _get(cfg, "lora_alpha", _is_number, "a finite number", path, 8)
+    alpha = _get(cfg, "lora_alpha", _is_alpha, f"a finite number of magnitude at most {MAX_ALPHA:g} (the update's "
+                 "norms are computed in float64)", path, 8)
     flags = {k: _get(cfg, k, lambda v: isinstance(v, bool), "true or false", path, False)
              for k in ("use_rslora", "fan_in_fan_out")}
     if peft_type == "ADALORA":
@@ -282,12 +317,13 @@ def parse_settings(cfg, path):
                             masks, {}, tuple(notes))
     r = _get(cfg, "r", pos_int, pos_int_s, path, 8)
     rank_pattern = _pattern(cfg, "rank_pattern", pos_int, pos_int_s, path)
-    alpha_pattern = _pattern(cfg, "alpha_pattern", _is_number, "a finite number", path)
+    alpha_pattern = _pattern(cfg, "alpha_pattern", _is_alpha, f"a finite number of magnitude at most {MAX_ALPHA:g}",
+                             path)
     return PeftSettings(path, "LORA", r, float(alpha), flags["use_rslora"], flags["fan_in_fan_out"],
                         rank_pattern, {k: float(v) for k, v in alpha_pattern.items()}, tuple(notes))
 
 
-def adalora_rank(settings, name):
+def adalora_rank(settings: PeftSettings, name: str) -> tuple[int, str | None]:
     """Expected stored rank of AdaLoRA module ``name`` and the pattern key used.
 
     PEFT saves ``rank_pattern`` keys as ``<module>.lora_E`` (the adapter name

@@ -10,11 +10,18 @@ and checked for NaN / Inf.
 from __future__ import annotations
 
 import json
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from analysis.errors import AdapterError
 from analysis.io.tensors import check_finite
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+    from typing import Any
+
+    from analysis.core.adapter import Adapter
 
 __all__ = ["from_peft_model", "from_state_dict"]
 
@@ -49,7 +56,8 @@ def _plain_config(config, label):
     return json.loads(json.dumps(config, default=default))
 
 
-def from_state_dict(state_dict, config, *, label="<state_dict>", adapter_name=None):
+def from_state_dict(state_dict: Mapping[str, Any], config: Any, *, label: str = "<state_dict>",
+                    adapter_name: str | None = None) -> Adapter:
     """Read an adapter from its state dict and config, as ``save_pretrained`` would have written them.
 
     Parameters
@@ -73,7 +81,7 @@ def from_state_dict(state_dict, config, *, label="<state_dict>", adapter_name=No
     return load_peft(label, tensors=tensors, config=_plain_config(config, label), adapter_name=adapter_name)
 
 
-def from_peft_model(model, adapter_name="default"):
+def from_peft_model(model: Any, adapter_name: str = "default") -> Adapter:
     """The :class:`~analysis.core.adapter.Adapter` of one adapter of a live ``PeftModel``.
 
     Parameters

@@ -23,6 +23,7 @@ Every module becomes a :class:`~analysis.core.LowRank` whose ``delta()`` equals 
 from __future__ import annotations
 
 import re
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -32,10 +33,17 @@ from analysis.errors import AdapterError, UnsupportedAdapterError
 from analysis.io.lycoris import LOHA_PARTS, LOKR_PARTS, loha_lowrank, lokr_lowrank, lycoris_kind
 from analysis.io.peft_config import get_pattern_key
 
+if TYPE_CHECKING:
+    import os
+    from collections.abc import Iterable
+    from pathlib import Path
+    from typing import Any
+
 __all__ = ["PEFT_METHODS", "load_peft_method", "add_part", "check_one_adapter"]
 
 
-def add_part(groups, module, part, key, arr, *, source):
+def add_part(groups: dict[str, dict[str, tuple[str, np.ndarray]]], module: str, part: str, key: str,
+             arr: np.ndarray, *, source: str | os.PathLike[str]) -> None:
     """Record tensor ``key`` as ``part`` (``"lora_A"``, ``"hada_w1_a"`` …) of ``module`` in ``groups``.
 
     Raises
@@ -50,7 +58,8 @@ def add_part(groups, module, part, key, arr, *, source):
     parts[part] = (key, arr)
 
 
-def check_one_adapter(names, adapter_name, *, source):
+def check_one_adapter(names: Iterable[str | None], adapter_name: str | None, *,
+                      source: str | os.PathLike[str]) -> None:
     """Refuse keys of several named adapters in one file unless ``adapter_name`` picks one.
 
     ``names``: the adapter names seen in the keys (None for keys without one).
@@ -140,7 +149,8 @@ def _vera_module(name, parts, shared, cfg, source, cfg_path):
     return LowRank(lora_A, lora_B, 1.0, name=name, source=source, kind="linear", weight_shape=shape, meta=meta)
 
 
-def load_peft_method(path, weights, cfg, cfg_path, tensors, *, adapter_name=None):
+def load_peft_method(path: str | os.PathLike[str], weights: Path, cfg: dict[str, Any], cfg_path: Path,
+                     tensors: dict[str, np.ndarray], *, adapter_name: str | None = None) -> Adapter:
     """Read a PEFT LoHa, LoKr or VeRA adapter.
 
     Parameters

@@ -13,6 +13,11 @@ module name ``n`` when ``re.match(rf"(.*\\.)?({p})$", n)``; the key written
 for a module is its shortest dotted suffix (starting at a non-numeric
 component, e.g. ``layers.3.self_attn.q_proj``) that matches no other written
 module, which older PEFT releases (``.*\\.{p}$``) also match.
+
+Tensors saved beside the factors (``modules_to_save`` heads, trainable tokens, biases, embedding layers)
+are the caller's to give (``extra_tensors``): a config that makes PEFT load such tensors
+(:func:`saved_fields`) is refused without them, since ``PeftModel.from_pretrained`` would fail
+(``KeyError: 'base_model.model.classifier.weight'``) or silently keep the base's.
 """
 
 from __future__ import annotations
@@ -23,15 +28,23 @@ import os
 import re
 from collections import Counter
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from analysis.core.adapter import natural_key
 from analysis.errors import AdapterError
-from analysis.io.outputs import atomic_output, check_target
+from analysis.io.outputs import atomic_output, check_target, target_type
 from analysis.io.peft_config import pattern_matches
 
-__all__ = ["write_peft_adapter", "pattern_keys", "peft_factors", "CONFIG_NAME", "WEIGHTS_NAME"]
+if TYPE_CHECKING:
+    from collections.abc import Iterable, Mapping
+    from typing import Any
+
+    from analysis.core.lowrank import LowRank
+
+__all__ = ["write_peft_adapter", "pattern_keys", "peft_factors", "saved_fields", "CONFIG_NAME", "WEIGHTS_NAME",
+           "HEAD_TASK_TYPES"]
 
 CONFIG_NAME = "adapter_config.json"
 WEIGHTS_NAME = "adapter_model.safetensors"
@@ -42,6 +55,55 @@ _LORA_FIELDS = frozenset({"peft_type", "r", "lora_alpha", "target_modules", "ran
                           "exclude_modules"})
 
 
+#: Task types whose PeftModel class adds its head to ``modules_to_save`` when it loads (PEFT 0.21:
+#: ``classifier`` / ``score``, ``qa_outputs``), so the file must hold the head.
+HEAD_TASK_TYPES = frozenset({"SEQ_CLS", "TOKEN_CLS", "QUESTION_ANS"})
+
+
+def saved_fields(config: Mapping[str, Any]) -> dict[str, object]:
+    """The fields of an adapter config that make PEFT load tensors saved beside the LoRA factors.
+
+    Parameters
+    ----------
+    config : Mapping
+        An ``adapter_config.json``.
+
+    Returns
+    -------
+    dict[str, object]
+        Those of ``task_type`` (one of :data:`HEAD_TASK_TYPES`), ``modules_to_save`` (non-empty),
+        ``trainable_token_indices`` (set) and ``bias`` (not ``"none"``) that are present; empty when PEFT
+        loads the factors only.
+
+    Examples
+    --------
+    >>> saved_fields({"task_type": "CAUSAL_LM", "modules_to_save": None, "bias": "none"})
+    {}
+    >>> saved_fields({"task_type": "SEQ_CLS", "modules_to_save": ["classifier"]})
+    {'task_type': 'SEQ_CLS', 'modules_to_save': ['classifier']}
+    """
+    cfg = dict(config or {})
+    out = {}
+    if cfg.get("task_type") in HEAD_TASK_TYPES:
+        out["task_type"] = cfg["task_type"]
+    for key in ("modules_to_save", "trainable_token_indices"):
+        if cfg.get(key):
+            out[key] = cfg[key]
+    if cfg.get("bias") not in (None, "none"):
+        out["bias"] = cfg["bias"]
+    return out
+
+
+def _check_saved(config, extra_tensors, out):
+    """Refuse a config that makes PEFT load saved tensors when the caller gave none (``extra_tensors=None``)."""
+    fields = saved_fields(config)
+    if fields and extra_tensors is None:
+        what = ", ".join(f"{k} = {v!r}" for k, v in fields.items())
+        raise AdapterError(f"expected the tensors saved beside the factors (extra_tensors) for a config with {what}: "
+                           "PeftModel.from_pretrained would fail (KeyError) or keep the base's modules; pass the "
+                           "source's tensors, or {} to state that it has none", path=out)
+
+
 def _matches(key, name):
     try:
         return pattern_matches(key, name)
@@ -49,7 +111,7 @@ def _matches(key, name):
         return False
 
 
-def pattern_keys(names):
+def pattern_keys(names: Iterable[str]) -> dict[str, str]:
     """A short PEFT ``rank_pattern`` key for each module name.
 
     Parameters
@@ -85,7 +147,7 @@ def pattern_keys(names):
     return out
 
 
-def peft_factors(lr):
+def peft_factors(lr: LowRank) -> dict[str, np.ndarray]:
     """PEFT's saved tensors for one update: ``{suffix: array}``.
 
     Parameters
@@ -108,6 +170,9 @@ def peft_factors(lr):
     if lr.kind in ("linear", "merged"):
         return {"lora_A.weight": A, "lora_B.weight": B}
     if lr.kind == "conv":
+        if lr.weight_shape is None:
+            raise ValueError(f"module {lr.name!r}: a convolution update needs its kernel's weight_shape "
+                             "(out, in, *kernel) to be written as PEFT factors; pass weight_shape= to LowRank")
         ws = tuple(lr.weight_shape)
         return {"lora_A.weight": A.reshape(r, *ws[1:]),
                 "lora_B.weight": B.reshape(ws[0], r, *([1] * (len(ws) - 2)))}
@@ -126,8 +191,10 @@ def _fan_in_fan_out(modules, out):
     return flags.pop() if flags else False
 
 
-def write_peft_adapter(out, modules, *, lora_alpha, base_model_name_or_path=None, task_type=None,
-                       overwrite=False, config=None, extra_tensors=None):
+def write_peft_adapter(out: str | os.PathLike[str], modules: Mapping[str, LowRank], *, lora_alpha: float,
+                       base_model_name_or_path: str | None = None, task_type: str | None = None,
+                       overwrite: bool = False, config: Mapping[str, Any] | None = None,
+                       extra_tensors: Mapping[str, np.ndarray] | None = None) -> dict[str, Any]:
     """Save updates as a PEFT LoRA adapter folder.
 
     Parameters
@@ -149,6 +216,9 @@ def write_peft_adapter(out, modules, *, lora_alpha, base_model_name_or_path=None
         over unchanged, so PEFT loads the result as it loaded the source.
     extra_tensors : Mapping[str, ndarray], optional
         Tensors of the source that are not LoRA factors (``modules_to_save`` heads …), written as they are.
+        Required (``{}`` if there are none) when the config written makes PEFT load such tensors
+        (:func:`saved_fields`: a ``SEQ_CLS`` / ``TOKEN_CLS`` / ``QUESTION_ANS`` task type,
+        ``modules_to_save``, ``trainable_token_indices``, ``bias`` other than ``"none"``).
 
     Returns
     -------
@@ -158,8 +228,9 @@ def write_peft_adapter(out, modules, *, lora_alpha, base_model_name_or_path=None
     Raises
     ------
     AdapterError
-        ``out`` already holds an adapter, modules mix orientations, or a
-        module's scale is not ``lora_alpha / r``.
+        ``out`` already holds an adapter, modules mix orientations, a
+        module's scale is not ``lora_alpha / r``, or the config makes PEFT
+        load saved tensors and ``extra_tensors`` is None.
     """
     from safetensors.numpy import save
 
@@ -169,7 +240,7 @@ def write_peft_adapter(out, modules, *, lora_alpha, base_model_name_or_path=None
         raise ValueError(f"lora_alpha must be a positive number, got {lora_alpha!r}")
     if not modules:
         raise AdapterError("no module to write", path=out)
-    if out.exists() and not out.is_dir():
+    if out.exists() and not out.is_dir() and target_type(out) == "path":  # the null device discards a folder
         raise AdapterError("expected a folder to write the adapter into, got an existing file", path=out)
     check_target(out, force=overwrite)
     fan = _fan_in_fan_out(modules, out)
@@ -203,6 +274,7 @@ def write_peft_adapter(out, modules, *, lora_alpha, base_model_name_or_path=None
         "target_modules": sorted(modules, key=natural_key), "rank_pattern": rank_pattern, "alpha_pattern": {},
         "fan_in_fan_out": fan, "use_rslora": False, "use_dora": False, "init_lora_weights": True,
     }
+    _check_saved(config, extra_tensors, out)
     for key, arr in dict(extra_tensors or {}).items():
         if key in tensors:
             raise AdapterError("expected a tensor that is not a LoRA factor, got one the writer makes", path=out,

@@ -14,12 +14,16 @@ from __future__ import annotations
 import json
 import struct
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from analysis.errors import AdapterError
 from analysis.io.stored import StoredMatrix
 from analysis.io.tensors import safetensors_errors
+
+if TYPE_CHECKING:
+    import os
 
 __all__ = ["SafetensorsFile", "FLOAT_DTYPES"]
 
@@ -52,7 +56,7 @@ class SafetensorsFile:
         Missing, empty, truncated or corrupt file (naming the file).
     """
 
-    def __init__(self, path):
+    def __init__(self, path: str | os.PathLike[str]) -> None:
         from safetensors import safe_open
 
         p = Path(path)
@@ -78,7 +82,7 @@ class SafetensorsFile:
             self.dtypes[k] = str(info["dtype"])
             self._offsets[k] = tuple(int(o) for o in info["data_offsets"])
 
-    def keys(self):
+    def keys(self) -> list[str]:
         """Tensor keys in header order."""
         return list(self.shapes)
 
@@ -87,7 +91,7 @@ class SafetensorsFile:
         """True when every tensor is F64, F32, F16 or BF16 (what :meth:`read` handles)."""
         return all(d in FLOAT_DTYPES for d in self.dtypes.values())
 
-    def read(self, key):
+    def read(self, key: str) -> np.ndarray:
         """Read one tensor: float32 (float64 for F64), validated finite.
 
         Parameters
@@ -107,7 +111,7 @@ class SafetensorsFile:
         """
         return self.read_stored(key).array()
 
-    def read_stored(self, key, *, lazy=False):
+    def read_stored(self, key: str, *, lazy: bool = False) -> StoredMatrix:
         """Read one tensor's stored bits (bf16 as 16-bit words), not yet widened or checked.
 
         Parameters

@@ -20,11 +20,15 @@ from __future__ import annotations
 
 import os
 import sys
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from analysis.errors import AdapterError
 from analysis.io.tensors import check_finite
+
+if TYPE_CHECKING:
+    from typing import Any
 
 __all__ = ["StoredMatrix", "FORMATS"]
 
@@ -53,21 +57,23 @@ class StoredMatrix:
 
     __array_priority__ = 100  # ndarray @ StoredMatrix defers to __rmatmul__
 
-    def __init__(self, bits, fmt, *, path=None, key=None):
+    def __init__(self, bits: np.ndarray | None, fmt: str, *, path: str | None = None,
+                 key: str | None = None) -> None:
         if fmt not in FORMATS:
             raise ValueError(f"fmt must be one of {sorted(FORMATS)}, got {fmt!r}")
         if bits is not None:
             bits = np.asarray(bits)
             if bits.dtype != np.dtype(FORMATS[fmt]).newbyteorder("="):
                 raise TypeError(f"{fmt} bits must have dtype {np.dtype(FORMATS[fmt])}, got {bits.dtype}")
-            self._shape = bits.shape
+            self._shape: tuple[int, ...] = bits.shape
         self._bits, self.fmt, self.path, self.key = bits, fmt, path, key
         self.dtype = np.dtype(np.float64 if fmt == "f64" else np.float32)
-        self._dense = None
-        self._region = None  # (offset,) of the little-endian bits in ``path`` when not yet read
+        self._dense: np.ndarray | None = None
+        self._region: int | None = None  # (offset,) of the little-endian bits in ``path`` when not yet read
 
     @classmethod
-    def from_file(cls, path, offset, shape, fmt, *, key=None):
+    def from_file(cls, path: str, offset: int, shape: tuple[int, ...], fmt: str, *,
+                  key: str | None = None) -> StoredMatrix:
         """A matrix whose little-endian bits start at byte ``offset`` of ``path``, read only when used.
 
         Products stream it by row blocks (one positioned read each into a reused buffer); :meth:`array` and
@@ -79,14 +85,14 @@ class StoredMatrix:
         return out
 
     @property
-    def bits(self):
+    def bits(self) -> np.ndarray:
         """The stored values (read from the file on first use)."""
         if self._bits is None:
             stored = np.dtype(FORMATS[self.fmt]).newbyteorder("<")
             count = int(np.prod(self._shape))
             try:
-                with open(self.path, "rb") as fh:
-                    fh.seek(self._region)
+                with open(self.path, "rb") as fh:  # type: ignore[arg-type]  # from_file: path and region set
+                    fh.seek(self._region)  # type: ignore[arg-type]
                     raw = np.fromfile(fh, dtype=stored, count=count)
             except OSError as e:
                 raise AdapterError(f"cannot read the tensor: {e}", path=self.path, key=self.key) from None
@@ -97,7 +103,7 @@ class StoredMatrix:
         return self._bits
 
     @classmethod
-    def from_array(cls, x, *, path=None, key=None):
+    def from_array(cls, x: np.ndarray, *, path: str | None = None, key: str | None = None) -> StoredMatrix:
         """Wrap a floating ndarray (float16 / float32 / float64) without copying it."""
         x = np.asarray(x)
         fmt = {np.dtype(np.float16): "f16", np.dtype(np.float32): "f32", np.dtype(np.float64): "f64"}.get(
@@ -108,28 +114,28 @@ class StoredMatrix:
 
     # -- views ---------------------------------------------------------------------------------------------
     @property
-    def shape(self):
+    def shape(self) -> tuple[int, ...]:
         return self._shape
 
     @property
-    def ndim(self):
+    def ndim(self) -> int:
         return len(self._shape)
 
     @property
-    def size(self):
+    def size(self) -> int:
         return int(np.prod(self._shape))
 
     def _view(self, bits):
         return StoredMatrix(bits, self.fmt, path=self.path, key=self.key)
 
     @property
-    def T(self):
+    def T(self) -> StoredMatrix:
         return self._view(self.bits.T)
 
-    def reshape(self, *shape):
+    def reshape(self, *shape: Any) -> StoredMatrix:
         return self._view(self.bits.reshape(*shape))
 
-    def __getitem__(self, index):
+    def __getitem__(self, index: Any) -> StoredMatrix:
         return self._view(self.bits[index])
 
     # -- values --------------------------------------------------------------------------------------------
@@ -141,7 +147,7 @@ class StoredMatrix:
             out[...] = bits
         return out
 
-    def array(self):
+    def array(self) -> np.ndarray:
         """The whole matrix in working precision, checked for NaN / Inf (memoised).
 
         Returns

@@ -2,7 +2,9 @@
 
 Pickles are loaded only with ``torch.load(..., weights_only=True)``, never
 with full unpickling, and only on torch ≥ 2.10 (older releases had ways around
-``weights_only``). Every tensor is checked for NaN / Inf and upcast from
+``weights_only``); a zip archive whose records declare more than
+:data:`MAX_EXPANSION` times its size is refused before torch reads it, and a
+refusal names what the pickle would have called. Every tensor is checked for NaN / Inf and upcast from
 fp16 / bf16 to float32. Every failure is an :class:`~analysis.errors.AdapterError`
 naming the file and, where there is one, the key.
 """
@@ -12,14 +14,21 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import struct
 import zipfile
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from analysis.errors import AdapterError
 
-__all__ = ["read_tensors", "check_finite", "safetensors_errors", "TENSOR_SUFFIXES", "MIN_TORCH"]
+if TYPE_CHECKING:
+    from collections.abc import Iterable, Iterator
+    from typing import Any
+
+__all__ = ["read_tensors", "read_pickle", "check_finite", "safetensors_errors", "TENSOR_SUFFIXES", "MIN_TORCH",
+           "MAX_EXPANSION"]
 
 TENSOR_SUFFIXES = (".safetensors", ".pt", ".pth", ".bin", ".ckpt")
 MIN_TORCH = (2, 10)
@@ -42,7 +51,7 @@ def _to_numpy(t, path, key):
     return t.detach().cpu().numpy()
 
 
-def check_finite(x, path, key):
+def check_finite(x: np.ndarray, path: str | os.PathLike[str] | None, key: str | None) -> np.ndarray:
     """Raise if a floating tensor holds NaN or Inf.
 
     Parameters
@@ -106,7 +115,68 @@ def _flatten(obj, path, prefix="", _seen=None):
     return out
 
 
-def _read_pickle(path):
+#: What a ``.pt`` zip archive may declare it holds, uncompressed, relative to its size (``torch.save`` stores its
+#: records uncompressed: about 1x); beyond it the file is refused before torch reads it.
+MAX_EXPANSION = 4
+_EXPANSION_SLACK = 16 << 20
+
+
+def _check_archive(path):
+    """Refuse a zip ``.pt`` whose records declare more bytes than the file can hold (a zip bomb), before
+    ``torch.load`` allocates them."""
+    size = os.path.getsize(path)
+    try:
+        with zipfile.ZipFile(path) as z:
+            infos = z.infolist()
+    except (zipfile.BadZipFile, OSError, ValueError, RuntimeError, EOFError, struct.error) as e:
+        msg = " ".join(str(e).split())[:160] or type(e).__name__
+        raise AdapterError(f"cannot read as a torch checkpoint (a damaged zip archive): {msg}", path=path) from None
+    declared = sum(max(int(i.file_size), 0) for i in infos)
+    bound = MAX_EXPANSION * size + _EXPANSION_SLACK
+    if declared > bound:
+        packed = [i.filename for i in infos if i.compress_type != zipfile.ZIP_STORED]
+        raise AdapterError(f"refused to load: its records declare {_size(declared)} of data in a file of "
+                           f"{_size(size)} (more than {MAX_EXPANSION}x its size"
+                           + (f"; {len(packed)} compressed, e.g. {packed[0]!r}" if packed else "")
+                           + "): a zip bomb? torch.save writes records uncompressed", path=path)
+
+
+def _size(n):
+    for unit in ("bytes", "KB", "MB", "GB", "TB"):
+        if n < 1000 or unit == "TB":
+            return f"{n:.0f} {unit}" if unit == "bytes" else f"{n:.1f} {unit}"
+        n /= 1000
+
+
+def _refusal(e):
+    """What ``weights_only`` refused, in a few words (the global or operand named), from torch's message."""
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(e))
+    m = re.search(r"GLOBAL ([\w.]+)", text)
+    if m:
+        return f"the pickle calls {m.group(1)}, which a state dict never does"
+    paragraphs = [" ".join(p.split()) for p in re.split(r"\n\s*\n", text) if p.strip()]
+    reasons = [p for p in paragraphs if not p.startswith(("Weights only load failed", "Check the documentation"))
+               and "weights_only" not in p[:80]]
+    reason = (reasons[0] if reasons else (paragraphs[0] if paragraphs else type(e).__name__))[:160]
+    return f"the pickle holds more than tensors and containers ({reason})"
+
+
+def read_pickle(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """The tensors of a ``.pt`` / ``.bin`` pickle, read only by ``torch.load(weights_only=True)``.
+
+    Refused before loading: torch older than :data:`MIN_TORCH`, a zip archive declaring more than
+    :data:`MAX_EXPANSION` × its size; refused by the loader: anything but tensors and containers (the refused
+    call named).
+
+    Parameters
+    ----------
+    path : str
+
+    Returns
+    -------
+    object
+        What the pickle holds (a dict of tensors, possibly nested).
+    """
     import pickle
 
     import torch
@@ -115,16 +185,23 @@ def _read_pickle(path):
         raise AdapterError(
             f"refusing to read a pickle with torch {torch.__version__}: torch >= "
             f"{MIN_TORCH[0]}.{MIN_TORCH[1]} is required for a safe weights_only load", path=path)
+    with open(path, "rb") as fh:
+        if fh.read(4) == b"PK\x03\x04":
+            _check_archive(path)
     try:
-        obj = torch.load(str(path), map_location="cpu", weights_only=True, mmap=False)
+        import warnings
+
+        with warnings.catch_warnings():  # torch's notes on old pickle protocols: not the user's concern here
+            warnings.simplefilter("ignore")
+            obj = torch.load(str(path), map_location="cpu", weights_only=True, mmap=False)
     except pickle.UnpicklingError as e:
-        text = re.sub(r"\x1b\[[0-9;]*m", "", str(e)).strip()
-        first = text.splitlines()[0] if text else type(e).__name__
-        raise AdapterError(
-            "refused to load: the pickle is not a plain state dict (torch.load weights_only=True "
-            f"rejected it: {first[:200]})", path=path) from None
+        raise AdapterError(f"refused to load: {_refusal(e)} (torch.load with weights_only=True; the file was not "
+                           "run)", path=path) from None
+    except MemoryError:
+        raise AdapterError(f"refused to load: it declares tensors larger than the memory available (file of "
+                           f"{_size(os.path.getsize(path))})", path=path) from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError, KeyError,
-            AttributeError, TypeError, IndexError) as e:
+            AttributeError, TypeError, IndexError, struct.error) as e:
         msg = " ".join(str(e).split())[:200] or type(e).__name__
         raise AdapterError(
             f"cannot read as a torch checkpoint (truncated or corrupt?): {type(e).__name__}: {msg}",
@@ -136,7 +213,7 @@ def _read_pickle(path):
 
 
 @contextlib.contextmanager
-def safetensors_errors(path):
+def safetensors_errors(path: str | os.PathLike[str]) -> Iterator[None]:
     """Turn what ``safetensors`` raises on a bad file into one-line :class:`AdapterError` s."""
     from safetensors import SafetensorError
 
@@ -170,7 +247,7 @@ def _read_safetensors(path, keys=None):
     return out
 
 
-def read_tensors(path, *, keys=None):
+def read_tensors(path: str | os.PathLike[str], *, keys: Iterable[str] | None = None) -> dict[str, np.ndarray]:
     """Read the tensors of one file as numpy arrays, validated.
 
     Parameters
@@ -207,7 +284,7 @@ def read_tensors(path, *, keys=None):
                 f"unknown file format (expected one of {', '.join(TENSOR_SUFFIXES)})", path=path)
         raw = _read_safetensors(path, keys)
     else:
-        raw = _read_pickle(path)
+        raw = read_pickle(path)
     out = {}
     for k, t in raw.items():
         out[k] = check_finite(_to_numpy(t, path, k), path, k)

@@ -20,22 +20,40 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from analysis.core.lowrank import FactoredSVD, LowRank
 from analysis.core.randomized import matmul_f64, randomized_svd, work_dtype
 from analysis.metrics.similarity import phi_grid, random_null, random_null_std
+from analysis.core.sides import MATRIX_SIDES
+
+if TYPE_CHECKING:
+    import pandas as pd
+    from numpy.typing import ArrayLike
 
 __all__ = ["WeightCorrelation", "weight_correlation", "random_projections", "WeightOverlap", "weight_overlap",
-           "projection_norm", "random_bases", "OVERLAP_SIDES"]
+           "projection_norm", "random_bases", "OVERLAP_SIDES", "check_weight", "check_weight_shape",
+           "correlation_checked", "overlap_checked"]
 
 #: Sides of Fig. 8: ``"output"`` = left singular vectors (R^d_out), ``"input"`` = right (R^d_in).
-OVERLAP_SIDES = ("output", "input")
+OVERLAP_SIDES = MATRIX_SIDES  # left = output, right = input (analysis.core.sides)
 
 
-def _check_shape(W, lr, name=None):
-    """Refuse a base weight whose shape is not ΔW's (naming the module, with a hint when it is transposed)."""
+def check_weight_shape(W: np.ndarray, lr: LowRank, name: str | None = None) -> None:
+    """Refuse a base weight whose shape is not ΔW's (naming the module, with a hint when it is transposed).
+
+    Parameters
+    ----------
+    W : (d_out, d_in) array_like or StoredMatrix
+    lr : LowRank
+    name : str, optional
+
+    Raises
+    ------
+    ValueError
+    """
     if tuple(W.shape) != tuple(lr.shape):
         hint = (" (W looks transposed: pass W.T, e.g. for a GPT-2 Conv1D weight)"
                 if tuple(W.shape[::-1]) == tuple(lr.shape) else "")
@@ -44,14 +62,26 @@ def _check_shape(W, lr, name=None):
                          f"in nn.Linear orientation{hint}")
 
 
-def _check_W(W, lr=None, name=None):
+def check_weight(W: ArrayLike, lr: LowRank | None = None, name: str | None = None) -> np.ndarray:
+    """``W`` as a real 2-D array, checked against ΔW's shape (when ``lr`` is given) and for NaN / Inf.
+
+    Parameters
+    ----------
+    W : (d_out, d_in) array_like
+    lr : LowRank, optional
+    name : str, optional
+
+    Returns
+    -------
+    (d_out, d_in) ndarray
+    """
     W = np.asarray(W)
     if W.ndim != 2:
         raise ValueError(f"W must be a 2-D (d_out, d_in) base weight, got shape {W.shape}")
     if W.dtype.kind not in "fiu":
         raise TypeError(f"W must be real, got dtype {W.dtype}")
     if lr is not None:
-        _check_shape(W, lr, name)
+        check_weight_shape(W, lr, name)
     # products with W run in its own precision (float32 for float32 / bf16 / fp16 weights), see _projections
     W = W.astype(work_dtype(W), copy=False)
     if not np.isfinite(W).all():
@@ -59,7 +89,7 @@ def _check_W(W, lr=None, name=None):
     return W
 
 
-def projection_norm(W, U, V):
+def projection_norm(W: ArrayLike, U: ArrayLike, V: ArrayLike) -> float:
     """‖Uᵀ W V‖_F: the part of W seen through a pair of subspaces.
 
     Parameters
@@ -80,7 +110,7 @@ def projection_norm(W, U, V):
     >>> float(projection_norm(np.diag([3.0, 2.0, 1.0]), np.eye(3)[:, :2], np.eye(3)[:, :2]))
     3.605551275463989
     """
-    W = _check_W(W)
+    W = check_weight(W)
     U, V = np.asarray(U, dtype=np.float64), np.asarray(V, dtype=np.float64)
     if U.ndim != 2 or V.ndim != 2 or U.shape[0] != W.shape[0] or V.shape[0] != W.shape[1]:
         raise ValueError(f"expected U (d_out={W.shape[0]}, k) and V (d_in={W.shape[1]}, k) for W of "
@@ -102,7 +132,8 @@ def _projections(W, pairs):
     return out
 
 
-def random_bases(d_out, d_in, k, *, seed=0, n=1):
+def random_bases(d_out: int, d_in: int, k: int, *, seed: int = 0,
+                 n: int = 1) -> list[tuple[np.ndarray, np.ndarray]]:
     """Uniformly random orthonormal bases, seeded (spans of Gaussian matrices).
 
     Parameters
@@ -197,14 +228,14 @@ class WeightCorrelation:
         d["over_random"] = self.over_random
         return d
 
-    def to_frame(self):
+    def to_frame(self) -> pd.DataFrame:
         """One-row DataFrame with every attribute, the amplification and ``over_random``."""
         import pandas as pd
 
         return pd.DataFrame([self.to_dict()])
 
 
-def random_projections(W, k, *, n_random=10, seed=0):
+def random_projections(W: np.ndarray, k: int, *, n_random: int = 10, seed: int = 0) -> np.ndarray:
     """‖Uᵀ W V‖_F for ``n_random`` seeded random k-dim pairs (U, V): case (3) of Table 7, W alone.
 
     They depend on W, k, the seed and ``n_random`` only, not on ΔW, so they can be computed once per base
@@ -219,7 +250,7 @@ def random_projections(W, k, *, n_random=10, seed=0):
     -------
     (n_random,) ndarray of float64
     """
-    W = _check_W(W)
+    W = check_weight(W)
     d_out, d_in = W.shape
     return np.array(_projections(W, random_bases(d_out, d_in, k, seed=seed, n=n_random)))  # one pass over W
 
@@ -244,8 +275,9 @@ def _svd_prefix(w_svd, k, W, seed):
     return FactoredSVD(U[:, :k], S[:k], V[:, :k])
 
 
-def weight_correlation(W, lr: LowRank, *, n_random: int = 10, seed: int = 0, w_svd=None,
-                       name: str | None = None, random_proj=None) -> WeightCorrelation:
+def weight_correlation(W: ArrayLike, lr: LowRank, *, n_random: int = 10, seed: int = 0,
+                       w_svd: FactoredSVD | None = None, name: str | None = None,
+                       random_proj: np.ndarray | None = None) -> WeightCorrelation:
     """‖Uᵀ W V‖_F for U, V from ΔW, from W and random (Table 7), and the amplification.
 
     Parameters
@@ -284,14 +316,21 @@ def weight_correlation(W, lr: LowRank, *, n_random: int = 10, seed: int = 0, w_s
         raise TypeError(f"lr must be a LowRank, got {type(lr).__name__}")
     if n_random < 1:
         raise ValueError(f"n_random must be >= 1, got {n_random}")
-    return _correlation(_check_W(W, lr, name), lr, n_random=n_random, seed=seed, w_svd=w_svd, name=name,
+    return correlation_checked(check_weight(W, lr, name), lr, n_random=n_random, seed=seed, w_svd=w_svd, name=name,
                         random_proj=random_proj)
 
 
-def _correlation(W, lr, *, n_random, seed, w_svd, name, random_proj, w_norm=None):
-    """:func:`weight_correlation` on a checked W (:func:`_check_W`, or a StoredMatrix of ΔW's shape).
+def correlation_checked(W: np.ndarray, lr: LowRank, *, n_random: int, seed: int, w_svd: FactoredSVD | None,
+                        name: str | None, random_proj: np.ndarray | None,
+                        w_norm: float | None = None) -> WeightCorrelation:
+    """:func:`weight_correlation` on a W already checked (:func:`check_weight`, or a StoredMatrix of ΔW's shape):
+    for sweeps that check every module's W once and then compute several things from it.
 
     With ``w_svd``, ``random_proj`` and ``w_norm`` (‖W‖_F) given, W is used in one product only.
+
+    Returns
+    -------
+    WeightCorrelation
     """
     d_out, d_in = W.shape
     k = lr.rank
@@ -359,7 +398,7 @@ class WeightOverlap:
         """ΔW's directions compared (its numerical rank)."""
         return int(self.phi.shape[1])
 
-    def curve(self, j=None):
+    def curve(self, j: int | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """φ(i, j) for i = 1 … n_w at one j (default: all of ΔW's directions, j = k).
 
         Returns
@@ -373,7 +412,7 @@ class WeightOverlap:
             raise ValueError(f"j must be in [1, {self.k}], got {j}")
         return self.phi[:, j - 1], self.random[:, j - 1], self.null[:, j - 1]
 
-    def to_frame(self):
+    def to_frame(self) -> pd.DataFrame:
         """Tidy DataFrame: one row per (i, j) with φ, the random draw, the null and its sd."""
         import pandas as pd
 
@@ -384,8 +423,8 @@ class WeightOverlap:
                              "null": self.null.ravel(), "null_std": self.null_std.ravel()})
 
 
-def weight_overlap(W, lr: LowRank, *, side: str = "output", n_w: int | None = None, seed: int = 0,
-                   w_svd=None, name: str | None = None) -> WeightOverlap:
+def weight_overlap(W: ArrayLike, lr: LowRank, *, side: str = "output", n_w: int | None = None, seed: int = 0,
+                   w_svd: FactoredSVD | None = None, name: str | None = None) -> WeightOverlap:
     """φ between W's top-i singular directions and ΔW's top-j (Fig. 8 of the paper).
 
     Parameters
@@ -414,11 +453,17 @@ def weight_overlap(W, lr: LowRank, *, side: str = "output", n_w: int | None = No
         raise ValueError(f"side must be one of {OVERLAP_SIDES}, got {side!r}")
     if not isinstance(lr, LowRank):
         raise TypeError(f"lr must be a LowRank, got {type(lr).__name__}")
-    return _overlap(_check_W(W, lr, name), lr, side=side, n_w=n_w, seed=seed, w_svd=w_svd, name=name)
+    return overlap_checked(check_weight(W, lr, name), lr, side=side, n_w=n_w, seed=seed, w_svd=w_svd, name=name)
 
 
-def _overlap(W, lr, *, side, n_w, seed, w_svd, name):
-    """:func:`weight_overlap` on a checked W (:func:`_check_W`)."""
+def overlap_checked(W: np.ndarray, lr: LowRank, *, side: str, n_w: int | None, seed: int,
+                    w_svd: FactoredSVD | None, name: str | None) -> WeightOverlap:
+    """:func:`weight_overlap` on a W already checked (:func:`check_weight`).
+
+    Returns
+    -------
+    WeightOverlap
+    """
     q = min(W.shape)
     n_w = q if n_w is None else int(n_w)
     if not 1 <= n_w <= q:

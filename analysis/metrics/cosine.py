@@ -19,8 +19,14 @@ sd = ‖ΔWa‖ ‖ΔWb‖ / √(d_out d_in), exactly, for any spectra.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from numpy.typing import ArrayLike
+
+    from analysis.core.lowrank import LowRank
 
 __all__ = ["frobenius_inner", "frobenius_cosine", "gram_blocks", "phi_blocks", "cosine_from_gram",
            "cosine_null_std", "Interference", "interference", "INTERFERENCE_Z"]
@@ -37,7 +43,7 @@ def _factors(lr):
     return lr.lora_B.astype(np.float64) * s, lr.lora_A.astype(np.float64)
 
 
-def frobenius_inner(a, b):
+def frobenius_inner(a: LowRank, b: LowRank) -> float:
     """⟨ΔWa, ΔWb⟩_F from the factors, float64.
 
     Parameters
@@ -65,7 +71,7 @@ def frobenius_inner(a, b):
     return float(np.sum((Ba.T @ Bb) * (Aa @ Ab.T)))  # (ra, rb) ⊙ (ra, rb)
 
 
-def frobenius_cosine(a, b):
+def frobenius_cosine(a: LowRank, b: LowRank) -> float:
     """⟨ΔWa, ΔWb⟩ / (‖ΔWa‖ ‖ΔWb‖), exact from the factors; NaN when either update is zero.
 
     Parameters
@@ -89,7 +95,8 @@ def _segment_sum(E, off_i, off_j):
     return np.add.reduceat(rows, off_j[:-1], axis=1) if E.shape[1] else np.zeros((rows.shape[0], 0))
 
 
-def gram_blocks(B_i, A_i, off_i, B_j, A_j, off_j):
+def gram_blocks(B_i: np.ndarray, A_i: np.ndarray, off_i: np.ndarray, B_j: np.ndarray, A_j: np.ndarray,
+                off_j: np.ndarray) -> np.ndarray:
     """Frobenius inner products between two groups of stacked updates of one module.
 
     Parameters
@@ -115,7 +122,8 @@ def gram_blocks(B_i, A_i, off_i, B_j, A_j, off_j):
     return _segment_sum(E, off_i, off_j)
 
 
-def phi_blocks(U_i, k_i, U_j, k_j, *, k=None):
+def phi_blocks(U_i: np.ndarray, k_i: np.ndarray, U_j: np.ndarray, k_j: np.ndarray, *,
+               k: int | None = None) -> np.ndarray:
     """φ(k_ab, k_ab) between stacked orthonormal bases, k_ab = min(k, k_a, k_b).
 
     Parameters
@@ -150,7 +158,7 @@ def phi_blocks(U_i, k_i, U_j, k_j, *, k=None):
     return phi
 
 
-def cosine_from_gram(G):
+def cosine_from_gram(G: np.ndarray) -> np.ndarray:
     """Cosine matrix from a Gram matrix of inner products; NaN rows / columns for zero updates.
 
     Parameters
@@ -170,7 +178,7 @@ def cosine_from_gram(G):
     return np.clip(C, -1.0, 1.0)
 
 
-def cosine_null_std(d_out, d_in):
+def cosine_null_std(d_out: int, d_in: int) -> float:
     """Standard deviation of the Frobenius cosine of two updates with independent Haar-random singular bases.
 
     Exactly 1 / √(d_out d_in), whatever their ranks and spectra (the mean is 0).
@@ -208,7 +216,8 @@ class Interference:
     verdict: str
 
 
-def interference(G, weights, shape, *, z=INTERFERENCE_Z):
+def interference(G: np.ndarray, weights: ArrayLike, shape: tuple[int, int], *,
+                 z: float = INTERFERENCE_Z) -> Interference:
     """Interference of a weighted sum from the Gram matrix of the updates.
 
     Parameters

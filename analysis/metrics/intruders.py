@@ -15,7 +15,7 @@ span of its singular vectors; the test asks whether y_j is aligned with a
 individual vectors, hence the count, ill-defined inside the tie.
 
 Cost per module: one thin SVD of W (all its singular vectors are needed; the sweep keeps it in the
-persistent cache, :mod:`analysis.io.svd_cache`) and the top k of W + ΔW: by default the top-k
+persistent cache, :mod:`analysis.sweeps.svd_cache`) and the top k of W + ΔW: by default the top-k
 eigenpairs of its Gram matrix on the smaller side, formed from W's Gram and ΔW's factors (ΔW is never
 formed), O(d² (d' + k)) and one partial symmetric eigensolve; or the full / randomized SVD of the dense
 W + ΔW.
@@ -25,15 +25,20 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from analysis.core.lowrank import LowRank
 from analysis.core.randomized import randomized_svd
 
+if TYPE_CHECKING:
+    import pandas as pd
+    from numpy.typing import ArrayLike
+
 __all__ = ["IntruderResult", "intruder_dimensions", "base_singular_vectors", "INTRUDER_SIDES", "INTRUDER_METHODS"]
 
-INTRUDER_SIDES = ("left", "right")
+INTRUDER_SIDES = ("left", "right")  # W's output / input sides by their aliases (analysis.core.sides)
 INTRUDER_METHODS = ("topk", "full", "randomized")
 
 
@@ -92,7 +97,7 @@ class IntruderResult:
         tot = float(np.sum(self.sigma ** 2))
         return float(np.sum(self.sigma[self.is_intruder] ** 2)) / tot if tot > 0 else 0.0
 
-    def to_frame(self):
+    def to_frame(self) -> pd.DataFrame:
         """One row per tested vector: ``name, j, sigma, max_cos, best_match, intruder``."""
         import pandas as pd
 
@@ -101,7 +106,7 @@ class IntruderResult:
                              "intruder": self.is_intruder})
 
 
-def base_singular_vectors(W, *, side="left"):
+def base_singular_vectors(W: ArrayLike, *, side: str = "left") -> np.ndarray:
     """All singular vectors of W on one side (thin SVD, float64).
 
     Parameters
@@ -116,9 +121,9 @@ def base_singular_vectors(W, *, side="left"):
     """
     if side not in INTRUDER_SIDES:
         raise ValueError(f"side must be one of {INTRUDER_SIDES}, got {side!r}")
-    W = np.asarray(W, dtype=np.float64)
-    U, _, Vt = np.linalg.svd(W, full_matrices=False)  # (d_out, n), (n,), (n, d_in)
-    return U if side == "left" else Vt.T
+    from analysis.core.bases import full_basis
+
+    return full_basis(W, side=side)[0]
 
 
 def _dense_delta(delta, shape):
@@ -232,8 +237,10 @@ def _factors(delta, shape):
     return U[:, keep] * S[keep], Vt[keep].T
 
 
-def intruder_dimensions(W, delta, *, top_k=10, threshold=0.5, side="left", method="topk", seed=0,
-                        base_vectors=None, base_singular_values=None, name=""):
+def intruder_dimensions(W: ArrayLike, delta: LowRank | ArrayLike, *, top_k: int = 10, threshold: float = 0.5,
+                        side: str = "left", method: str = "topk", seed: int = 0,
+                        base_vectors: np.ndarray | None = None, base_singular_values: np.ndarray | None = None,
+                        name: str = "") -> IntruderResult:
     """Count the intruder dimensions among the top-k singular vectors of W + ΔW.
 
     Parameters
@@ -257,7 +264,7 @@ def intruder_dimensions(W, delta, *, top_k=10, threshold=0.5, side="left", metho
     seed : int
     base_vectors : (d, n) ndarray, optional
         W's singular vectors on ``side`` if already computed
-        (:func:`base_singular_vectors`, or the persistent cache: :mod:`analysis.io.svd_cache`).
+        (:func:`base_singular_vectors`, or the persistent cache: :mod:`analysis.sweeps.svd_cache`).
     base_singular_values : (n,) ndarray, optional
         W's singular values, when ``base_vectors`` is given (used when ΔW is zero).
     name : str

@@ -10,7 +10,12 @@ Three nulls, one per kind of claim:
   draw is the first k rows of one random frame.
 - :func:`projection_draws`: ‖Uᵀ W V‖_F for Haar-random U (d_out × k) and V (d_in × k), the random row of
   Table 7 (seeded draws). With W = P Σ Qᵀ, PᵀU and QᵀV are again Haar-random, so the draw needs only
-  W's singular values σ, not W.
+  W's singular values σ, not W. :func:`projection_moments` gives the exact mean and variance of its square.
+
+Tail probabilities (the amended protocol's "tails", PAPER.md): the closed form where one exists
+(:func:`phi11_tail`, :func:`top1_overlap_tail`: Beta laws), else the Monte Carlo p-value (1 + #{draws ≥ x}) /
+(1 + n) (:func:`mc_tail`), a valid p-value for any n; :func:`adaptive_tail` adds draws only where an effect lies
+beyond all of them and the decision needs a smaller p than n draws can show.
 
 Random frames are drawn as U = G L^{-T} with G Gaussian and GᵀG = L Lᵀ: the Q factor of G's QR, hence
 Haar-random, from k × k Cholesky factors and matrix products only (batched LAPACK QR of d × k matrices is
@@ -23,15 +28,22 @@ cos² between random directions, e.g. Muirhead, *Aspects of Multivariate Statist
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-__all__ = ["phi11_null", "diagonal_phi_draws", "projection_draws", "z_score"]
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from numpy.typing import ArrayLike
+
+__all__ = ["phi11_null", "phi11_tail", "top1_overlap_tail", "diagonal_phi_draws", "projection_draws",
+           "projection_moments", "mc_tail", "adaptive_tail", "z_score"]
 
 _BATCH = 64  # draws per batched QR: bounds memory at _BATCH · d · k doubles
 
 
-def phi11_null(d):
+def phi11_null(d: int) -> tuple[float, float]:
     """Mean and standard deviation of φ(1, 1) between two uniformly random lines in R^d (closed form).
 
     Parameters
@@ -66,7 +78,7 @@ def _haar_rows(rng, n, d, k, rows):
     return np.swapaxes(np.linalg.solve(L, np.swapaxes(G[:, :rows, :], 1, 2)), 1, 2)  # (G[:rows] L^{-T})
 
 
-def diagonal_phi_draws(d, k, *, n=1000, seed=0):
+def diagonal_phi_draws(d: int, k: int, *, n: int = 1000, seed: int = 0) -> np.ndarray:
     """Draws of φ(i, i), i = 1 … k, between two independent Haar-random k-frames in R^d.
 
     Parameters
@@ -95,7 +107,8 @@ def diagonal_phi_draws(d, k, *, n=1000, seed=0):
     return out
 
 
-def projection_draws(sigma, d_out, d_in, k, *, n=1000, seed=0):
+def projection_draws(sigma: ArrayLike, d_out: int, d_in: int, k: int, *, n: int = 1000,
+                     seed: int = 0) -> np.ndarray:
     """Draws of ‖Uᵀ W V‖_F for Haar-random U (d_out × k), V (d_in × k), from W's singular values.
 
     Parameters
@@ -136,7 +149,7 @@ def projection_draws(sigma, d_out, d_in, k, *, n=1000, seed=0):
     return out
 
 
-def z_score(effect, null_mean, null_sd):
+def z_score(effect: float | None, null_mean: float, null_sd: float) -> float:
     """(effect − null_mean) / null_sd; NaN when the effect is missing or the null has no spread.
 
     >>> z_score(0.5, 0.1, 0.1)
@@ -145,3 +158,150 @@ def z_score(effect, null_mean, null_sd):
     if effect is None or null_sd is None or not null_sd > 0 or not np.isfinite(effect):
         return math.nan
     return float((effect - null_mean) / null_sd)
+
+
+def phi11_tail(phi: ArrayLike, d: int) -> float | np.ndarray:
+    """P(φ(1, 1) ≥ phi) between two random lines in R^d: the upper tail of Beta(1/2, (d − 1)/2) (closed form).
+
+    Parameters
+    ----------
+    phi : float or array_like
+    d : int
+
+    Returns
+    -------
+    float or ndarray
+
+    Examples
+    --------
+    >>> float(phi11_tail(0.0, 10)), round(float(phi11_tail(1 / 3, 3)), 4)  # d = 3: cos² > 1/3 w.p. 1 - 1/√3
+    (1.0, 0.4226)
+    """
+    from scipy.stats import beta
+
+    d = int(d)
+    if d < 2:
+        raise ValueError(f"d must be >= 2, got {d}")
+    return beta.sf(phi, 0.5, (d - 1) / 2.0)
+
+
+def top1_overlap_tail(phi: ArrayLike, j: int, d: int) -> float | np.ndarray:
+    """P(‖P_j u‖² ≥ phi) for a random unit vector u in R^d and a fixed j-dimensional subspace: Beta(j/2, (d − j)/2).
+
+    φ(1, j) between one direction of ΔW and the top-j directions of W has this null (Fig. 8, i = 1).
+
+    Parameters
+    ----------
+    phi : float or array_like
+    j, d : int
+        1 ≤ j < d (j = d gives 1 surely: tail 1 for phi ≤ 1).
+
+    Returns
+    -------
+    float or ndarray
+    """
+    from scipy.stats import beta
+
+    j, d = int(j), int(d)
+    if not 1 <= j <= d:
+        raise ValueError(f"expected 1 <= j <= d, got j={j}, d={d}")
+    if j == d:
+        return np.where(np.asarray(phi) <= 1.0, 1.0, 0.0)
+    return beta.sf(phi, j / 2.0, (d - j) / 2.0)
+
+
+def _haar_pair_coeffs(n, k):
+    den = (n - 1) * n * (n + 2)
+    return k * (n * k + k - 2) / den, k * (n - k) / den
+
+
+def projection_moments(sigma: ArrayLike, d_out: int, d_in: int, k: int) -> tuple[float, float]:
+    """Exact mean and variance of X = ‖Uᵀ W V‖_F² for independent Haar-random U (d_out × k), V (d_in × k).
+
+    From the second moments of a Haar-random rank-k projection P in R^n,
+    E[P_ij P_kl] = α δ_ij δ_kl + β (δ_ik δ_jl + δ_il δ_jk) with α = k(nk + k − 2) / ((n − 1) n (n + 2)),
+    β = k(n − k) / ((n − 1) n (n + 2)), applied on both sides with T₁ = Σσ², T₂ = Σσ⁴:
+    E[X] = k² T₁ / (d_out d_in) and E[X²] = α_o (α_i T₁² + 2 β_i T₂) + 2 β_o ((α_i + β_i) T₂ + β_i T₁²).
+
+    Parameters
+    ----------
+    sigma : (min(d_out, d_in),) array_like
+        W's singular values (all of them).
+    d_out, d_in, k : int
+        2 ≤ d, 1 ≤ k ≤ min(d_out, d_in).
+
+    Returns
+    -------
+    (float, float)
+        E[X], Var[X].
+    """
+    s = np.asarray(sigma, dtype=np.float64).ravel()
+    d_out, d_in, k = int(d_out), int(d_in), int(k)
+    if min(d_out, d_in) < 2 or not 1 <= k <= min(d_out, d_in):
+        raise ValueError(f"expected d_out, d_in >= 2 and 1 <= k <= min(d), got {d_out}, {d_in}, k={k}")
+    t1, t2 = float(np.sum(s ** 2)), float(np.sum(s ** 4))
+    ao, bo = _haar_pair_coeffs(d_out, k)
+    ai, bi = _haar_pair_coeffs(d_in, k)
+    ex = k * k * t1 / (d_out * d_in)
+    ex2 = ao * (ai * t1 * t1 + 2 * bi * t2) + 2 * bo * ((ai + bi) * t2 + bi * t1 * t1)
+    return ex, max(ex2 - ex * ex, 0.0)
+
+
+def mc_tail(x: float, draws: ArrayLike) -> float:
+    """The Monte Carlo p-value (1 + #{draws ≥ x}) / (1 + n): valid (never below its level under the null) for any n.
+
+    Parameters
+    ----------
+    x : float
+    draws : (n,) array_like
+
+    Returns
+    -------
+    float
+        NaN for a NaN ``x``.
+
+    Examples
+    --------
+    >>> mc_tail(5.0, [1.0, 2.0, 3.0])
+    0.25
+    """
+    d = np.asarray(draws, dtype=float).ravel()
+    if not np.isfinite(x):
+        return math.nan
+    return float((1 + np.sum(d >= x)) / (1 + d.size))
+
+
+def adaptive_tail(x: float, draw: Callable[[int, int], np.ndarray], *, n: int = 1000, need: float | None = None,
+                  n_max: int = 200_000, seed: int = 0) -> tuple[float, np.ndarray]:
+    """:func:`mc_tail` from ``n`` draws, with more draws only where ``x`` lies beyond all of them and ``need`` asks.
+
+    Parameters
+    ----------
+    x : float
+    draw : callable
+        ``draw(n, seed) -> (n,) ndarray`` of null draws.
+    n : int
+        The first draws (the protocol's 1,000).
+    need : float, optional
+        The smallest p the decision needs resolved (e.g. a Holm step's level); when every draw lies below ``x`` and
+        1 / (n + 1) > ``need``, draws are added (new seeds) until the count resolves ``need`` or ``n_max`` is
+        reached.
+    n_max : int
+    seed : int
+
+    Returns
+    -------
+    p : float
+    draws : (n_used,) ndarray
+        Every draw made (the first ``n`` first).
+    """
+    d = np.asarray(draw(n, seed), dtype=float)
+    parts, total, extra = [d], d.size, 1
+    while (need is not None and np.isfinite(x) and total < n_max and 1.0 / (total + 1) > need
+           and np.sum(np.concatenate(parts) >= x) == 0):
+        more = min(n_max - total, max(total, int(math.ceil(1.0 / need)) - total))
+        parts.append(np.asarray(draw(more, seed + 7919 * extra), dtype=float))
+        total += more
+        extra += 1
+    d = np.concatenate(parts)
+    return mc_tail(x, d), d

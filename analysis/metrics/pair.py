@@ -3,17 +3,24 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from analysis.core.lowrank import LowRank
-from analysis.metrics.similarity import _cols, phi_and_angles_many, random_null, random_null_std
+from analysis.core.sides import FACTOR_SIDES
+from analysis.metrics.similarity import basis_columns, phi_and_angles_many, random_null, random_null_std
 from analysis.metrics.stability import PrefixStability, stability_from_overlap
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+    import pandas as pd
 
 __all__ = ["SIDES", "TIE_RTOL", "SimilarityResult", "module_similarity", "module_similarities", "near_tied_cuts",
            "gaussian_similarity"]
 
-SIDES = ("A", "B", "input", "output")
+SIDES = FACTOR_SIDES  # the bases of a LoRA update (analysis.core.sides)
 _FACTOR = {"A": "A", "input": "A", "B": "B", "output": "B"}  # the factor whose span a side lives in
 
 
@@ -22,7 +29,7 @@ _FACTOR = {"A": "A", "input": "A", "B": "B", "output": "B"}  # the factor whose 
 TIE_RTOL = 1e-9
 
 
-def near_tied_cuts(s, *, rtol=TIE_RTOL):
+def near_tied_cuts(s: np.ndarray, *, rtol: float = TIE_RTOL) -> tuple[int, ...]:
     """Prefix cuts that fall inside near-tied singular values.
 
     A prefix of i singular vectors is not rotation-invariant when
@@ -128,7 +135,7 @@ class SimilarityResult:
             return 0
         return self.stability(n_std=n_std).shared
 
-    def to_frame(self):
+    def to_frame(self) -> pd.DataFrame:
         """Tidy DataFrame: one row per (i, j) with φ, the null and its sd."""
         import pandas as pd
 
@@ -163,8 +170,8 @@ def module_similarity(lr1: LowRank, lr2: LowRank, *, side: str = "A", tie_rtol: 
     return module_similarities(lr1, lr2, sides=(side,), tie_rtol=tie_rtol, name=name)[side]
 
 
-def module_similarities(lr1: LowRank, lr2: LowRank, *, sides=SIDES, tie_rtol: float = TIE_RTOL,
-                        name: str | None = None) -> dict:
+def module_similarities(lr1: LowRank, lr2: LowRank, *, sides: Sequence[str] = SIDES, tie_rtol: float = TIE_RTOL,
+                        name: str | None = None) -> dict[str, SimilarityResult]:
     """:func:`module_similarity` on several sides at once: one pass over each factor's basis they share.
 
     The input side and lora_A's share the span of Aᵀ, the output side and lora_B's that of B, so their
@@ -205,7 +212,7 @@ def module_similarities(lr1: LowRank, lr2: LowRank, *, sides=SIDES, tie_rtol: fl
     for side in sides:
         p1 = None if zero1 else lr1.basis_parts(side)
         p2 = None if zero2 else lr2.basis_parts(side)
-        if not (p1 is None or p2 is None or 0 in (_cols(p1), _cols(p2))):
+        if not (p1 is None or p2 is None or 0 in (basis_columns(p1), basis_columns(p2))):
             parts[side] = (p1, p2)
     done = dict(zip(parts, phi_and_angles_many(list(parts.values()), known=known)))
     out = {}

@@ -7,13 +7,21 @@ k₁ × k₂ product, squared, a 2-D cumulative sum, divided by min(i, j).
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+    from typing import Any
+
+    from numpy.typing import ArrayLike
+
 __all__ = ["subspace_similarity", "principal_angles", "random_null", "random_null_std",
-           "check_orthonormal", "phi_grid", "phi_and_angles", "phi_and_angles_many"]
+           "check_orthonormal", "phi_grid", "phi_and_angles", "phi_and_angles_many", "basis_columns"]
 
 
-def check_orthonormal(U, name="U", *, atol=None):
+def check_orthonormal(U: ArrayLike, name: str = "U", *, atol: float | None = None) -> np.ndarray:
     """Validate a basis: 2-D, finite, with orthonormal columns.
 
     Parameters
@@ -49,7 +57,7 @@ def check_orthonormal(U, name="U", *, atol=None):
     return U
 
 
-def phi_grid(U1, U2):
+def phi_grid(U1: np.ndarray, U2: np.ndarray) -> np.ndarray:
     """φ grid of two orthonormal bases, without the checks of :func:`subspace_similarity`.
 
     Parameters
@@ -73,7 +81,7 @@ def _phi_from(M):
     return np.clip(C / np.minimum(i, j), 0.0, 1.0)
 
 
-def subspace_similarity(U1, U2):
+def subspace_similarity(U1: ArrayLike, U2: ArrayLike) -> np.ndarray:
     """Normalised subspace similarity φ(i, j) for every prefix pair.
 
     Parameters
@@ -107,7 +115,7 @@ def subspace_similarity(U1, U2):
     return phi_grid(U1, U2)
 
 
-def principal_angles(U1, U2):
+def principal_angles(U1: ArrayLike, U2: ArrayLike) -> np.ndarray:
     """Principal angles between the column spans of two orthonormal bases.
 
     Small angles are computed from sines and large ones from cosines, as
@@ -158,7 +166,8 @@ def _angles_from(M, residual):
     return np.where(cos ** 2 >= 0.5, theta_sin, theta_cos)
 
 
-def phi_and_angles(p1, p2):
+def phi_and_angles(p1: tuple[np.ndarray, np.ndarray | None],
+                   p2: tuple[np.ndarray, np.ndarray | None]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """φ grid and principal angles of two orthonormal bases given as ``(Q, Y)``, basis = ``Q @ Y``.
 
     ``Y`` None: ``Q`` is the basis (see :meth:`~analysis.core.LowRank.basis_parts`).
@@ -177,7 +186,9 @@ def phi_and_angles(p1, p2):
     return phi_and_angles_many([(p1, p2)])[0]
 
 
-def phi_and_angles_many(pairs, *, known=None):
+def phi_and_angles_many(
+        pairs: Sequence[tuple[tuple[np.ndarray, np.ndarray | None], tuple[np.ndarray, np.ndarray | None]]], *,
+        known: dict[Any, Any] | None = None) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
     """:func:`phi_and_angles` for several pairs of bases, one pass over each larger ``Q`` they share.
 
     The sides of one module share their factors' ``Q`` (ΔW's input side and lora_A's side both live in the
@@ -199,7 +210,7 @@ def phi_and_angles_many(pairs, *, known=None):
     """
     staged = []
     for p1, p2 in pairs:
-        swap = _cols(p1) > _cols(p2)
+        swap = basis_columns(p1) > basis_columns(p2)
         (Qs, Ys), (Ql, Yl) = (p2, p1) if swap else (p1, p2)
         staged.append((swap, Qs, Ys, Ql, Yl))
     G = _times_larger(staged, known or {})
@@ -215,8 +226,13 @@ def phi_and_angles_many(pairs, *, known=None):
     return out
 
 
-def _cols(p):
-    """Columns of a basis given as ``(Q, Y)``."""
+def basis_columns(p: tuple[np.ndarray, np.ndarray | None]) -> int:
+    """Number of columns of a basis given as ``(Q, Y)`` (Y, when given, holds the basis's columns in Q's span).
+
+    >>> import numpy as np
+    >>> basis_columns((np.eye(4)[:, :2], None)), basis_columns((np.eye(4)[:, :2], np.ones((2, 3))))
+    (2, 3)
+    """
     return p[0].shape[1] if p[1] is None else p[1].shape[1]
 
 
@@ -242,7 +258,7 @@ def _times_larger(staged, known):
     return G
 
 
-def random_null(k1, k2, d):
+def random_null(k1: int, k2: int, d: int) -> np.ndarray:
     """Expected φ(i, j) between uniformly random subspaces: max(i, j) / d.
 
     Parameters
@@ -263,7 +279,7 @@ def random_null(k1, k2, d):
     return np.minimum(np.maximum(i, j) / d, 1.0).astype(np.float64)
 
 
-def random_null_std(k1, k2, d):
+def random_null_std(k1: int, k2: int, d: int) -> np.ndarray:
     """Standard deviation of φ(i, j) between random subspaces (large-d approximation).
 
     ‖U₁^{i⊤} U₂^{j}‖_F² is a sum of i·j squared near-Gaussian entries of

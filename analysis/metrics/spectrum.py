@@ -3,14 +3,25 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
+if TYPE_CHECKING:
+    from typing import Any
+
+    from numpy.typing import ArrayLike
+
 __all__ = ["SpectrumSummary", "spectrum_summary", "energy_retained", "relative_error", "rank_for_energy",
-           "rank_for_error", "effective_rank", "stable_rank"]
+           "rank_for_error", "effective_rank", "stable_rank", "NEAR_TIE_GAP", "near_tie", "top_ratio"]
+
+#: Top two singular values within this gap, relative to σ₁, count as a near tie: the top singular direction
+#: is then ill-defined (any rotation inside the top-2 plane is almost as good), so φ(1, 1) between two
+#: updates may dip while their top-2 subspaces agree. A marker, not a verdict.
+NEAR_TIE_GAP = 0.1
 
 
-def _check_s(s):
+def _check_s(s: ArrayLike) -> np.ndarray:
     s = np.asarray(s, dtype=np.float64)
     if s.ndim != 1:
         raise ValueError(f"singular values must be a 1-D (k,) array, got shape {s.shape}")
@@ -21,7 +32,7 @@ def _check_s(s):
     return s
 
 
-def energy_retained(s, *, total=None):
+def energy_retained(s: ArrayLike, *, total: float | None = None) -> np.ndarray:
     """Fraction of ‖ΔW‖_F² kept by the best rank-k approximation, for k = 1 … len(s).
 
     Parameters
@@ -43,7 +54,7 @@ def energy_retained(s, *, total=None):
     return np.cumsum(s * s) / tot
 
 
-def relative_error(energy):
+def relative_error(energy: float | np.ndarray) -> float | np.ndarray:
     """Relative Frobenius error of the truncation that keeps ``energy``: ‖ΔW − ΔW_k‖_F / ‖ΔW‖_F = √(1 − energy).
 
     Parameters
@@ -58,7 +69,7 @@ def relative_error(energy):
     return np.sqrt(np.clip(1.0 - np.asarray(energy, dtype=np.float64), 0.0, None))[()]
 
 
-def rank_for_energy(s, energy):
+def rank_for_energy(s: ArrayLike, energy: float) -> int:
     """Smallest k whose best rank-k approximation keeps at least ``energy`` of ‖ΔW‖_F².
 
     Parameters
@@ -79,7 +90,7 @@ def rank_for_energy(s, energy):
     return int(min(np.searchsorted(e, energy - 1e-12) + 1, e.size))
 
 
-def rank_for_error(s, rel_error):
+def rank_for_error(s: ArrayLike, rel_error: float) -> int:
     """Smallest k with ‖ΔW − ΔW_k‖_F ≤ rel_error · ‖ΔW‖_F (Eckart–Young).
 
     Parameters
@@ -96,7 +107,7 @@ def rank_for_error(s, rel_error):
     return rank_for_energy(s, 1.0 - rel_error ** 2)
 
 
-def effective_rank(s):
+def effective_rank(s: ArrayLike) -> float:
     """Entropy effective rank exp(H(p)), p = s / Σ s (Roy & Vetterli, 2007).
 
     Returns 0 for a zero update; between 1 and len(s) otherwise.
@@ -109,12 +120,74 @@ def effective_rank(s):
     return float(np.exp(-np.sum(p * np.log(p))))
 
 
-def stable_rank(s):
+def stable_rank(s: ArrayLike) -> float:
     """Stable rank ‖ΔW‖_F² / ‖ΔW‖_2² = Σ s² / s₁²; 0 for a zero update."""
     s = _check_s(s)
     if s.size == 0 or s[0] == 0:
         return 0.0
     return float(np.sum(s * s) / (s[0] * s[0]))
+
+
+def top_ratio(sigma: ArrayLike) -> float:
+    """σ₂ / σ₁ of a spectrum: how close its top two singular values are.
+
+    Parameters
+    ----------
+    sigma : (k,) ndarray
+        Singular values, descending (any positive scale: the ratio does not see it).
+
+    Returns
+    -------
+    float
+        In [0, 1]; NaN when there is no second value or σ₁ = 0 (a zero update).
+
+    Examples
+    --------
+    >>> top_ratio([2.0, 1.0, 0.5])
+    0.5
+    """
+    s = _check_s(sigma)
+    if s.size < 2 or s[0] == 0:
+        return float("nan")
+    return float(min(s[1] / s[0], 1.0))
+
+
+def near_tie(sigma: ArrayLike, *, gap: float = NEAR_TIE_GAP) -> bool:
+    """Whether the top two singular values nearly tie: (σ₁ − σ₂) / σ₁ < ``gap``.
+
+    When they do, the top singular direction is ill-defined: a small perturbation rotates it inside the
+    top-2 plane, so φ(1, 1) against another update can be anywhere in [0, 1] while the top-2 subspaces
+    agree. Mark such modules; do not read their φ(1, 1) alone.
+
+    Parameters
+    ----------
+    sigma : (k,) ndarray
+        Singular values, descending (``LowRank.side_singular_values(side)``, ``LowRank.svd().S``).
+    gap : float in (0, 1)
+        Relative gap below which the two count as tied (default :data:`NEAR_TIE_GAP`, 10 %).
+
+    Returns
+    -------
+    bool
+        False with fewer than two values or a zero spectrum (nothing to tie).
+
+    Examples
+    --------
+    >>> near_tie([1.0, 0.95, 0.1])   # σ₂ / σ₁ = 0.95: within 10 %
+    True
+    >>> near_tie([1.0, 0.85])
+    False
+    >>> near_tie([1.0, 0.85], gap=0.2)
+    True
+    >>> near_tie([3.0])              # rank 1: one direction, no tie
+    False
+    """
+    if not 0 < gap < 1:
+        raise ValueError(f"gap must be a relative gap in (0, 1), got {gap!r}")
+    s = _check_s(sigma)
+    if s.size < 2 or s[0] == 0:
+        return False
+    return bool((s[0] - s[1]) / s[0] < gap)
 
 
 @dataclass(frozen=True)
@@ -145,11 +218,11 @@ class SpectrumSummary:
     rank99: int
     top1_energy: float
 
-    def to_dict(self):
+    def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
-def spectrum_summary(s) -> SpectrumSummary:
+def spectrum_summary(s: ArrayLike) -> SpectrumSummary:
     """All rank measures of a spectrum at once.
 
     Parameters

@@ -24,10 +24,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import lru_cache
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from analysis.metrics.similarity import check_orthonormal
+
+if TYPE_CHECKING:
+    import pandas as pd
+    from numpy.typing import ArrayLike
 
 __all__ = ["PrefixStability", "prefix_stability", "random_max_cos2", "stability_from_overlap"]
 
@@ -61,7 +66,7 @@ def _null(d, k, trials, seed):
     return top.mean(axis=0), top.std(axis=0, ddof=1)
 
 
-def random_max_cos2(d, k, *, trials=200, seed=0):
+def random_max_cos2(d: int, k: int, *, trials: int = 200, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """Mean and sd of the largest squared principal cosine between random subspaces.
 
     Parameters
@@ -121,7 +126,7 @@ class PrefixStability:
         """True when every prefix direction up to the cap is shared (the need may be larger)."""
         return self.cap > 0 and self.shared == self.cap
 
-    def to_frame(self):
+    def to_frame(self) -> pd.DataFrame:
         """One row per prefix i: ``i, count, threshold, top_cos2, min_cos2``."""
         import pandas as pd
 
@@ -131,7 +136,8 @@ class PrefixStability:
                              "min_cos2": self.cos2[i - 1, i - 1] if self.cap else np.zeros(0)})
 
 
-def prefix_stability(U1, U2, *, n_std=3.0, trials=200, seed=0):
+def prefix_stability(U1: ArrayLike, U2: ArrayLike, *, n_std: float = 3.0, trials: int = 200,
+                     seed: int = 0) -> PrefixStability:
     """Count the leading directions two ordered orthonormal bases share.
 
     Parameters
@@ -168,7 +174,8 @@ def prefix_stability(U1, U2, *, n_std=3.0, trials=200, seed=0):
     return stability_from_overlap(U1[:, :cap].T @ U2[:, :cap], U1.shape[0], n_std, trials, seed)  # (cap, cap)
 
 
-def stability_from_overlap(M, d, n_std=3.0, trials=200, seed=0):
+def stability_from_overlap(M: np.ndarray, d: int, n_std: float = 3.0, trials: int = 200,
+                           seed: int = 0) -> PrefixStability:
     """:func:`prefix_stability` from the products M = U1ᵀ U2 of two ordered orthonormal bases of R^d.
 
     Parameters

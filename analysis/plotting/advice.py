@@ -2,15 +2,26 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from analysis.plotting.common import PlotArtists, check_columns, get_ax
 from analysis.plotting.layers import plot_layer_profile
+
+if TYPE_CHECKING:
+    from typing import Any
+
+    import pandas as pd
+    from matplotlib.axes import Axes
+
+    from analysis.sweeps.advice import RankAdvice
 
 __all__ = ["plot_advised_rank"]
 
 _SHOW_CAP = (True, False, "auto")
 
 
-def plot_advised_rank(advice, *, ax=None, show_cap="auto", **profile_kw):
+def plot_advised_rank(advice: RankAdvice | pd.DataFrame, *, ax: Axes | None = None, show_cap: bool | str = "auto",
+                      **profile_kw: Any) -> PlotArtists:
     """Advised rank per layer, one line per module type.
 
     Parameters
@@ -36,7 +47,7 @@ def plot_advised_rank(advice, *, ax=None, show_cap="auto", **profile_kw):
         when not drawn; ``"legend"``) and ``"extras"``: the rings on the points
         at the cap (a list with one PathCollection, or empty).
     """
-    frame = getattr(advice, "frame", advice)
+    frame: pd.DataFrame = getattr(advice, "frame", advice)
     check_columns(frame, ("layer", "module", "advised"), "RankAdvice.frame")
     side = getattr(advice, "side", None)
     n_std = getattr(advice, "n_std", None)

@@ -3,10 +3,20 @@
 from __future__ import annotations
 
 import os
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from analysis.plotting.common import PlotArtists, check_columns, get_ax, module_label
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+    import pandas as pd
+    from matplotlib.axes import Axes
+    from numpy.typing import ArrayLike
+
+    from analysis.sweeps.collection import CollectionResult
 
 __all__ = ["plot_collection_matrix", "plot_trajectory", "short_labels"]
 
@@ -15,7 +25,7 @@ _KINDS = {"similarity": (0.0, 1.0, "viridis", r"$\phi(k, k)$, mean over modules"
           "spread": (0.0, None, "magma", "sd over modules")}
 
 
-def short_labels(labels):
+def short_labels(labels: Sequence[str]) -> list[str]:
     """Adapter labels without their common folder prefix (``checkpoints/r8_seed0`` -> ``r8_seed0``)."""
     labels = [str(x).rstrip("/") for x in labels]
     if len(labels) < 2:
@@ -25,8 +35,11 @@ def short_labels(labels):
     return out
 
 
-def plot_collection_matrix(matrix, *, labels=None, order=None, kind="similarity", ax=None, vmin=None, vmax=None,
-                           cmap=None, colorbar=True, annotate="auto", title=None, fmt="{x:.2f}", cbar_label=None):
+def plot_collection_matrix(matrix: ArrayLike | CollectionResult, *, labels: Sequence[str] | None = None,
+                           order: ArrayLike | None = None, kind: str = "similarity", ax: Axes | None = None,
+                           vmin: float | None = None, vmax: float | None = None, cmap: str | None = None,
+                           colorbar: bool = True, annotate: str = "auto", title: str | None = None,
+                           fmt: str = "{x:.2f}", cbar_label: str | None = None) -> PlotArtists:
     """Draw an N × N adapter matrix as a heatmap, rows and columns in ``order``.
 
     Parameters
@@ -58,8 +71,9 @@ def plot_collection_matrix(matrix, *, labels=None, order=None, kind="similarity"
     if hasattr(matrix, "similarity") and hasattr(matrix, "labels"):
         res = matrix
         labels = short_labels(res.labels) if labels is None else labels
-        order = res.order("cosine" if kind == "cosine" else "similarity") if order is None else order
-        matrix = res.spread("similarity") if kind == "spread" else getattr(res, kind)
+        order = (res.order("cosine" if kind == "cosine" else "similarity")  # type: ignore[union-attr]
+                 if order is None else order)
+        matrix = res.spread("similarity") if kind == "spread" else getattr(res, kind)  # type: ignore[union-attr]
     M = np.asarray(matrix, dtype=np.float64)
     if M.ndim != 2 or M.shape[0] != M.shape[1]:
         raise ValueError(f"expected a square (N, N) matrix, got shape {M.shape}")
@@ -100,7 +114,8 @@ def plot_collection_matrix(matrix, *, labels=None, order=None, kind="similarity"
     return PlotArtists(ax, {"image": image, "colorbar": cbar, "texts": texts})
 
 
-def plot_trajectory(frame, *, y="drift_final", ax=None, band=True, null=None, title=None, legend=True):
+def plot_trajectory(frame: pd.DataFrame, *, y: str = "drift_final", ax: Axes | None = None, band: bool = True,
+                    null: float | None = None, title: str | None = None, legend: bool = True) -> PlotArtists:
     """One line per module type over training steps: the median over layers, with the inter-quartile band.
 
     Parameters

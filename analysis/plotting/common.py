@@ -8,12 +8,21 @@ drawn, by name.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
+if TYPE_CHECKING:
+    from collections.abc import Iterable, KeysView
+    from typing import Any
+
+    import pandas as pd
+    from matplotlib.axes import Axes
+    from matplotlib.figure import Figure, SubFigure
+
 __all__ = ["PlotArtists", "check_columns", "get_ax", "index_ticks", "module_label", "MODULE_LABELS"]
 
-#: Short labels for module names, in the paper's notation.
+#: Short labels of some module names, in the paper's notation (every role is labelled by :func:`module_label`).
 MODULE_LABELS = {"q_proj": "ΔW_q", "v_proj": "ΔW_v", "k_proj": "ΔW_k", "o_proj": "ΔW_o",
                  "c_attn:q": "ΔW_q", "c_attn:v": "ΔW_v"}
 
@@ -44,28 +53,28 @@ class PlotArtists:
     True
     """
 
-    ax: object
+    ax: Axes
     artists: dict
 
     @property
-    def fig(self):
+    def fig(self) -> Figure | SubFigure:
         """The Figure (or SubFigure) holding :attr:`ax`."""
         return self.ax.figure
 
-    def keys(self):
+    def keys(self) -> KeysView[str]:
         """Names of the artists."""
         return self.artists.keys()
 
-    def __getitem__(self, key):
+    def __getitem__(self, key: str) -> Any:
         try:
             return self.artists[key]
         except KeyError:
             raise KeyError(f"no artist {key!r}; this plot drew {sorted(self.artists)}") from None
 
-    def __contains__(self, key):
+    def __contains__(self, key: object) -> bool:
         return key in self.artists
 
-    def __getattr__(self, name):
+    def __getattr__(self, name: str) -> Any:
         # only reached when normal lookup fails: ``art.image`` is ``art["image"]``
         if name.startswith("_") or name == "artists":
             raise AttributeError(name)
@@ -89,14 +98,14 @@ class PlotArtists:
         return f"PlotArtists(ax={self.ax!r}, {inner})"
 
 
-def check_columns(frame, cols, what):
+def check_columns(frame: pd.DataFrame, cols: Iterable[str], what: str) -> None:
     """Raise ValueError naming the missing columns when ``frame`` lacks any of ``cols`` (``what``: its source)."""
     missing = set(cols) - set(getattr(frame, "columns", ()))
     if missing:
         raise ValueError(f"expected a DataFrame with columns {sorted(cols)} ({what}); missing {sorted(missing)}")
 
 
-def get_ax(ax):
+def get_ax(ax: Axes | None) -> Axes:
     """Return ``ax``, or a new Axes on a new Figure (object API: no pyplot state)."""
     if ax is not None:
         return ax
@@ -105,16 +114,46 @@ def get_ax(ax):
     return Figure(figsize=(5, 4), layout="constrained").add_subplot()
 
 
-def module_label(module):
-    """``self_attn.q_proj`` -> ``ΔW_q`` (mathtext), else the last name component."""
-    tail = str(module).rsplit(".", 1)[-1]
-    lab = MODULE_LABELS.get(tail)
-    if lab is None:
-        return tail
-    return "$\\Delta W_" + lab[-1] + "$"
+_ROLE_SUB = {"q": "q", "k": "k", "v": "v", "o": "o", "qkv": "qkv", "cross_q": "q", "cross_k": "k", "cross_v": "v",
+             "cross_o": "o", "up": "up", "gate": "gate", "gate_up": "gate,up", "down": "down"}
 
 
-def index_ticks(k, *, max_ticks=9):
+def module_label(module: str, *, plain: bool = False, stack: bool = False) -> str:
+    """ΔW of a module by its role: ``self_attn.q_proj`` (or any name / kind of role q) -> ``ΔW_q``.
+
+    Parameters
+    ----------
+    module : str
+        A module name, module part or kind (``"decoder/self_attn.q_proj"``).
+    plain : bool
+        Plain text (``"ΔWq"``) instead of mathtext (``"$\\Delta W_q$"``), for tables and CSV files.
+    stack : bool
+        Append the stack (``"ΔWq (encoder)"``) when the name carries one.
+
+    Returns
+    -------
+    str
+        Cross-attention projections get ``" (cross)"``; modules of role ``other`` their last name component.
+    """
+    from analysis.io.roles import module_role
+
+    text = str(module)
+    stack_name, _, part = text.rpartition("/") if "/" in text else ("", "", text)
+    role = module_role(part).role if part else "other"
+    if role == "other" or role == "embedding":
+        lab = part.rsplit(".", 1)[-1]
+    else:
+        sub = _ROLE_SUB[role]
+        lab = ("ΔW" + sub) if plain else ("$\\Delta W_{\\mathrm{" + sub + "}}$" if len(sub) > 1 else
+                                           "$\\Delta W_" + sub + "$")
+        if role.startswith("cross_"):
+            lab += " (cross)"
+    if stack and stack_name:
+        lab += f" ({stack_name})"
+    return lab
+
+
+def index_ticks(k: int, *, max_ticks: int = 9) -> np.ndarray:
     """1-based tick positions for an axis of k entries: 1 and round steps after it."""
     if k <= max_ticks:
         return np.arange(1, k + 1)

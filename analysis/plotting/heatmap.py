@@ -7,16 +7,30 @@ cell in a colour chosen against the cell's brightness.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 
 from analysis.plotting.common import PlotArtists, get_ax, index_ticks
+
+if TYPE_CHECKING:
+    from typing import Any
+
+    import pandas as pd
+    from matplotlib.axes import Axes
+    from matplotlib.image import AxesImage
+    from matplotlib.text import Text
+    from numpy.typing import ArrayLike
+
+    from analysis.metrics.correlation import WeightOverlap
+    from analysis.metrics.pair import SimilarityResult
 
 __all__ = ["plot_phi", "annotate_heatmap", "phi_grid_of"]
 
 _ANNOTATE = frozenset({"auto", "always", "never"})
 
 
-def phi_grid_of(result):
+def phi_grid_of(result: SimilarityResult | WeightOverlap | pd.DataFrame | ArrayLike) -> np.ndarray:
     """The (k1, k2) φ grid of a result, a tidy frame (columns i, j, phi) or an array.
 
     Parameters
@@ -30,7 +44,7 @@ def phi_grid_of(result):
     if hasattr(result, "phi") and not hasattr(result, "columns"):
         return np.asarray(result.phi, dtype=np.float64)
     if hasattr(result, "pivot"):
-        missing = {"i", "j", "phi"} - set(result.columns)
+        missing = {"i", "j", "phi"} - set(result.columns)  # type: ignore[union-attr]  # a DataFrame
         if missing:
             raise ValueError(f"a frame needs columns i, j, phi (as from SimilarityResult.to_frame()); "
                              f"missing {sorted(missing)}")
@@ -42,7 +56,8 @@ def phi_grid_of(result):
     return arr
 
 
-def annotate_heatmap(image, data, *, fmt="{x:.2f}", threshold=None, colors=("white", "black"), **text_kw):
+def annotate_heatmap(image: AxesImage, data: np.ndarray, *, fmt: str = "{x:.2f}", threshold: float | None = None,
+                     colors: tuple[str, str] = ("white", "black"), **text_kw: Any) -> list[Text]:
     """Write each cell's value on a heatmap, in a colour readable on that cell.
 
     Parameters
@@ -65,7 +80,7 @@ def annotate_heatmap(image, data, *, fmt="{x:.2f}", threshold=None, colors=("whi
     ax = image.axes
     lo, hi = image.get_clim()
     threshold = (lo + hi) / 2 if threshold is None else threshold
-    kw = dict(ha="center", va="center", fontsize=7)
+    kw: dict[str, Any] = dict(ha="center", va="center", fontsize=7)
     kw.update(text_kw)
     texts = []
     for a in range(data.shape[0]):
@@ -77,9 +92,11 @@ def annotate_heatmap(image, data, *, fmt="{x:.2f}", threshold=None, colors=("whi
     return texts
 
 
-def plot_phi(result, *, ax=None, i_max=None, j_max=None, transpose=False, annotate="auto", vmin=0.0,
-             vmax=1.0, cmap="viridis", colorbar=True, title=None, xlabel=None, ylabel=None,
-             cbar_label=r"$\phi(i, j)$", fmt="{x:.2f}"):
+def plot_phi(result: SimilarityResult | WeightOverlap | pd.DataFrame | ArrayLike, *, ax: Axes | None = None,
+             i_max: int | None = None, j_max: int | None = None, transpose: bool = False, annotate: str = "auto",
+             vmin: float = 0.0, vmax: float = 1.0, cmap: str = "viridis", colorbar: bool = True,
+             title: str | None = None, xlabel: str | None = None, ylabel: str | None = None,
+             cbar_label: str = r"$\phi(i, j)$", fmt: str = "{x:.2f}") -> PlotArtists:
     """Draw a φ(i, j) grid as a heatmap: row i (top = 1), column j.
 
     Parameters

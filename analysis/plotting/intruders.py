@@ -2,12 +2,25 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from analysis.plotting.common import PlotArtists, get_ax, module_label
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+    from typing import Any
+
+    import pandas as pd
+    from matplotlib.axes import Axes
+
+    from analysis.sweeps.intruders import IntruderSweep
 
 __all__ = ["plot_intruders"]
 
 
-def plot_intruders(frame, *, ax=None, modules=None, value="count", top_k=None, width=0.8, **bar_kw):
+def plot_intruders(frame: pd.DataFrame | IntruderSweep, *, ax: Axes | None = None,
+                   modules: Sequence[str] | None = None, value: str = "count", top_k: int | None = None,
+                   width: float = 0.8, **bar_kw: Any) -> PlotArtists:
     """Intruder count (or energy share) per layer, grouped bars per module type.
 
     Parameters
@@ -39,17 +52,19 @@ def plot_intruders(frame, *, ax=None, modules=None, value="count", top_k=None, w
         raise ValueError(f"expected a frame with columns layer, module, {value} (from intruder_sweep); "
                          f"missing {sorted(missing)}")
     ax = get_ax(ax)
-    types = list(dict.fromkeys(frame["module"])) if modules is None else list(modules)
+    types = list(dict.fromkeys(frame["module"])) if modules is None else list(modules)  # type: ignore[index]
     n = max(len(types), 1)
     bars = []
     for i, t in enumerate(types):
-        g = frame[(frame["module"] == t) & frame["layer"].notna()].sort_values("layer")
+        g = frame[(frame["module"] == t) & frame["layer"].notna()].sort_values("layer")  # type: ignore[index]
         x = g["layer"].to_numpy(dtype=float) + (i - (n - 1) / 2) * width / n
         bars.append(ax.bar(x, g[value].to_numpy(dtype=float), width=width / n, label=module_label(t), **bar_kw))
     ax.set_xlabel("layer")
     if value == "count":
         ax.set_ylabel("intruder dimensions" + (f" (of top {top_k})" if top_k else ""))
-        ax.yaxis.get_major_locator().set_params(integer=True)
+        from matplotlib.ticker import MaxNLocator
+
+        ax.yaxis.set_major_locator(MaxNLocator(integer=True))  # counts: whole numbers on the axis
         if top_k:
             ax.set_ylim(0, top_k)
     else:

@@ -2,14 +2,27 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from analysis.plotting.common import PlotArtists, get_ax, module_label
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping, Sequence
+    from typing import Any
+
+    import pandas as pd
+    from matplotlib.axes import Axes
 
 __all__ = ["plot_layer_profile"]
 
 
-def plot_layer_profile(frame, y, *, ax=None, x="layer", hue="module", order=None, null=None,
-                       null_label="random null", logy=False, labels=None, colors=None, markers="o", title=None,
-                       ylabel=None, xlabel="layer", legend=True, legend_kw=None):
+def plot_layer_profile(frame: pd.DataFrame, y: str, *, ax: Axes | None = None, x: str = "layer",
+                       hue: str | None = "module", order: Sequence[Any] | None = None,
+                       null: str | float | None = None, null_label: str = "random null", logy: bool = False,
+                       labels: Mapping[Any, str] | None = None,
+                       colors: Mapping[Any, Any] | Sequence[Any] | None = None, markers: str = "o",
+                       title: str | None = None, ylabel: str | None = None, xlabel: str = "layer",
+                       legend: bool = True, legend_kw: dict[str, Any] | None = None) -> PlotArtists:
     """One line per group (e.g. per module) of ``frame[y]`` against the layer.
 
     Parameters
@@ -71,10 +84,10 @@ def plot_layer_profile(frame, y, *, ax=None, x="layer", hue="module", order=None
         if labels is not None and g in labels:
             lab = labels[g]
         elif hue == "module":
-            lab = module_label(g)
+            lab = module_label(g)  # type: ignore[arg-type]  # a module type: str
         else:
             lab = str(g) if g is not None else y
-        c = colors.get(g)
+        c = colors.get(g)  # type: ignore[union-attr]  # a Mapping by now
         (ln,) = ax.plot(sub[x].to_numpy(dtype=float), sub[y].to_numpy(dtype=float), marker=markers, ms=3,
                         lw=1.4, color=c, label=lab)
         lines.append(ln)

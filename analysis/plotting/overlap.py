@@ -3,10 +3,19 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from analysis.plotting.common import PlotArtists, get_ax
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+    from typing import Any
+
+    from matplotlib.axes import Axes
+
+    from analysis.metrics.correlation import WeightOverlap
 
 __all__ = ["plot_weight_overlap"]
 
@@ -24,8 +33,11 @@ def _as_items(results, labels):
     return list(zip(labels, results))
 
 
-def plot_weight_overlap(results, *, ax=None, j=None, labels=None, show_null=True, show_random=False,
-                        log_x=True, colors=None, title=None, legend=True):
+def plot_weight_overlap(results: WeightOverlap | Sequence[WeightOverlap] | Mapping[str, WeightOverlap], *,
+                        ax: Axes | None = None, j: int | None = None, labels: Sequence[str] | None = None,
+                        show_null: bool = True, show_random: bool = False, log_x: bool = True,
+                        colors: Sequence[Any] | None = None, title: str | None = None,
+                        legend: bool = True) -> PlotArtists:
     """φ(i, j) between W's top-i and ΔW's top-j directions, as a function of i.
 
     Parameters
@@ -85,7 +97,7 @@ def plot_weight_overlap(results, *, ax=None, j=None, labels=None, show_null=True
     if log_x:
         ax.set_xscale("log")
     ax.set_ylim(0, 1.02)
-    which = {"output": "left (output)", "input": "right (input)"}.get(side, "")
+    which = {"output": "left (output)", "input": "right (input)"}.get(side, "")  # type: ignore[arg-type]
     ax.set_xlabel(f"i: top-i {which} singular directions of W")
     ax.set_ylabel(r"$\phi(i, j)$ with $\Delta W$'s top-j")
     ax.grid(True, which="major", alpha=0.3)

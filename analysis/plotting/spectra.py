@@ -8,10 +8,21 @@ Rank measures per layer (``rank90``, ``effective_rank`` of
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from analysis.plotting.common import PlotArtists, check_columns, get_ax, module_label
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+    from typing import Any
+
+    import pandas as pd
+    from matplotlib.axes import Axes
+    from numpy.typing import ArrayLike
+
+    from analysis.sweeps.adapter import AdapterSweep
 
 __all__ = ["plot_spectra", "plot_energy_spectra"]
 
@@ -20,8 +31,9 @@ _Y = {"energy": "energy kept by rank k", "rel_error": "relative error ‖ΔW −
 _STYLES = ("-", "--", ":", "-.")
 
 
-def plot_spectra(spectra, *, ax=None, module=None, normalize=True, logy=True, cmap="viridis", colorbar=True,
-                 title=None, show_rank=True):
+def plot_spectra(spectra: AdapterSweep | Mapping[str, ArrayLike], *, ax: Axes | None = None,
+                 module: str | None = None, normalize: bool = True, logy: bool = True, cmap: str = "viridis",
+                 colorbar: bool = True, title: str | None = None, show_rank: bool = True) -> PlotArtists:
     """Singular values σ_1 ≥ σ_2 ≥ … of each module's ΔW, against their index.
 
     Parameters
@@ -95,8 +107,10 @@ def plot_spectra(spectra, *, ax=None, module=None, normalize=True, logy=True, cm
     return PlotArtists(ax, {"lines": lines, "colorbar": cb})
 
 
-def plot_energy_spectra(frame, *, ax=None, y="energy", modules=None, cmap="viridis", guides=(0.9, 0.99),
-                        colorbar=True, **line_kw):
+def plot_energy_spectra(frame: pd.DataFrame, *, ax: Axes | None = None, y: str = "energy",
+                        modules: Sequence[str] | None = None, cmap: str = "viridis",
+                        guides: Sequence[float] = (0.9, 0.99), colorbar: bool = True,
+                        **line_kw: Any) -> PlotArtists:
     """One line per module over k: energy kept, error, σ_k or share.
 
     Parameters

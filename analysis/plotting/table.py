@@ -3,8 +3,15 @@
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
 from analysis.plotting.common import PlotArtists, get_ax
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping, Sequence
+
+    import pandas as pd
+    from matplotlib.axes import Axes
 
 __all__ = ["plot_table"]
 
@@ -17,8 +24,10 @@ def _fmt(v, fmt):
     return str(v)
 
 
-def plot_table(frame, *, ax=None, columns=None, col_labels=None, fmt="{:.3g}", title=None, fontsize=9,
-               col_widths=None):
+def plot_table(frame: pd.DataFrame, *, ax: Axes | None = None, columns: Sequence[str] | None = None,
+               col_labels: Sequence[str] | None = None, fmt: str | Mapping[str, str] = "{:.3g}",
+               title: str | None = None, fontsize: float = 9,
+               col_widths: Sequence[float] | None = None) -> PlotArtists:
     """Draw the rows of ``frame`` as a table; the Axes itself is hidden.
 
     Parameters

@@ -19,6 +19,11 @@ import hashlib
 import os
 import re
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from collections.abc import Iterable, Mapping, Sequence
+    from typing import Any
 
 __all__ = [
     "Example",
@@ -64,16 +69,16 @@ class Example:
     gloss: str
 
     @property
-    def prompt(self):
+    def prompt(self) -> str:
         """str : ``Define "<lemma>" (<pos>):``."""
         return f'Define "{self.lemma}" ({self.pos}):'
 
     @property
-    def target(self):
+    def target(self) -> str:
         """str : the gloss with a leading space (it follows the prompt)."""
         return " " + self.gloss
 
-    def digest(self):
+    def digest(self) -> str:
         """Return the SHA-256 hex digest of ``prompt + "\\n" + target``.
 
         Returns
@@ -107,7 +112,7 @@ class TaskExample:
     prompt: str
     target: str
 
-    def digest(self):
+    def digest(self) -> str:
         """Return the SHA-256 hex digest of ``prompt + "\\n" + target`` (decides the split)."""
         return hashlib.sha256(f"{self.prompt}\n{self.target}".encode("utf-8")).hexdigest()
 
@@ -185,7 +190,7 @@ def _data_lines(root):
                 yield line.rstrip("\n")
 
 
-def read_synsets(root=WORDNET_DIR):
+def read_synsets(root: str | os.PathLike[str] = WORDNET_DIR) -> list[Synset]:
     """Read every synset of WordNet 3.0.
 
     Parameters
@@ -243,7 +248,7 @@ TASKS = {
 }
 
 
-def manifest_task(manifest):
+def manifest_task(manifest: Mapping[str, Any]) -> str:
     """The task (a key of :data:`TASKS`) a reference run's manifest records.
 
     The first seven runs' manifests describe definition modelling in words instead of naming it.
@@ -255,7 +260,7 @@ def manifest_task(manifest):
     return task if task in TASKS else "define"
 
 
-def read_task(task, root=WORDNET_DIR):
+def read_task(task: str, root: str | os.PathLike[str] = WORDNET_DIR) -> list[Example] | list[TaskExample]:
     """Every example of one task, in file order, duplicates removed.
 
     Parameters
@@ -276,7 +281,7 @@ def read_task(task, root=WORDNET_DIR):
     return _unique(make(read_synsets(root)))
 
 
-def read_wordnet(root=WORDNET_DIR):
+def read_wordnet(root: str | os.PathLike[str] = WORDNET_DIR) -> list[Example]:
     """Read every (lemma, pos, gloss) example of WordNet 3.0.
 
     Parameters
@@ -299,7 +304,8 @@ def read_wordnet(root=WORDNET_DIR):
                    if gloss for lemma in lemmas)
 
 
-def split_examples(examples, *, val_per_mille=20):
+def split_examples(examples: Iterable[Example | TaskExample], *,
+                   val_per_mille: int = 20) -> tuple[list[Example | TaskExample], list[Example | TaskExample]]:
     """Split examples deterministically by a hash of each example.
 
     Parameters
@@ -330,7 +336,7 @@ def split_examples(examples, *, val_per_mille=20):
     return train, [ex for _, ex in val]
 
 
-def data_hash(examples):
+def data_hash(examples: Iterable[Example | TaskExample]) -> str:
     """SHA-256 over the ordered examples (prompt, tab, target, newline each).
 
     Parameters

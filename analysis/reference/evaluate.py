@@ -21,7 +21,7 @@ import shlex
 import sys
 import time
 
-__all__ = ["evaluate", "main"]
+__all__ = ["evaluate", "TaskEvaluator", "main"]
 
 
 def _task_of(path):
@@ -33,6 +33,52 @@ def _task_of(path):
         return "define"
     with open(man, encoding="utf-8") as fh:
         return manifest_task(json.load(fh))
+
+
+class TaskEvaluator:
+    """The base model and the encoded validation examples of some tasks, loaded once; losses on demand.
+
+    Parameters
+    ----------
+    tasks : sequence of str, optional
+        Tasks of :data:`analysis.reference.data.TASKS` (default: every task).
+    n_val, max_len, threads, wordnet, tiny, seed
+        As for :func:`evaluate`.
+    """
+
+    def __init__(self, tasks=None, *, n_val=256, max_len=48, threads=2, wordnet=None, tiny=False, seed=0):
+        import torch
+
+        from analysis.reference.data import TASKS, WORDNET_DIR, read_task, split_examples
+        from analysis.reference.train import encode_examples, load_base
+
+        torch.set_num_threads(threads)
+        self.tasks = list(tasks or TASKS)
+        self.base, self.tok, _ = load_base(tiny=tiny, seed=seed)
+        self.base.requires_grad_(False)
+        self.pairs = {}
+        for task in self.tasks:
+            _, val_ex = split_examples(read_task(task, wordnet or WORDNET_DIR))
+            self.pairs[task] = encode_examples(val_ex[:n_val], self.tok, max_len)
+
+    def base_losses(self, tasks=None):
+        """``{task: loss}`` of the base model."""
+        from analysis.reference.train import val_loss
+
+        return {t: val_loss(self.base, self.pairs[t], self.tok.pad_id) for t in (tasks or self.tasks)}
+
+    def adapter_losses(self, path, tasks=None):
+        """``{task: loss}`` of the base with the PEFT adapter at ``path`` (the base is left untouched)."""
+        from peft import PeftModel
+
+        from analysis.reference.train import val_loss
+
+        model = PeftModel.from_pretrained(self.base, str(path))
+        try:
+            causal = model.base_model.model
+            return {t: val_loss(causal, self.pairs[t], self.tok.pad_id) for t in (tasks or self.tasks)}
+        finally:
+            self.base = model.unload()  # the LoRA layers removed, the base weights untouched
 
 
 def evaluate(adapters, *, tasks=None, n_val=256, max_len=48, threads=2, wordnet=None, tiny=False, seed=0):
@@ -58,27 +104,11 @@ def evaluate(adapters, *, tasks=None, n_val=256, max_len=48, threads=2, wordnet=
     dict
         ``{task: {"base": loss, label: loss, ...}}``.
     """
-    import torch
-    from peft import PeftModel
-
-    from analysis.reference.data import TASKS, WORDNET_DIR, read_task, split_examples
-    from analysis.reference.train import encode_examples, load_base, val_loss
-
-    torch.set_num_threads(threads)
-    tasks = list(tasks or TASKS)
-    base, tok, _ = load_base(tiny=tiny, seed=seed)
-    base.requires_grad_(False)
-    pairs = {}
-    for task in tasks:
-        _, val_ex = split_examples(read_task(task, wordnet or WORDNET_DIR))
-        pairs[task] = encode_examples(val_ex[:n_val], tok, max_len)
-    out = {task: {"base": val_loss(base, pairs[task], tok.pad_id)} for task in tasks}
+    ev = TaskEvaluator(tasks, n_val=n_val, max_len=max_len, threads=threads, wordnet=wordnet, tiny=tiny, seed=seed)
+    out = {task: {"base": loss} for task, loss in ev.base_losses().items()}
     for label, path in adapters.items():
-        model = PeftModel.from_pretrained(base, path)
-        causal = model.base_model.model
-        for task in tasks:
-            out[task][label] = val_loss(causal, pairs[task], tok.pad_id)
-        base = model.unload()  # the LoRA layers removed, the base weights untouched
+        for task, loss in ev.adapter_losses(path).items():
+            out[task][label] = loss
     return out
 
 

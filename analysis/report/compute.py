@@ -1,4 +1,10 @@
-"""Everything the report shows, computed once from the checkpoints and the base (no plotting)."""
+"""Everything the report shows, computed once from the checkpoints and the base (no plotting).
+
+Modules are found by their role (:mod:`analysis.io.roles`), never by a literal name: the paper's ΔWq and ΔWv are
+the self-attention ``q`` and ``v`` roles of whatever architecture the adapters are for, in its main stack (the stack
+whose q module spans the most layers: the decoder of a causal LM, the encoder of BERT, a UNet block …). The
+main case of every claim is the middle layer of that stack; Fig. 6 / 7 use four layers spread over it.
+"""
 
 from __future__ import annotations
 
@@ -6,16 +12,47 @@ import json
 import os
 import time
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
-from analysis.core.adapter import split_name
+from analysis.core.adapter import natural_key
 from analysis.core.randomized import DEFAULT_TOLERANCE
+from analysis.io.roles import module_role, stack_order
 
-__all__ = ["ReportConfig", "ReportData", "compute_report", "adapter_label"]
+if TYPE_CHECKING:
+    from collections.abc import Iterable
+    from typing import Any
+
+    from analysis.core.adapter import Adapter
+    from analysis.io.roles import ModuleRole
+    from analysis.sweeps.progress import Progress
+
+__all__ = ["ReportConfig", "ReportData", "compute_report", "adapter_label", "spread_layers", "CAUSE_RUNS",
+           "CAUSE_PARTNERS", "CONTROL_RUNS"]
+
+#: r = 8 runs of the cause experiment (data order × initial A), each compared with both r = 64 partners.
+CAUSE_RUNS = ("r8_seed0", "r8_data0_init1", "r8_data1_init0", "r8_seed1", "r8_data0_initr64s0",
+              "r8_data1_initr64s0", "r8_data1_initr64s1", "r8_data0_initr64s1")
+#: The r = 64 runs the cause experiment compares against.
+CAUSE_PARTNERS = ("r64_seed0", "r64_seed1")
+#: The q / k / v / o control of Fig. 4 (r = 64 on every attention projection, two seeds).
+CONTROL_RUNS = ("qkvo_r64_seed0", "qkvo_r64_seed1")
 
 
-def adapter_label(r, seed):
+def adapter_label(r: int, seed: int) -> str:
     """Folder name of a reference checkpoint: ``r8_seed0``."""
     return f"r{r}_seed{seed}"
+
+
+def spread_layers(layers: Iterable[int], n: int = 4) -> tuple[int, ...]:
+    """``n`` layers spread evenly over ``layers`` (sorted; first and last included), as the paper's 1, 32, 64, 96.
+
+    >>> spread_layers(range(30))
+    (0, 10, 19, 29)
+    """
+    have = sorted(set(layers))
+    if not have:
+        return ()
+    return tuple(dict.fromkeys(have[round(i * (len(have) - 1) / (n - 1))] for i in range(n)))
 
 
 @dataclass(frozen=True)
@@ -31,10 +68,11 @@ class ReportConfig:
     base_name : str or None
         The base as the user named it (``"smollm2"``, a path as given), recorded in ``findings.json``
         instead of the resolved path; default the file name of ``base``.
-    layer : int
-        The single layer of Fig. 3, 4, 8 and Table 7 (the paper: 48 of 96).
-    layers : tuple of int
-        The layers of Fig. 6 / 7 (the paper: 1, 32, 64, 96).
+    layer : int or None
+        The single layer of Fig. 3, 4, 8 and Table 7 (the paper: 48 of 96); default the middle layer of the main
+        stack.
+    layers : tuple of int or None
+        The layers of Fig. 6 / 7 (the paper: 1, 32, 64, 96); default four spread over the main stack.
     ranks : tuple of int
         Ranks trained with seed 0 (Table 7, Fig. 8).
     low, high : int
@@ -44,12 +82,14 @@ class ReportConfig:
     n_random, seed : int
         Random draws and seed of the baselines (per-layer sweeps).
     n_random_table : int
-        Random draws of Table 7's null at the focus layer (the protocol asks for at least 1,000).
+        Random draws of every null that has no closed form (the protocol asks for at least 1,000).
     long_runs : tuple of str
         Folders of long training runs holding ``checkpoint-N`` adapters (Table 7 over training time).
-    init_runs : tuple of str
-        r = low adapters trained with separate data-order and initialisation seeds, compared with r = high
-        seed 0 (what the shared top direction of Fig. 3 comes from).
+    init_runs, init_partners : tuple of str
+        The cause experiment: r = low runs with separate data-order seeds and initial A's, each compared with
+        every partner (r = high runs).
+    control_runs : tuple of str
+        Two seeds of an r = high run on every attention projection (q, k, v, o): Fig. 4 with matched shapes.
     collection : bool
         Also compare every adapter folder of ``checkpoints`` (N × N φ(1, 1) and cosine) and merge the r = 8
         seed-0 task adapters (``merge_tasks``) to measure their interference.
@@ -58,18 +98,25 @@ class ReportConfig:
     pairs : tuple of (str, str, str)
         Anyone's adapters instead of the reference checkpoints: ``("rank", A, B)`` (Fig. 3 / 6: A the smaller
         rank) and / or ``("seed", C, D)`` (Fig. 4 / 7: two runs of one rank), paths as given. When set,
-        ``checkpoints``, ``ranks``, ``low``, ``high``, ``seeds``, ``long_runs`` and ``init_runs`` are not used.
+        ``checkpoints``, ``ranks``, ``low``, ``high``, ``seeds``, ``long_runs``, ``init_runs`` and
+        ``control_runs`` are not used.
+    alpha, alpha_b : float or None
+        α for formats that do not store it (loralib): every adapter, and the second adapter of each pair.
+    modules : tuple of str or None
+        Only modules whose name matches one of these regular expressions.
+    select_layers : str or None
+        Only these layers (``"0,15,29"``, ``"10-19"``), as every command's ``--layers``.
     tolerance : float or "exact"
         Accuracy of W's top singular triplets in the per-adapter sweeps and Table 7 (see
         :func:`analysis.core.randomized.krylov_settings`); W's spectra and overlaps of Fig. 8 and Table 7 over
-        training time use LAPACK's full SVD whatever it is.
+        layers and training time use LAPACK's full SVD whatever it is.
     """
 
     checkpoints: str = "checkpoints"
     base: str | None = None
     base_name: str | None = None
-    layer: int = 15
-    layers: tuple = (0, 10, 20, 29)
+    layer: int | None = None
+    layers: tuple | None = None
     ranks: tuple = (1, 2, 4, 8, 64)
     low: int = 8
     high: int = 64
@@ -78,93 +125,174 @@ class ReportConfig:
     n_random_table: int = 1000
     seed: int = 0
     long_runs: tuple = ("long_r4_seed0", "long_r64_seed0")
-    init_runs: tuple = ("r8_seed0", "r8_data0_init1", "r8_data1_init0", "r8_seed1")
+    init_runs: tuple = CAUSE_RUNS
+    init_partners: tuple = CAUSE_PARTNERS
+    control_runs: tuple = CONTROL_RUNS
     collection: bool = True
     merge_tasks: tuple = ("r8_seed0", "word_r8_seed0", "hypernym_r8_seed0", "synonyms_r8_seed0")
     pairs: tuple = ()
+    alpha: float | None = None
+    alpha_b: float | None = None
+    modules: tuple | None = None
+    select_layers: str | None = None
     tolerance: float | str = DEFAULT_TOLERANCE
 
 
 @dataclass
 class ReportData:
-    """The computed report (see :func:`compute_report`)."""
+    """The computed report (see :func:`compute_report`).
+
+    Module types are *kinds* (:attr:`analysis.io.roles.ModuleRole.kind`, ``"<stack>/<module part>"``), unique
+    across stacks; :meth:`role_kind` finds the kind playing a role in the main stack.
+    """
 
     config: ReportConfig
     adapters: dict = field(default_factory=dict)
     manifests: dict = field(default_factory=dict)
     missing: list = field(default_factory=list)
     modules: list = field(default_factory=list)
-    rank_pair: object = None
-    seed_pair: object = None
-    cross_pair: object = None
-    advice: object = None
+    main_stack: str = ""
+    layer: int | None = None
+    layers: tuple = ()
+    rank_pair: Any = None
+    seed_pair: Any = None
+    cross_pair: Any = None
+    control_pair: Any = None
+    control_adapters: dict = field(default_factory=dict)
+    advice: Any = None
     random_sim: dict = field(default_factory=dict)
     sweeps: dict = field(default_factory=dict)
-    table7: object = None
+    table7: Any = None
+    t7_layers: Any = None
+    nulls: dict = field(default_factory=dict)
     overlaps: dict = field(default_factory=dict)
     w_spectra: dict = field(default_factory=dict)
-    long_run: object = None
+    long_run: Any = None
     init_pairs: dict = field(default_factory=dict)
-    init_seeds: dict = field(default_factory=dict)
+    init_meta: dict = field(default_factory=dict)
     roles: dict = field(default_factory=dict)
     text: dict = field(default_factory=dict)
     table_labels: list = field(default_factory=list)
     inputs: dict = field(default_factory=dict)
-    collection: object = None
+    collection: Any = None
     collection_meta: dict = field(default_factory=dict)
-    merge: object = None
+    merge: Any = None
     merge_losses: dict = field(default_factory=dict)
     timings: dict = field(default_factory=dict)
+    _index: dict = field(default_factory=dict, repr=False)
+    _wshape: dict = field(default_factory=dict, repr=False)
 
-    def adapter(self, role):
+    def adapter(self, role: str) -> Adapter | None:
         """The adapter playing ``role`` (``"low"``, ``"high"``, ``"low_other"``, ``"seed_a"``, ``"seed_b"``), or None."""
         lab = self.roles.get(role)
         return self.adapters.get(lab) if lab else None
 
-    def say(self, role):
+    def say(self, role: str) -> str:
         """How the report names the adapter playing ``role``: ``"r = 8, seed 0"`` or ``"mine (r = 8)"``."""
         return self.text.get(self.roles.get(role), "?")
 
-    def series(self, label):
+    def series(self, label: str) -> str:
         """Legend label of an adapter in the per-rank figures: ``"r = 8"`` for the reference checkpoints (one
         seed), the adapter's own name otherwise."""
         return self.text.get(label, label) if self.config.pairs else self.text.get(label, label).split(",")[0]
 
-    def rank(self, role):
+    def rank(self, role: str) -> int:
         """The largest stored rank of the adapter playing ``role`` (0 when absent)."""
         ad = self.adapter(role)
         return max((lr.r for lr in ad.expanded().values()), default=0) if ad is not None else 0
 
-    def name(self, module, layer=None):
-        """Full module name at a layer, e.g. ``model.layers.15.self_attn.q_proj``."""
-        layer = self.config.layer if layer is None else layer
-        for n in self._names():
-            if split_name(n) == (layer, module):
+    def name(self, kind: str, layer: int | None = None) -> str:
+        """Full module name of module type ``kind`` at ``layer`` (default: the focus layer)."""
+        layer = self.layer if layer is None else layer
+        try:
+            return self._index[(kind, layer)]
+        except KeyError:
+            raise KeyError(f"no module {kind!r} at layer {layer}") from None
+
+    def layers_of(self, kind: str) -> list[int]:
+        """Sorted layers at which module type ``kind`` exists."""
+        return sorted(L for (k, L) in self._index if k == kind and L is not None)
+
+    def role_kind(self, role: str, stack: str | None = None) -> str | None:
+        """The module type playing ``role`` in ``stack`` (default: the main stack) with the most layers, or None."""
+        stack = self.main_stack if stack is None else stack
+        cands = [k for k in self.modules if module_role(self._some_name(k)).role == role
+                 and module_role(self._some_name(k)).stack == stack]
+        return max(cands, key=lambda k: (len(self.layers_of(k)), -self.modules.index(k)), default=None)
+
+    def kinds_of(self, role: str) -> list[str]:
+        """Every module type playing ``role``, in any stack."""
+        return [k for k in self.modules if module_role(self._some_name(k)).role == role]
+
+    def role_of(self, kind: str) -> ModuleRole:
+        """The :class:`~analysis.io.roles.ModuleRole` of module type ``kind`` (at one of its layers)."""
+        return module_role(self._some_name(kind))
+
+    def stacks(self) -> list[str]:
+        """The stacks of the adapted modules, in the model's order."""
+        return sorted({self.role_of(k).stack for k in self.modules}, key=stack_order)
+
+    def _some_name(self, kind):
+        for (k, _), n in self._index.items():
+            if k == kind:
                 return n
-        raise KeyError(f"no module {module!r} at layer {layer}")
+        raise KeyError(kind)
 
     @property
     def n_layers(self) -> int:
-        """Number of distinct layers the adapters cover."""
-        return len({split_name(n)[0] for n in self._names()} - {None})
+        """Number of distinct layers the main stack covers."""
+        return len({L for (k, L) in self._index if L is not None and self.role_of(k).stack == self.main_stack})
 
     def _names(self):
         for ad in self.adapters.values():
             return list(ad.expanded())
         return []
 
+    def index_modules(self) -> None:
+        """Build the kind / layer index over the union of every adapter's modules (after loading)."""
+        names = set()
+        for ad in self.adapters.values():
+            names |= set(ad.expanded())
+        self._index = {}
+        for n in sorted(names, key=natural_key):
+            r = module_role(n)
+            self._index.setdefault((r.kind, r.layer), n)
+        kinds = {r for (r, _) in self._index}
+        role_order = {"q": 0, "k": 1, "v": 2, "o": 3}
+        self.modules = sorted(kinds, key=lambda k: (stack_order(self.role_of(k).stack),
+                                                    role_order.get(self.role_of(k).role, 9), natural_key(k)))
+        q_kinds = [k for k in self.modules if self.role_of(k).role in ("q", "qkv")]
+        pool = q_kinds or self.modules
+        best = max(pool, key=lambda k: (len(self.layers_of(k)), -self.modules.index(k)), default=None)
+        self.main_stack = self.role_of(best).stack if best is not None else ""
+
+
+def _select(adapter, cfg):
+    """``adapter`` restricted to the modules the filters keep (the same Adapter when no filter is given)."""
+    from analysis.core.adapter import Adapter, select_modules
+
+    if not cfg.modules and not cfg.select_layers:
+        return adapter
+    keep = select_modules(list(adapter), modules=cfg.modules, layers=cfg.select_layers)
+    return Adapter({n: adapter[n] for n in keep}, path=adapter.path, format=adapter.format,
+                   config=getattr(adapter, "config", None), notes=getattr(adapter, "notes", ()))
+
+
+def _load_one(path, cfg, alpha):
+    from analysis.io import load_adapter
+
+    return _select(load_adapter(path, alpha=alpha), cfg)
+
 
 def _load_pairs(cfg, data):
     """Anyone's adapters (``cfg.pairs``): labels from the folder names, roles from the pairs."""
-    from analysis.io import load_adapter
-
     kinds = [k for k, _, _ in cfg.pairs]
     bad = [k for k in kinds if k not in ("rank", "seed")] + [k for k in set(kinds) if kinds.count(k) > 1]
     if bad:
         raise ValueError(f"--pair kinds are 'rank' and 'seed', each at most once; got {', '.join(kinds)}")
     labels = {}
     for kind, a, b in cfg.pairs:
-        for path in (a, b):
+        for path, alpha in ((a, cfg.alpha), (b, cfg.alpha_b if cfg.alpha_b is not None else cfg.alpha)):
             if path in labels:
                 continue
             base = os.path.basename(os.path.normpath(str(path))) or str(path)
@@ -172,7 +300,7 @@ def _load_pairs(cfg, data):
             while lab in labels.values():
                 lab, n = f"{base} ({n})", n + 1
             labels[path] = lab
-            data.adapters[lab] = load_adapter(path)
+            data.adapters[lab] = _load_one(path, cfg, alpha)
             data.inputs[lab] = str(path)
             data.manifests[lab] = _manifest(path) if os.path.isdir(path) else {}
         if kind == "rank":
@@ -187,8 +315,6 @@ def _load_pairs(cfg, data):
 
 
 def _load(cfg, data):
-    from analysis.io import load_adapter
-
     if cfg.pairs:
         return _load_pairs(cfg, data)
     s0, s1 = cfg.seeds
@@ -203,7 +329,7 @@ def _load(cfg, data):
         if not os.path.exists(path):
             data.missing.append(lab)
             continue
-        data.adapters[lab] = load_adapter(path)
+        data.adapters[lab] = _load_one(path, cfg, cfg.alpha)
         data.inputs[lab] = path
         r, _, seed = lab[1:].partition("_seed")
         data.text[lab] = f"r = {r}, seed {seed}"
@@ -214,8 +340,24 @@ def _load(cfg, data):
     data.roles = {k: v for k, v in data.roles.items() if v in data.adapters}
 
 
-def compute_report(cfg: ReportConfig, *, progress=False, jobs=None) -> ReportData:
-    """Load what exists of the reference checkpoints and compute every analysis.
+def _focus(cfg, data):
+    """The focus layer and the spread layers, from the main stack unless the configuration names them."""
+    q = data.role_kind("q") or data.role_kind("qkv")
+    main_layers = data.layers_of(q) if q else sorted({L for (k, L) in data._index if L is not None
+                                                      and data.role_of(k).stack == data.main_stack})
+    if not main_layers:
+        raise ValueError("no layer index in the module names; the report compares layers")
+    data.layer = main_layers[len(main_layers) // 2] if cfg.layer is None else cfg.layer
+    data.layers = tuple(cfg.layers) if cfg.layers else spread_layers(main_layers)
+    present = {L for (_, L) in data._index}
+    bad = [L for L in (data.layer, *data.layers) if L not in present]
+    if bad:
+        raise ValueError(f"--layer / --layers {', '.join(map(str, bad))}: not a layer of the adapters (they have "
+                         f"layers {min(main_layers)}-{max(main_layers)})")
+
+
+def compute_report(cfg: ReportConfig, *, progress: bool | Progress = False, jobs: int | None = None) -> ReportData:
+    """Load what exists of the reference checkpoints (or the given pairs) and compute every analysis.
 
     Parameters
     ----------
@@ -224,24 +366,15 @@ def compute_report(cfg: ReportConfig, *, progress=False, jobs=None) -> ReportDat
         Progress bars on standard error.
     jobs : int, optional
         Modules worked on at once by each sweep (threads, BLAS pinned to one thread in each; see
-        :mod:`analysis.core.threads`): the pair comparisons, the rank advice, the per-adapter sweeps with the
-        base, W's spectra and overlaps at the focus layer, and Table 7 over training time. Default: the
-        cores available to the process. The result does not depend on it (``timings`` aside).
+        :mod:`analysis.core.threads`). Default: the cores available to the process. The result does not
+        depend on it (``timings`` aside).
 
     Returns
     -------
     ReportData
-        Pairs and sweeps whose checkpoints are missing are None / absent and
-        listed in ``missing``.
+        Pairs and sweeps whose checkpoints are missing are None / absent and listed in ``missing``.
     """
-    import pandas as pd
-
-    from analysis.core import randomized_svd
-    from analysis.core.threads import map_ordered
     from analysis.metrics import gaussian_similarity
-    from analysis.metrics.correlation import OVERLAP_SIDES, weight_overlap
-    from analysis.io.base import base_matrix
-    from analysis.sweeps.adapter import analyse_adapters
     from analysis.sweeps.pair import compare_adapters
 
     data = ReportData(cfg)
@@ -249,7 +382,10 @@ def compute_report(cfg: ReportConfig, *, progress=False, jobs=None) -> ReportDat
     _load(cfg, data)
     if not data.adapters:
         raise FileNotFoundError(f"no reference checkpoint r*_seed* found in {cfg.checkpoints!r}")
-    data.modules = sorted({split_name(n)[1] for n in data._names()})
+    if not any(len(ad) for ad in data.adapters.values()):
+        raise ValueError("no module left after --modules / --layers")
+    data.index_modules()
+    _focus(cfg, data)
     sides = ("A", "B", "input", "output")
     lo, hi, lo1 = data.adapter("low"), data.adapter("high"), data.adapter("low_other")
     sa, sb = data.adapter("seed_a"), data.adapter("seed_b")
@@ -264,11 +400,12 @@ def compute_report(cfg: ReportConfig, *, progress=False, jobs=None) -> ReportDat
         data.cross_pair = compare_adapters(lo1, hi, sides=sides, progress=progress, jobs=jobs)
     if not cfg.pairs:
         _init_pairs(cfg, data, progress, jobs)
-    some = next(iter(data.adapters.values())).expanded()
+        _control_pair(cfg, data, progress, jobs)
+    some = _union(data)
     r_random = data.rank("seed_a") or data.rank("high") or max(lr.r for lr in some.values())
     for m in data.modules:
-        d_in = some[data.name(m)].shape[1]
-        data.random_sim[m] = gaussian_similarity(r_random, r_random, d_in, seed=cfg.seed)
+        d_in = some[data._some_name(m)].shape[1]
+        data.random_sim[m] = gaussian_similarity(min(r_random, d_in), min(r_random, d_in), d_in, seed=cfg.seed)
     data.timings["pairs_s"] = time.perf_counter() - t0
 
     t1 = time.perf_counter()
@@ -278,42 +415,7 @@ def compute_report(cfg: ReportConfig, *, progress=False, jobs=None) -> ReportDat
 
         base = open_base(cfg.base)
     try:
-        labels = list(data.adapters)  # one pass over the base for all seven adapters
-        sweeps = analyse_adapters([data.adapters[lab] for lab in labels], base=base, n_random=cfg.n_random,
-                                  seed=cfg.seed, progress=progress, jobs=jobs, tolerance=cfg.tolerance)
-        data.sweeps.update(zip(labels, sweeps))
-        data.timings["sweeps_s"] = time.perf_counter() - t1
-        if base is not None:
-            t2 = time.perf_counter()
-            labs = data.table_labels
-            rows = []  # Table 7 at the focus layer, with more random draws: one more pass over its weights
-            for lab, sw in zip(labs, analyse_adapters([data.adapters[lab] for lab in labs], base=base,
-                                                      layers={cfg.layer}, n_random=cfg.n_random_table,
-                                                      seed=cfg.seed, jobs=jobs, tolerance=cfg.tolerance)):
-                sub = sw.frame
-                sub.insert(0, "adapter", lab)
-                rows.append(sub)
-            data.table7 = (pd.concat(rows, ignore_index=True).sort_values(["module", "r"], kind="stable")
-                           .reset_index(drop=True) if rows else None)
-
-            def focus(item):  # one module type at the focus layer: W's full spectrum, each adapter's overlap
-                m, name, W = item
-                W = base_matrix(W, some[name], name=name)
-                w_svd = randomized_svd(W, min(W.shape), seed=cfg.seed, method="full")
-                return m, w_svd.S, {side: {data.series(lab): weight_overlap(
-                    W, data.adapters[lab].expanded()[name], side=side, seed=cfg.seed, w_svd=w_svd, name=name)
-                    for lab in data.table_labels} for side in OVERLAP_SIDES}
-
-            # W read here, in this thread, one at a time; at most ``jobs`` of them decomposed at once
-            focus_weights = ((m, data.name(m), _base_weight(base, data.name(m))) for m in data.modules)
-            for m, S, by_side in map_ordered(focus, focus_weights, jobs=jobs):
-                data.w_spectra[m] = S
-                for side in OVERLAP_SIDES:
-                    data.overlaps[(m, side)] = by_side[side]
-            data.timings["weight_overlap_s"] = time.perf_counter() - t2
-            t3 = time.perf_counter()
-            data.long_run = None if cfg.pairs else _long_run(cfg, data, base, some, progress, jobs)
-            data.timings["long_run_s"] = time.perf_counter() - t3
+        _with_base(cfg, data, base, some, progress, jobs, t1)
     finally:
         if base is not None:
             base.close()
@@ -325,6 +427,164 @@ def compute_report(cfg: ReportConfig, *, progress=False, jobs=None) -> ReportDat
     return data
 
 
+def _union(data):
+    """Every module of every adapter (the first adapter's LowRank where several have it)."""
+    out = {}
+    for ad in data.adapters.values():
+        for n, lr in ad.expanded().items():
+            out.setdefault(n, lr)
+    return out
+
+
+def _with_base(cfg, data, base, some, progress, jobs, t1):
+    """The per-adapter sweeps; with a base also Table 7 (focus layer and every layer), Fig. 8 and the long runs."""
+    import pandas as pd
+
+    from analysis.sweeps.adapter import analyse_adapters
+
+    labels = list(data.adapters)  # one pass over the base for all the adapters
+    sweeps = analyse_adapters([data.adapters[lab] for lab in labels], base=base, n_random=cfg.n_random,
+                              seed=cfg.seed, progress=progress, jobs=jobs, tolerance=cfg.tolerance)
+    data.sweeps.update(zip(labels, sweeps))
+    data.timings["sweeps_s"] = time.perf_counter() - t1
+    if base is None:
+        return
+    t2 = time.perf_counter()
+    labs = data.table_labels
+    rows = []  # Table 7 at the focus layer, with more random draws: one more pass over its weights
+    for lab, sw in zip(labs, analyse_adapters([data.adapters[lab] for lab in labs], base=base,
+                                              layers={data.layer}, n_random=cfg.n_random_table,
+                                              seed=cfg.seed, jobs=jobs, tolerance=cfg.tolerance)):
+        sub = sw.frame
+        sub.insert(0, "adapter", lab)
+        rows.append(sub)
+    data.table7 = (pd.concat(rows, ignore_index=True).sort_values(["module", "r"], kind="stable")
+                   .reset_index(drop=True) if rows else None)
+    _w_pass(cfg, data, base, some, jobs, _long_runs(cfg, data) if not cfg.pairs else [])
+    data.timings["weight_overlap_s"] = time.perf_counter() - t2
+
+
+def _qv_kinds(data):
+    """The self-attention q and v module types of every stack (the paper's ΔWq, ΔWv)."""
+    return data.kinds_of("q") + data.kinds_of("v")
+
+
+def _long_runs(cfg, data):
+    """The checkpoints of the long runs, read lazily: ``[(run, step, modules, validation loss)]`` (step 0 skipped:
+    B = 0, no update yet)."""
+    from analysis.io import load_adapter
+    from analysis.sweeps.trajectory import checkpoint_steps
+
+    out = []
+    for lab in cfg.long_runs:
+        steps = [(s, p) for s, p in checkpoint_steps(os.path.join(cfg.checkpoints, lab), strict=False) if s > 0]
+        if not steps:
+            continue
+        man = _manifest(os.path.join(cfg.checkpoints, lab))
+        losses = dict(tuple(x) for x in man.get("val_loss", []) if isinstance(x, (list, tuple)) and len(x) == 2)
+        for step, path in steps:
+            try:
+                mods = load_adapter(path, alpha=cfg.alpha, lazy=True)
+            except (TypeError, ValueError):  # a format without a lazy reader
+                mods = load_adapter(path, alpha=cfg.alpha)
+            out.append((lab, step, _select(mods, cfg).expanded(), losses.get(step, float("nan"))))
+    return out
+
+
+def _w_pass(cfg, data, base, some, jobs, long_runs):
+    """One pass over the base for the q and v modules at every layer, each W read once and dropped after use: its
+    full spectrum (the nulls of Table 7 at every layer), at the focus layer every adapter's overlap with W's singular
+    directions (Fig. 8), and Table 7 over training time (every checkpoint of the long runs at that module)."""
+    import numpy as np
+    import pandas as pd
+
+    from analysis.core import randomized_svd
+    from analysis.core.threads import map_ordered
+    from analysis.io.base import base_matrix
+    from analysis.metrics.correlation import OVERLAP_SIDES, weight_correlation, weight_overlap
+
+    kinds = _qv_kinds(data) or list(data.modules)
+    names = [data.name(k, L) for k in kinds for L in data.layers_of(k)]
+    focus = {data.name(k) for k in kinds if (k, data.layer) in data._index}
+
+    def one(item):
+        name, W = item
+        W = base_matrix(W, some[name], name=name)
+        svd = randomized_svd(W, min(W.shape), seed=cfg.seed, method="full")
+        over = None
+        if name in focus:
+            over = {side: {data.series(lab): weight_overlap(
+                W, data.adapters[lab].expanded()[name], side=side, seed=cfg.seed, w_svd=svd, name=name)
+                for lab in data.table_labels if name in data.adapters[lab].expanded()} for side in OVERLAP_SIDES}
+        long = [(lab, step, loss, weight_correlation(W, mods[name], n_random=1, seed=cfg.seed, w_svd=svd))
+                for lab, step, mods, loss in long_runs if name in mods]
+        return name, W.shape, np.asarray(svd.S, dtype=float), over, long
+
+    long_rows = []
+    for name, shape, S, over, long in map_ordered(one, ((n, _base_weight(base, n)) for n in names), jobs=jobs):
+        data.w_spectra[name] = S
+        data._wshape[name] = shape
+        role = module_role(name)
+        if over is not None:
+            for side in OVERLAP_SIDES:
+                data.overlaps[(role.kind, side)] = over[side]
+        for lab, step, loss, wc in long:
+            if wc.zero:
+                continue
+            null = _projection_null(cfg, data, name, wc.k)
+            long_rows.append({"run": lab, "r": wc.r, "k": wc.k, "step": step, "name": name, "kind": role.kind,
+                              "role": role.role, "layer": role.layer, "module": role.module,
+                              "proj_delta": wc.proj_delta, "null_mean": null.mean, "null_sd": null.sd,
+                              "z": (wc.proj_delta - null.mean) / null.sd, "delta_norm": wc.delta_norm,
+                              "w_norm": wc.w_norm, "rel_norm": wc.delta_norm / wc.w_norm,
+                              "amplification": wc.amplification, "amp_random": wc.delta_norm / null.mean,
+                              "val_loss": loss})
+    if long_rows:
+        data.long_run = (pd.DataFrame(long_rows).sort_values(["run", "step", "layer", "role"], kind="stable")
+                         .reset_index(drop=True))
+    rows = []
+    for lab in data.table_labels:
+        fr = data.sweeps[lab].frame if lab in data.sweeps else None
+        if fr is None or "proj_delta" not in fr:
+            continue
+        for rec in fr[fr["name"].isin(set(names))].to_dict("records"):
+            if rec.get("zero") or not np.isfinite(rec.get("proj_delta", np.nan)):
+                continue
+            n = rec["name"]
+            role = module_role(n)
+            k = int(rec["rank"])
+            null = _projection_null(cfg, data, n, k)
+            rows.append({"adapter": lab, "name": n, "kind": role.kind, "role": role.role, "stack": role.stack,
+                         "layer": role.layer, "r": int(rec["r"]), "k": k, "d_out": int(rec["d_out"]),
+                         "d_in": int(rec["d_in"]), "proj_delta": float(rec["proj_delta"]),
+                         "null_mean": null.mean, "null_sd": null.sd, "w_norm": float(rec["w_norm"]),
+                         "delta_norm": float(rec["fro"]), "amplification": float(rec["amplification"]),
+                         "amp_random": float(rec["fro"]) / null.mean if null.mean > 0 else np.nan})
+    data.t7_layers = pd.DataFrame(rows)
+
+
+def _projection_null(cfg, data, name, k):
+    """The null of ‖UᵀWV‖_F for k random directions at module ``name`` (cached per module and k)."""
+    from analysis.metrics.nulls import projection_draws, projection_moments
+    from analysis.metrics.tails import GAUSSIAN_K, DrawsNull, SquareGaussianNull
+
+    key = (name, int(k))
+    if key not in data.nulls:
+        S = data.w_spectra[name]
+        d_out, d_in = data._wshape[name]
+        if k >= GAUSSIAN_K:
+            ex, vx = projection_moments(S, d_out, d_in, k)
+            data.nulls[key] = SquareGaussianNull(ex, vx, what=f"‖UᵀWV‖ for {k} Haar-random directions")
+        else:
+            from analysis.sweeps.svd_cache import cached_draws
+
+            draw = cached_draws(lambda n, seed: projection_draws(S, d_out, d_in, k, n=n, seed=seed),
+                                kind="projection_draws", data=S, shape=[int(d_out), int(d_in)], k=int(k))
+            data.nulls[key] = DrawsNull(draw, n=cfg.n_random_table, seed=cfg.seed,
+                                        what=f"‖UᵀWV‖ for {k} Haar-random directions")
+    return data.nulls[key]
+
+
 def _collection(cfg, data):
     """Every adapter folder of ``checkpoints`` compared with every other; the task adapters merged."""
     from analysis.io import load_adapter
@@ -334,7 +594,8 @@ def _collection(cfg, data):
     from analysis.sweeps.trajectory import checkpoint_steps
 
     folders = sorted(f for f in os.listdir(cfg.checkpoints)
-                     if os.path.isfile(os.path.join(cfg.checkpoints, f, "adapter_config.json")))
+                     if os.path.isfile(os.path.join(cfg.checkpoints, f, "adapter_config.json"))
+                     and f not in cfg.control_runs)  # the q/k/v/o control adapts other modules
     paths = {f: os.path.join(cfg.checkpoints, f) for f in folders}
     for run in cfg.long_runs:  # a training run's last checkpoint joins the collection
         steps = checkpoint_steps(os.path.join(cfg.checkpoints, run), strict=False)
@@ -344,7 +605,8 @@ def _collection(cfg, data):
         return
     for f, path in paths.items():
         man = data.manifests.get(f) or _manifest(path)
-        data.collection_meta[f] = {"task": "merged" if "merged" in man else manifest_task(man), "rank": man.get("rank"), "seeds": _seeds(man)}
+        data.collection_meta[f] = {"task": "merged" if "merged" in man else manifest_task(man), "rank": man.get("rank"),
+                                   "seeds": _seeds(man)}
     data.collection = collection_similarity(list(paths.values()), k=1, side="input")
     tasks = [f for f in cfg.merge_tasks if f in folders]
     if len(tasks) >= 2:
@@ -376,83 +638,70 @@ def _base_weight(base, name):
     return base.weight(name) if hasattr(base, "weight") else base[name]
 
 
-def _init_pairs(cfg, data, progress, jobs=None):
-    """r = low runs with separate data and init seeds, each against r = high seed 0 (sides A and input)."""
-    from analysis.io import load_adapter
-    from analysis.sweeps.pair import compare_adapters
+def shared_start(run, partner):
+    """Whether run ``run``'s A started as the first rows of run ``partner``'s A, read from their step-0 adapters.
 
-    hi = adapter_label(cfg.high, cfg.seeds[0])
-    if hi not in data.adapters:
-        return
-    for lab in cfg.init_runs:
-        path = os.path.join(cfg.checkpoints, lab)
-        if not os.path.exists(path):
-            continue
-        ad = data.adapters.get(lab) or load_adapter(path)
-        data.init_seeds[lab] = _seeds(data.manifests.get(lab) or _manifest(path))
-        data.init_pairs[lab] = compare_adapters(ad, data.adapters[hi], sides=("A", "input"), progress=progress,
-                                                jobs=jobs)
+    Parameters
+    ----------
+    run, partner : str
+        Run folders holding ``checkpoint-0`` (the adapter at initialisation).
 
-
-def _long_run(cfg, data, base, some, progress, jobs=None):
-    """Table 7 over training time: for each checkpoint, ΔWq's ‖UᵀWV‖ against its null at every layer.
-
-    The layers of one checkpoint are worked on ``jobs`` at a time (W read in this thread, once, on the first
-    checkpoint; its full SVD and the nulls computed once, in the workers).
+    Returns
+    -------
+    bool or None
+        None when either step-0 adapter is missing (the start cannot be checked from the files).
     """
     import numpy as np
-    import pandas as pd
+    from safetensors.numpy import load_file
 
-    from analysis.core import randomized_svd
-    from analysis.core.threads import map_ordered
-    from analysis.io import load_adapter
-    from analysis.io.base import base_matrix
-    from analysis.metrics.correlation import weight_correlation
-    from analysis.metrics.nulls import projection_draws
-    from analysis.sweeps.common import progress as progress_bar
-    from analysis.sweeps.trajectory import checkpoint_steps
-
-    runs = [(lab, checkpoint_steps(os.path.join(cfg.checkpoints, lab), strict=False)) for lab in cfg.long_runs]
-    runs = [(lab, steps) for lab, steps in runs if steps]
-    if not runs:
+    fa, fb = (os.path.join(p, "checkpoint-0", "adapter_model.safetensors") for p in (run, partner))
+    if not (os.path.exists(fa) and os.path.exists(fb)):
         return None
-    q = next((m for m in data.modules if m.endswith("q_proj")), data.modules[0])
-    names = [n for n in some if split_name(n)[1] == q]
-    W, w_svd, nulls, rows = {}, {}, {}, []
-    losses = {}
-    for lab, _ in runs:
-        man = _manifest(os.path.join(cfg.checkpoints, lab))
-        losses[lab] = dict(tuple(x) for x in man.get("val_loss", []) if isinstance(x, (list, tuple)) and len(x) == 2)
+    a, b = load_file(fa), load_file(fb)
+    keys = [k for k in a if k.endswith("lora_A.weight")]
+    if not keys or any(k not in b for k in keys):
+        return False
+    return all(a[k].shape[0] <= b[k].shape[0] and np.array_equal(a[k], b[k][: a[k].shape[0]]) for k in keys)
 
-    def one(item):  # one layer of one checkpoint; W and its SVD on the first checkpoint only
-        name, raw, mods = item
-        if raw is None:
-            Wm, svd = W[name], w_svd[name]
-        else:
-            Wm = base_matrix(raw, some[name], name=name)
-            svd = randomized_svd(Wm, min(Wm.shape), seed=cfg.seed, method="full")
-        wc = weight_correlation(Wm, mods[name], n_random=1, seed=cfg.seed, w_svd=svd)
-        null = None
-        if not wc.zero:  # names differ within a checkpoint: no two workers draw the same null
-            null = nulls.get((name, wc.k))
-            if null is None:
-                draws = projection_draws(svd.S, wc.d_out, wc.d_in, wc.k, n=cfg.n_random_table, seed=cfg.seed)
-                null = (float(draws.mean()), float(draws.std(ddof=1)))
-        return name, Wm, svd, wc, null
 
-    todo = [(lab, step, path) for lab, steps in runs for step, path in steps]
-    for lab, step, path in progress_bar(todo, enabled=progress, desc="checkpoints"):
-        mods = load_adapter(path).expanded()
-        items = ((name, None if name in W else _base_weight(base, name), mods) for name in names)
-        for name, Wm, svd, wc, null in map_ordered(one, items, jobs=jobs):
-            W[name], w_svd[name] = Wm, svd
-            if wc.zero:
-                continue
-            nulls[(name, wc.k)] = null
-            mean, sd = null
-            rows.append({"run": lab, "r": wc.r, "step": step, "name": name, "layer": split_name(name)[0],
-                         "module": q, "proj_delta": wc.proj_delta, "null_mean": mean, "null_sd": sd,
-                         "z": (wc.proj_delta - mean) / sd, "delta_norm": wc.delta_norm, "w_norm": wc.w_norm,
-                         "rel_norm": wc.delta_norm / wc.w_norm, "amplification": wc.amplification,
-                         "amp_random": wc.delta_norm / mean, "val_loss": losses[lab].get(step, np.nan)})
-    return pd.DataFrame(rows)
+def _init_pairs(cfg, data, progress, jobs=None):
+    """The cause experiment: every r = low run against every r = high partner (sides A and input), with what they
+    share: the data order (manifests) and the initial A (checked from the step-0 adapters)."""
+    from analysis.sweeps.pair import compare_adapters
+
+    partners = {}
+    for p in cfg.init_partners:
+        path = os.path.join(cfg.checkpoints, p)
+        if os.path.exists(path):
+            partners[p] = data.adapters.get(p) or _load_one(path, cfg, cfg.alpha)
+    for lab in cfg.init_runs:
+        path = os.path.join(cfg.checkpoints, lab)
+        if not os.path.exists(os.path.join(path, "adapter_config.json")) or not partners:
+            continue  # absent, or a run still training (only its checkpoint-0 so far)
+        ad = data.adapters.get(lab) or _load_one(path, cfg, cfg.alpha)
+        man = data.manifests.get(lab) or _manifest(path)
+        ds, is_ = _seeds(man)
+        for p, pad in partners.items():
+            pman = data.manifests.get(p) or _manifest(os.path.join(cfg.checkpoints, p))
+            pds, _ = _seeds(pman)
+            start = shared_start(path, os.path.join(cfg.checkpoints, p))
+            data.init_meta[(lab, p)] = {"data_seed": ds, "init_seed": is_, "partner_data_seed": pds,
+                                        "shared_data": ds == pds, "shared_A": start,
+                                        "init_a_from": (man.get("init_a_from") or {}).get("path"),
+                                        "steps": man.get("steps")}
+            data.init_pairs[(lab, p)] = compare_adapters(ad, pad, sides=("A", "input"), progress=progress,
+                                                         jobs=jobs)
+
+
+def _control_pair(cfg, data, progress, jobs=None):
+    """Fig. 4 with matched shapes: two seeds of r = high on q, k, v and o."""
+    from analysis.sweeps.pair import compare_adapters
+
+    paths = [os.path.join(cfg.checkpoints, r) for r in cfg.control_runs]
+    if len(paths) != 2 or not all(os.path.exists(p) for p in paths):
+        return
+    a, b = (_load_one(p, cfg, cfg.alpha) for p in paths)
+    for lab, p, ad in zip(cfg.control_runs, paths, (a, b)):
+        data.manifests.setdefault(lab, _manifest(p))
+        data.control_adapters[lab] = ad
+    data.control_pair = compare_adapters(a, b, sides=("A", "input"), progress=progress, jobs=jobs)

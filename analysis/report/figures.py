@@ -1,431 +1,228 @@
-"""Figure-level helpers: each composes several Axes from the plotting functions into one Figure.
+"""The report's figures: ``fig_x(data)`` draws one figure of the report from its ReportData.
 
-Two kinds, both returning a ``matplotlib.figure.Figure`` built with the object
-API (no pyplot state, nothing saved here):
-
-- builders on plain inputs (a PairSweep, sweep frames, labels, a layer),
-  shared by the report and ``python -m analysis.subspace A B --out DIR``:
-  :func:`phi_modules_figure`, :func:`phi11_layers_figure`,
-  :func:`spectra_figure`, :func:`amplification_figure`, :func:`table7_figure`;
-- ``fig_x(data)``: one figure of the report from its ReportData
-  (:mod:`analysis.report.write` saves them).
+Each composes the composite builders of :mod:`analysis.plotting.composite` and the ``plot_*`` functions (object
+API, no pyplot state, nothing saved here; :mod:`analysis.report.write` saves them). The builders are re-exported
+here for the code that imported them from the report.
 """
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 
-from analysis.plotting import (plot_advised_rank, plot_layer_profile, plot_phi, plot_spectra, plot_table,
-                               plot_weight_overlap)
+from analysis.plotting import plot_advised_rank, plot_phi, plot_spectra, plot_weight_overlap
 from analysis.plotting.common import module_label
+from analysis.plotting.composite import (PAPER_TABLE7, SIDE_TEXT, amplification_figure, legend_below, new_figure,
+                                         phi11_layers_figure, phi_modules_figure, ranks_colors, spectra_figure,
+                                         table7_figure, table7_rows, wrap)
 
-__all__ = ["phi_modules_figure", "phi11_layers_figure", "spectra_figure", "amplification_figure",
-           "table7_figure", "table7_rows",
-           "fig_rank_pair", "fig_seed_pair", "fig_layers", "fig_table7", "fig_weight_overlap",
-           "fig_weight_overlap_heatmap",
-           "fig_phi11_layers", "fig_amplification_layers", "fig_spectra", "fig_rank_advice", "fig_long_run",
-           "fig_data_vs_init", "PAPER_TABLE7",
-           "SIDE_TEXT"]
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+    from typing import Any
 
-#: Table 7 of the paper (GPT-3, layer 48 of 96, ΔWq; ‖Wq‖_F = 61.95).
-PAPER_TABLE7 = [dict(r=4, proj_delta=0.32, proj_w=21.67, proj_random=0.02, w_norm=61.95, delta_norm=6.91,
-                     amplification=21.5),
-                dict(r=64, proj_delta=1.90, proj_w=37.71, proj_random=0.33, w_norm=61.95, delta_norm=3.57,
-                     amplification=1.9)]
-
-#: What each basis of a φ comparison is, as written in titles.
-SIDE_TEXT = {"A": "right-singular vectors of $A$ (the paper's basis)",
-             "B": "left-singular vectors of $B$",
-             "input": r"right-singular vectors of $\Delta W$ (input side)",
-             "output": r"left-singular vectors of $\Delta W$ (output side)"}
-
-
-def _figure(w, h):
+    import pandas as pd
     from matplotlib.figure import Figure
 
-    return Figure(figsize=(w, h), layout="constrained")
+    from analysis.report.compute import ReportData
+    from analysis.report.findings import Finding
 
+__all__ = ["phi_modules_figure", "phi11_layers_figure", "spectra_figure", "amplification_figure",
+           "table7_figure", "table7_rows", "wrap", "paper_kinds",
+           "fig_rank_pair", "fig_seed_pair", "fig_layers", "fig_table7", "table7_frame", "fig_weight_overlap",
+           "fig_weight_overlap_grid", "fig_phi11_layers", "fig_amplification_layers", "fig_t7_layers", "fig_spectra",
+           "fig_rank_advice", "fig_long_run", "fig_data_vs_init", "fig_control", "fig_collection", "PAPER_TABLE7",
+           "SIDE_TEXT"]
 
 def _where(data, layer=None):
-    layer = data.config.layer if layer is None else layer
+    layer = data.layer if layer is None else layer
     return f"layer {layer}"
-
-
-# ---- builders on plain inputs (shared with ``python -m analysis.subspace --out``) ----------------------------
-
-_PHI_FIELDS = ("title", "xlabel", "ylabel")
-
-
-def phi_modules_figure(sweep, names, *, panels, labels=("A", "B"), width=10.0, row_height=3.3,
-                       width_ratios=None, suptitle=None):
-    """φ(i, j) heatmaps of one pair of adapters: one row per module, one column per panel.
-
-    Parameters
-    ----------
-    sweep : PairSweep
-        Its ``results[name][side]`` are drawn.
-    names : sequence of str
-        Module names, one row each (e.g. the modules of one layer).
-    panels : sequence of Mapping
-        One per column: ``"side"`` (the basis, a key of ``results[name]``)
-        and options of :func:`analysis.plotting.plot_phi`. Its ``title``,
-        ``xlabel`` and ``ylabel`` are ``str.format`` templates with the fields
-        ``module`` (ΔW_q, …), ``a``, ``b`` (``labels``), ``r1``, ``r2`` (the
-        ranks), ``k1``, ``k2`` (the φ grid's shape) and ``d``; double literal
-        braces.
-    labels : (str, str)
-        Names of the two adapters.
-    width, row_height : float
-        Figure width and height per row (inches).
-    width_ratios : sequence of float, optional
-        Relative widths of the columns.
-    suptitle : str, optional
-
-    Returns
-    -------
-    matplotlib.figure.Figure
-    """
-    names, panels = list(names), [dict(p) for p in panels]
-    if not names or not panels:
-        raise ValueError(f"need at least one module and one panel, got {len(names)} and {len(panels)}")
-    fig = _figure(width, row_height * len(names) + 0.6)
-    axes = fig.subplots(len(names), len(panels), squeeze=False,
-                        gridspec_kw=None if width_ratios is None else {"width_ratios": list(width_ratios)})
-    for row, name in enumerate(names):
-        for col, panel in enumerate(panels):
-            kw = dict(panel)
-            res = sweep.results[name][kw.pop("side")]
-            fields = dict(module=module_label(name), a=labels[0], b=labels[1], r1=res.r1, r2=res.r2,
-                          k1=res.phi.shape[0], k2=res.phi.shape[1], d=res.d)
-            for key in _PHI_FIELDS:
-                if isinstance(kw.get(key), str):
-                    kw[key] = kw[key].format(**fields)
-            plot_phi(res, ax=axes[row, col], **kw)
-    if suptitle:
-        fig.suptitle(suptitle, fontsize=10)
-    return fig
-
-
-def phi11_layers_figure(frames, *, sides=("A", "input"), suptitle=None, ties=None, swaps=None):
-    """φ(1, 1) per layer, one line per module type: does the top direction agree?
-
-    Parameters
-    ----------
-    frames : Mapping[str, pandas.DataFrame or None]
-        Pair name -> ``PairSweep.frame`` (columns ``layer, module, d_in,
-        phi11_<side>``); None leaves its panels empty.
-    sides : sequence of str
-        Bases drawn (``phi11_A``, ``phi11_input``, …).
-    suptitle : str, optional
-    ties : Mapping[str, Mapping[str, iterable of (int, str)]], optional
-        Pair name -> side -> ``(layer, module)`` where either adapter's top two
-        singular values nearly tie: marked with a ring (φ(1, 1) may dip there
-        while the top-2 subspaces agree).
-    swaps : Mapping[str, Mapping[str, iterable of (int, str)]], optional
-        The same for modules whose top two directions swapped order between
-        the adapters: marked with a triangle.
-
-    Returns
-    -------
-    matplotlib.figure.Figure
-        One row per side and one column per pair; a single pair puts its
-        sides side by side. Log y axis, so that the random null 1/d (dashed:
-        one grey line when all modules share d, else one per module) is
-        visible next to values near 1; every panel has its own tick labels.
-    """
-    pairs = list(frames.items())
-    if not pairs:
-        raise ValueError("no pair to draw")
-    if len(pairs) == 1:
-        fig = _figure(5.5 * len(sides), 3.8)
-        axes = fig.subplots(1, len(sides), sharey=True, squeeze=False)
-        cell = {(a, 0): axes[0, a] for a in range(len(sides))}
-    else:
-        fig = _figure(5.5 * len(pairs), 3.2 * len(sides))
-        axes = fig.subplots(len(sides), len(pairs), sharey=True, squeeze=False)
-        cell = {(a, b): axes[a, b] for a in range(len(sides)) for b in range(len(pairs))}
-    lows = [float((1.0 / fr["d_in"]).min()) for _, fr in pairs if fr is not None]
-    lows += [float(fr[f"phi11_{side}"][fr[f"phi11_{side}"] > 0].min()) for _, fr in pairs if fr is not None
-             for side in sides if (fr[f"phi11_{side}"] > 0).any()]
-    floor = min(lows, default=1e-3) / 3
-    for a, side in enumerate(sides):
-        for b, (txt, fr) in enumerate(pairs):
-            ax = cell[(a, b)]
-            if fr is None:
-                ax.set_axis_off()
-                continue
-            d = fr["d_in"].unique()
-            if len(d) == 1:
-                null = 1.0 / int(d[0])
-            else:  # modules of different input size: each its own null
-                fr, null = fr.assign(null11=1.0 / fr["d_in"]), "null11"
-            col = f"phi11_{side}"
-            plot_layer_profile(fr, col, ax=ax, null=null, null_label="random null 1/d", logy=True,
-                               ylabel=r"$\phi(1, 1)$ (log scale)",
-                               title=f"{txt}\n{SIDE_TEXT[side]}" if txt else SIDE_TEXT[side])
-            ax.set_ylim(floor, 1.5)  # every positive value and the null inside the axes (shared y)
-            ax.tick_params(labelleft=True)
-            for what, style in (((ties or {}), dict(marker="o", s=90, label="top two σ within 10 %")),
-                                ((swaps or {}), dict(marker="^", s=70, label="top two directions swapped"))):
-                marks = set(what.get(txt, {}).get(side, ()))
-                hit = fr[[(int(L), m) in marks for L, m in zip(fr["layer"], fr["module"])]] if marks else fr.iloc[:0]
-                if len(hit):
-                    ax.scatter(hit["layer"], hit[col].clip(lower=floor), facecolors="none", edgecolors="crimson",
-                               linewidths=1.2, zorder=5, **style)
-            if b == 0:  # one legend per row, where it hides no point
-                ax.legend(fontsize=6.5, loc="lower left", ncol=2)
-            elif ax.get_legend() is not None:
-                ax.get_legend().remove()
-    if suptitle:
-        fig.suptitle(suptitle, fontsize=10)
-    return fig
-
-
-def spectra_figure(spectra, modules, *, title="{label}: {module}",
-                   suptitle="Singular values of ΔW (normalised by σ₁), one line per layer"):
-    """Singular-value spectra of ΔW per layer: one row per adapter, one column per module type.
-
-    Parameters
-    ----------
-    spectra : Mapping[str, AdapterSweep or Mapping[str, (k,) array_like]]
-        Row label -> spectra (``AdapterSweep.spectra`` or module name -> σ).
-    modules : sequence of str
-        Module types, one column each (kept: names containing it).
-    title : str
-        Panel title, a template with fields ``label`` and ``module`` (ΔW_q, …).
-    suptitle : str, optional
-
-    Returns
-    -------
-    matplotlib.figure.Figure
-    """
-    rows, modules = list(spectra.items()), list(modules)
-    fig = _figure(5.2 * len(modules), 3.4 * len(rows) + 0.5)
-    axes = fig.subplots(len(rows), len(modules), squeeze=False)
-    for a, (label, sp) in enumerate(rows):
-        for b, m in enumerate(modules):
-            plot_spectra(sp, ax=axes[a, b], module=m, title=title.format(label=label, module=module_label(m)))
-    if suptitle:
-        fig.suptitle(suptitle, fontsize=10)
-    return fig
-
-
-def amplification_figure(frames, *, modules=None, title="{module}: amplification factor per layer",
-                         suptitle=None):
-    """Amplification factor ‖ΔW‖_F / ‖Uᵀ W V‖_F per layer: a panel per module type, a line per adapter.
-
-    Parameters
-    ----------
-    frames : Mapping[str, pandas.DataFrame]
-        Adapter label -> ``AdapterSweep.frame`` computed with a base (columns
-        ``layer, module, amplification, fro, proj_random``), in legend order.
-    modules : sequence of str, optional
-        Module types, one panel each; default all, sorted.
-    title : str
-        Panel title, a template with the field ``module`` (ΔW_q, …).
-    suptitle : str, optional
-
-    Returns
-    -------
-    matplotlib.figure.Figure
-        Dashed: the same ‖ΔW‖_F along random directions (‖ΔW‖_F / proj_random).
-    """
-    import pandas as pd
-    from matplotlib import colormaps
-
-
-    if not frames:
-        raise ValueError("no adapter frame to draw")
-    order = list(frames)
-    fr = pd.concat([f.assign(adapter=lab) for lab, f in frames.items()], ignore_index=True)
-    fr["amp_random"] = fr["fro"] / fr["proj_random"]
-    modules = sorted(fr["module"].unique()) if modules is None else list(modules)
-    fig = _figure(5.5 * len(modules), 4.8)
-    axes = fig.subplots(1, len(modules), sharey=True, squeeze=False)[0]
-    cm = colormaps["plasma"]
-    colors = {lab: cm(0.8 * n / max(len(order) - 1, 1)) for n, lab in enumerate(order)}
-    for ax, m in zip(axes, modules):
-        plot_layer_profile(fr[fr["module"] == m], "amplification", ax=ax, hue="adapter", order=order,
-                           colors=colors,
-                           null="amp_random", null_label="same ‖ΔW‖ along random directions", logy=True,
-                           ylabel=r"$\|\Delta W\|_F / \|U^\top W V\|_F$",
-                           title=title.format(module=module_label(m)),
-                           legend_kw=dict(loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=3))
-    if suptitle:
-        fig.suptitle(suptitle, fontsize=10)
-    return fig
-
-
-def _layer_txt(v):
-    import pandas as pd
-
-    return "–" if pd.isna(v) else str(int(v))
-
-
-def table7_rows(frames, *, paper=True):
-    """Table 7 as displayed: each frame's rows (label, layer; module; r; the projections and norms), then the paper's.
-
-    Parameters
-    ----------
-    frames : Mapping[str, pandas.DataFrame]
-        Label (a model or adapter) -> rows with ``layer, module, r,
-        proj_delta, proj_w, proj_random, w_norm, fro, amplification`` (as in
-        ``AdapterSweep.frame`` with a base).
-    paper : bool
-        Append :data:`PAPER_TABLE7`.
-
-    Returns
-    -------
-    pandas.DataFrame
-        Columns ``model, ΔW, r, proj_delta, proj_w, proj_random, proj_random_sd,
-        z, w_norm, delta_norm, amplification, amp_random``: ``proj_random_sd`` is the
-        random case's sd over its draws, ``z`` ΔW's z-score against it and
-        ``amp_random`` the amplification random directions of the same ‖ΔW‖
-        give (NaN where a frame has no sd, and in the paper's rows).
-    """
-    import pandas as pd
-
-    parts = []
-    for label, t in frames.items():
-        sd = t["proj_random_std"] if "proj_random_std" in t else np.nan
-        parts.append(pd.DataFrame({"model": [f"{label}, layer {_layer_txt(v)}" for v in t["layer"]],
-                                   "ΔW": [module_label(m) for m in t["module"]], "r": t["r"],
-                                   "proj_delta": t["proj_delta"], "proj_w": t["proj_w"],
-                                   "proj_random": t["proj_random"], "proj_random_sd": sd,
-                                   "z": (t["proj_delta"] - t["proj_random"]) / sd, "w_norm": t["w_norm"],
-                                   "delta_norm": t["fro"], "amplification": t["amplification"],
-                                   "amp_random": t["fro"] / t["proj_random"]}))
-    if paper:
-        ref = pd.DataFrame(PAPER_TABLE7)
-        ref.insert(0, "ΔW", "$\\Delta W_q$")
-        ref.insert(0, "model", "GPT-3 (paper), layer 48")
-        parts.append(ref)
-    return pd.concat(parts, ignore_index=True)
-
-
-def table7_figure(frames, *, paper=True, title=None, label_header="model"):
-    """Table 7 rendered: ‖Uᵀ W V‖_F for U, V of ΔW, of W and random, next to ‖W‖_F, ‖ΔW‖_F.
-
-    Parameters
-    ----------
-    frames : Mapping[str, pandas.DataFrame]
-        As for :func:`table7_rows`.
-    paper : bool
-        Add the paper's rows, shaded.
-    title : str, optional
-    label_header : str
-        Header of the first column (the frames' labels).
-
-    Returns
-    -------
-    matplotlib.figure.Figure
-    """
-    fr = table7_rows(frames, paper=paper)
-    n_paper = len(PAPER_TABLE7) if paper else 0
-    fig = _figure(13, 0.32 * len(fr) + 1.4)
-    ax = fig.add_subplot()
-    labels = [label_header, "ΔW", "r", r"$\|U^\top W V\|_F$" + "\nU, V of ΔW", "U, V\nof W", "U, V\nrandom",
-              "random\nsd", "z of ΔW\nvs random", r"$\|W\|_F$", r"$\|\Delta W\|_F$",
-              "amplification\n" + r"$\|\Delta W\|_F / \|U^\top W V\|_F$", "amplification,\nrandom U, V"]
-    fmt = {"r": "{:.0f}", "proj_delta": "{:.3f}", "proj_w": "{:.2f}", "proj_random": "{:.3f}",
-           "proj_random_sd": "{:.3f}", "z": "{:+.1f}", "w_norm": "{:.2f}", "delta_norm": "{:.3f}",
-           "amplification": "{:.2f}", "amp_random": "{:.2f}"}
-    fr = fr.astype({c: float for c in fmt if c != "r"})
-    art = plot_table(fr, ax=ax, col_labels=labels, fmt=fmt, fontsize=8,
-                     col_widths=[0.17, 0.05, 0.03, 0.09, 0.06, 0.06, 0.05, 0.07, 0.05, 0.06, 0.12, 0.09])
-    for (r, _), cell in art["table"].get_celld().items():
-        if r == 0:
-            cell.set_height(cell.get_height() * 2.0)
-        elif r > len(fr) - n_paper:
-            cell.set_facecolor("#fff3d6")
-    if title:
-        ax.set_title(title, fontsize=9)
-    return fig
 
 
 # ---- the report's figures (from ReportData) -----------------------------------------------------------------
 
 
-def fig_rank_pair(data, *, side="A"):
-    """Fig. 3: φ(A_{r=low}, A_{r=high}, i, j) for each module at the focus layer, and the j ≤ low zoom."""
+def paper_kinds(data: ReportData) -> list[str]:
+    """The module types the paper's figures are about: the q and v roles of the main stack (those present)."""
+    kinds = [data.role_kind("q"), data.role_kind("v")]
+    return [k for k in kinds if k is not None]
+
+
+def _label_of(data):
+    """Legend label per module type: its role (with its stack when the adapters span several)."""
+    multi = len(data.stacks()) > 1
+
+    def label(kind):
+        return module_label(kind, stack=multi)
+    return label
+
+
+def _kind_frame(frame):
+    """A sweep frame whose ``module`` column holds each row's module type (unique across stacks)."""
+    from analysis.io.roles import module_role
+
+    return frame.assign(module=[module_role(n).kind for n in frame["name"]])
+
+
+def _figure_kinds(data, *, limit=12):
+    """Module types drawn per layer in the all-module figures: the paper's, else every type (at most ``limit``)."""
+    return paper_kinds(data) or list(data.modules)[:limit]
+
+
+def fig_rank_pair(data: ReportData, *, side: str = "A") -> Figure:
+    """Fig. 3: φ(A_{r=low}, A_{r=high}, i, j) for q and v at the focus layer, and the j ≤ low zoom."""
     lo, hi = data.rank("low"), data.rank("high")
-    names = [data.name(m) for m in data.modules]
-    panels = [dict(side=side, i_max=lo,
-                   title=f"{{module}}: $i \\leq {lo}$ ({data.say('low')}), $j \\leq {{k2}}$ ({data.say('high')})"),
+    kinds = [k for k in _figure_kinds(data) if (k, data.layer) in data._index]
+    names = [data.name(k) for k in kinds]
+    lab = _label_of(data)
+    panels = [dict(side=side, i_max=lo, title=wrap(f"{{module}}: $i \\leq {lo}$ ({data.say('low')}), $j \\leq {{k2}}$ "
+                                                   f"({data.say('high')})", 8.0, 12)),
               dict(side=side, i_max=lo, j_max=lo, title=f"{{module}}: zoom $j \\leq {lo}$")]
     d = data.rank_pair.results[names[-1]][side].d
     X = "A" if side == "A" else r"\Delta W"
-    return phi_modules_figure(
-        data.rank_pair, names, panels=panels, width=12, row_height=2.6, width_ratios=[3.2, 1.25],
-        suptitle=f"Fig. 3 — subspace similarity $\\phi({X}_{{r={lo}}}, {X}_{{r={hi}}}, i, j)$ at "
-                 f"{_where(data)} of {data.n_layers} (paper: layer 48 of 96)\nbasis: {SIDE_TEXT[side]}; "
-                 f"random subspaces give $\\phi \\approx \\max(i, j)/d$ with d = {d}")
-
-
-def fig_seed_pair(data, *, side="A", vmax=1.0):
-    """Fig. 4: φ between two seeds of r = high for each module, and two random Gaussian matrices."""
-    hi = data.rank("seed_a")
-    mods = data.modules
-    fig = _figure(4.3 * (len(mods) + 1), 4.2)
-    axes = fig.subplots(1, len(mods) + 1)
-    for ax, m in zip(axes, mods):
-        res = data.seed_pair.results[data.name(m)][side]
-        plot_phi(res, ax=ax, vmax=vmax, title=f"{module_label(m)}: {data.say('seed_a')} vs {data.say('seed_b')}")
-    rnd = data.random_sim[mods[0]]
-    plot_phi(rnd, ax=axes[-1], vmax=vmax,
-             title=f"random: two Gaussian ({rnd.phi.shape[0]} × {rnd.d}) matrices")
-    X = "A" if side == "A" else r"\Delta W"
-    fig.suptitle(f"Fig. 4 — $\\phi({X}_{{r={hi}}}, {X}'_{{r={hi}}}, i, j)$ between two runs (seeds) "
-                 f"at {_where(data)} (paper: layer 48)\nbasis: {SIDE_TEXT[side]}; colour scale 0 – {vmax:g} (the paper's); "
-                 f"random subspaces give $\\phi \\approx \\max(i, j)/d$ with d = {rnd.d}, as in the right panel",
-                 fontsize=10)
+    fig = phi_modules_figure(
+        data.rank_pair, names, panels=panels, width=12, row_height=2.8, width_ratios=[3.2, 1.25],
+        suptitle=wrap(f"Fig. 3 — subspace similarity $\\phi({X}_{{r={lo}}}, {X}_{{r={hi}}}, i, j)$ at "
+                      f"{_where(data)} of {data.n_layers} (paper: layer 48 of 96)\nbasis: {SIDE_TEXT[side]}; "
+                      f"random subspaces give $\\phi \\approx \\max(i, j)/d$ with d = {d}", 12, 10))
+    for ax, kind in zip(fig.axes[::2], kinds):  # the role (and stack) in each row's title
+        ax.set_title(ax.get_title().replace(module_label(kind), lab(kind)), fontsize=ax.title.get_fontsize())
     return fig
 
 
-def fig_layers(data, *, which="rank", side="A"):
+def _diag_stats(res, n=16):
+    k = min(n, *res.phi.shape)
+    return float(np.mean(np.diag(res.phi)[:k])), k
+
+
+def fig_seed_pair(data: ReportData, *, side: str = "A", vmax: float = 1.0) -> Figure:
+    """Fig. 4: φ between two seeds of r = high for q and v, two random Gaussian matrices, and the tested statistic
+    (mean φ(i, i), i ≤ 16, at every layer, against its null) beside them."""
+    from analysis.metrics.nulls import diagonal_phi_draws
+    from analysis.report.findings import SEED_DIAG_N
+
+    hi = data.rank("seed_a")
+    mods = [k for k in _figure_kinds(data, limit=4) if (k, data.layer) in data._index]
+    lab = _label_of(data)
+    fig = new_figure(4.3 * (len(mods) + 2), 4.6)
+    axes = fig.subplots(1, len(mods) + 2, gridspec_kw={"width_ratios": [1] * (len(mods) + 1) + [1.4]})
+    for ax, m in zip(axes, mods):
+        res = data.seed_pair.results[data.name(m)][side]
+        if res.zero:
+            ax.set_axis_off()
+            ax.text(0.5, 0.5, f"{lab(m)}: zero update", ha="center", va="center", transform=ax.transAxes)
+            continue
+        plot_phi(res, ax=ax, vmax=vmax, annotate="never",
+                 title=wrap(f"{lab(m)}: {data.say('seed_a')} vs {data.say('seed_b')}", 4.0, 12))
+    rnd = data.random_sim[mods[0]]
+    plot_phi(rnd, ax=axes[len(mods)], vmax=vmax, annotate="never",
+             title=wrap(f"random: two Gaussian ({rnd.phi.shape[0]} × {rnd.d}) matrices", 4.0, 12))
+    ax = axes[-1]  # the statistic the verdict tests, per layer, with each role's null
+    colors = ("tab:blue", "tab:orange", "tab:green", "tab:red")
+    for c, m in zip(colors, mods):
+        layers, vals, k, d = [], [], SEED_DIAG_N, None
+        for L in data.layers_of(m):
+            n = data.name(m, L)
+            if n in data.seed_pair.results and not data.seed_pair.results[n][side].zero:
+                v, k = _diag_stats(data.seed_pair.results[n][side], SEED_DIAG_N)
+                layers.append(L)
+                vals.append(v)
+                d = data.seed_pair.results[n][side].d
+        if not layers:
+            continue
+        ax.plot(layers, vals, "o-", ms=3, color=c, label=f"{lab(m)}")
+        draws = diagonal_phi_draws(d, k, n=1000, seed=data.config.seed).mean(axis=1)  # type: ignore[arg-type]
+        lo_, hi_ = np.quantile(draws, [0.00135, 0.99865])
+        ax.axhspan(lo_, hi_, color=c, alpha=0.15, lw=0)
+        ax.axhline(draws.mean(), color=c, ls="--", lw=1, label=f"{lab(m)}: random, mean and 99.73 % band (d = {d})")
+    ax.set_yscale("log")
+    ax.set_xlabel("layer")
+    ax.set_ylabel(f"mean φ(i, i), i ≤ {SEED_DIAG_N} (log scale)")
+    ax.axvline(data.layer, color="grey", lw=0.8, ls=":")
+    ax.set_title(wrap(f"the tested statistic at every layer (dotted: the main case, layer {data.layer})", 4.2, 9),
+                 fontsize=9)
+    _integer_ticks(ax)
+    ax.legend(fontsize=7, loc="best")
+    ax.grid(alpha=0.3)
+    X = "A" if side == "A" else r"\Delta W"
+    fig.suptitle(wrap(f"Fig. 4 — $\\phi({X}_{{r={hi}}}, {X}'_{{r={hi}}}, i, j)$ between two runs (seeds) at "
+                      f"{_where(data)} (paper: layer 48)\nbasis: {SIDE_TEXT[side]}; colour scale 0 – {vmax:g} (the "
+                      f"paper's); random subspaces give $\\phi \\approx \\max(i, j)/d$; {_layout_text(data)}",
+                      fig.get_figwidth(), 10), fontsize=10)
+    return fig
+
+
+def _integer_ticks(ax):
+    from matplotlib.ticker import MaxNLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+
+
+def _layout_text(data):
+    from analysis.report.findings import attention_layout
+
+    return attention_layout(data)
+
+
+def fig_layers(data: ReportData, *, which: str = "rank", side: str = "A") -> Figure:
     """Fig. 6 (``which="rank"``: r = low vs high) or Fig. 7 (``"seed"``) at several layers."""
-    cfg = data.config
     lo, hi = data.rank("low"), data.rank("high" if which == "rank" else "seed_a")
     sweep = data.rank_pair if which == "rank" else data.seed_pair
-    layers = list(cfg.layers)
-    mods = data.modules
-    fig = _figure(3.4 * len(layers), 2.9 * len(mods) + 0.8)
+    mods = _figure_kinds(data, limit=4)
+    layers = [L for L in data.layers if all((m, L) in data._index for m in mods)]
+    lab = _label_of(data)
+    fig = new_figure(max(3.4 * len(layers), 7), 2.9 * len(mods) + 1.0)
     axes = np.atleast_2d(fig.subplots(len(mods), len(layers), squeeze=False))
     for a, m in enumerate(mods):
         for b, layer in enumerate(layers):
             res = sweep.results[data.name(m, layer)][side]
             last = b == len(layers) - 1
-            if which == "rank":
-                plot_phi(res, ax=axes[a, b], i_max=lo, colorbar=last, annotate="never",
-                         title=f"{module_label(m)}, layer {layer}")
-            else:
-                plot_phi(res, ax=axes[a, b], colorbar=last, vmax=1.0, annotate="never",
-                         title=f"{module_label(m)}, layer {layer}")
+            if res.zero:
+                axes[a, b].set_axis_off()
+                continue
+            kw = dict(i_max=lo) if which == "rank" else dict(vmax=1.0)
+            plot_phi(res, ax=axes[a, b], colorbar=last, annotate="never", title=f"{lab(m)}, layer {layer}", **kw)
     if which == "rank":
         head = (f"Fig. 6 — $\\phi(A_{{r={lo}}}, A_{{r={hi}}}, i, j)$ at layers "
                 f"{', '.join(map(str, layers))} of {data.n_layers} (paper: 1, 32, 64, 96 of 96)")
+        who = f"i: top-i directions of {data.say('low')}, j: top-j of {data.say('high')}"
     else:
         head = (f"Fig. 7 — $\\phi(A_{{r={hi}}}, A'_{{r={hi}}}, i, j)$ between two runs at layers "
                 f"{', '.join(map(str, layers))} of {data.n_layers} (paper: 1, 32, 64, 96 of 96)")
-    who = (f"i: top-i directions of {data.say('low')}, j: top-j of {data.say('high')}" if which == "rank"
-           else f"i: {data.say('seed_a')}, j: {data.say('seed_b')}; colour scale 0 – 1 (the paper's)")
+        who = f"i: {data.say('seed_a')}, j: {data.say('seed_b')}; colour scale 0 – 1 (the paper's)"
     d = sweep.results[data.name(mods[0], layers[0])][side].d
-    fig.suptitle(f"{head}\nbasis: {SIDE_TEXT[side]}; {who}; random: $\\phi \\approx \\max(i, j)/d$, d = {d}",
-                 fontsize=10)
+    fig.suptitle(wrap(f"{head}\nbasis: {SIDE_TEXT[side]}; {who}; random: $\\phi \\approx \\max(i, j)/d$, d = {d}",
+                      fig.get_figwidth(), 10), fontsize=10)
     return fig
 
 
 def _t7_frames(data):
     """Table 7's rows by label: the base model's name (reference checkpoints), else one group per adapter."""
-    if not data.config.pairs:
-        return {_model_name(data): data.table7}
     t = data.table7
+    kinds = set(paper_kinds(data)) or None
+    if kinds:
+        from analysis.io.roles import module_role
+
+        t = t[[module_role(n).kind in kinds for n in t["name"]]]
+    if not data.config.pairs:
+        return {_model_name(data): t}
     return {data.series(lab): t[t["adapter"] == lab] for lab in dict.fromkeys(t["adapter"])}
 
 
-def table7_frame(data):
-    """Table 7 as displayed: our rows (focus layer, every rank, every module), then the paper's."""
-    return table7_rows(_t7_frames(data))
+def table7_frame(data: ReportData) -> pd.DataFrame:
+    """Table 7 as displayed: our rows (focus layer, every rank, q and v), then the paper's."""
+    fr = table7_rows(_t7_frames(data))
+    fr["ΔW"] = [_plain(x) for x in fr["ΔW"]]
+    return fr
+
+
+def _plain(label):
+    """Mathtext ΔW labels as plain text (for tables and CSV files)."""
+    import re
+
+    text = str(label).replace("$\\Delta W_q$", "ΔWq")
+    text = re.sub(r"\$\\Delta W_\{\\mathrm\{([^}]*)\}\}\$", r"ΔW\1", text)
+    return re.sub(r"\$\\Delta W_(\w)\$", r"ΔW\1", text)
 
 
 def _model_name(data):
@@ -434,54 +231,92 @@ def _model_name(data):
     return os.path.splitext(os.path.basename(data.config.base or "base"))[0].split(".")[0]
 
 
-def fig_table7(data):
+def fig_table7(data: ReportData) -> Figure:
     """Table 7 rendered: ‖Uᵀ W V‖_F for U, V of ΔW, of W and random, next to ‖W‖_F, ‖ΔW‖_F."""
     return table7_figure(_t7_frames(data),
-                         title=f"Table 7 — how ΔW relates to W at layer {data.config.layer} (U, V: top-r singular "
-                               f"vectors; random: mean and sd over {data.config.n_random_table} Haar-random U, V). "
-                               "Paper's rows shaded.")
+                         title=wrap(f"Table 7 — how ΔW relates to W at layer {data.layer} (U, V: top-r singular "
+                                    f"vectors; random: mean and sd over {data.config.n_random_table} Haar-random U, "
+                                    "V). Paper's rows shaded.", 13, 9))
 
 
-def fig_weight_overlap(data, *, j=None):
-    """Fig. 8: φ(i, j) between W's top-i directions and ΔW's top-j, per module and side."""
-    mods = data.modules
-    fig = _figure(10, 3.6 * len(mods) + 0.6)
+def fig_weight_overlap(data: ReportData, *, j: int | None = None) -> Figure:
+    """Fig. 8 curves: φ(i, j) between W's top-i directions and ΔW's top-j, per module and side."""
+    mods = [m for m in _figure_kinds(data, limit=4) if (m, "output") in data.overlaps]
+    lab = _label_of(data)
+    fig = new_figure(10, 3.8 * len(mods) + 0.8)
     axes = np.atleast_2d(fig.subplots(len(mods), 2, squeeze=False))
     for a, m in enumerate(mods):
         for b, side in enumerate(("output", "input")):
             res = data.overlaps[(m, side)]
             jtxt = "all of ΔW's directions (j = rank)" if j is None else f"ΔW's top-{j}"
-            plot_weight_overlap(res, ax=axes[a, b], j=j, title=f"{module_label(m)}: {side} side, {jtxt}")
-    fig.suptitle(f"Fig. 8 — overlap of ΔW's singular directions with W's top-i, at layer {data.config.layer}\n"
-                 "curves far above their dashed null = ΔW lives in W's emphasised directions", fontsize=10)
-    return fig
-
-
-def fig_weight_overlap_heatmap(data, *, module=None, vmax=0.5, i_max=128):
-    """Fig. 8 in the paper's heatmap form: φ(i, j), i down W's spectrum (x), j over ΔW's directions (y)."""
-    m = module or next((x for x in data.modules if x.endswith("q_proj")), data.modules[0])
-    sides = ("output", "input")
-    labs = list(data.overlaps[(m, sides[0])])
-    fig = _figure(12, 2.2 * len(labs) + 1.0)
-    axes = np.atleast_2d(fig.subplots(len(labs), 2, squeeze=False))
-    for a, lab in enumerate(labs):
-        for b, side in enumerate(sides):
-            res = data.overlaps[(m, side)][lab]
-            if res.zero:
-                axes[a, b].set_axis_off()
-                continue
-            plot_phi(res, ax=axes[a, b], transpose=True, i_max=i_max, annotate="never", vmax=vmax,
-                     colorbar=b == 1, xlabel=f"i: W's top-i {side} singular directions",
-                     ylabel=f"j: ΔW's top-j ({lab})", title=f"{module_label(m)}, {lab}, {side} side")
-    fig.suptitle(f"Fig. 8 (heatmap form) — φ(i, j) between W's top-i and ΔW's top-j singular directions at layer "
-                 f"{data.config.layer} (i ≤ {i_max}); colour scale capped at {vmax}; random: φ ≈ max(i, j)/d",
+            plot_weight_overlap(res, ax=axes[a, b], j=j, title=wrap(f"{lab(m)}: {side} side, {jtxt}", 4.8, 12))
+    fig.suptitle(wrap(f"Fig. 8 — overlap of ΔW's singular directions with W's top-i, at layer {data.layer}\n"
+                      "curves far above their dashed null = ΔW lives in W's emphasised directions", 10, 10),
                  fontsize=10)
     return fig
 
 
-def fig_phi11_layers(data):
+def fig_weight_overlap_grid(data: ReportData) -> Figure:
+    """Fig. 8 over its grid: where ΔW's top direction sits in W's spectrum. φ(1, j), its share of W's top-j
+    directions (j = 1 … 256), divided by what a random direction has (j / d), per rank and side, with the band a
+    random direction stays in up to p = 0.00135 after the Holm correction over the grid (log scale: 1 = chance)."""
+    from scipy.stats import beta
+
+    from analysis.report.findings import FIG8_J
+    from analysis.report.protocol import P_TAIL
+
+    q = data.role_kind("q") or (paper_kinds(data) or [None])[0]  # type: ignore[list-item]
+    sides = ("output", "input")
+    labs = [lab for lab, o in data.overlaps.get((q, sides[0]), {}).items() if not o.zero]
+    fig = new_figure(12, 5.8)
+    axes = fig.subplots(1, 2, sharey=True)
+    cm = ranks_colors(len(labs))
+    n_cells = sum(1 for side in sides for lab in labs for jj in FIG8_J
+                  if jj < data.overlaps[(q, side)][lab].d and jj <= data.overlaps[(q, side)][lab].phi.shape[0])
+    level = P_TAIL / max(n_cells, 1)  # the first Holm step over the grid
+    tops = [1.0]
+    for ax, side in zip(axes, sides):
+        d = None
+        for c, lab in zip(cm, labs):
+            o = data.overlaps[(q, side)][lab]
+            js = [jj for jj in FIG8_J if jj < o.d and jj <= o.phi.shape[0]]
+            d = o.d
+            ratio = [o.phi[jj - 1, 0] / (jj / d) for jj in js]
+            tops += ratio
+            ax.plot(js, ratio, "o-", ms=4, color=c, label=f"{lab}: ΔW's top direction")
+            if o.phi.shape[1] > 1:
+                k = o.phi.shape[1]
+                rk = [o.phi[jj - 1, k - 1] / (max(jj, k) / d) for jj in js]
+                tops += rk
+                ax.plot(js, rk, ":", color=c, lw=1, label=f"{lab}: all {k} of ΔW's directions, φ(j, {k}) over chance")
+        if d:
+            jj = np.array([j for j in FIG8_J if j < d], dtype=float)
+            ax.axhline(1.0, color="k", ls="--", lw=1.2, label="a random direction (chance = 1)")
+            crit = np.array([float(beta.isf(level, j / 2, (d - j) / 2)) for j in jj]) / (jj / d)
+            ax.fill_between(jj, np.full_like(jj, 1e-3), crit, color="grey", alpha=0.2, lw=0,
+                            label=f"random up to p = {level:.1e} (0.00135, Holm over {n_cells} cells)")
+            tops += list(crit)
+        ax.set_xscale("log", base=2)
+        ax.set_yscale("log")
+        ax.set_xticks([j for j in FIG8_J if d and j < d])
+        ax.set_xticklabels([str(j) for j in FIG8_J if d and j < d])
+        ax.set_xlabel("j: W's top-j singular directions (log scale)")
+        ax.set_ylabel("φ over what a random direction has (log scale)")
+        ax.set_title(f"{module_label(q)}: {side} side (d = {d})", fontsize=9)
+        ax.tick_params(labelleft=True)
+        ax.grid(alpha=0.3, which="both")
+        legend_below(ax, width_in=5.6)
+    finite = [t for t in tops if np.isfinite(t) and t > 0]
+    axes[0].set_ylim(max(min(finite) / 2, 1e-3), max(finite) * 1.5)
+    fig.suptitle(wrap(f"Fig. 8 over its grid — where ΔW's top direction sits in W's spectrum at layer {data.layer}: "
+                      "its share of W's top-j directions over a random direction's; above the grey band = more than "
+                      "chance after the correction", 12, 10), fontsize=10)
+    return fig
+
+
+def fig_phi11_layers(data: ReportData) -> Figure:
     """Beyond the paper: φ(1, 1) at every layer, for the rank pair and the seed pair, two bases, near ties marked."""
-    from analysis.core.adapter import split_name
+    from analysis.io.roles import module_role
     from analysis.report.findings import swapped_modules, tied_modules
 
     a = data.adapter
@@ -490,59 +325,177 @@ def fig_phi11_layers(data):
     if data.cross_pair is not None:
         pairs[f"control: {data.say('low_other')} vs {data.say('high')}"] = (data.cross_pair, a("low_other"),
                                                                              a("high"))
-    ties = {txt: {side: [split_name(n) for n in tied_modules(a, b, side, list(sw.results))]
-                  for side in ("A", "input")} for txt, (sw, a, b) in pairs.items() if sw is not None}
-    swaps = {txt: {side: [split_name(n) for n in swapped_modules(sw, side)] for side in ("A", "input")}
-             for txt, (sw, _, _) in pairs.items() if sw is not None}
-    return phi11_layers_figure({txt: None if sw is None else sw.frame for txt, (sw, _, _) in pairs.items()},
-                               ties=ties, swaps=swaps,
+    pairs = {k: v for k, v in pairs.items() if v[0] is not None}
+    keep = set(_figure_kinds(data))
+
+    def pos(n):
+        r = module_role(n)
+        return int(r.layer), r.kind
+
+    def frame(sw):
+        fr = _kind_frame(sw.frame)
+        return fr[fr["module"].isin(keep)]
+
+    ties = {txt: {side: [pos(n) for n in tied_modules(x, y, side, list(sw.results))] for side in ("A", "input")}
+            for txt, (sw, x, y) in pairs.items()}
+    swaps = {txt: {side: [pos(n) for n in swapped_modules(sw, side)] for side in ("A", "input")}
+             for txt, (sw, _, _) in pairs.items()}
+    lab = _label_of(data)
+    return phi11_layers_figure({txt: frame(sw) for txt, (sw, _, _) in pairs.items()}, ties=ties, swaps=swaps,
+                               labels={k: lab(k) for k in keep},
                                suptitle="φ(1, 1) at every layer: is the top direction shared? (beyond the paper, "
                                         "which shows 4 layers); dashed: two random lines, 1/d; rings: a near tie of "
                                         "the top two singular values; triangles: the top two directions swapped")
 
 
-def fig_amplification_layers(data):
-    """Beyond the paper: the amplification factor at every layer, per rank, with its random counterpart."""
-    frames = {}
-    for lab in data.table_labels:
-        if lab in data.sweeps and "amplification" in data.sweeps[lab].frame:
-            frames[data.series(lab)] = data.sweeps[lab].frame
-    return amplification_figure(frames, modules=data.modules,
-                                suptitle="Amplification of W's directions by ΔW at every layer (Table 7's last "
-                                         "column, beyond the paper's single layer)")
+def fig_amplification_layers(data: ReportData, fs: Sequence[Finding] | None = None) -> Figure:
+    """Beyond the paper: the amplification factor at every layer, per rank, with what random directions of the same
+    norm give (the protocol's null mean), on a log scale; the title states the measured verdicts."""
+    from matplotlib import colormaps
 
-
-def fig_spectra(data):
-    """Beyond the paper: singular-value spectra of ΔW per layer, for the larger ranks."""
-    labs = [data.roles[k] for k in ("low", "high", "seed_a") if k in data.roles]
-    labs = [lab for lab in dict.fromkeys(labs) if lab in data.sweeps]
-    return spectra_figure({data.series(lab): data.sweeps[lab] for lab in labs}, data.modules,
-                          title="{module}, {label}: spectrum per layer")
-
-
-def fig_rank_advice(data):
-    """Beyond the paper: the rank each module needs, from the directions the two seeds of r = high share."""
-    fig = _figure(7, 3.8)
-    art = plot_advised_rank(data.advice, ax=fig.add_subplot())
-    art.ax.set_title(f"Advised rank per layer: directions of ΔW that {data.say('seed_a')} and\n{data.say('seed_b')} "
-                     "share beyond chance (random subspaces: mean + 3 sd)", fontsize="medium")
+    t = data.t7_layers
+    kinds = [k for k in paper_kinds(data) if k in set(t["kind"])]
+    lab = _label_of(data)
+    fig = new_figure(6 * max(len(kinds), 1), 5.2)
+    axes = np.atleast_1d(fig.subplots(1, max(len(kinds), 1), sharey=True, squeeze=False)[0])
+    order = list(dict.fromkeys(t.sort_values("r")["adapter"]))
+    cm = colormaps["viridis"]
+    colors = {a: cm(0.9 * i / max(len(order) - 1, 1)) for i, a in enumerate(order)}
+    for ax, kind in zip(axes, kinds):
+        g = t[t["kind"] == kind]
+        for adapter in order:
+            h = g[g["adapter"] == adapter].sort_values("layer")
+            if not len(h):
+                continue
+            c = colors[adapter]
+            ax.plot(h["layer"], h["amplification"], "o-", ms=3, color=c, label=f"{data.series(adapter)}: ΔW")
+            ax.plot(h["layer"], h["amp_random"], ":", color=c, lw=1.2,
+                    label=f"{data.series(adapter)}: random directions, same ‖ΔW‖")
+        ax.set_yscale("log")
+        ax.set_xlabel("layer")
+        ax.set_ylabel(r"amplification $\|\Delta W\|_F / \|U^\top W V\|_F$ (log scale)")
+        ax.tick_params(labelleft=True)
+        ax.grid(alpha=0.3, which="both")
+        ax.set_title(wrap(f"{lab(kind)}: {_t7_verdicts(fs, data.role_of(kind).role)}", 5.8, 9), fontsize=9)
+        _integer_ticks(ax)
+        legend_below(ax, width_in=5.6)
+    fig.suptitle(wrap("Amplification of W's directions by ΔW at every layer (Table 7's last column, beyond the "
+                      f"paper's single layer); null: the mean of {data.config.n_random_table:,} Haar-random "
+                      "projections (k ≥ 17: exact moments)", fig.get_figwidth(), 10), fontsize=10)
     return fig
 
 
-def fig_long_run(data):
-    """Table 7 over training time: ΔWq's ‖UᵀWV‖ z-score, the amplification beside its random counterpart and
-    ‖ΔW‖/‖W‖ against the step, at the focus layer (top row) and as the median over layers (bottom row)."""
-    from analysis.report.protocol import Z_MIN
+def _t7_verdicts(fs, role):
+    """"r = 4: inconclusive (power 0.00), …" from the every-layer Table 7 records of ``role``."""
+    if not fs:
+        return "verdicts in findings.json"
+    parts = []
+    for f in fs:
+        if f.id.startswith(f"t7_layers_{role}_r"):
+            r = f.id.rsplit("_r", 1)[1]
+            pw = "unknown" if f.power is None else f"{f.power:.2f}"
+            parts.append(f"r = {r}: {f.verdict} ({f.n_holding}/{f.n_modules} layers, power {pw})")
+    return "; ".join(parts) or "not judged"
 
+
+def fig_t7_layers(data: ReportData, fs: Sequence[Finding] | None = None) -> Figure:
+    """Table 7 at every layer: z of ‖UᵀWV‖ against Haar-random U, V for q and v, each rank, with the thresholds
+    (p = 0.00135 as a Gaussian z = 3, and the first Holm step over the layers); filled markers hold after the
+    correction."""
+    from scipy.stats import norm
+
+    t = data.t7_layers
+    kinds = [k for k in paper_kinds(data) if k in set(t["kind"])]
+    lab = _label_of(data)
+    fig = new_figure(6.2 * max(len(kinds), 1), 5.0)
+    axes = np.atleast_1d(fig.subplots(1, max(len(kinds), 1), sharey=True, squeeze=False)[0])
+    held = {}
+    for f in fs or ():
+        if f.id.startswith("t7_layers_"):
+            held[f.id] = {row["layer"]: row["holds"] for row in f.per_layer}
+    ranks = sorted(t["r"].unique())
+    colors = dict(zip(ranks, ranks_colors(len(ranks))))
+    for ax, kind in zip(axes, kinds):
+        role = data.role_of(kind).role
+        g = t[t["kind"] == kind]
+        n_layers = g["layer"].nunique()
+        for r in ranks:
+            h = g[g["r"] == r].sort_values("layer")
+            if not len(h):
+                continue
+            z = (h["proj_delta"] - h["null_mean"]) / h["null_sd"]
+            hold = held.get(f"t7_layers_{role}_r{r}", {})
+            ax.plot(h["layer"], z, "-", color=colors[r], lw=1, label=f"r = {r}")
+            filled = np.array([bool(hold.get(int(L), False)) for L in h["layer"]])
+            ax.scatter(h["layer"][filled], z[filled], color=colors[r], s=18, zorder=3)
+            ax.scatter(h["layer"][~filled], z[~filled], facecolors="white", edgecolors=colors[r], s=18, zorder=3)
+        ax.axhline(0, color="grey", ls="--", lw=1, label="null mean")
+        ax.axhline(3, color="crimson", ls="-.", lw=1, label="z = 3 (p = 0.00135)")
+        ax.axhline(float(norm.isf(0.0013498980316301035 / max(n_layers, 1))), color="crimson", ls=":", lw=1,
+                   label=f"first Holm step over {n_layers} layers")
+        ax.set_xlabel("layer")
+        ax.set_ylabel("z of ‖UᵀWV‖, U, V of ΔW, vs random U, V")
+        ax.tick_params(labelleft=True)
+        ax.grid(alpha=0.3)
+        ax.set_title(wrap(f"{lab(kind)} at every layer (filled: holds after the correction)", 5.8, 9), fontsize=9)
+        _integer_ticks(ax)
+        ax.legend(fontsize=7, loc="best")
+    fig.suptitle(wrap("Table 7 at every layer: does ΔW's top-r subspace capture more of W than random directions "
+                      "do? (z for the reader; the verdict uses each null's own tail probability)",
+                      fig.get_figwidth(), 10), fontsize=10)
+    return fig
+
+
+def fig_spectra(data: ReportData) -> Figure:
+    """Beyond the paper: singular-value spectra of ΔW per layer, for the larger ranks."""
+    labs = [data.roles[k] for k in ("low", "high", "seed_a") if k in data.roles]
+    labs = [lab for lab in dict.fromkeys(labs) if lab in data.sweeps]
+    kinds = _figure_kinds(data, limit=4)
+    spectra = {}
+    for lab in labs:
+        from analysis.io.roles import module_role
+
+        spectra[data.series(lab)] = {n: s for n, s in data.sweeps[lab].spectra.items()}
+    fig = new_figure(5.2 * len(kinds), 3.4 * len(labs) + 0.6)
+    axes = fig.subplots(len(labs), len(kinds), squeeze=False)
+    lab_of = _label_of(data)
+    for a, (label, sp) in enumerate(spectra.items()):
+        for b, kind in enumerate(kinds):
+            sub = {n: s for n, s in sp.items() if module_role(n).kind == kind and len(s)}
+            if not sub:  # every module of this type is a zero update
+                axes[a, b].set_axis_off()
+                axes[a, b].text(0.5, 0.5, f"{lab_of(kind)}, {label}: zero update", ha="center", va="center",
+                                transform=axes[a, b].transAxes)
+                continue
+            plot_spectra(sub, ax=axes[a, b], title=wrap(f"{lab_of(kind)}, {label}: spectrum per layer", 5.0, 12))
+    fig.suptitle("Singular values of ΔW (normalised by σ₁), one line per layer", fontsize=10)
+    return fig
+
+
+def fig_rank_advice(data: ReportData) -> Figure:
+    """Beyond the paper: the rank each module needs, from the directions the two seeds of r = high share."""
+    fig = new_figure(7, 4.0)
+    art = plot_advised_rank(data.advice, ax=fig.add_subplot())
+    art.ax.set_title(wrap(f"Advised rank per layer: directions of ΔW that {data.say('seed_a')} and "
+                          f"{data.say('seed_b')} share beyond chance (random subspaces: mean + 3 sd)", 7, 10),
+                     fontsize="medium")
+    return fig
+
+
+def fig_long_run(data: ReportData) -> Figure:
+    """Table 7 over training time: ΔWq's and ΔWv's ‖UᵀWV‖ z-score, the amplification beside its random counterpart
+    and ‖ΔW‖/‖W‖ against the step, at the focus layer (top row) and as the median over layers (bottom row)."""
     lr = data.long_run
-    fig = _figure(14, 7.2)
+    fig = new_figure(14, 7.6)
     axes = fig.subplots(2, 3, sharex=True)
     colors = dict(zip(sorted(lr["r"].unique()), ("tab:blue", "tab:orange", "tab:green", "tab:red")))
-    L = data.config.layer
-    for row, (where, sub) in enumerate((("layer %d" % L, lr[lr["layer"] == L]),
-                                        ("median over layers", lr.groupby(["r", "step"], as_index=False).median(
-                                            numeric_only=True)))):
-        for r, g in sub.groupby("r"):
+    L = data.layer
+    q = data.role_kind("q")
+    sub = lr[lr["kind"] == q] if q is not None else lr
+    for row, (where, part) in enumerate(((f"layer {L}", sub[sub["layer"] == L]),
+                                         ("median over layers", sub.groupby(["r", "step"], as_index=False).median(
+                                             numeric_only=True)))):
+        for r, g in part.groupby("r"):
             g = g.sort_values("step")
             c = colors[r]
             axes[row, 0].plot(g["step"], g["z"], "o-", color=c, ms=3, label=f"r = {r}")
@@ -551,7 +504,7 @@ def fig_long_run(data):
             axes[row, 2].plot(g["step"], 100 * g["rel_norm"], "o-", color=c, ms=3, label=f"r = {r}")
         ax = axes[row, 0]
         ax.axhline(0, color="grey", ls="--", lw=1, label="null mean (z = 0)")
-        ax.axhline(Z_MIN, color="crimson", ls="-.", lw=1, label=f"z = {Z_MIN:g} (protocol)")
+        ax.axhline(3, color="crimson", ls="-.", lw=1, label="z = 3 (p = 0.00135)")
         ax.set_ylabel(f"z of ‖UᵀWqV‖, U, V of ΔWq\n({where})")
         axes[row, 1].set_yscale("log")
         axes[row, 1].set_ylabel(f"amplification ‖ΔW‖/‖UᵀWV‖\n({where})")
@@ -559,60 +512,124 @@ def fig_long_run(data):
         for ax in axes[row]:
             ax.grid(alpha=0.3)
             ax.legend(fontsize=7)
+            ax.tick_params(labelbottom=True)
     for ax in axes[1]:
         ax.set_xlabel("training step")
-    fig.suptitle("Table 7 over training time (long runs, seed 0): is ΔWq's projection on W above random? "
-                 f"null: {data.config.n_random_table} Haar-random U, V per layer and rank; paper: 11 % (r = 4) and "
-                 "5.8 % (r = 64) for ‖ΔWq‖/‖Wq‖", fontsize=10)
+    fig.suptitle(wrap("Table 7 over training time (long runs, seed 0): is ΔWq's projection on W above random? "
+                      f"null: {data.config.n_random_table:,} Haar-random U, V per layer and rank (exact moments from "
+                      "17 directions on); paper: 11 % (r = 4) and 5.8 % (r = 64) for ‖ΔWq‖/‖Wq‖", 14, 10),
+                 fontsize=10)
     return fig
 
 
-def fig_data_vs_init(data):
-    """What the shared top direction comes from: φ(1, 1) per layer against r = high seed 0 for r = low runs
-    with each combination of data-order seed and initialisation seed."""
-    cfg = data.config
-    mods = data.modules
-    fig = _figure(6 * len(mods), 4.2)
-    axes = np.atleast_1d(fig.subplots(1, len(mods)))
+def fig_data_vs_init(data: ReportData, fs: Sequence[Finding] | None = None) -> Figure:
+    """The cause experiment: φ(1, 1) per layer between each r = low run and each r = high partner, one line per run,
+    styled by what it shares with that partner: the data order (manifests) and the initial A (step-0 files)."""
+    from analysis.io.roles import module_role
+
+    partners = list(dict.fromkeys(p for _, p in data.init_pairs))
+    kinds = _figure_kinds(data, limit=2)
+    fig = new_figure(6.2 * len(partners), 4.2 * len(kinds) + 1.0)
+    axes = fig.subplots(len(kinds), len(partners), squeeze=False, sharey=True)
     styles = {(True, True): ("tab:blue", "-"), (True, False): ("tab:green", "-"), (False, True): ("tab:orange", "--"),
-              (False, False): ("tab:red", "--")}
-    for ax, m in zip(axes, mods):
-        d = None
-        for lab, pair in data.init_pairs.items():
-            ds, is_ = data.init_seeds.get(lab, (None, None))
-            same = (ds == cfg.seeds[0], is_ == cfg.seeds[0])
-            fr = pair.frame[pair.frame["module"] == m].sort_values("layer")
-            d = int(fr["d_in"].iloc[0]) if len(fr) else d
-            c, ls = styles[same]
-            ax.plot(fr["layer"], fr["phi11_A"], ls, marker="o", ms=3, color=c,
-                    label=f"{lab}: data {'same' if same[0] else 'other'}, init {'same' if same[1] else 'other'}")
-        if d:
-            ax.axhline(1.0 / d, color="grey", ls=":", label=f"random lines: 1/d = {1 / d:.4f}")
-            ax.set_ylim(1.0 / d / 3, 1.5)
+              (False, False): ("tab:red", "--"), (True, None): ("tab:grey", "-"), (False, None): ("tab:grey", "--")}
+    verdict = {f.id: f.verdict for f in fs or ()}
+    lab_of = _label_of(data)
+    for b, partner in enumerate(partners):
+        for a, kind in enumerate(kinds):
+            ax = axes[a, b]
+            d = None
+            for (run, p), pair in data.init_pairs.items():
+                if p != partner:
+                    continue
+                meta = data.init_meta[(run, p)]
+                key = (bool(meta["shared_data"]), meta["shared_A"])
+                fr = pair.frame[[module_role(n).kind == kind for n in pair.frame["name"]]].sort_values("layer")
+                if not len(fr):
+                    continue
+                d = int(fr["d_in"].iloc[0])
+                c, ls = styles[key]
+                a_txt = {True: "A shared", False: "A not shared", None: "A unchecked"}[key[1]]
+                v = verdict.get(f"fig3_cause_{run}_vs_{partner}")
+                ax.plot(fr["layer"], fr["phi11_A"], ls, marker="o", ms=3, color=c,
+                        label=f"{run}: data {'shared' if key[0] else 'other'}, {a_txt}" + (f" — {v}" if v else ""))
+            if d:
+                ax.axhline(1.0 / d, color="grey", ls=":", label=f"random lines: 1/d = {1 / d:.4f}")
+                low = min([1.0 / d / 3] + [y for line in ax.get_lines() for y in line.get_ydata() if y > 0])
+                ax.set_ylim(low / 2, 1.5)  # every value and the null inside the axes
+            ax.set_yscale("log")
+            ax.set_xlabel("layer")
+            ax.set_ylabel(r"$\phi(1, 1)$ (A basis, log scale)")
+            ax.tick_params(labelleft=True)
+            ax.set_title(wrap(f"{lab_of(kind)}: r = {data.config.low} runs vs {partner}", 6, 9), fontsize=9)
+            _integer_ticks(ax)
+            ax.grid(alpha=0.3)
+            ax.legend(fontsize=6, loc="lower right")
+    fig.suptitle(wrap("What makes r = 8 and r = 64 share their top direction? 'data shared' = the partner's "
+                      "data order (manifests); 'A shared' = the r = 8 run's initial A is the first 8 rows of the "
+                      "partner's initial A, checked from the two step-0 adapters", fig.get_figwidth(), 10),
+                 fontsize=10)
+    return fig
+
+
+def fig_control(data: ReportData, fs: Sequence[Finding] | None = None) -> Figure:
+    """The q / k / v / o control of Fig. 4: mean φ(i, i), i ≤ 16, across two seeds at every layer for each
+    attention projection, with each shape's null band."""
+    from analysis.io.roles import module_role
+    from analysis.metrics.nulls import diagonal_phi_draws
+    from analysis.report.findings import SEED_DIAG_N
+
+    pair = data.control_pair
+    fig = new_figure(12, 5.0)
+    axes = fig.subplots(1, 2)
+    colors = {"q": "tab:blue", "k": "tab:green", "v": "tab:orange", "o": "tab:red"}
+    nulls = {}
+    for side, ax in zip(("A", "input"), axes):
+        by_role: dict[str, list[tuple[Any, ...]]] = {}
+        for n, res in pair.results.items():
+            r = module_role(n)
+            if r.role in colors and not res[side].zero:
+                v, k = _diag_stats(res[side], SEED_DIAG_N)
+                by_role.setdefault(r.role, []).append((r.layer, v, res[side].d, k))
+        for role, rows in sorted(by_role.items(), key=lambda x: "qkvo".index(x[0])):
+            rows.sort()
+            d, k = rows[0][2], rows[0][3]
+            ax.plot([x[0] for x in rows], [x[1] for x in rows], "o-", ms=3, color=colors[role],
+                    label=f"ΔW{role} (d = {d})")
+            if (d, k) not in nulls:
+                nulls[(d, k)] = diagonal_phi_draws(d, k, n=1000, seed=data.config.seed).mean(axis=1)
+        for (d, k), draws in sorted(nulls.items()):
+            ax.axhspan(*np.quantile(draws, [0.00135, 0.99865]), color="grey", alpha=0.15, lw=0)
+            ax.axhline(draws.mean(), color="grey", ls="--", lw=1, label=f"random, d = {d}: mean and 99.73 % band")
         ax.set_yscale("log")
         ax.set_xlabel("layer")
-        ax.set_ylabel(r"$\phi(1, 1)$ (A basis, log scale)")
-        ax.set_title(f"{module_label(m)}: r = {cfg.low} runs vs r = {cfg.high} seed {cfg.seeds[0]}", fontsize=9)
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=7, loc="lower right")
-    fig.suptitle("What makes r = 8 and r = 64 share their top direction? 'same' = the seed of r = 64 seed 0 "
-                 "(data order, initialisation)", fontsize=10)
+        ax.set_ylabel(f"mean φ(i, i), i ≤ {SEED_DIAG_N}, across seeds (log scale)")
+        ax.set_title(f"basis {SIDE_TEXT[side]}", fontsize=9)
+        _integer_ticks(ax)
+        ax.grid(alpha=0.3, which="both")
+        ax.legend(fontsize=7, loc="best")
+    verdicts = "; ".join(f"'{f.id[13]} more than {f.id[14]}' at every layer: {f.verdict} ({f.n_holding}/{f.n_modules})"
+                         for f in fs or () if f.id.startswith("fig7_control_") and f.id.endswith("_all"))
+    fig.suptitle(wrap(f"Fig. 4 control: {', '.join(data.config.control_runs)} (r = 64 on q, k, v, o): does 'v shares "
+                      "more across seeds' survive matched shapes (q vs o: both d × d; k vs v: both narrower)? "
+                      + verdicts, 12, 10), fontsize=10)
     return fig
 
 
-def fig_collection(data):
+def fig_collection(data: ReportData) -> Figure:
     """Every shipped adapter against every other: φ(1, 1) of the top input directions and the Frobenius
     cosine of the updates (means over shared modules), seriated, with the task and seeds in the labels."""
     from analysis.plotting import plot_collection_matrix
 
     col = data.collection
     labels = list(data.collection_meta)
-    fig = _figure(16, 8.2)
+    n_mod = len(col.module_names)
+    fig = new_figure(16, 8.4)
     axes = fig.subplots(1, 2)
-    for ax, kind, title in ((axes[0], "similarity", "φ(1, 1), top input direction (random: 1/d ≈ 0.002)"),
-                            (axes[1], "cosine", "Frobenius cosine ⟨ΔWa, ΔWb⟩ (random: 0 ± 0.002)")):
+    for ax, kind, title in ((axes[0], "similarity", "φ(1, 1), top input direction (random: 1/d)"),
+                            (axes[1], "cosine", "Frobenius cosine ⟨ΔWa, ΔWb⟩ (random: ≈ 0)")):
         plot_collection_matrix(col, labels=labels, order=col.order(kind), kind=kind, ax=ax, annotate="never",
                                title=title)
-    fig.suptitle("Every shipped adapter against every other (mean over the 60 shared modules, seriated): "
+    fig.suptitle(f"Every shipped adapter against every other (mean over the {n_mod} shared modules, seriated): "
                  "do adapters group by task, by seed or by rank?", fontsize=10)
     return fig

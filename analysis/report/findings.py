@@ -1,341 +1,54 @@
-"""The paper's claims as data: one :class:`Finding` per claim, each a test against a drawn null.
+"""The paper's claims on computed adapters: the numbers pulled out of a :class:`~analysis.report.compute.ReportData`,
+every module found by its role (:mod:`analysis.io.roles`), each claim judged by :mod:`analysis.report.claims`.
 
-Every verdict comes from :func:`analysis.report.protocol.judge` (PAPER.md, "How a finding is judged"):
-z-scores of the effect against a null the toolkit draws (:mod:`analysis.metrics.nulls`), the share of covered
-modules where z ≥ 3, and the effect next to the paper's own. The functions ``claim_*`` turn plain numbers
-into a :class:`Finding` and are unit-tested for each outcome; :func:`findings` pulls the numbers out of a
-computed :class:`~analysis.report.compute.ReportData`.
+:func:`findings` gives one :class:`~analysis.report.record.Finding` per claim: Fig. 3 / 6 (same seed, different
+seeds, the cause experiment), Fig. 4 / 7 (and the q / k / v / o control), Table 7 (the main case, every layer, over
+training time), Fig. 8. The record and claim names are re-exported here.
 """
 
 from __future__ import annotations
 
-import functools
+import json
 import math
-from dataclasses import asdict, dataclass
+import os
+from dataclasses import replace
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from analysis.metrics.nulls import diagonal_phi_draws, phi11_null, z_score
-from analysis.report.protocol import (FAILS, HOLDS, N_DRAWS, NOT_COMPUTED, NOT_REPRODUCED, PARTLY, REPRODUCES,
-                                      VERDICTS, Z_MIN, inherit, judge, n_holding)
+from analysis.io.roles import module_role
+from analysis.metrics.tails import BetaNull
+from analysis.report.claims import (CHECK_RANDOM_TOL, CHECK_RTOL, FIG8_J, NEAR_TIE_GAP, PAPER_FIG8_PHI, PAPER_PHI11,
+                                    PAPER_T7, PAPER_T7_WNORM, SEED_DIAG_N, check_random_pair, check_table7,
+                                    claim_amplification, claim_cause, claim_fig8, claim_more_shared, claim_phi11,
+                                    claim_table7, diff_null, mean_diag_draws, near_ties, overlap_null)
+from analysis.report.protocol import (FAILS, HOLDS, INCONCLUSIVE, NOT_APPLICABLE, NOT_COMPUTED, NOT_REPRODUCED,
+                                      PARTLY, REPRODUCES, VERDICTS)
+from analysis.report.record import Finding, claim_modules, not_applicable
 
-__all__ = ["Finding", "findings", "claim_phi11", "claim_q_over_v", "claim_table7", "claim_amplification",
-           "claim_fig8", "claim_cause", "check_random_pair", "check_table7", "near_ties",
-           "tied_modules", "swapped_modules",
-           "PAPER_PHI11", "PAPER_T7", "SEED_DIAG_N", "CHECK_RTOL", "CHECK_RANDOM_TOL", "NEAR_TIE_GAP",
-           "REPRODUCES", "PARTLY", "NOT_REPRODUCED", "NOT_COMPUTED", "HOLDS", "FAILS", "VERDICTS"]
+if TYPE_CHECKING:
+    from collections.abc import Iterable
 
-# -- the paper's numbers and the report's own constants (fixed before any data was seen) --------------
-PAPER_PHI11 = 0.5          # Fig. 3 / 6: "the top direction is shared: φ > 0.5 at i = j = 1"
-PAPER_T7 = {4: (0.32, 0.02), 64: (1.90, 0.33)}  # Table 7, ΔWq: ‖UᵀWV‖ of ΔW and of random, per r
-SEED_DIAG_N = 16           # Fig. 4 / 7: "ΔWq shares more directions", measured on mean φ(i, i), i ≤ 16
-CHECK_RTOL = 1e-6          # Table 7 check: case (2) vs √Σσ² of a full SVD of W, relative
-CHECK_RANDOM_TOL = 0.15    # Table 7 check: case (3), RMS over draws / closed form, within 15 %
-NEAR_TIE_GAP = 0.1         # marker, not a verdict: top two singular values within 10 % make the top direction
-                           # ill-defined, so φ(1, 1) may dip while the top-2 subspaces agree
+    from analysis.core.adapter import Adapter
+    from analysis.report.compute import ReportData
+    from analysis.sweeps.pair import PairSweep
 
-
-@dataclass(frozen=True)
-class Finding:
-    """One claim of the paper beside our numbers, its null and the protocol's verdict.
-
-    Attributes
-    ----------
-    id : str
-        Stable key, e.g. ``"fig3_same_seed"``.
-    figure : str
-        The paper's figure or table, e.g. ``"Fig. 3"``.
-    paper : str
-        What the paper claims.
-    measured : str
-        What we measured, with the numbers.
-    rule : str
-        The test, in words.
-    verdict : str
-        One of :data:`VERDICTS`.
-    effect : float
-        The effect (main case, or the median over covered modules).
-    null_mean, null_sd : float
-        Its null's mean and standard deviation.
-    z : float
-        The main case's z-score (or the median over covered modules).
-    n_modules, n_holding : int
-        Covered modules, and those where z ≥ 3.
-    conditions : str
-        Which adapters, layers and basis (same seed or not).
-    """
-
-    id: str
-    figure: str
-    paper: str
-    measured: str
-    rule: str
-    verdict: str
-    effect: float = math.nan
-    null_mean: float = math.nan
-    null_sd: float = math.nan
-    z: float = math.nan
-    n_modules: int = 0
-    n_holding: int = 0
-    conditions: str = ""
-
-    def __post_init__(self):
-        if self.verdict not in VERDICTS:
-            raise ValueError(f"finding {self.id!r}: verdict {self.verdict!r} is not one of {sorted(VERDICTS)}")
-
-    def to_dict(self) -> dict:
-        """The record for ``findings.json`` (NaN becomes None)."""
-        d = asdict(self)
-        return {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in d.items()}
+__all__ = ["Finding", "findings", "attention_layout", "claim_modules", "claim_phi11", "claim_more_shared",
+           "claim_table7", "claim_amplification", "claim_fig8", "claim_cause", "check_random_pair", "check_table7",
+           "near_ties", "tied_modules", "swapped_modules", "not_applicable",
+           "PAPER_PHI11", "PAPER_FIG8_PHI", "PAPER_T7", "PAPER_T7_WNORM", "SEED_DIAG_N", "CHECK_RTOL",
+           "CHECK_RANDOM_TOL", "NEAR_TIE_GAP", "FIG8_J",
+           "REPRODUCES", "PARTLY", "NOT_REPRODUCED", "INCONCLUSIVE", "NOT_APPLICABLE", "NOT_COMPUTED", "HOLDS",
+           "FAILS", "VERDICTS"]
 
 
-def _f(x, nd=2):
-    if x is None or (isinstance(x, float) and not math.isfinite(x)):
-        return "–"
-    return f"{x:.{nd}f}"
+def _label(data, name):
+    r = module_role(name)
+    stack = f"{r.stack} " if len(data.stacks()) > 1 and r.stack else ""
+    return f"{stack}layer {r.layer} {r.role if r.role != 'other' else r.module}"
 
 
-def _z(x):
-    return "–" if x is None or not math.isfinite(x) else f"{x:+.1f}"
-
-
-def _short(module):
-    return module.rsplit(".", 1)[-1]
-
-
-# -- claims: plain numbers -> a Finding --------------------------------------------------------------
-
-def claim_phi11(id, figure, paper, phi11, d, *, conditions, aggregate=False, labels=None, ties=()):
-    """Fig. 3 / 6: the top direction is shared, φ(1, 1) against two random lines (closed form).
-
-    Parameters
-    ----------
-    id, figure, paper : str
-    phi11 : (n,) array_like of float
-        φ(1, 1) in each covered module (NaN: zero update).
-    d : (n,) array_like of int
-        The dimension of each module's space.
-    conditions : str
-    aggregate : bool
-        Many layers: 90 % of the modules suffice.
-    labels : list of str, optional
-        Module labels for the text (default: none, the text gives the share).
-    ties : iterable of str
-        Labels of modules whose top two singular values nearly tie (marked in the text).
-
-    Returns
-    -------
-    Finding
-        Effect: the median φ(1, 1). The ratio rule compares φ with half the paper's (:data:`PAPER_PHI11`):
-        the median φ for an aggregate claim, the smallest φ where every module must hold.
-    """
-    phi = np.asarray(phi11, dtype=float)
-    nulls = [phi11_null(x) for x in np.asarray(d, dtype=int)]
-    z = np.array([z_score(p, m, s) for p, (m, s) in zip(phi, nulls)])
-    effect = float(np.nanmedian(phi)) if np.isfinite(phi).any() else math.nan
-    m, s = (float(np.median([n[0] for n in nulls])), float(np.median([n[1] for n in nulls]))) if nulls else (
-        math.nan, math.nan)
-    # the ratio rule on φ itself: the median over many layers, the smallest where every module must hold
-    ratio = effect if aggregate else (float(np.nanmin(phi)) if np.isfinite(phi).any() else math.nan)
-    verdict = judge(z, aggregate=aggregate, ratio=ratio, paper_ratio=PAPER_PHI11)
-    ties = set(ties)
-    if labels is not None and len(labels) <= 4:
-        meas = "; ".join(f"{lab}: φ(1,1) = {_f(p)}, z = {_z(zz)}" + (" (top two σ nearly tie)" if lab in ties else "")
-                         for lab, p, zz in zip(labels, phi, z))
-    else:
-        meas = (f"median φ(1,1) = {_f(effect)} over {len(phi)} modules, z ≥ {Z_MIN:g} in {n_holding(z)}"
-                + (f"; top two σ nearly tie at {', '.join(sorted(ties))}" if ties else ""))
-    meas += f" (random lines: {_f(m, 4)} ± {_f(s, 4)})"
-    rule = (f"z ≥ {Z_MIN:g} against two random lines (closed form) in "
-            + ("≥ 90 % of the modules" if aggregate else "every module")
-            + f", and {'the median' if aggregate else 'every'} φ(1,1) ≥ half the paper's {PAPER_PHI11:g}")
-    return Finding(id, figure, paper, meas, rule, verdict, effect, m, s, float(np.nanmedian(z)) if z.size else
-                   math.nan, len(z), n_holding(z), conditions)
-
-
-@functools.lru_cache(maxsize=None)
-def _diag_null(d, n, seed):
-    draws = diagonal_phi_draws(d, n, n=N_DRAWS, seed=seed).mean(axis=1)  # mean φ(i, i), i ≤ n, per draw
-    return float(draws.mean()), float(draws.std(ddof=1))
-
-
-def claim_q_over_v(id, figure, paper, mq, mv, null_sd, *, conditions, aggregate=False, labels=None):
-    """Fig. 4 / 7: across seeds ΔWq shares more directions than ΔWv.
-
-    The effect is the difference of mean φ(i, i), i ≤ :data:`SEED_DIAG_N`, q minus v; its null is the
-    difference of two independent random-subspace values (mean 0 for equal d, sd √(sd_q² + sd_v²)).
-
-    Parameters
-    ----------
-    mq, mv : (n,) array_like of float
-        Mean φ(i, i) of q and v at each covered layer.
-    null_sd : (n,) array_like of float
-        The sd of the difference under the null at each layer.
-    labels : list of str, optional
-        Layer labels for the text.
-    """
-    mq, mv, sd = (np.asarray(x, dtype=float) for x in (mq, mv, null_sd))
-    z = (mq - mv) / sd
-    verdict = judge(z, aggregate=aggregate)
-    labels = labels or [str(i) for i in range(len(z))]
-    meas = "; ".join(f"{lab}: q {_f(a, 3)} vs v {_f(b, 3)}, z = {_z(zz)}" for lab, a, b, zz in zip(labels, mq, mv, z))
-    return Finding(id, figure, paper, meas,
-                   f"(mean φ(i,i) of q − of v, i ≤ {SEED_DIAG_N}) / its null sd ≥ {Z_MIN:g} at "
-                   + ("≥ 90 % of the layers" if aggregate else "every layer") + " (the paper gives no number)",
-                   verdict, float(np.median(mq - mv)), 0.0, float(np.median(sd)), float(np.median(z)), len(z),
-                   n_holding(z), conditions)
-
-
-def claim_table7(id, paper, r, proj_delta, null_mean, null_sd, *, conditions, main_r=4, figure="Table 7"):
-    """Table 7: ΔW correlates with W more than random directions do.
-
-    Parameters
-    ----------
-    r : (n,) array_like of int
-        The ranks covered.
-    proj_delta : (n,) array_like of float
-        ‖Uᵀ W V‖_F with U, V of ΔW, per rank.
-    null_mean, null_sd : (n,) array_like of float
-        The same over Haar-random U, V (≥ 1,000 draws).
-    main_r : int
-        The paper's main case (r = 4); when it is not covered, no main case.
-    figure : str
-
-    Returns
-    -------
-    Finding
-        Ratio rule: ours / the paper's (:data:`PAPER_T7`) at each rank the paper gives, the smallest of them.
-    """
-    r = [int(x) for x in r]
-    pd_, m, s = (np.asarray(x, dtype=float) for x in (proj_delta, null_mean, null_sd))
-    z = (pd_ - m) / s
-    main = r.index(main_r) if main_r in r else None
-    ratios = [(pd_[i] / m[i]) / (PAPER_T7[k][0] / PAPER_T7[k][1]) for i, k in enumerate(r) if k in PAPER_T7]
-    verdict = judge(z, main=main, ratio=min(ratios) if ratios else None, paper_ratio=1.0 if ratios else None)
-    i = main if main is not None else 0
-    meas = "; ".join(f"r = {k}: {_f(a, 3)} vs {_f(b, 3)} ± {_f(c, 3)} ({_f(a / b)}×, z = {_z(zz)})"
-                     for k, a, b, c, zz in zip(r, pd_, m, s, z))
-    rule = (f"z ≥ {Z_MIN:g} against ≥ 1,000 Haar-random U, V at every r (r = {main_r} is the main case), and the "
-            "ratio to random ≥ half the paper's (r = 4: 16×, so ≥ 8×; r = 64: 5.8×, so ≥ 2.9×)")
-    return Finding(id, figure, paper, "‖UᵀWV‖ of ΔW vs random: " + meas, rule, verdict, float(pd_[i]),
-                   float(m[i]), float(s[i]), float(z[i]), len(z), n_holding(z), conditions)
-
-
-def claim_amplification(id, parent, r, amplification, amp_random, *, conditions, main_r=4):
-    """Table 7's amplification factor, derived from ‖UᵀWV‖: it inherits the parent claim's verdict.
-
-    Parameters
-    ----------
-    parent : Finding
-        The :func:`claim_table7` finding on the same rows.
-    r, amplification, amp_random : (n,) array_like
-        Per rank, ‖ΔW‖_F / ‖UᵀWV‖_F with U, V of ΔW, and with random U, V (mean projection).
-    """
-    r = [int(x) for x in r]
-    i = r.index(main_r) if main_r in r else 0
-    amp, rnd = np.asarray(amplification, dtype=float), np.asarray(amp_random, dtype=float)
-    meas = ", ".join(f"r = {k}: {_f(a)} (random directions of the same norm: {_f(b)})" for k, a, b in zip(r, amp, rnd))
-    if parent.verdict == NOT_REPRODUCED:
-        meas += (". ‖UᵀWV‖ of ΔW is at chance in the main case, so these factors are what random directions of "
-                 "the same norm give, not an amplification of W's directions; their fall with r is mechanical")
-    return Finding(id, "Table 7", "ΔW amplifies directions W has but does not emphasise, strongly at small r: "
-                                  "≈ 21.5 (r = 4) vs ≈ 1.9 (r = 64)", meas,
-                   f"inherits the verdict of ‖UᵀWV‖ above random ({parent.id})", inherit(parent.verdict),
-                   float(amp[i]), float(rnd[i]), math.nan, parent.z, parent.n_modules, parent.n_holding, conditions)
-
-
-def claim_fig8(id, labels, phi_rr, null_mean, null_sd, *, conditions):
-    """Fig. 8: ΔW's top-r directions overlap W's top-r more than random subspaces, φ(r, r) against Haar draws.
-
-    Parameters
-    ----------
-    labels : list of str
-        One per covered case (rank and side).
-    phi_rr, null_mean, null_sd : (n,) array_like of float
-    """
-    p, m, s = (np.asarray(x, dtype=float) for x in (phi_rr, null_mean, null_sd))
-    z = (p - m) / s
-    meas = "; ".join(f"{lab}: φ = {_f(a)} vs {_f(b, 3)} (z = {_z(zz)})" for lab, a, b, zz in zip(labels, p, m, z))
-    return Finding(id, "Fig. 8", "ΔW's top directions overlap W's top ones only a little (φ ≈ 0.2 at most) and "
-                                 "a larger r picks up more of W's emphasised directions", meas,
-                   f"φ(r, r) between W's and ΔW's top-r directions: z ≥ {Z_MIN:g} against 1,000 Haar-random r-frames "
-                   "at every r and side (the paper gives no ratio)", judge(z), float(np.median(p)),
-                   float(np.median(m)), float(np.median(s)), float(np.median(z)), len(z), n_holding(z), conditions)
-
-
-def claim_cause(verdicts):
-    """What the shared top direction of Fig. 3 comes from, named from the four (data, init) combinations.
-
-    Parameters
-    ----------
-    verdicts : Mapping[(bool, bool), str]
-        ``(same data order, same initialisation)`` -> the protocol's verdict of φ(1,1) over every layer for
-        that combination (an r = low run against r = high seed 0).
-
-    Returns
-    -------
-    str
-        A sentence naming the cause the verdicts point to.
-    """
-    holds = {k: v == REPRODUCES for k, v in verdicts.items()}
-    both, data_only, init_only = holds.get((True, True)), holds.get((True, False)), holds.get((False, True))
-    if both is None or data_only is None or init_only is None:
-        return "not all combinations of data order and initialisation were trained: no cause named"
-    if not both:
-        return "not even the pair sharing both seeds reproduces: there is no shared direction to explain"
-    if init_only and not data_only:
-        return "the shared initialisation: it holds when only the initialisation seed is shared, not the data order"
-    if data_only and not init_only:
-        return "the shared data order: it holds when only the data-order seed is shared, not the initialisation"
-    if data_only and init_only:
-        return "either seed alone: sharing the data order or the initialisation is enough"
-    return "the two together: it holds only when both the data order and the initialisation are shared"
-
-
-def check_random_pair(mean_diag, null_mean, null_sd, *, n):
-    """Fig. 4's random panel as a check of the null: |z| < 3 for two Gaussian matrices."""
-    z = z_score(mean_diag, null_mean, null_sd)
-    ok = math.isfinite(z) and abs(z) < Z_MIN
-    return Finding("fig4_random", "Fig. 4", "two random Gaussian matrices share nothing beyond chance",
-                   f"mean φ(i,i), i ≤ {n}: {_f(mean_diag, 4)} vs null {_f(null_mean, 4)} ± {_f(null_sd, 4)} "
-                   f"(z = {_z(z)})", f"|z| < {Z_MIN:g} (a check of the null, not a claim)", HOLDS if ok else FAILS,
-                   mean_diag, null_mean, null_sd, z, 1, int(ok), "two independent Gaussian matrices")
-
-
-def check_table7(err, ratios, n_draws):
-    """Table 7's closed-form checks: case (2) = √Σσ² of W, case (3) RMS ≈ ‖W‖_F r / √(d_out d_in)."""
-    ratios = np.asarray(ratios, dtype=float)
-    ok = err <= CHECK_RTOL and bool(np.all(np.abs(ratios - 1) < CHECK_RANDOM_TOL))
-    return Finding("t7_checks", "Table 7", "checks: case (2) = √(σ₁²+…+σ_r²) of W; case (3) ≈ ‖W‖_F r / √(d_out d_in)",
-                   f"case (2) vs √Σσ² from a full SVD of W: max relative difference {err:.1e}; case (3), RMS over "
-                   f"{n_draws} draws / closed form: {ratios.min():.3f} – {ratios.max():.3f}",
-                   f"≤ {CHECK_RTOL:.0e} and within {100 * CHECK_RANDOM_TOL:g} % (checks of the computation)",
-                   HOLDS if ok else FAILS, conditions="every rank and module at the focus layer")
-
-
-def near_ties(sigma_a, sigma_b):
-    """True when either adapter's top two singular values are within :data:`NEAR_TIE_GAP` (relative)."""
-    for s in (sigma_a, sigma_b):
-        s = np.asarray(s, dtype=float)
-        if s.size >= 2 and s[0] > 0 and (s[0] - s[1]) / s[0] < NEAR_TIE_GAP:
-            return True
-    return False
-
-
-# -- extracting the numbers from a ReportData ------------------------------------------------------
-
-def _mod(data, suffix):
-    return next((m for m in data.modules if m.endswith(suffix)), None)
-
-
-def _layer_label(name):
-    from analysis.core.adapter import split_name
-
-    layer, module = split_name(name)
-    return f"layer {layer} {_short(module)}"
-
-
-def tied_modules(a, b, side, names):
+def tied_modules(a: Adapter | None, b: Adapter | None, side: str, names: Iterable[str]) -> list[str]:
     """Names of the modules where either adapter's top two singular values (on ``side``) nearly tie.
 
     Parameters
@@ -352,7 +65,7 @@ def tied_modules(a, b, side, names):
             and near_ties(ma[n].side_singular_values(side), mb[n].side_singular_values(side))]
 
 
-def swapped_modules(sweep, side, names=None):
+def swapped_modules(sweep: PairSweep, side: str, names: Iterable[str] | None = None) -> list[str]:
     """Names of the modules where the top direction of one adapter lies closer to the other's second direction
     than to its first (the top two directions swapped order).
 
@@ -375,154 +88,422 @@ def _phi11_rows(sweep, side, names):
     return [n for n, _ in rows], [r.phi11 for _, r in rows], [r.d for _, r in rows]
 
 
-def _fig3(data, mods):
+def _epochs(manifest):
+    seen, n = manifest.get("examples_seen"), manifest.get("n_train")
+    ok = isinstance(seen, (int, float)) and isinstance(n, (int, float)) and n > 0
+    return seen / n if ok else None
+
+
+def _training(data, labels):
+    """"180 steps (1.4 % of an epoch)" from the manifests of ``labels``, or "training length not recorded"."""
+    parts = []
+    for lab in labels:
+        man = data.manifests.get(lab) or {}
+        steps, ep = man.get("steps"), _epochs(man)
+        if steps:
+            parts.append(f"{steps} steps" + (f" ({100 * ep:.1f} % of an epoch)" if ep is not None else ""))
+    parts = list(dict.fromkeys(parts))
+    return ", ".join(parts) if parts else "training length not recorded"
+
+
+def attention_layout(data: ReportData) -> str:
+    """The attention layout in words, from the shapes of the q and v modules of the main stack
+    (``"grouped-query attention: Wq 576 × 576, Wv 192 × 576 (v is narrower)"``)."""
+    q, v = data.role_kind("q"), data.role_kind("v")
+    some = {}
+    for ad in data.adapters.values():
+        some.update({n: lr for n, lr in ad.expanded().items() if n not in some})
+    if q is None or v is None:
+        return "attention layout: no separate q and v modules"
+    (qo, qi), (vo, vi) = some[data._some_name(q)].shape, some[data._some_name(v)].shape
+    if vo < qo:
+        return f"grouped-query attention: Wq {qo} × {qi}, Wv {vo} × {vi} (v is narrower)"
+    return f"Wq {qo} × {qi}, Wv {vo} × {vi}"
+
+
+def _width(data, kinds):
+    some = {}
+    for ad in data.adapters.values():
+        some.update({n: lr for n, lr in ad.expanded().items() if n not in some})
+    dims = sorted({some[data._some_name(k)].shape[1] for k in kinds if k is not None})
+    return "width d = " + ", ".join(map(str, dims)) if dims else "width unknown"
+
+
+def _cond(data, what, labels, kinds, *, pairs=1, extra=""):
+    """A record's conditions: what it covers, training length (share of an epoch), width, pairs or runs, layout."""
+    if pairs:
+        count = f"{pairs} pair{'s' if pairs != 1 else ''} of runs"
+    else:
+        seeds = sorted({str(_seed_of(data, lab)) for lab in labels if _seed_of(data, lab) is not None})
+        count = (f"one run per rank, seed {', '.join(seeds)}" if seeds else "one run per adapter")
+    parts = [what, _training(data, labels) if labels else "", _width(data, kinds), count, attention_layout(data)]
+    return "; ".join(p for p in parts + ([extra] if extra else []) if p)
+
+
+def _seed_of(data, label):
+    man = data.manifests.get(label) or {}
+    return man.get("seed")
+
+
+def _qv(data):
+    return data.role_kind("q"), data.role_kind("v")
+
+
+def _fig3(data):
+    q, v = _qv(data)
+    kinds = [k for k in (q, v) if k is not None]
+    paper = "r = 8 and r = 64 share their top direction: φ(1,1) > 0.5 for ΔWq and ΔWv (layer 48)"
+    if not kinds:
+        reason = _no_qv_reason(data)
+        return [not_applicable("fig3_rank_pair" if data.config.pairs else "fig3_same_seed", "Fig. 3", paper, reason),
+                not_applicable("fig6_rank_pair" if data.config.pairs else "fig6_same_seed", "Fig. 6",
+                               "the same holds at layers 1, 32, 64, 96 of 96", reason)]
     cfg = data.config
     out = []
-    focus = [data.name(m) for m in mods]
-    same = (f"{data.say('low')} vs {data.say('high')}"
-            + ("" if cfg.pairs else " (same data order and initialisation seed)"))
-    pairs = [("same_seed" if not cfg.pairs else "rank_pair", data.rank_pair, same),
-             ("cross_seed", data.cross_pair, f"{data.say('low_other')} vs {data.say('high')} (different seeds)")]
-    paper = "r = 8 and r = 64 share their top direction: φ(1,1) > 0.5 for ΔWq and ΔWv (layer 48)"
-    who = {"same_seed": (data.adapter("low"), data.adapter("high")), "rank_pair": (data.adapter("low"),
-                                                                                   data.adapter("high")),
-           "cross_seed": (data.adapter("low_other"), data.adapter("high"))}
-    for key, pair, cond in pairs:
+    focus = [data.name(k) for k in kinds if (k, data.layer) in data._index]
+    all_qv = [data.name(k, L) for k in data.kinds_of("q") + data.kinds_of("v") for L in data.layers_of(k)]
+    pairs = [("same_seed" if not cfg.pairs else "rank_pair", data.rank_pair, ("low", "high")),
+             ("cross_seed", data.cross_pair, ("low_other", "high"))]
+    for key, pair, (ra, rb) in pairs:
         if pair is None:
             if key != "cross_seed":
                 out.append(Finding(f"fig3_{key}", "Fig. 3", paper, "checkpoints missing", "", NOT_COMPUTED))
             continue
+        who = (data.adapter(ra), data.adapter(rb))
+        labs = [data.roles.get(ra), data.roles.get(rb)]
+        same = ("same data order and initialisation seed" if key == "same_seed" else
+                "different seeds" if key == "cross_seed" else "as given")
+        head = f"{data.say(ra)} vs {data.say(rb)} ({same})"
+        main_case = f"layer {data.layer} (the middle layer of the {data.main_stack or 'model'}), q and v, basis A"
         for side, basis in (("A", "A's right-singular vectors (the paper's basis)"),
                             ("input", "ΔW's right-singular vectors")):
             names, phi, d = _phi11_rows(pair, side, focus)
-            ties = {_layer_label(n) for n in tied_modules(*who[key], side, names)}
+            ties = {_label(data, n) for n in tied_modules(*who, side, names)}
             suffix = "" if side == "A" else "_dW"
             out.append(claim_phi11(f"fig3_{key}{suffix}", "Fig. 3" + ("" if side == "A" else " (variant)"), paper,
-                                   phi, d,
-                                   conditions=f"{cond}; layer {cfg.layer}; basis: {basis}",
-                                   labels=[_layer_label(n) for n in names], ties=ties))
-        names, phi, d = _phi11_rows(pair, "A", list(pair.results))
-        ties = {_layer_label(n) for n in tied_modules(*who[key], "A", names)}
+                                   phi, d, labels=[_label(data, n) for n in names], ties=ties,
+                                   layers=[split_layer(n) for n in names], main_case=main_case, seed=cfg.seed,
+                                   conditions=_cond(data, f"{head}; layer {data.layer}; basis: {basis}", labs, kinds)))
+        names, phi, d = _phi11_rows(pair, "A", all_qv)
+        ties = {_label(data, n) for n in tied_modules(*who, "A", names)}
         out.append(claim_phi11(f"fig6_{key}", "Fig. 6", "the same holds at layers 1, 32, 64, 96 of 96", phi, d,
-                               conditions=f"{cond}; every layer and module; basis: A", aggregate=True, ties=ties))
+                               aggregate=True, ties=ties, labels=[_label(data, n) for n in names],
+                               layers=[split_layer(n) for n in names], seed=cfg.seed,
+                               main_case="every layer, q and v, basis A (beside the main case of Fig. 3)",
+                               conditions=_cond(data, f"{head}; every layer; basis A", labs, kinds)))
     return out
 
 
-def _fig4(data, q, v):
-    if data.seed_pair is None or q is None or v is None:
+def split_layer(name):
+    return module_role(name).layer
+
+
+def _no_qv_reason(data):
+    roles = sorted({data.role_of(k).role for k in data.modules})
+    if "qkv" in roles:
+        return ("not applicable: the adapters hold one fused qkv update per layer (e.g. GPT-2's c_attn under PEFT), "
+                "so ΔWq and ΔWv are not separate low-rank updates")
+    return (f"not applicable: the adapters have no separate self-attention q and v modules (roles present: "
+            f"{', '.join(roles)})")
+
+
+def _stat_diag(res, n):
+    k = min(n, *res.phi.shape)
+    return float(np.mean(np.diag(res.phi)[:k])), k
+
+
+def _more_shared_claims(data, pair, a_kind, b_kind, *, prefix, figure, paper, head, labs, names=("q", "v"),
+                        layers_all=True):
+    cfg = data.config
+    if pair is None or a_kind is None or b_kind is None:
         return []
-    cfg, pair, n = data.config, data.seed_pair, SEED_DIAG_N
-    paper = "across two seeds (r = 64) ΔWq shares more directions than ΔWv (higher intrinsic rank of ΔWq)"
-    cond = f"{data.say('seed_a')} vs {data.say('seed_b')}"
+    out = []
 
     def stats(layers, side):
-        mq, mv, sd = [], [], []
+        ma, mb, nulls, labels, used = [], [], [], [], []
         for L in layers:
-            rq, rv = pair.results[data.name(q, L)][side], pair.results[data.name(v, L)][side]
-            k = min(n, *rq.phi.shape, *rv.phi.shape)
-            mq.append(float(np.mean(np.diag(rq.phi)[:k])))
-            mv.append(float(np.mean(np.diag(rv.phi)[:k])))
-            sq, sv = _diag_null(rq.d, k, cfg.seed)[1], _diag_null(rv.d, k, cfg.seed + 1)[1]
-            sd.append(math.hypot(sq, sv))
-        return mq, mv, sd
+            na, nb = data.name(a_kind, L), data.name(b_kind, L)
+            if na not in pair.results or nb not in pair.results:
+                continue
+            ra, rb = pair.results[na][side], pair.results[nb][side]
+            if getattr(ra, "zero", False) or getattr(rb, "zero", False):
+                continue
+            xa, ka = _stat_diag(ra, SEED_DIAG_N)
+            xb, kb = _stat_diag(rb, SEED_DIAG_N)
+            ma.append(xa)
+            mb.append(xb)
+            nulls.append(diff_null(ra.d, ka, rb.d, kb, cfg.seed))
+            labels.append(f"layer {L}")
+            used.append(L)
+        return ma, mb, nulls, labels, used
 
-    out = []
+    common = sorted(set(data.layers_of(a_kind)) & set(data.layers_of(b_kind)))
     for side in ("A", "input"):
-        mq, mv, sd = stats([cfg.layer], side)
-        out.append(claim_q_over_v(f"fig4{'' if side == 'A' else '_dW'}", "Fig. 4" + ("" if side == "A" else " (variant)"),
-                                  paper, mq, mv, sd,
-                                  conditions=f"{cond}; layer {cfg.layer}; basis {side}",
-                                  labels=[f"layer {cfg.layer}"]))
-    mq, mv, sd = stats(list(cfg.layers), "A")
-    out.append(claim_q_over_v("fig7", "Fig. 7", "the same at layers 1, 32, 64, 96 of 96", mq, mv, sd,
-                              conditions=f"{cond}; layers {', '.join(map(str, cfg.layers))}; basis A",
-                              labels=[f"layer {L}" for L in cfg.layers]))
-    rnd = data.random_sim[data.modules[0]]
-    k = min(n, *rnd.phi.shape)
-    m, s = _diag_null(rnd.d, k, cfg.seed + 2)
-    out.append(check_random_pair(float(np.mean(np.diag(rnd.phi)[:k])), m, s, n=k))
+        ma, mb, nulls, labels, used = stats([data.layer], side)
+        out.append(claim_more_shared(f"{prefix}{'' if side == 'A' else '_dW'}",
+                                     figure + ("" if side == "A" else " (variant)"), paper, ma, mb, nulls,
+                                     names=names, labels=labels, layers=used, main=0 if ma else None,
+                                     main_case=f"layer {data.layer}, basis {side}",
+                                     conditions=_cond(data, f"{head}; layer {data.layer}; basis {side}", labs,
+                                                      [a_kind, b_kind])))
+    spread = [L for L in data.layers if L in common]
+    ma, mb, nulls, labels, used = stats(spread, "A")
+    fig7 = figure.replace("Fig. 4", "Fig. 7")
+    out.append(claim_more_shared(f"{prefix.replace('fig4', 'fig7')}", fig7,
+                                 "the same at layers 1, 32, 64, 96 of 96", ma, mb, nulls, names=names,
+                                 labels=labels, layers=used, main_case=f"layers {', '.join(map(str, spread))}",
+                                 conditions=_cond(data, f"{head}; layers {', '.join(map(str, spread))}; basis A", labs,
+                                                  [a_kind, b_kind])))
+    if layers_all:
+        ma, mb, nulls, labels, used = stats(common, "A")
+        out.append(claim_more_shared(f"{prefix.replace('fig4', 'fig7')}_all", fig7,
+                                     "the same at every layer (beyond the paper's four)", ma, mb, nulls, names=names,
+                                     labels=labels, layers=used, aggregate=True, main_case="every layer, basis A",
+                                     conditions=_cond(data, f"{head}; every layer; basis A", labs,
+                                                      [a_kind, b_kind])))
     return out
 
 
-def _table7(data, q):
-    t = data.table7
-    if t is None or not len(t) or q is None:
+def _fig4(data):
+    q, v = _qv(data)
+    paper = "across two seeds (r = 64) ΔWq shares more directions than ΔWv (higher intrinsic rank of ΔWq)"
+    if data.seed_pair is None:
         return []
-    tq = t[t["module"] == q].sort_values("r")
-    cond = (f"ΔWq at layer {data.config.layer}, {', '.join(data.text[lab] for lab in data.table_labels)}, "
-            f"{data.config.n_random_table} draws")
-    parent = claim_table7("t7_random", "ΔW correlates with W more than a random matrix: ‖UᵀWV‖ 0.32 vs 0.02 "
-                                       "(r = 4), 1.90 vs 0.33 (r = 64)",
-                          tq["r"], tq["proj_delta"], tq["proj_random"], tq["proj_random_std"], conditions=cond)
-    amp = claim_amplification("t7_amp", parent, tq["r"], tq["amplification"], tq["fro"] / tq["proj_random"],
-                              conditions=cond)
-    checks = [(row.proj_w, math.sqrt(float(np.sum(data.w_spectra[row.module][:int(row['rank'])] ** 2))))
-              for _, row in t.iterrows() if row.module in data.w_spectra] if data.w_spectra else []
-    err = max((abs(a - b) / b for a, b in checks), default=math.nan)
-    out = [parent, amp, check_table7(err, t["proj_random_rms"] / t["proj_random_expected"],
-                                     data.config.n_random_table)]
+    if q is None or v is None:
+        return [not_applicable("fig4", "Fig. 4", paper, _no_qv_reason(data))]
+    labs = [data.roles.get("seed_a"), data.roles.get("seed_b")]
+    out = _more_shared_claims(data, data.seed_pair, q, v, prefix="fig4", figure="Fig. 4", paper=paper,
+                              head=f"{data.say('seed_a')} vs {data.say('seed_b')}", labs=labs)
+    rnd = data.random_sim[q]
+    k = min(SEED_DIAG_N, *rnd.phi.shape)
+    draws = mean_diag_draws(rnd.d, k, data.config.seed + 2)
+    out.append(check_random_pair(float(np.mean(np.diag(rnd.phi)[:k])), float(draws.mean()),
+                                 float(draws.std(ddof=1)), n=k))
+    return out
+
+
+def _control(data):
+    """Fig. 4 with matched shapes: q vs o (both d × d) and k vs v (both narrower under GQA), and q vs v again."""
+    pair = data.control_pair
+    if pair is None:
+        return []
+    kinds = {}
+    for n in pair.results:
+        r = module_role(n)
+        if r.stack == data.main_stack or not data.main_stack:
+            kinds.setdefault(r.role, r.kind)
+    labs = list(data.config.control_runs)
+    head = f"{labs[0]} vs {labs[1]} (r = 64 on q, k, v and o, two seeds)"
+    out = []
+    for a, b in (("q", "v"), ("q", "o"), ("k", "v"), ("o", "v"), ("q", "k")):
+        if a in kinds and b in kinds:
+            res = _more_shared_claims(
+                _ControlView(data, pair), pair, kinds[a], kinds[b], prefix=f"fig4_control_{a}{b}",
+                figure="Fig. 4 (control)", head=head, labs=labs, names=(a, b), layers_all=True,
+                paper=f"(control, not in the paper) across two seeds ΔW{a} shares more directions than ΔW{b}")
+            out += [r for r in res if r.id.endswith(("_all",)) or r.id == f"fig4_control_{a}{b}"]
+    return out
+
+
+class _ControlView:
+    """A ReportData seen through the control pair's modules (names, layers and shapes of the q/k/v/o runs)."""
+
+    def __init__(self, data, pair):
+        self._data, self._pair = data, pair
+        self._index = {}
+        for n in pair.results:
+            r = module_role(n)
+            self._index.setdefault((r.kind, r.layer), n)
+        self.config, self.layer, self.layers = data.config, data.layer, data.layers
+        self.manifests, self.main_stack = data.manifests, data.main_stack
+        self.adapters = data.control_adapters
+
+    def name(self, kind, layer=None):
+        return self._index[(kind, self.layer if layer is None else layer)]
+
+    def layers_of(self, kind):
+        return sorted(L for (k, L) in self._index if k == kind)
+
+    def role_kind(self, role):
+        return next((k for (k, _), n in self._index.items() if module_role(n).role == role), None)
+
+    def _some_name(self, kind):
+        return next(n for (k, _), n in self._index.items() if k == kind)
+
+    def stacks(self):
+        return self._data.stacks()
+
+
+def _table7(data):
+    q, v = _qv(data)
+    paper = "ΔW correlates with W more than a random matrix: ‖UᵀWV‖ 0.32 vs 0.02 (r = 4), 1.90 vs 0.33 (r = 64)"
+    t = data.t7_layers
+    if t is None or not len(t):
+        return []
+    if q is None:
+        return [not_applicable("t7_random", "Table 7", paper, _no_qv_reason(data))]
+    cfg = data.config
+    labs = list(data.table_labels)
+    main_case = f"ΔWq at layer {data.layer} (the middle layer), r = 4 (the paper's; else the smallest rank)"
+    tq = t[(t["kind"] == q) & (t["layer"] == data.layer)].sort_values("r")
+    out = []
+    if len(tq):
+        nulls = [data.nulls[(n, int(k))] for n, k in zip(tq["name"], tq["k"])]
+        cond = _cond(data, f"ΔWq at layer {data.layer}, {', '.join(data.series(lab) for lab in tq['adapter'])}",
+                     labs, [q], pairs=0)
+        parent = claim_table7("t7_random", paper, tq["r"], tq["proj_delta"], nulls, tq["w_norm"], conditions=cond,
+                              main_case=main_case, seed=cfg.seed)
+        out += [parent, claim_amplification("t7_amp", parent, tq["r"], tq["amplification"], tq["amp_random"],
+                                            conditions=cond)]
+    if data.table7 is not None and len(data.table7):
+        t7 = data.table7
+        checks = []
+        for _, row in t7.iterrows():
+            S = data.w_spectra.get(row["name"])
+            if S is not None and int(row["rank"]) > 0:  # a zero update has no top-r directions
+                checks.append((row.proj_w, math.sqrt(float(np.sum(S[:int(row['rank'])] ** 2)))))
+        err = max((abs(a - b) / b for a, b in checks), default=math.nan)
+        out.append(check_table7(err, t7["proj_random_rms"] / t7["proj_random_expected"], cfg.n_random_table))
+    # every layer, per role and rank (with a Holm correction over the layers)
+    for kind, role in ((q, "q"), (v, "v")):
+        if kind is None:
+            continue
+        for r in sorted(t[t["kind"] == kind]["r"].unique()):
+            g = t[(t["kind"] == kind) & (t["r"] == r)].sort_values("layer")
+            if len(g) < 2:
+                continue
+            nulls = [data.nulls[(n, int(k))] for n, k in zip(g["name"], g["k"])]
+            cond = _cond(data, f"ΔW{role} at every layer, r = {r}", labs, [kind], pairs=0)
+            f = claim_table7(f"t7_layers_{role}_r{r}", f"the same for ΔW{role} at every layer (r = {r})", [r] * len(g),
+                             g["proj_delta"], nulls, g["w_norm"], conditions=cond, aggregate=True,
+                             figure="Table 7 (every layer)", labels=[f"layer {L}" for L in g["layer"]],
+                             layers=[int(L) for L in g["layer"]], main_case=f"every layer of ΔW{role}, r = {r}",
+                             seed=cfg.seed)
+            out.append(f)
+            out.append(claim_amplification(f"t7_amp_layers_{role}_r{r}", f, [r] * len(g), g["amplification"],
+                                           g["amp_random"], conditions=cond, main_r=r))
     lr = data.long_run
     if lr is not None and len(lr):
         last = lr[lr["step"] == lr.groupby("run")["step"].transform("max")]
-        last = last[last["layer"] == data.config.layer].sort_values("r")
-        if len(last):
-            steps = ", ".join(f"r = {r}: step {s}" for r, s in zip(last["r"], last["step"]))
-            out.append(claim_table7("t7_long", "the same after a longer fine-tune (not in the paper: its runs "
-                                               "were trained to convergence)",
-                                    last["r"], last["proj_delta"], last["null_mean"], last["null_sd"],
-                                    figure="Table 7 (over training)",
-                                    conditions=f"ΔWq at layer {data.config.layer}, long runs, last checkpoint "
-                                               f"({steps}), {data.config.n_random_table} draws"))
+        lq = last[(last["kind"] == q) & (last["layer"] == data.layer)].sort_values("r")
+        if len(lq):
+            nulls = [data.nulls[(n, int(k))] for n, k in zip(lq["name"], lq["k"])]
+            steps = ", ".join(f"r = {r}: step {s}" for r, s in zip(lq["r"], lq["step"]))
+            runs = list(dict.fromkeys(lq["run"]))
+            out.append(claim_table7("t7_long", "the same after a longer fine-tune (not in the paper: its runs were "
+                                               "trained to convergence)", lq["r"], lq["proj_delta"], nulls,
+                                    lq["w_norm"], figure="Table 7 (over training)", main_case=main_case,
+                                    conditions=_cond(data, f"ΔWq at layer {data.layer}, long runs, last checkpoint "
+                                                           f"({steps})", [], [q], pairs=0,
+                                                     extra=_long_training(data, runs)), seed=cfg.seed))
+        for run in dict.fromkeys(last["run"]):
+            for kind, role in ((q, "q"), (v, "v")):
+                g = last[(last["run"] == run) & (last["kind"] == kind)].sort_values("layer")
+                if len(g) < 2:
+                    continue
+                nulls = [data.nulls[(n, int(k))] for n, k in zip(g["name"], g["k"])]
+                r, step = int(g["r"].iloc[0]), int(g["step"].iloc[0])
+                out.append(claim_table7(f"t7_long_layers_{role}_r{r}", f"ΔW{role} at every layer after {step} steps "
+                                        f"(r = {r})", [r] * len(g), g["proj_delta"], nulls, g["w_norm"],
+                                        figure="Table 7 (over training, every layer)", aggregate=True,
+                                        labels=[f"layer {L}" for L in g["layer"]],
+                                        layers=[int(L) for L in g["layer"]], seed=cfg.seed,
+                                        main_case=f"every layer of ΔW{role}, last checkpoint",
+                                        conditions=_cond(data, f"ΔW{role} at every layer, {run} at step {step}", [],
+                                                         [kind], pairs=0, extra=_long_training(data, [run]))))
     return out
 
 
-def _fig8(data, q):
+def _long_training(data, runs):
+    parts = []
+    for run in runs:
+        path = os.path.join(data.config.checkpoints, run, "manifest.json")
+        try:
+            with open(path, encoding="utf-8") as fh:
+                man = json.load(fh)
+        except (OSError, ValueError):
+            continue
+        ep = _epochs(man)
+        parts.append(f"{run}: {man.get('steps')} steps" + (f" ({100 * ep:.1f} % of an epoch)" if ep else ""))
+    return "; ".join(parts)
+
+
+def _fig8(data):
+    q, _ = _qv(data)
     if not data.overlaps or q is None:
         return []
-    labels, phi, m, s = [], [], [], []
+    cfg = data.config
+    main_cells, grid_cells = ([], [], []), ([], [], [])
     for side in ("output", "input"):
         for lab, o in data.overlaps.get((q, side), {}).items():
             if o.zero:
                 continue
-            draws = diagonal_phi_draws(o.d, o.k, n=N_DRAWS, seed=data.config.seed)[:, o.k - 1]
-            labels.append(f"{lab}, {side}")
-            phi.append(float(o.phi[o.k - 1, o.k - 1]))
-            m.append(float(draws.mean()))
-            s.append(float(draws.std(ddof=1)))
-    if not labels:
-        return []
-    return [claim_fig8("fig8", labels, phi, m, s,
-                       conditions=f"ΔWq at layer {data.config.layer}, W's and ΔW's top-r singular directions, "
-                                  "both sides")]
+            k, d = o.k, o.d
+            # main case: φ(r, r), all of ΔW's directions against W's top-r
+            main_cells[0].append(f"{lab}, {side}, φ({k},{k})")
+            main_cells[1].append(float(o.phi[k - 1, k - 1]))
+            main_cells[2].append(overlap_null(d, k, cfg.n_random_table, cfg.seed))
+            # the grid: ΔW's top direction within W's top-j (Beta closed form)
+            for j in FIG8_J:
+                if j >= d or j > o.phi.shape[0]:
+                    continue
+                grid_cells[0].append(f"{lab}, {side}, top-1 in W's top-{j}")
+                grid_cells[1].append(float(o.phi[j - 1, 0]) * 1.0)
+                grid_cells[2].append(BetaNull(j / 2.0, (d - j) / 2.0, what=f"a random direction's share of a "
+                                                                            f"{j}-dim subspace of R^{d}"))
+    out = []
+    cond = _cond(data, f"ΔWq at layer {data.layer}, W's and ΔW's singular directions, both sides",
+                 list(data.table_labels), [q], pairs=0)
+    if main_cells[0]:
+        out.append(claim_fig8("fig8", *main_cells, conditions=cond, seed=cfg.seed,
+                              main_case=f"φ(r, r) at layer {data.layer}, every rank and side"))
+    if grid_cells[0]:
+        out.append(claim_fig8("fig8_grid", *grid_cells, conditions=cond, aggregate=True, seed=cfg.seed,
+                              main_case="ΔW's top direction within W's top-j, j = 1 … 256",
+                              paper="(the paper's grid) ΔW's top direction lies in W's top-j directions more than a "
+                                    "random direction does"))
+    return out
 
 
-def _init(data, mods):
-    """What the shared top direction comes from: each (data, init) combination against r = high seed 0."""
+def _init(data):
+    """The cause experiment: each (data order, initial A) combination against each r = high partner."""
     cfg = data.config
     if not data.init_pairs:
         return []
-    hi_data, hi_init = (cfg.seeds[0], cfg.seeds[0])
-    out, verdicts = [], {}
-    for lab, pair in data.init_pairs.items():
-        ds, is_ = data.init_seeds.get(lab, (None, None))
-        names, phi, d = _phi11_rows(pair, "A", list(pair.results))
-        same = (ds == hi_data, is_ == hi_init)
-        cond = (f"{lab} (data-order seed {ds}, init seed {is_}) vs r = {cfg.high} seed {cfg.seeds[0]}: "
-                f"{'same' if same[0] else 'different'} data order, {'same' if same[1] else 'different'} "
-                "initialisation; every layer and module; basis A")
-        f = claim_phi11(f"fig3_cause_{lab}", "Fig. 3 (cause)",
-                        "(not in the paper) which shared seed makes r = 8 and r = 64 share their top direction",
-                        phi, d, conditions=cond, aggregate=True)
-        verdicts[same] = f.verdict
-        out.append(f)
-    cause = claim_cause(verdicts)
-    return [Finding(f.id, f.figure, f.paper, f"{f.measured}. Cause named by the four combinations: {cause}",
-                    f.rule, f.verdict, f.effect, f.null_mean, f.null_sd, f.z, f.n_modules, f.n_holding, f.conditions)
-            for f in out]
+    out = []
+    for partner in dict.fromkeys(p for _, p in data.init_pairs):
+        verdicts, cells = {}, {}
+        for (lab, p), pair in data.init_pairs.items():
+            if p != partner:
+                continue
+            meta = data.init_meta[(lab, p)]
+            shared_a = meta["shared_A"]
+            names, phi, d = _phi11_rows(pair, "A", list(pair.results))
+            a_txt = ("initial A shared (rows of its step-0 A, checked from the files)" if shared_a
+                     else "initial A not shared (checked from the step-0 files)" if shared_a is False
+                     else "initial A not checked (no step-0 adapter)")
+            cond = (f"{lab} (data-order seed {meta['data_seed']}, init seed {meta['init_seed']}) vs {partner}: "
+                    f"{'same' if meta['shared_data'] else 'other'} data order, {a_txt}; every layer and module; "
+                    f"basis A; {_training(data, [lab])}; width d = {', '.join(map(str, sorted(set(d))))}")
+            f = claim_phi11(f"fig3_cause_{lab}_vs_{partner}", "Fig. 3 (cause)",
+                            "(not in the paper) what makes r = 8 and r = 64 share their top direction: the data "
+                            "order or the initial A", phi, d, conditions=cond, aggregate=True,
+                            labels=[_label(data, n) for n in names], layers=[split_layer(n) for n in names],
+                            main_case="every layer, basis A", seed=cfg.seed)
+            out.append(f)
+            if shared_a is not None:
+                key = (bool(meta["shared_data"]), bool(shared_a))
+                cells.setdefault(key, []).append(f.verdict)
+        for key, vs in cells.items():
+            verdicts[key] = REPRODUCES if all(v == REPRODUCES for v in vs) else vs[0]
+        cause = claim_cause(verdicts)
+        out = [replace(f, measured=f"{f.measured}. Cause named by the combinations against {partner}: {cause}")
+               if f.id.endswith(f"_vs_{partner}") else f for f in out]
+    return out
 
 
-def findings(data):
-    """The paper's claims, our numbers, their nulls and the protocol's verdict for each.
+def findings(data: ReportData) -> list[Finding]:
+    """The paper's claims, our numbers, their nulls, power and the protocol's verdict for each.
 
     Parameters
     ----------
@@ -531,15 +512,12 @@ def findings(data):
     Returns
     -------
     list of Finding
-        In the README's order: Fig. 3 / 6 (same seed, different seeds, the cause), Fig. 4 / 7, Table 7, Fig. 8.
+        Fig. 3 / 6 (same seed, different seeds, the cause), Fig. 4 / 7 (and the q/k/v/o control), Table 7 (the
+        main case, every layer, over training), Fig. 8.
     """
-    from dataclasses import replace
-
-    q, v = _mod(data, "q_proj"), _mod(data, "v_proj")
-    mods = [m for m in (q, v) if m is not None] or list(data.modules)
-    fig3, cause = _fig3(data, mods), _init(data, mods)
-    if cause:  # the same-seed verdicts name what the data-vs-init runs measured as the cause
-        why = cause[0].measured.rsplit("Cause named by the four combinations: ", 1)[-1]
-        fig3 = [replace(f, measured=f"{f.measured}. Measured cause (Fig. 3 (cause)): {why}")
+    fig3, cause = _fig3(data), _init(data)
+    if cause:  # the same-seed verdicts name what the cause experiment measured
+        why = cause[0].measured.rsplit("Cause named by the combinations against ", 1)[-1]
+        fig3 = [replace(f, measured=f"{f.measured}. Measured cause (Fig. 3 (cause)) against {why}")
                 if f.id in ("fig3_same_seed", "fig6_same_seed") else f for f in fig3]
-    return fig3 + cause + _fig4(data, q, v) + _table7(data, q) + _fig8(data, q)
+    return fig3 + cause + _fig4(data) + _control(data) + _table7(data) + _fig8(data)

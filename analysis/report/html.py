@@ -1,10 +1,14 @@
-"""One self-contained HTML page for a finished report folder: verdicts, inputs, the README and every figure.
+"""One self-contained HTML page for a finished report folder: verdicts first, then the figures, then the rest.
 
 :func:`write_html` reads what the report wrote (``README.md``, ``findings.json``, PNG figures, CSV tables)
 and writes ``report.html`` beside them. The page loads nothing: figures are embedded as ``data:`` URIs,
 the style is inline, there is no script, no font and no link that fetches anything (relative links to
 the CSV files in the same folder are plain ``<a href>``). The Markdown of the README is converted by
-:mod:`analysis.report.markdown`, which escapes every piece of text it copies.
+:mod:`analysis.report.markdown` (markdown-it-py), which escapes every piece of text it copies.
+
+Order: a table of contents; the verdict table (once: the README's own Markdown table is replaced by the one
+built from ``findings.json``); the README's notes and figures; the CSV tables; the inputs and settings at the
+end, in a collapsed section.
 """
 
 from __future__ import annotations
@@ -18,8 +22,7 @@ import re
 import urllib.parse
 
 from analysis.io.outputs import atomic_output
-from analysis.report.markdown import (VERDICT_STYLE, Context, anchor, blocks, code_html, figure_html, inline_html,
-                                      markdown_to_html)
+from analysis.report.markdown import VERDICT_STYLE, Context, anchor, code_html, figure_html, markdown_to_html, render
 
 __all__ = ["write_html", "markdown_to_html", "MAX_TABLE_ROWS"]
 
@@ -45,7 +48,7 @@ th,td{border:1px solid #c9d1d9;padding:.3rem .5rem;vertical-align:top;text-align
 th{background:#f0f3f6}tr:nth-child(even) td{background:#fafbfc}
 td.num{text-align:right;white-space:nowrap;font-variant-numeric:tabular-nums}
 table.kv td:first-child{white-space:nowrap;font-weight:600}
-table.verdicts{font-size:.85rem;width:100%}table.verdicts td.wide{min-width:11em}table.verdicts td.num{min-width:3em}table.verdicts .v{white-space:normal}table.verdicts td.verdict{min-width:15em}
+table.verdicts{font-size:.8rem;width:100%}table.verdicts td.wide{min-width:12em}table.verdicts td.num{white-space:normal}table.verdicts .v{white-space:normal}table.verdicts td.verdict{min-width:7em}
 .v{display:inline-block;padding:.05em .45em;border-radius:4px;font-weight:700;white-space:nowrap;
 border:1px solid transparent}
 .v-good{background:#dafbe1;color:#116329;border-color:#8fd19e}.v-part{background:#fff5d6;color:#7a4e00;
@@ -61,7 +64,8 @@ footer{margin-top:3rem;color:#57606a;font-size:.85rem;border-top:1px solid #d0d7
 """
 
 
-def write_html(folder, *, out_name="report.html", title="LoRA subspace report"):
+def write_html(folder: str | os.PathLike[str], *, out_name: str = "report.html",
+               title: str = "LoRA subspace report") -> str:
     """Write one self-contained HTML page for a finished report folder.
 
     The page holds a header, the inputs and settings, a verdict table from ``findings.json``, the body of
@@ -118,30 +122,26 @@ def _page(folder, title):
         sub += " (" + html.escape(str(meta["tool"])) + (" " + html.escape(str(meta["version"]))
                                                          if meta.get("version") else "") + ")"
     parts.append(f"<header><h1>{html.escape(title)}</h1><p class=\"meta\">{sub}.</p></header>")
-    body = []
-    toc = [("inputs", "Inputs and settings", 2), ("verdicts", "Verdicts", 2)]
-
-    body.append('<section><h2 id="inputs">Inputs and settings</h2>')
-    if problem:
-        body.append("<p>Not available: they are recorded in <code>findings.json</code> (see below).</p>")
-    else:
-        body.append("<h3>Inputs</h3>" + _kv_table(inputs, "inputs") + "<h3>Settings</h3>"
-                    + _kv_table(settings, "settings"))
-    body.append("</section>")
-
-    body.append('<section><h2 id="verdicts">Verdicts</h2>')
-    body.append(f'<p class="notice">{problem}</p>' if problem else _verdict_table(findings))
-    body.append("</section>")
-
+    body, toc = [], []
+    verdicts = f'<p class="notice">{problem}</p>' if problem else _verdict_table(findings)
     readme = os.path.join(folder, "README.md")
     try:
         with open(readme, encoding="utf-8") as fh:
             md = fh.read()
     except (OSError, UnicodeDecodeError) as e:
+        toc.append(("verdicts", "Verdicts", 2))
+        body.append(f'<section><h2 id="verdicts">Verdicts</h2>{verdicts}</section>')
         body.append(f'<p class="notice">README.md could not be read ({html.escape(type(e).__name__)}: '
                     f'{html.escape(str(e.strerror or e) if isinstance(e, OSError) else str(e))}).</p>')
     else:
-        body.append('<section class="readme">' + blocks(md.splitlines(), ctx, shift=1) + "</section>")
+        md, placed = _verdicts_in_readme(md)
+        if not placed:  # a README without a "Verdicts" section: the table comes first
+            toc.append(("verdicts", "Verdicts", 2))
+            body.append(f'<section><h2 id="verdicts">Verdicts</h2>{verdicts}</section>')
+        text = render(md, ctx, shift=1)
+        if placed:
+            text = text.replace(f"<p>{_SLOT}</p>", verdicts, 1)
+        body.append('<section class="readme">' + text + "</section>")
         toc += [(i, re.sub(r"<[^>]+>", "", t), lvl) for i, t, lvl in ctx.toc]
 
     csvs = [f for f in files if f.lower().endswith(".csv") and os.path.isfile(os.path.join(folder, f))]
@@ -163,6 +163,15 @@ def _page(folder, title):
         body.append('<section><h2 id="other-files">Other files</h2><p>In the same folder as this page:</p><ul>'
                     + "".join(f"<li>{_rel_link(f, code_html(f))} ({_size(os.path.join(folder, f))})</li>"
                               for f in rest) + "</ul></section>")
+    toc.append(("inputs", "Inputs and settings (findings.json)", 2))
+    body.append('<section><h2 id="inputs">Inputs and settings</h2><details><summary>As recorded in '
+                '<code>findings.json</code> (click to open)</summary>')
+    if problem:
+        body.append("<p>Not available: they are recorded in <code>findings.json</code>.</p>")
+    else:
+        body.append("<h3>Inputs</h3>" + _kv_table(inputs, "inputs") + "<h3>Settings</h3>"
+                    + _kv_table(settings, "settings"))
+    body.append("</details></section>")
 
     parts.append("<nav><strong>Contents</strong><ul>"
                  + "".join(f'<li class="l{lvl}"><a href="#{i}">{t}</a></li>' for i, t, lvl in toc) + "</ul></nav>")
@@ -173,6 +182,28 @@ def _page(folder, title):
             "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\n"
             f"<title>{html.escape(title)}</title>\n<style>{_CSS}</style>\n</head>\n<body>\n"
             + "\n".join(parts) + "\n</body>\n</html>\n")
+
+
+_SLOT = "VERDICT-TABLE-FROM-FINDINGS-JSON"
+
+
+def _verdicts_in_readme(md):
+    """The README with its "Verdicts" section's Markdown table replaced by a slot for the structured table.
+
+    Returns
+    -------
+    (str, bool)
+        The Markdown, and whether a "Verdicts" section was found.
+    """
+    lines = md.splitlines()
+    start = next((i for i, ln in enumerate(lines) if re.match(r"^#{1,6}\s+Verdicts\s*$", ln)), None)
+    if start is None:
+        return md, False
+    end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("#")), len(lines))
+    rows = [i for i in range(start + 1, end) if lines[i].lstrip().startswith("|")]
+    if not rows:
+        return "\n".join(lines[:end] + ["", _SLOT, ""] + lines[end:]), True
+    return "\n".join(lines[:rows[0]] + [_SLOT] + lines[rows[-1] + 1:]), True
 
 
 def _read_findings(folder):
@@ -247,25 +278,28 @@ def _verdict_table(findings):
     for f in findings:
         counts[str(f.get("verdict"))] = counts.get(str(f.get("verdict")), 0) + 1
     summary = ", ".join(f"{n} {_verdict_badge(v)}" for v, n in sorted(counts.items(), key=_verdict_order))
-    head = ("<tr><th>figure</th><th>claim (paper)</th><th>measured here</th><th>effect</th>"
-            "<th>null mean ± sd</th><th>z</th><th>modules holding</th><th>conditions</th><th>verdict</th></tr>")
+    head = ("<tr><th>figure</th><th>verdict</th><th>claim (paper)</th><th>measured here (conditions below)</th>"
+            "<th>effect</th><th>null mean ± sd</th><th>z</th><th>p</th><th>holding</th><th>power</th></tr>")
     rows = []
     for f in findings:
-        text = (lambda k: inline_html(str(f[k])) if f.get(k) not in (None, "") else _DASH)
+        text = (lambda k: html.escape(str(f[k])) if f.get(k) not in (None, "") else _DASH)
         mean, sd = f.get("null_mean"), f.get("null_sd")
         null = _DASH if _num(mean) == _DASH and _num(sd) == _DASH else f"{_num(mean)} ± {_num(sd)}"
         nh, nm = f.get("n_holding"), f.get("n_modules")
         held = f"{nh}/{nm}" if all(isinstance(n, int) and not isinstance(n, bool) for n in (nh, nm)) and nm \
             else _DASH
-        rule = (f'<br><small>rule: {inline_html(str(f["rule"]))}</small>' if f.get("rule") else "")
+        rule = (f'<br><small>rule: {html.escape(str(f["rule"]))}</small>' if f.get("rule") else "")
+        cond = (f'<br><small>conditions: {html.escape(str(f["conditions"]))}</small>' if f.get("conditions") else "")
         rows.append(f'<tr id="finding-{html.escape(str(f.get("id", "")), quote=True)}"><td>{text("figure")}</td>'
-                    f'<td class="wide">{text("paper")}{rule}</td><td class="wide">{text("measured")}</td>'
+                    f'<td class="verdict">{_verdict_badge(f.get("verdict"))}</td>'
+                    f'<td class="wide">{text("paper")}{rule}</td><td class="wide">{text("measured")}{cond}</td>'
                     f'<td class="num">{_num(f.get("effect"))}</td><td class="num">{null}</td>'
-                    f'<td class="num">{_num(f.get("z"), ".1f")}</td><td class="num">{held}</td>'
-                    f'<td>{text("conditions")}</td><td class="verdict">{_verdict_badge(f.get("verdict"))}</td></tr>')
+                    f'<td class="num">{_num(f.get("z"), ".1f")}</td><td class="num">{_num(f.get("p_tail"), ".2g")}</td>'
+                    f'<td class="num">{held}</td><td class="num">{_num(f.get("power"), ".2f")}</td></tr>')
     return (f"<p>{len(findings)} findings: {summary}. Effect, null and z: the measured statistic, the mean ± "
-            f"sd of its null (random subspaces) and z = (effect − null mean) / null sd; {_DASH} where not "
-            f"computed.</p>"
+            f"sd of its null (random subspaces) and z = (effect − null mean) / null sd; p: its tail probability "
+            f"under that null; power: the share of the paper's own effect, planted into this geometry, that the "
+            f"same test finds; {_DASH} where not computed.</p>"
             f'<div class="scroll"><table class="verdicts">{head}{"".join(rows)}</table></div>')
 
 

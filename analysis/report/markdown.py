@@ -1,44 +1,73 @@
-"""A small Markdown-to-HTML converter for the report's own README: text escaped, images embedded.
+"""The report's Markdown as safe, self-contained HTML, by ``markdown-it-py`` (CommonMark and pipe tables).
 
-Supported: ATX headings, paragraphs, pipe tables, ``-`` / ``*`` / numbered lists (nested by indentation),
-fenced code, ``---`` rules, ``>`` quotes; inline ``code``, **bold**, *italic*, [links](href) and
-![images](file.png). Images that are files of the report folder become ``data:`` URIs; anything else is
-shown as a note, never as a ``src`` that loads. No Markdown package is needed.
+Rules added to its renderer, and nothing else:
+
+- raw HTML in the Markdown is escaped (``html=False``), every text is escaped;
+- headings get ids (unique, from their text) and are listed for the table of contents;
+- an image that is a file inside the report folder is embedded as a ``data:`` URI (PNG re-encoded as lossless
+  WebP, a third smaller for figures; JPEG / GIF as they are) in a ``<figure>`` with an id; any other image is a
+  note in words, never a ``src`` that loads;
+- links: relative links to files in the folder stay (a link to an embedded figure jumps to it), ``#anchors``
+  stay, everything else (``http:``, ``javascript:`` …) is shown as text; inline code naming a CSV table or a
+  figure of the folder links to it on the page;
+- ``**verdict**`` becomes a coloured label with a symbol and the words (:data:`VERDICT_STYLE`);
+- the formula of φ (:data:`PHI_FORMULA`, as the README writes it) is typeset as MathML.
 """
 
 from __future__ import annotations
 
 import base64
 import html
+import io
 import os
 import re
 import urllib.parse
 
-__all__ = ["markdown_to_html", "Context", "blocks", "figure_html", "code_html", "inline_html", "anchor",
-           "VERDICT_STYLE"]
+__all__ = ["markdown_to_html", "Context", "render", "figure_html", "code_html", "anchor", "VERDICT_STYLE",
+           "PHI_FORMULA", "PHI_MATHML"]
 
 #: verdict -> (css class, symbol); the symbol and the words carry the outcome, the colour only repeats it
 VERDICT_STYLE = {
     "reproduces": ("good", "✓"), "check holds": ("good", "✓"),
     "partly": ("part", "◐"),
     "does not reproduce": ("bad", "✗"), "check FAILS": ("bad", "✗"),
+    "inconclusive": ("none", "?"), "not applicable": ("none", "–"),
     "not computed": ("none", "–"),
 }
-_PNG = b"\x89PNG\r\n\x1a\n"
-_IMAGE_TYPES = ((_PNG, "image/png"), (b"\xff\xd8\xff", "image/jpeg"), (b"GIF87a", "image/gif"),
+
+#: φ as the README writes it (plain text) and as the page shows it (MathML Core, rendered by every current browser).
+PHI_FORMULA = "φ(i, j) = ‖U₁^(i)ᵀ U₂^(j)‖²_F / min(i, j)"
+PHI_MATHML = ('<math display="inline"><mi>φ</mi><mo>(</mo><mi>i</mi><mo>,</mo><mi>j</mi><mo>)</mo><mo>=</mo>'
+              '<mfrac><msubsup><mrow><mo>‖</mo><msup><msubsup><mi>U</mi><mn>1</mn><mrow><mo>(</mo><mi>i</mi><mo>)'
+              '</mo></mrow></msubsup><mo>⊤</mo></msup><msubsup><mi>U</mi><mn>2</mn><mrow><mo>(</mo><mi>j</mi>'
+              '<mo>)</mo></mrow></msubsup><mo>‖</mo></mrow><mi>F</mi><mn>2</mn></msubsup><mrow><mo>min</mo>'
+              '<mo>(</mo><mi>i</mi><mo>,</mo><mi>j</mi><mo>)</mo></mrow></mfrac></math>')
+
+_IMAGE_TYPES = ((b"\x89PNG\r\n\x1a\n", "image/png"), (b"\xff\xd8\xff", "image/jpeg"), (b"GIF87a", "image/gif"),
                 (b"GIF89a", "image/gif"))
 
 
 class Context:
-    """What the Markdown conversion needs to know about the folder, and what it has shown."""
+    """What the conversion needs to know about the folder, and what it has shown.
 
-    def __init__(self, folder):
+    Attributes
+    ----------
+    folder : str
+    shown : set of str
+        Figures embedded so far (each gets its id once).
+    heading_ids : set of str
+        Ids given so far (new ones are made unique against these).
+    toc : list of (str, str, int)
+        ``(id, text, level)`` of every heading rendered.
+    """
+
+    def __init__(self, folder: str | os.PathLike[str]) -> None:
         self.folder = os.path.abspath(folder)
-        self.shown = set()
-        self.heading_ids = set()
-        self.toc = []
+        self.shown: set[str] = set()
+        self.heading_ids: set[str] = set()
+        self.toc: list[tuple[str, str, int]] = []
 
-    def local(self, src):
+    def local(self, src: str) -> str | None:
         """The file name of ``src`` if it is a plain relative path to a file inside the folder, else None."""
         if not src or re.match(r"^[a-zA-Z][a-zA-Z0-9+.-]*:|^[/\\#]", src):
             return None
@@ -49,7 +78,8 @@ class Context:
             return None
         return os.path.relpath(path, root).replace(os.sep, "/")
 
-    def slug(self, text):
+    def slug(self, text: str) -> str:
+        """A unique id for a heading of this text."""
         base = re.sub(r"[^\w-]+", "-", re.sub(r"<[^>]+>", "", html.unescape(text)).lower()).strip("-") or "s"
         s, n = base, 1
         while s in self.heading_ids:
@@ -59,13 +89,31 @@ class Context:
         return s
 
 
-def anchor(name):
+def anchor(name: str) -> str:
     """``name`` as a fragment identifier: runs of anything but word characters and '-' become '-'."""
     return re.sub(r"[^\w-]+", "-", name)
 
 
 def _fig_id(name):
     return "fig-" + anchor(name)
+
+
+def code_html(text: str) -> str:
+    """``text`` as escaped inline code."""
+    return f"<code>{html.escape(str(text))}</code>"
+
+
+def _webp(png):
+    """A PNG's pixels as lossless WebP (None when Pillow cannot); exactly the same image, fewer bytes."""
+    try:
+        from PIL import Image
+
+        with Image.open(io.BytesIO(png)) as im:
+            out = io.BytesIO()
+            im.save(out, format="WEBP", lossless=True, method=6)
+            return out.getvalue(), im.size
+    except (ImportError, OSError, ValueError):
+        return None
 
 
 def _image(ctx, src, alt):
@@ -85,35 +133,119 @@ def _image(ctx, src, alt):
     ident = "" if name in ctx.shown else f' id="{_fig_id(name)}"'
     ctx.shown.add(name)
     size = ""
-    if mime == "image/png" and len(data) >= 24:
+    if mime == "image/png":
         w, h = int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
         size = f' width="{w}" height="{h}"'
+        webp = _webp(data)
+        if webp is not None:
+            data, mime = webp[0], "image/webp"
     return (f'<img src="data:{mime};base64,{base64.b64encode(data).decode("ascii")}"'
             f' alt="{html.escape(alt, quote=True)}"{size}{ident}>')
 
 
-def figure_html(ctx, src, alt, caption=None):
+def figure_html(ctx: Context, src: str, alt: str, caption: str | None = None) -> str:
     """A ``<figure>``: the embedded image and its caption (the file name by default)."""
     img = _image(ctx, src, alt)
     cap = caption if caption is not None else code_html(ctx.local(src) or src)
     return f"<figure>{img}<figcaption>{cap}</figcaption></figure>"
 
 
-def code_html(text):
-    """``text`` as escaped inline code."""
-    return f"<code>{html.escape(str(text))}</code>"
+def _parser():
+    from markdown_it import MarkdownIt
+
+    md = MarkdownIt("commonmark", {"html": False, "linkify": False, "typographer": False}).enable("table")
+    md.validateLink = lambda url: True  # every link reaches the rules below, which decide
+
+    def heading_open(self, tokens, idx, options, env):
+        ctx, shift = env["ctx"], env["shift"]
+        text = tokens[idx + 1].content.replace("`", "")  # the words, without Markdown's code marks
+        level = min(int(tokens[idx].tag[1]) + shift, 6)
+        ident = ctx.slug(text)
+        ctx.toc.append((ident, html.escape(text), level))
+        env["levels"].append(level)
+        return f'<h{level} id="{ident}">'
+
+    def heading_close(self, tokens, idx, options, env):
+        return f"</h{env['levels'].pop()}>\n"
+
+    def image(self, tokens, idx, options, env):
+        tok = tokens[idx]
+        alt = "".join(c.content for c in tok.children or ()) or tok.content
+        return figure_html(env["ctx"], tok.attrGet("src") or "", alt, caption=html.escape(alt) or None)
+
+    def link_open(self, tokens, idx, options, env):
+        href = tokens[idx].attrGet("href") or ""
+        ctx = env["ctx"]
+        name = ctx.local(href)
+        if href.startswith("#") and re.fullmatch(r"#[\w-]+", href):
+            target = href
+        elif name is not None:
+            target = "#" + _fig_id(name) if name.lower().endswith((".png", ".jpg", ".jpeg", ".gif")) \
+                else urllib.parse.quote(name)
+        else:
+            env["dropped"].append(href)  # shown as its text and address, not as a link that leaves the page
+            return ""
+        env["dropped"].append(None)
+        return f'<a href="{html.escape(target, quote=True)}">'
+
+    def link_close(self, tokens, idx, options, env):
+        href = env["dropped"].pop()
+        return "</a>" if href is None else f" ({html.escape(href)})"
+
+    def strong_open(self, tokens, idx, options, env):
+        inner = tokens[idx + 1] if idx + 2 < len(tokens) and tokens[idx + 2].type == "strong_close" else None
+        if inner is not None and inner.type == "text" and inner.content in VERDICT_STYLE:
+            cls, sym = VERDICT_STYLE[inner.content]
+            env["verdict"].append(True)
+            return f'<strong class="v v-{cls}">{sym}&nbsp;'
+        env["verdict"].append(False)
+        return "<strong>"
+
+    def strong_close(self, tokens, idx, options, env):
+        env["verdict"].pop()
+        return "</strong>"
+
+    def code_inline(self, tokens, idx, options, env):
+        text = tokens[idx].content
+        name = env["ctx"].local(text) if not env["dropped"] else None  # never a link inside a link
+        if name is not None and name.lower().endswith(".csv"):  # a table of the folder: jump to it on the page
+            return f'<a href="#table-{anchor(name)}">{code_html(text)}</a>'
+        if name is not None and name.lower().endswith((".png", ".jpg", ".jpeg", ".gif")):
+            return f'<a href="#{_fig_id(name)}">{code_html(text)}</a>'
+        return code_html(text)
+
+    for name, rule in (("code_inline", code_inline), ("heading_open", heading_open), ("heading_close", heading_close),
+                       ("image", image),
+                       ("link_open", link_open), ("link_close", link_close), ("strong_open", strong_open),
+                       ("strong_close", strong_close)):
+        md.add_render_rule(name, rule)
+    return md
 
 
-# -- Markdown -> HTML ---------------------------------------------------------------------------------------
+def render(text: str, ctx: Context, *, shift: int = 0) -> str:
+    """Render Markdown ``text`` to HTML with the rules of this module.
 
-def markdown_to_html(text, folder="."):
+    Parameters
+    ----------
+    text : str
+    ctx : Context
+    shift : int
+        Added to every heading's level (the page's own ``<h1>`` comes first).
+
+    Returns
+    -------
+    str
+    """
+    env = {"ctx": ctx, "shift": shift, "levels": [], "dropped": [], "verdict": []}
+    out = _parser().render(str(text), env)
+    out = out.replace(html.escape(PHI_FORMULA, quote=False), PHI_MATHML)
+    # no line breaks between block tags, except inside preformatted code
+    parts = re.split(r"(<pre>.*?</pre>)", out, flags=re.S)
+    return "".join(p if p.startswith("<pre>") else re.sub(r">\n+<", "><", p) for p in parts).strip()
+
+
+def markdown_to_html(text: str, folder: str | os.PathLike[str] = ".") -> str:
     """Convert the Markdown the report writes to HTML, embedding images found in ``folder``.
-
-    Supported: ATX headings, paragraphs, pipe tables, ``-`` / ``*`` / numbered lists (nested by
-    indentation), fenced code, ``---`` rules, ``>`` quotes; inline ``code``, **bold**, *italic*,
-    [links](href) and ![images](file.png). All text is HTML-escaped; an image that is not a file in
-    ``folder`` is shown as a note, never as a ``src`` that loads, and links other than relative ones and
-    ``#anchors`` are shown as text.
 
     Parameters
     ----------
@@ -128,228 +260,6 @@ def markdown_to_html(text, folder="."):
     Examples
     --------
     >>> markdown_to_html("# A & B\\n\\n- **x** <y>")
-    '<h1 id="a-b">A &amp; B</h1>\\n<ul><li><strong>x</strong> &lt;y&gt;</li></ul>'
+    '<h1 id="a-b">A &amp; B</h1><ul><li><strong>x</strong> &lt;y&gt;</li></ul>'
     """
-    return blocks(str(text).splitlines(), Context(os.fspath(folder)), shift=0)
-
-
-_HEADING = re.compile(r"^\s{0,3}(#{1,6})\s+(.*?)\s*#*\s*$")
-_BULLET = re.compile(r"^(\s*)([-*+]|\d{1,9}[.)])\s+(.*)$")
-_FENCE = re.compile(r"^\s{0,3}(```+|~~~+)")
-_RULE = re.compile(r"^\s{0,3}([-*_])(\s*\1){2,}\s*$")
-_TABLE_SEP = re.compile(r"^\s*\|?\s*:?-{1,}:?\s*(\|\s*:?-{1,}:?\s*)*\|?\s*$")
-
-
-def blocks(lines, ctx, shift):
-    """HTML of Markdown ``lines``; headings moved down by ``shift`` levels and collected in ``ctx.toc``."""
-    out = []
-    i, n = 0, len(lines)
-    while i < n:
-        line = lines[i]
-        if not line.strip():
-            i += 1
-            continue
-        m = _FENCE.match(line)
-        if m:
-            j = i + 1
-            while j < n and not lines[j].strip().startswith(m.group(1)):
-                j += 1
-            lang = line.strip()[len(m.group(1)):].strip()
-            cls = f' class="language-{html.escape(lang, quote=True)}"' if lang else ""
-            out.append(f"<pre><code{cls}>{html.escape(chr(10).join(lines[i + 1:j]))}</code></pre>")
-            i = j + 1
-            continue
-        m = _HEADING.match(line)
-        if m:
-            level = min(len(m.group(1)) + shift, 6)
-            inner = inline_html(m.group(2), ctx)
-            ident = ctx.slug(inner)
-            if level in (2, 3):
-                ctx.toc.append((ident, inner, level))
-            out.append(f'<h{level} id="{ident}">{inner}</h{level}>')
-            i += 1
-            continue
-        if _RULE.match(line):
-            out.append("<hr>")
-            i += 1
-            continue
-        if _table_start(lines, i):
-            j = i + 2
-            while j < n and lines[j].strip() and "|" in lines[j]:
-                j += 1
-            out.append(_table(lines[i], lines[i + 1], lines[i + 2:j], ctx))
-            i = j
-            continue
-        if _BULLET.match(line):
-            j = i + 1
-            while j < n and (_BULLET.match(lines[j]) or (lines[j].strip() and lines[j][:1].isspace())
-                             or (not lines[j].strip() and j + 1 < n and lines[j + 1][:1].isspace()
-                                 and lines[j + 1].strip())):
-                j += 1
-            out.append(_list(lines[i:j], ctx, shift))
-            i = j
-            continue
-        if line.lstrip().startswith(">"):
-            j = i
-            while j < n and lines[j].lstrip().startswith(">"):
-                j += 1
-            inner = [re.sub(r"^\s*>\s?", "", ln) for ln in lines[i:j]]
-            out.append(f"<blockquote>{blocks(inner, ctx, shift)}</blockquote>")
-            i = j
-            continue
-        j = i + 1
-        while j < n and lines[j].strip() and not (_HEADING.match(lines[j]) or _FENCE.match(lines[j])
-                                                  or _BULLET.match(lines[j]) or _RULE.match(lines[j])
-                                                  or lines[j].lstrip().startswith(">") or _table_start(lines, j)):
-            j += 1
-        out.append(_paragraph(" ".join(ln.strip() for ln in lines[i:j]), ctx))
-        i = j
-    return "\n".join(out)
-
-
-def _table_start(lines, i):
-    return "|" in lines[i] and i + 1 < len(lines) and "|" in lines[i + 1] and bool(_TABLE_SEP.match(lines[i + 1]))
-
-
-def _paragraph(text, ctx):
-    m = re.fullmatch(r"!\[([^\]]*)\]\(\s*([^)\s]+)(?:\s+\"[^\"]*\")?\s*\)", text)
-    if m:  # an image alone in its paragraph is a figure with its alt text as caption
-        return figure_html(ctx, m.group(2), m.group(1), caption=inline_html(m.group(1), ctx) or None)
-    return f"<p>{inline_html(text, ctx)}</p>"
-
-
-def _list(lines, ctx, shift):
-    base = len(_BULLET.match(lines[0]).group(1).expandtabs(4))
-    ordered = _BULLET.match(lines[0]).group(2)[0] not in "-*+"
-    items = []
-    for ln in lines:
-        m = _BULLET.match(ln)
-        if m and len(m.group(1).expandtabs(4)) <= base:
-            items.append([m.group(3)])
-        elif items:
-            items[-1].append(ln)
-    html_items = []
-    for first, *rest in items:
-        # continuation lines without a deeper list join the first; a nested list is rendered as blocks
-        k = next((t for t, ln in enumerate(rest) if _BULLET.match(ln)), len(rest))
-        head = " ".join([first.strip()] + [ln.strip() for ln in rest[:k] if ln.strip()])
-        nested = rest[k:]
-        if nested:
-            indent = min(len(ln) - len(ln.lstrip()) for ln in nested if ln.strip())
-            nested = blocks([ln[indent:] for ln in nested], ctx, shift)
-        html_items.append(f"<li>{inline_html(head, ctx)}{nested or ''}</li>")
-    tag = "ol" if ordered else "ul"
-    return f"<{tag}>" + "".join(html_items) + f"</{tag}>"
-
-
-def _split_row(line):
-    """Cells of a pipe-table row; ``|`` inside inline code or escaped as ``\\|`` does not split."""
-    s = line.strip()
-    if s.startswith("|"):
-        s = s[1:]
-    if s.endswith("|") and not s.endswith("\\|"):
-        s = s[:-1]
-    cells, cur, in_code, k = [], [], 0, 0
-    while k < len(s):
-        ch = s[k]
-        if ch == "\\" and k + 1 < len(s) and s[k + 1] == "|":
-            cur.append("\\|")
-            k += 2
-            continue
-        if ch == "`":
-            run = len(s[k:]) - len(s[k:].lstrip("`"))
-            in_code = 0 if in_code == run else (run if not in_code else in_code)
-            cur.append("`" * run)
-            k += run
-            continue
-        if ch == "|" and not in_code:
-            cells.append("".join(cur).strip())
-            cur = []
-        else:
-            cur.append(ch)
-        k += 1
-    cells.append("".join(cur).strip())
-    return cells
-
-
-def _table(header, sep, rows, ctx):
-    aligns = []
-    for c in _split_row(sep):
-        c = c.strip()
-        aligns.append(' style="text-align:center"' if c.startswith(":") and c.endswith(":") else
-                      ' style="text-align:right"' if c.endswith(":") else "")
-    head = _split_row(header)
-    ncol = len(head)
-    aligns = (aligns + [""] * ncol)[:ncol]
-    th = "".join(f"<th{a}>{inline_html(c, ctx)}</th>" for c, a in zip(head, aligns))
-    body = []
-    for r in rows:
-        cells = (_split_row(r) + [""] * ncol)[:ncol]
-        body.append("<tr>" + "".join(f"<td{a}>{inline_html(c, ctx)}</td>" for c, a in zip(cells, aligns)) + "</tr>")
-    return f'<div class="scroll"><table><tr>{th}</tr>{"".join(body)}</table></div>'
-
-
-_PH = "\ue000{}\ue001"  # placeholders (private-use characters) for pieces already converted
-_PH_RE = re.compile("\ue000(\\d+)\ue001")
-_INLINE = re.compile(
-    r"(?P<img>!\[(?P<ialt>[^\]]*)\]\(\s*(?P<isrc>[^)\s]+)(?:\s+\"[^\"]*\")?\s*\))"
-    r"|(?P<link>\[(?P<ltext>[^\]]+)\]\(\s*(?P<lhref>[^)\s]+)(?:\s+\"[^\"]*\")?\s*\))"
-    r"|(?P<bold>\*\*(?=\S)(?P<btext>.+?)(?<=\S)\*\*)"
-    r"|(?P<ital>(?<![\*\w])\*(?=[^\s*])(?P<itext>.+?)(?<=[^\s*])\*(?![\*\w]))")
-
-
-def inline_html(text, ctx=None):
-    """Inline Markdown to HTML: code spans, images, links, bold and italic; everything else escaped."""
-    saved = []
-
-    def keep(s):
-        saved.append(s)
-        return _PH.format(len(saved) - 1)
-
-    text = text.replace("\ue000", "").replace("\ue001", "")
-    text = re.sub(r"(`+)(.+?)(?<!`)\1(?!`)", lambda m: keep(_code_span(m.group(2).strip(), ctx)), text)
-    text = re.sub(r"\\([\\`*_\[\]()#+\-.!|<>{}])", lambda m: keep(html.escape(m.group(1))), text)
-    text = _inline_spans(text, ctx, keep)
-    for _ in range(4):  # placeholders may hold placeholders (code inside bold inside a link)
-        text = _PH_RE.sub(lambda m: saved[int(m.group(1))], text)
-    return text
-
-
-def _code_span(code, ctx):
-    """Inline code; one that names a CSV file of the folder links to its table on the page."""
-    if ctx is not None and code.lower().endswith(".csv") and ctx.local(code) == code:
-        return f'<a href="#table-{anchor(code)}">{code_html(code)}</a>'
-    return code_html(code)
-
-
-def _inline_spans(text, ctx, keep):
-    out, pos = [], 0
-    for m in _INLINE.finditer(text):
-        out.append(html.escape(text[pos:m.start()]))
-        pos = m.end()
-        if m.group("img"):
-            out.append(keep(_image(ctx, m.group("isrc"), m.group("ialt")) if ctx is not None
-                            else html.escape(f"[figure: {m.group('ialt')}]")))
-        elif m.group("link"):
-            out.append(keep(_link(ctx, m.group("lhref"), _inline_spans(m.group("ltext"), ctx, keep))))
-        elif m.group("bold"):
-            inner = _inline_spans(m.group("btext"), ctx, keep)
-            style = VERDICT_STYLE.get(m.group("btext").strip())
-            cls = f' class="v v-{style[0]}"' if style else ""
-            out.append(keep(f"<strong{cls}>{inner}</strong>"))
-        else:
-            out.append(keep(f"<em>{_inline_spans(m.group('itext'), ctx, keep)}</em>"))
-    out.append(html.escape(text[pos:]))
-    return "".join(out)
-
-
-def _link(ctx, href, label):
-    """A link that loads nothing: an in-page anchor for a figure, a relative link to a file, or text."""
-    if href.startswith("#"):
-        return f'<a href="{html.escape(href, quote=True)}">{label}</a>'
-    name = ctx.local(href) if ctx is not None else None
-    if name is not None and name.lower().endswith((".png", ".jpg", ".jpeg", ".gif")):
-        return f'<a href="#{_fig_id(name)}">{label}</a>'
-    if name is not None or (ctx is None and not re.match(r"^[a-zA-Z][a-zA-Z0-9+.-]*:|^[/\\]", href)):
-        return f'<a href="{html.escape(href, quote=True)}">{label}</a>'
-    return f"{label} ({code_html(href)})"
+    return render(text, Context(os.fspath(folder)))

@@ -8,6 +8,12 @@ descriptive notes, not verdicts (the verdicts are :mod:`analysis.report.findings
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from collections.abc import Iterable
+
+    from analysis.report.compute import ReportData
 
 __all__ = ["notes", "TOP1_DOMINANT", "SAME_SEED_SHARE", "FAR_ABOVE_NULL", "SHORT_TRAINING_EPOCHS", "A_MOVED_LITTLE",
            "SWAP_PHI11_BELOW", "SWAP_TOP2_ABOVE", "LOSS_SPREAD_SHARE", "loss_flat", "losses"]
@@ -22,7 +28,7 @@ SWAP_TOP2_ABOVE = 0.5      # ... while φ(1,2) or φ(2,1) is above 0.5: the top 
 LOSS_SPREAD_SHARE = 0.25   # Table 6 / 18: "spread over r below a quarter of the gain over the base model"
 
 
-def loss_flat(losses, base_loss):
+def loss_flat(losses: Iterable[float], base_loss: float | None) -> bool:
     """Table 6 / 18 in words: the spread of the validation loss over r is below :data:`LOSS_SPREAD_SHARE` of
     the gain over the base model (no base loss: False). No null exists for it, so it is a note, not a verdict."""
     losses = list(losses)
@@ -39,15 +45,26 @@ def _f(x, nd=2):
     return f"{x:.{nd}f}"
 
 
-def _short(module):
-    return module.rsplit(".", 1)[-1]
+def _mod(data, role):
+    """The module type playing ``role`` (``"q"``, ``"v"``) in the main stack, or None."""
+    return data.role_kind(role)
 
 
-def _mod(data, suffix):
-    return next((m for m in data.modules if m.endswith(suffix)), None)
+def _short(kind):
+    """A module type in words: its role label (``ΔWq``)."""
+    from analysis.plotting.common import module_label
+
+    return module_label(kind, plain=True)
 
 
-def losses(data):
+def _by_kind(frame):
+    """A sweep frame whose ``module`` column holds each row's module type (unique across stacks)."""
+    from analysis.io.roles import module_role
+
+    return frame.assign(module=[module_role(n).kind for n in frame["name"]])
+
+
+def losses(data: ReportData) -> tuple[dict[int, float], float | None]:
     """Validation loss per seed-0 rank and of the base model (None if no manifest has it)."""
     cfg = data.config
     losses = {r: data.manifests.get(f"r{r}_seed{cfg.seeds[0]}", {}).get("val_loss_adapter") for r in cfg.ranks}
@@ -57,14 +74,14 @@ def losses(data):
 
 
 def _advice_note(data):
-    fr = data.advice.frame
+    fr = _by_kind(data.advice.frame)
     parts = [f"{_short(m)} median {g['advised'].median():g} (range {g['advised'].min()}–{g['advised'].max()}, "
              f"{int(g['capped'].sum())} of {len(g)} at the cap)" for m, g in fr.groupby("module", sort=True)]
     r0, pat = data.advice.rank_pattern()
     ls, base = losses(data)
     flat = bool(ls) and loss_flat(ls.values(), base)
-    return ("Rank advice from the seed pair (rank_advice_*.png): the directions two r = 64 trainings agree on, "
-            "per module: " + "; ".join(parts) + f". As a PEFT config: r = {r0} with {len(pat)} rank_pattern "
+    return (f"Rank advice from the seed pair (rank_advice_*.png): the directions {data.say('seed_a')} and "
+            f"{data.say('seed_b')} agree on, per module: " + "; ".join(parts) + f". As a PEFT config: r = {r0} with {len(pat)} rank_pattern "
             "entries. Everything beyond these few directions differs between the seeds as random subspaces do"
             + (", in line with Table 6 / 18 (very small r suffices)." if flat else "."))
 
@@ -107,12 +124,14 @@ def _top1_note(data):
 
 
 def _size_note(data):
-    t, q = data.table7, _mod(data, "q_proj")
+    t, q = data.table7, _mod(data, "q")
     if t is None or q is None or not len(t):
         return None
-    tq = t[t["module"] == q]
+    from analysis.io.roles import module_role
+
+    tq = t[[module_role(n).kind == q for n in t["name"]]]
     rel = ", ".join(f"{100 * n / w:.1f} % (r = {r})" for r, n, w in zip(tq["r"], tq["fro"], tq["w_norm"]))
-    return (f"Relative size of the update at layer {data.config.layer}, ‖ΔWq‖_F / ‖Wq‖_F: {rel}; in the "
+    return (f"Relative size of the update at layer {data.layer}, ‖ΔWq‖_F / ‖Wq‖_F: {rel}; in the "
             "paper 6.91 / 61.95 = 11 % (r = 4) and 3.57 / 61.95 = 5.8 % (r = 64). A smaller update "
             "against a larger W gives a smaller amplification factor for the same geometry.")
 
@@ -122,10 +141,11 @@ def _seed_note(data):
     if data.cross_pair is None or data.rank_pair is None:
         return None
     cfg = data.config
-    a = data.rank_pair.frame.groupby("module")["phi11_A"].median()
-    c = data.cross_pair.frame.groupby("module")["phi11_A"].median()
-    d = data.rank_pair.frame.groupby("module")["d_in"].max()
-    s = data.seed_pair.frame.groupby("module")["phi11_A"].median() if data.seed_pair is not None else {}
+    a = _by_kind(data.rank_pair.frame).groupby("module")["phi11_A"].median()
+    c = _by_kind(data.cross_pair.frame).groupby("module")["phi11_A"].median()
+    d = _by_kind(data.rank_pair.frame).groupby("module")["d_in"].max()
+    s = (_by_kind(data.seed_pair.frame).groupby("module")["phi11_A"].median() if data.seed_pair is not None
+         else {})
     mods = [m for m in a.index if m in c.index]
     if not mods:
         return None
@@ -161,7 +181,10 @@ def _swap_note(data):
             if res is None or res.zero or min(res.phi.shape) < 2:
                 continue
             if res.phi[0, 0] < SWAP_PHI11_BELOW and max(res.phi[0, 1], res.phi[1, 0]) > SWAP_TOP2_ABOVE:
-                swaps.append(f"{name.replace('model.layers.', 'layer ').replace('.self_attn.', ' ')} "
+                from analysis.io.roles import module_role
+
+                pos = module_role(name)
+                swaps.append(f"{pos.stack + ' ' if len(data.stacks()) > 1 else ''}layer {pos.layer} {_short(pos.kind)} "
                              f"(φ(1,1) = {res.phi[0, 0]:.2f}, φ(1,2) = {res.phi[0, 1]:.2f}, "
                              f"φ(2,1) = {res.phi[1, 0]:.2f})")
     if not swaps:
@@ -180,7 +203,7 @@ def _epochs(manifest):
 def _training_note(data):
     """Training length; "short" only when every adapter saw less than one pass over its training data."""
     steps = {m.get("steps") for m in data.manifests.values() if m.get("steps")}
-    if not steps:
+    if not steps or data.config.pairs:  # the model's size is known only for the shipped setup
         return None
     run = (f"{', '.join(map(str, sorted(steps)))} steps, batch "
            f"{next(iter(data.manifests.values())).get('batch_size', '?')}")
@@ -193,15 +216,20 @@ def _training_note(data):
 
 
 def _gqa_note(data):
-    v = _mod(data, "v_proj")
+    q, v = _mod(data, "q"), _mod(data, "v")
     if not data.w_spectra or v is None or not data.adapters:
         return None
-    d_out, d_in = next(iter(data.adapters.values())).expanded()[data.name(v)].shape
+    some = {}
+    for ad in data.adapters.values():
+        some.update(ad.expanded())
+    d_out, d_in = some[data._some_name(v)].shape
     if d_out >= d_in:
         return None
-    return (f"Wv is {d_out} × {d_in} (grouped-query attention): it has only {d_out} input-side singular "
-            f"directions, so on Fig. 8's input side for ΔWv the curves stop at i = {d_out} and reach "
-            f"{d_out}/{d_in} at most.")
+    why = ""
+    if q is not None and some[data._some_name(q)].shape[0] > d_out:
+        why = f" (grouped-query attention: Wq has {some[data._some_name(q)].shape[0]} rows)"
+    return (f"Wv is {d_out} × {d_in}{why}: it has only {d_out} input-side singular directions, so on Fig. 8's "
+            f"input side for ΔWv the curves stop at i = {d_out} and reach {d_out}/{d_in} at most.")
 
 
 def _loss_note(data):
@@ -283,7 +311,7 @@ def _merge_loss_text(data):
             + "; ".join(rows) + ".")
 
 
-def notes(data):
+def notes(data: ReportData) -> list[str]:
     """The README's "Reading these results" list.
 
     Parameters

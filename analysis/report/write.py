@@ -2,14 +2,16 @@
 ``findings.json`` (one record per claim) and ``report.html`` (the same, one self-contained page).
 
 The folder also holds ``MANIFEST`` (the files the report wrote, one per line): a later run replaces a folder
-that holds only those without asking, and refuses a folder with anything else in it unless ``force``.
+that holds only those, and refuses a folder with anything else in it (see :func:`check_report_target`).
 """
 
 from __future__ import annotations
 
 import os
+from typing import TYPE_CHECKING
 
-from analysis.errors import AdapterError
+if TYPE_CHECKING:
+    from analysis.report.compute import ReportData
 
 __all__ = ["write_report", "check_report_target", "MANIFEST"]
 
@@ -17,34 +19,20 @@ __all__ = ["write_report", "check_report_target", "MANIFEST"]
 MANIFEST = "MANIFEST"
 
 
-def _foreign(out):
-    """Files in ``out`` that an earlier report did not write (its MANIFEST does not list them)."""
-    if not os.path.isdir(out):
-        return [] if not os.path.lexists(out) else [os.path.basename(out)]
-    present = set(os.listdir(out))
-    try:
-        with open(os.path.join(out, MANIFEST), encoding="utf-8") as fh:
-            own = {line.strip() for line in fh if line.strip()} | {MANIFEST}
-    except (OSError, UnicodeDecodeError):
-        own = set()
-    return sorted(present - own)
-
-
-def check_report_target(out, *, force=False):
-    """Refuse ``out`` if it holds files an earlier report did not write, unless ``force``.
+def check_report_target(out: str | os.PathLike[str], *, force: bool = False) -> None:
+    """Refuse ``out`` if it is, holds or lies above an input, the working directory or the home folder, or holds
+    files an earlier report did not write (``--force`` or not: it replaces only what the report wrote).
 
     Raises
     ------
     AdapterError
     """
-    foreign = _foreign(out)
-    if foreign and not force:
-        raise AdapterError(f"holds files the report did not write ({', '.join(foreign[:4])}"
-                           f"{' …' if len(foreign) > 4 else ''}); choose another --out or pass --force to replace "
-                           "the folder", path=out)
+    from analysis.io.outputs import check_target
+
+    check_target(out, force=force, folder=True, manifest=MANIFEST, option="--out")
 
 
-def write_report(data, out, *, force=False):
+def write_report(data: ReportData, out: str | os.PathLike[str], *, force: bool = False) -> list[str]:
     """Write every figure, table, ``README.md``, ``findings.json`` and ``report.html`` into ``out``, atomically.
 
     Parameters
@@ -62,7 +50,7 @@ def write_report(data, out, *, force=False):
     from analysis.io.outputs import atomic_output
 
     check_report_target(out, force=force)
-    with atomic_output(out, force=True, folder=True) as tmp:
+    with atomic_output(out, force=force, folder=True, manifest=MANIFEST, option="--out") as tmp:
         written = _write_files(data, tmp)
         with open(os.path.join(tmp, MANIFEST), "w", encoding="utf-8") as fh:
             fh.write("".join(f"{n}\n" for n in sorted(written)))
@@ -70,7 +58,18 @@ def write_report(data, out, *, force=False):
 
 
 def _save(fig, path, written):
-    fig.savefig(path, dpi=110)
+    """Save a figure as a 256-colour palette PNG (line art, text and colour maps: a third of the RGBA size, no
+    visible change; no dithering, so flat areas stay flat)."""
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100)
+    buf.seek(0)
+    with Image.open(buf) as im:
+        im.convert("RGB").quantize(colors=256, method=Image.Quantize.MEDIANCUT,
+                                   dither=Image.Dither.NONE).save(path, format="PNG", optimize=True)
     written.append(os.path.basename(path))
 
 
@@ -84,10 +83,13 @@ def _write_files(data, out):
 
     w = []
     j = os.path.join
+    fs = findings(data)  # first: the figures that state verdicts take them from here
+    paper = bool(F.paper_kinds(data))
     if data.rank_pair is not None:
-        _save(F.fig_rank_pair(data), j(out, "fig3_rank_pair.png"), w)
-        _save(F.fig_rank_pair(data, side="input"), j(out, "fig3_dW_input_basis.png"), w)
-        _save(F.fig_layers(data, which="rank"), j(out, "fig6_layers_rank.png"), w)
+        if paper or data.modules:
+            _save(F.fig_rank_pair(data), j(out, "fig3_rank_pair.png"), w)
+            _save(F.fig_rank_pair(data, side="input"), j(out, "fig3_dW_input_basis.png"), w)
+            _save(F.fig_layers(data, which="rank"), j(out, "fig6_layers_rank.png"), w)
         save_frame(data.rank_pair.frame, j(out, "pair_rank.csv"))
         w.append("pair_rank.csv")
     if data.seed_pair is not None:
@@ -113,20 +115,28 @@ def _write_files(data, out):
         save_frame(sw.frame, j(out, f"sweep_{lab}.csv"))
         w.append(f"sweep_{lab}.csv")
     _save(F.fig_spectra(data), j(out, "spectra.png"), w)
-    if data.table7 is not None:
+    if data.table7 is not None and paper:
         _save(F.fig_table7(data), j(out, "table7.png"), w)
         F.table7_frame(data).to_csv(j(out, "table7.csv"), index=False)
         w.append("table7.csv")
         _save(F.fig_weight_overlap(data), j(out, "fig8_W_vs_dW.png"), w)
         _save(F.fig_weight_overlap(data, j=1), j(out, "fig8_W_vs_dW_top1.png"), w)
-        _save(F.fig_weight_overlap_heatmap(data), j(out, "fig8_heatmap.png"), w)
-        _save(F.fig_amplification_layers(data), j(out, "layers_amplification.png"), w)
+        _save(F.fig_weight_overlap_grid(data), j(out, "fig8_grid.png"), w)
+    if data.t7_layers is not None and len(data.t7_layers) and paper:
+        _save(F.fig_amplification_layers(data, fs), j(out, "layers_amplification.png"), w)
+        _save(F.fig_t7_layers(data, fs), j(out, "table7_layers.png"), w)
+        save_frame(data.t7_layers, j(out, "table7_layers.csv"))
+        w.append("table7_layers.csv")
     if data.long_run is not None and len(data.long_run):
         _save(F.fig_long_run(data), j(out, "table7_over_training.png"), w)
         save_frame(data.long_run, j(out, "table7_over_training.csv"))
         w.append("table7_over_training.csv")
     if data.init_pairs:
-        _save(F.fig_data_vs_init(data), j(out, "fig3_data_vs_init.png"), w)
+        _save(F.fig_data_vs_init(data, fs), j(out, "fig3_data_vs_init.png"), w)
+    if data.control_pair is not None:
+        _save(F.fig_control(data, fs), j(out, "fig4_control_qkvo.png"), w)
+        save_frame(data.control_pair.frame, j(out, "pair_control_qkvo.csv"))
+        w.append("pair_control_qkvo.csv")
     if data.collection is not None:
         _save(F.fig_collection(data), j(out, "collection.png"), w)
         fr = data.collection.to_frame()
@@ -135,7 +145,6 @@ def _write_files(data, out):
     if data.merge is not None:
         save_frame(data.merge.frame, j(out, "merge_tasks.csv"))
         w.append("merge_tasks.csv")
-    fs = findings(data)
     write_findings(data, fs, j(out, "findings.json"))
     w.append("findings.json")
     write_readme(data, out, w, fs)
@@ -164,8 +173,13 @@ def write_findings(data, fs, path):
     inputs = {"checkpoints": cfg.pop("checkpoints"), "base": name or (os.path.basename(base) if base else None)}
     if data.config.pairs:
         inputs = {"adapters": dict(data.inputs), "base": inputs["base"]}
-        cfg = {k: v for k, v in cfg.items() if k not in ("ranks", "low", "high", "seeds", "long_runs", "init_runs")}
-    settings = {**cfg, "protocol": {"z_min": protocol.Z_MIN, "aggregate_share": protocol.AGGREGATE_SHARE,
-                                    "ratio_share": protocol.RATIO_SHARE, "n_draws": protocol.N_DRAWS}}
+        cfg = {k: v for k, v in cfg.items() if k not in ("ranks", "low", "high", "seeds", "long_runs", "init_runs",
+                                                         "init_partners", "control_runs")}
+    cfg.update(layer=data.layer, layers=list(data.layers), main_stack=data.main_stack)
+    settings = {**cfg, "protocol": {"z_min": protocol.Z_MIN, "p_tail": protocol.P_TAIL,
+                                    "aggregate_share": protocol.AGGREGATE_SHARE,
+                                    "ratio_share": protocol.RATIO_SHARE, "n_draws": protocol.N_DRAWS,
+                                    "power_min": protocol.POWER_MIN, "correction": "Holm over covered modules",
+                                    "history": protocol.HISTORY}}
     write_json(path, {**provenance("report", inputs=inputs, settings=settings),
                       "findings": [f.to_dict() for f in fs]})

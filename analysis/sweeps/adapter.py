@@ -3,12 +3,26 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from analysis.core.adapter import Adapter, select_modules, split_name
 from analysis.sweeps.common import progress as progress_bar
 from analysis.sweeps.spectra import spectrum_row
+from analysis.io.roles import with_roles
+
+if TYPE_CHECKING:
+    import os
+    from collections.abc import Mapping, Sequence
+    from typing import Any
+
+    import pandas as pd
+
+    from analysis.core.adapter import Layers
+    from analysis.io.base import BaseWeights
+    from analysis.sweeps.progress import Progress
+    from analysis.sweeps.svd_cache import SVDCache
 
 __all__ = ["AdapterSweep", "analyse_adapter", "analyse_adapters"]
 
@@ -33,13 +47,17 @@ class AdapterSweep:
         Table-7 results (empty without a base).
     """
 
-    frame: object
+    frame: pd.DataFrame
     spectra: dict = field(default_factory=dict)
     correlations: dict = field(default_factory=dict)
 
 
-def analyse_adapter(adapter: Adapter, *, base=None, modules=None, layers=None, n_random=10, seed=0,
-                    progress=False, keep_cache=False, jobs=None, cache=True, tolerance=None) -> AdapterSweep:
+def analyse_adapter(adapter: Adapter, *,
+                    base: str | os.PathLike[str] | BaseWeights | Mapping[str, np.ndarray] | None = None,
+                    modules: Sequence[str] | None = None, layers: set[int] | str | Layers | None = None,
+                    n_random: int = 10, seed: int = 0, progress: bool | Progress = False, keep_cache: bool = False,
+                    jobs: int | None = None, cache: bool | SVDCache = True,
+                    tolerance: float | str | None = None) -> AdapterSweep:
     """Spectra, rank measures and (with a base) Table-7 columns for every module.
 
     Parameters
@@ -63,7 +81,7 @@ def analyse_adapter(adapter: Adapter, *, base=None, modules=None, layers=None, n
         (and, with a base, ``jobs`` + 1 base weights).
     cache : bool or SVDCache
         Read W's top singular triplets from the persistent cache, and store them there
-        (:mod:`analysis.io.svd_cache`); ``False``: compute them every time (``--no-cache``).
+        (:mod:`analysis.sweeps.svd_cache`); ``False``: compute them every time (``--no-cache``).
     tolerance : float or "exact", optional
         Accuracy of W's randomized SVD (:func:`~analysis.core.randomized.krylov_settings`, ``--tolerance``);
         default the randomized SVD's defaults.
@@ -77,8 +95,12 @@ def analyse_adapter(adapter: Adapter, *, base=None, modules=None, layers=None, n
                             tolerance=tolerance)[0]
 
 
-def analyse_adapters(adapters, *, base=None, modules=None, layers=None, n_random=10, seed=0, progress=False,
-                     keep_cache=False, jobs=None, cache=True, tolerance=None) -> list:
+def analyse_adapters(adapters: Sequence[Adapter], *,
+                     base: str | os.PathLike[str] | BaseWeights | Mapping[str, np.ndarray] | None = None,
+                     modules: Sequence[str] | None = None, layers: set[int] | str | Layers | None = None,
+                     n_random: int = 10, seed: int = 0, progress: bool | Progress = False,
+                     keep_cache: bool = False, jobs: int | None = None, cache: bool | SVDCache = True,
+                     tolerance: float | str | None = None) -> list[AdapterSweep]:
     """:func:`analyse_adapter` for several adapters of one base, reading each base weight once.
 
     With a base, each W is read once and its top singular triplets are
@@ -103,12 +125,12 @@ def analyse_adapters(adapters, *, base=None, modules=None, layers=None, n_random
     from analysis.core.randomized import krylov_settings
     from analysis.core.threads import map_ordered
     from analysis.io.base import base_matrix, base_tensor_name, open_base, read_base
-    from analysis.io.svd_cache import SVDCache, cached_random_projections, cached_topk_svd, tensor_file
+    from analysis.sweeps.svd_cache import SVDCache, cached_random_projections, cached_topk_svd, tensor_file
     from analysis.io.stored import StoredMatrix
-    from analysis.metrics.correlation import _check_shape, _check_W, _correlation, _overlap
+    from analysis.metrics.correlation import check_weight_shape, check_weight, correlation_checked, overlap_checked
 
     svd_settings = krylov_settings(tolerance)  # checked before any work
-    runs = []  # per adapter: (modules, selected names, rows, spectra, correlations)
+    runs: list[tuple[Any, ...]] = []  # per adapter: (modules, selected names, rows, spectra, correlations)
     for adapter in adapters:
         mods = adapter.expanded()
         names = select_modules(mods, modules=modules, layers=layers)
@@ -139,7 +161,7 @@ def analyse_adapters(adapters, *, base=None, modules=None, layers=None, n_random
             base = opened = open_base(base)
         store = cache if isinstance(cache, SVDCache) else SVDCache(enabled=bool(cache))
         try:
-            by_base = {}  # base tensor -> [(adapter index, module name)]
+            by_base: dict[str, list[tuple[int, str]]] = {}  # base tensor -> [(adapter index, module name)]
             for i, (mods, names, *_) in enumerate(runs):
                 for name in names:
                     by_base.setdefault(base_tensor_name(name, mods[name]), []).append((i, name))
@@ -155,9 +177,9 @@ def analyse_adapters(adapters, *, base=None, modules=None, layers=None, n_random
                     if key not in svds:
                         W = base_matrix(W_raw, lr, name=name, path=getattr(base, "path", None))
                         if isinstance(W, StoredMatrix):
-                            _check_shape(W, lr, name)  # NaN / Inf: checked by the product that uses W
+                            check_weight_shape(W, lr, name)  # NaN / Inf: checked by the product that uses W
                         else:
-                            W = _check_W(W, lr, name)
+                            W = check_weight(W, lr, name)
                         k_all = max(max(runs[j][0][n].rank, 1) for j, n in by_base[bname]
                                     if (n, runs[j][0][n].shape) == key)
                         svds[key] = (W, *cached_topk_svd(store, tensor_file(base, bname), f"{bname}|{name}", W,
@@ -172,14 +194,14 @@ def analyse_adapters(adapters, *, base=None, modules=None, layers=None, n_random
                         raise ValueError(f"n_random must be >= 1, got {n_random}")
                     # W checked once above (shape; finite and working precision for an array, in its product for a
                     # StoredMatrix): the metrics' private halves
-                    c = _correlation(W, lr, n_random=n_random, seed=seed, w_svd=w_svd, name=name, random_proj=rp,
+                    c = correlation_checked(W, lr, n_random=n_random, seed=seed, w_svd=w_svd, name=name, random_proj=rp,
                                      w_norm=w_norm)
                     upd = dict(w_norm=c.w_norm, w_sigma1=float(w_svd.S[0]), proj_delta=c.proj_delta,
                                proj_w=c.proj_w, proj_random=c.proj_random, proj_random_std=c.proj_random_std,
                                proj_random_rms=c.proj_random_rms, proj_random_expected=c.proj_random_expected,
                                amplification=c.amplification, over_random=c.over_random)
                     for side in ("output", "input"):
-                        ov = _overlap(W, lr, side=side, n_w=k, seed=seed, w_svd=w_svd, name=name)
+                        ov = overlap_checked(W, lr, side=side, n_w=k, seed=seed, w_svd=w_svd, name=name)
                         upd[f"phi_w_{side}"] = float(ov.phi[-1, -1]) if not ov.zero else np.nan
                         upd[f"null_w_{side}"] = k / ov.d
                     if not keep_cache:
@@ -200,7 +222,7 @@ def analyse_adapters(adapters, *, base=None, modules=None, layers=None, n_random
         bar.close()
     out = []
     for _, names, rows, spectra, corr in runs:
-        frame = pd.DataFrame([rows[n] for n in names])
+        frame = with_roles(pd.DataFrame([rows[n] for n in names]))
         if len(frame) and frame["layer"].isna().any():
             frame["layer"] = frame["layer"].astype("Int64")
         out.append(AdapterSweep(frame=frame, spectra=spectra, correlations=corr))

@@ -39,6 +39,7 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -49,9 +50,19 @@ from analysis.metrics.stability import prefix_stability
 from analysis.sweeps.common import progress as progress_bar
 from analysis.sweeps.common import require_adapter
 
-__all__ = ["ADVICE_SIDES", "RankAdvice", "advise_ranks"]
+if TYPE_CHECKING:
+    from collections.abc import Mapping, Sequence
+    from typing import Any
 
-ADVICE_SIDES = ("both", "input", "output", "A", "B")
+    import pandas as pd
+
+    from analysis.core.adapter import Adapter, Layers
+    from analysis.core.lowrank import LowRank
+    from analysis.sweeps.progress import Progress
+
+__all__ = ["ADVICE_SIDES", "RankAdvice", "advise_ranks", "check_min_rank"]
+
+ADVICE_SIDES = ("both", "input", "output", "A", "B")  # FACTOR_SIDES and "both" (analysis.core.sides)
 
 
 @dataclass(frozen=True)
@@ -80,7 +91,7 @@ class RankAdvice:
         For :meth:`lora_config`.
     """
 
-    frame: object
+    frame: pd.DataFrame
     side: str
     n_std: float
     min_rank: int
@@ -90,11 +101,11 @@ class RankAdvice:
     only_b: list = field(default_factory=list)
     target_modules: list = field(default_factory=list)
 
-    def to_frame(self):
+    def to_frame(self) -> pd.DataFrame:
         """The per-module table (a copy)."""
         return self.frame.copy()
 
-    def rank_pattern(self):
+    def rank_pattern(self) -> tuple[int, dict[str, int]]:
         """``(r, rank_pattern)`` in PEFT's syntax.
 
         ``r`` is the most common advised rank; ``rank_pattern`` maps a key
@@ -111,12 +122,12 @@ class RankAdvice:
         keys = pattern_keys(adv)
         return r0, {keys[n]: k for n, k in adv.items() if k != r0}
 
-    def lora_config(self):
+    def lora_config(self) -> dict[str, Any]:
         """Keyword arguments for ``peft.LoraConfig``: ``r``, ``rank_pattern``, ``target_modules``."""
         r0, pat = self.rank_pattern()
         return {"r": r0, "rank_pattern": pat, "target_modules": list(self.target_modules)}
 
-    def to_dict(self):
+    def to_dict(self) -> dict[str, Any]:
         """JSON-ready summary: settings, ``lora_config`` and one record per module."""
         from analysis.io.outputs import json_ready
 
@@ -124,6 +135,35 @@ class RankAdvice:
                            "min_rank": self.min_rank, "lora_config": self.lora_config(),
                            "only_a": self.only_a, "only_b": self.only_b,
                            "modules": self.frame.to_dict(orient="records")})
+
+
+def check_min_rank(min_rank: int, ea: Mapping[str, LowRank], eb: Mapping[str, LowRank], names: Sequence[str], *,
+                   what: str = "min_rank") -> None:
+    """Refuse a floor of the advice outside [1, r]: r, the smallest LoRA rank of the compared modules (a floor
+    above it would advise more directions than the adapters hold).
+
+    Parameters
+    ----------
+    min_rank : int
+    ea, eb : Mapping[str, LowRank]
+        The two adapters' modules.
+    names : list of str
+        The modules compared.
+    what : str
+        The option or argument named in the message (``--min-rank``).
+
+    Raises
+    ------
+    ValueError
+    """
+    if min_rank < 1:
+        raise ValueError(f"{what} must be at least 1 (PEFT cannot hold r = 0), got {min_rank}")
+    if not names:
+        return
+    r, name = min((min(ea[n].r, eb[n].r), n) for n in names)
+    if min_rank > r:
+        raise ValueError(f"{what} must be at most r = {r}, the smallest rank of the modules compared (module "
+                         f"{name!r}), got {min_rank}")
 
 
 def _targets(a, names):
@@ -135,8 +175,10 @@ def _targets(a, names):
     return sorted({n.rsplit(".", 1)[-1] for n in names})
 
 
-def advise_ranks(a, b, *, side="both", n_std=3.0, min_rank=1, modules=None, layers=None, trials=200, seed=0,
-                 progress=False, keep_cache=False, jobs=None):
+def advise_ranks(a: Adapter, b: Adapter, *, side: str = "both", n_std: float = 3.0, min_rank: int = 1,
+                 modules: Sequence[str] | None = None, layers: set[int] | str | Layers | None = None,
+                 trials: int = 200, seed: int = 0, progress: bool | Progress = False, keep_cache: bool = False,
+                 jobs: int | None = None) -> RankAdvice:
     """Advised rank per module: the leading directions two adapters share.
 
     Parameters
@@ -150,7 +192,8 @@ def advise_ranks(a, b, *, side="both", n_std=3.0, min_rank=1, modules=None, laye
         A squared principal cosine counts as shared above the random mean +
         n_std · sd.
     min_rank : int
-        Floor of the advice (≥ 1 for PEFT; modules sharing nothing get it).
+        Floor of the advice, in [1, r] (r: the smallest LoRA rank of the modules compared; PEFT cannot hold
+        r = 0); modules sharing nothing get it.
     modules, layers
         Filters, see :func:`analysis.core.adapter.select_modules`.
     trials, seed
@@ -174,12 +217,13 @@ def advise_ranks(a, b, *, side="both", n_std=3.0, min_rank=1, modules=None, laye
         raise ValueError(f"side must be one of {ADVICE_SIDES}, got {side!r}")
     if not (np.isfinite(n_std) and n_std >= 0):
         raise ValueError(f"n_std must be a non-negative number, got {n_std!r}")
-    if int(min_rank) != min_rank or min_rank < 0:
-        raise ValueError(f"min_rank must be a non-negative integer, got {min_rank!r}")
+    if isinstance(min_rank, bool) or int(min_rank) != min_rank or min_rank < 1:
+        raise ValueError(f"min_rank must be a positive integer (PEFT cannot hold r = 0), got {min_rank!r}")
     for x, y in ((a, b), (b, a)):
         require_adapter(x, base_names=f"comparing with a {y.format} adapter" if x.format != y.format else None)
     ea, eb = a.expanded(), b.expanded()
     names = select_modules(set(ea) & set(eb), modules=modules, layers=layers)
+    check_min_rank(min_rank, ea, eb, names, what="min_rank")
     only_a = sorted(set(ea) - set(eb), key=natural_key)
     only_b = sorted(set(eb) - set(ea), key=natural_key)
 

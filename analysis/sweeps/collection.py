@@ -3,10 +3,14 @@
 The work is a Dask graph, so one call runs on the local machine (Dask's threaded scheduler, no cluster
 to start) or on an existing Dask cluster (``client=`` a ``distributed.Client`` or a scheduler address):
 
+0. one task per adapter reads its module names and ΔW shapes (a PEFT safetensors file: its header only)
+   or says why the path is no adapter; the client reports bad paths at once (or skips paths that are no
+   adapter, ``not_adapters="skip"``) and groups the adapters into models by their shapes
+   (:mod:`analysis.sweeps.models`): adapters of different models are never compared with each other;
 1. one task per adapter reads it and summarises every module (shape, stored rank, numerical rank,
-   ‖ΔW‖²); the client checks that modules of one name have one shape;
-2. one task per (group of modules, tile of adapters) reads those modules of those adapters (lazily:
-   one module at a time from a PEFT safetensors file) and stacks, per module, their factors
+   ‖ΔW‖²);
+2. per model, one task per (group of modules, tile of adapters) reads those modules of those adapters
+   (lazily: one module at a time from a PEFT safetensors file) and stacks, per module, their factors
    (scale folded into ``lora_B``) and their top-k singular bases on the chosen side;
 3. one task per (group, tile I, tile J ≤ I) multiplies the stacks: the Gram block
    (:func:`~analysis.metrics.cosine.gram_blocks`, O((d_out + d_in) R_I R_J)) and the φ(k, k) block
@@ -25,24 +29,43 @@ import tempfile
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from analysis.core.adapter import Adapter, natural_key, select_modules, split_name
 from analysis.errors import AdapterError
 from analysis.metrics.cosine import gram_blocks, phi_blocks
+from analysis.sweeps.models import (ModelGroup, ModelGrouping, describe_models, describe_skipped, group_by_model,
+                                    header_task, screen_headers)
 
-__all__ = ["COLLECTION_SIDES", "CollectionResult", "collection_similarity", "compute", "open_source",
-           "source_label", "seriation_order", "summarise_adapter"]
+if TYPE_CHECKING:
+    from collections.abc import Callable, Sequence
+    from typing import Any
 
-COLLECTION_SIDES = ("input", "output", "A", "B")
+    import pandas as pd
+    from dask.delayed import Delayed
+    from distributed import Client
+    from numpy.typing import ArrayLike
+
+    from analysis.core.adapter import Layers
+
+__all__ = ["COLLECTION_SIDES", "MIXED_MODELS", "NOT_ADAPTERS", "CollectionResult", "collection_similarity", "compute",
+           "open_source", "probe_scheduler", "source_label", "seriation_order", "summarise_adapter",
+           "SCHEDULER_SECONDS"]
+
+COLLECTION_SIDES = ("input", "output", "A", "B")  # FACTOR_SIDES of analysis.core.sides, input first
+#: ``mixed_models=``: refuse adapters of several models (``"error"``) or compare each model's adapters apart.
+MIXED_MODELS = ("error", "split")
+#: ``not_adapters=``: a path that is no adapter (a README caught by a glob) is an error, or skipped and listed.
+NOT_ADAPTERS = ("error", "skip")
 #: Target bytes of one stack task's output (factors of a tile of adapters for a group of modules).
 _STACK_BYTES = 64 * 2**20
 
 
 # ---------------------------------------------------------------------------------------------- execution
 
-def compute(tasks, *, client=None):
+def compute(tasks: Sequence[Delayed], *, client: Client | str | None = None) -> list[Any]:
     """Compute a list of Dask delayed objects locally or on a cluster.
 
     Parameters
@@ -53,12 +76,20 @@ def compute(tasks, *, client=None):
         (:func:`~analysis.core.threads.available_cores`), BLAS pinned to one thread in each. A ``Client``:
         that cluster (its workers are told to keep freed memory for their next tasks:
         :func:`~analysis.core.allocator.reuse_freed_memory`).
-        A string: the address of a running scheduler (``tcp://host:8786``); a client is opened and closed.
+        A string: the address of a running scheduler (``tcp://host:8786``): it must answer as a Dask scheduler
+        within :data:`SCHEDULER_SECONDS` (:func:`probe_scheduler`), then a client is opened and closed.
 
     Returns
     -------
     list
         The results, in order.
+
+    Raises
+    ------
+    AdapterError
+        The address does not answer as a Dask scheduler in time (naming ``--scheduler``).
+    EnvironmentFault
+        The connection to the cluster is lost during the run (the command exits with code 3).
     """
     import dask
 
@@ -70,19 +101,109 @@ def compute(tasks, *, client=None):
     if isinstance(client, (str, os.PathLike)):
         from distributed import Client
 
-        with Client(str(client), timeout="30s") as c:
-            return _on_client(c, tasks)
-    return _on_client(client, tasks)
+        address = str(client)
+        probe_scheduler(address)
+        try:
+            c = Client(address, timeout=f"{SCHEDULER_SECONDS:g}s")  # it answered: the client connects now
+        except (OSError, TimeoutError) as e:
+            raise AdapterError(f"no Dask scheduler answered within {SCHEDULER_SECONDS:g} s "
+                               f"({' '.join(str(e).split())[:160]}); check the address, or leave --scheduler out "
+                               "to run locally", path=f"--scheduler {address}") from None
+        with c:
+            return _on_client(c, tasks, address)
+    return _on_client(client, tasks, getattr(getattr(client, "scheduler", None), "address", None))
 
 
-def _on_client(client, tasks):
+#: How long a scheduler given by address has to answer as a Dask scheduler (seconds).
+SCHEDULER_SECONDS = 10.0
+
+
+def probe_scheduler(address: str, *, seconds: float | None = None) -> None:
+    """Check that ``address`` answers as a Dask scheduler within ``seconds`` (connection, handshake and an
+    ``identity`` call, all under one deadline, in a thread of its own: the client itself waits for ever on a
+    socket that accepts and never answers).
+
+    Raises
+    ------
+    AdapterError
+        Naming ``--scheduler ADDRESS``: nothing answered, something else answered, or not in time.
+    """
+    import asyncio
+    import threading
+
+    seconds = SCHEDULER_SECONDS if seconds is None else float(seconds)
+    out = {}
+
+    async def ask():
+        from distributed.core import rpc
+
+        r = rpc(address, timeout=seconds)
+        try:
+            return await r.identity()
+        finally:
+            await r.close_rpc()
+
+    def run():
+        try:
+            out["identity"] = asyncio.run(asyncio.wait_for(ask(), seconds))
+        except BaseException as e:  # noqa: BLE001 - reported below, in the caller's thread
+            out["error"] = e
+
+    t = threading.Thread(target=run, name="lora-scheduler-probe", daemon=True)
+    t.start()
+    t.join(seconds + 2.0)
+    where = f"--scheduler {address}"
+    if t.is_alive() or isinstance(out.get("error"), (asyncio.TimeoutError, TimeoutError)):
+        raise AdapterError(f"no Dask scheduler answered within {seconds:g} s (something accepts the connection "
+                           "but does not speak Dask's protocol, or nothing is there); check the address, or leave "
+                           "--scheduler out to run locally", path=where)
+    if "error" in out:
+        e = out["error"]
+        raise AdapterError(f"no Dask scheduler there ({type(e).__name__}: {' '.join(str(e).split())[:160]}); check "
+                           "the address, or leave --scheduler out to run locally", path=where)
+    ident = out.get("identity")
+    if not isinstance(ident, dict) or ident.get("type") != "Scheduler":
+        kind = ident.get("type") if isinstance(ident, dict) else type(ident).__name__
+        raise AdapterError(f"expected a Dask scheduler, got a {kind} answering there; give the scheduler's address",
+                           path=where)
+
+
+def _lost(e):
+    """Whether ``e`` says the connection to the Dask cluster was lost (rather than a task's own error)."""
+    try:
+        from distributed.comm.core import CommClosedError
+    except ImportError:  # pragma: no cover
+        CommClosedError = ()  # noqa: N806
+    import asyncio
+    import concurrent.futures
+
+    if isinstance(e, CommClosedError) or isinstance(e, (asyncio.CancelledError, concurrent.futures.CancelledError)):
+        return True
+    name = type(e).__name__
+    return name in ("FutureCancelledError", "CancelledError", "TimeoutError", "StreamClosedError") or (
+        isinstance(e, OSError) and not getattr(e, "filename", None) and ("connect" in str(e).lower()
+                                                                          or "closed" in str(e).lower()))
+
+
+def _on_client(client, tasks, address=None):
     from analysis.core.allocator import reuse_freed_memory
+    from analysis.errors import EnvironmentFault
 
-    client.run(reuse_freed_memory)  # the workers keep freed memory for the next task's arrays (idempotent)
-    return list(client.gather(client.compute(list(tasks))))
+    try:
+        client.run(reuse_freed_memory)  # the workers keep freed memory for the next task's arrays (idempotent)
+        return list(client.gather(client.compute(list(tasks))))
+    except (AdapterError, MemoryError):
+        raise
+    except BaseException as e:
+        if not _lost(e) or isinstance(e, KeyboardInterrupt):
+            raise
+        raise EnvironmentFault(f"the Dask scheduler stopped answering during the run ({type(e).__name__}: "
+                               f"{' '.join(str(e).split())[:160]})", fix="check that it and its workers are "
+                               "running and rerun (nothing was written)",
+                               what=f"--scheduler {address}" if address else "Dask cluster") from None
 
 
-def source_label(src):
+def source_label(src: str | os.PathLike[str] | Adapter) -> str:
     """The name of an adapter source as the user gave it (a path, a URL, or an Adapter's path)."""
     if isinstance(src, Adapter):
         return str(src.path)
@@ -116,7 +237,7 @@ class _Opened:
             shutil.rmtree(self.tmp, ignore_errors=True)
 
 
-def open_source(src, *, alpha=None):
+def open_source(src: str | os.PathLike[str] | Adapter, *, alpha: float | None = None) -> _Opened:
     """Open one adapter source in a task: an Adapter, a local path (read lazily where the format allows)
     or an fsspec URL (copied to a temporary folder, read eagerly, the copy removed on exit).
 
@@ -157,7 +278,7 @@ def open_source(src, *, alpha=None):
 
 #: Opened lazy adapters of this process (a worker opens each file once, not once per task): the reader holds
 #: the header and one loader per module, never the factors. Keyed by path, size and mtime.
-_OPENED = OrderedDict()
+_OPENED: OrderedDict[Any, Any] = OrderedDict()
 _OPENED_MAX = 512
 _OPENED_LOCK = threading.Lock()
 
@@ -192,21 +313,35 @@ def _names(ad, modules, layers):
     return select_modules(list(ad.expanded()), modules=modules, layers=layers)
 
 
-def summarise_adapter(src, *, alpha=None, modules=None, layers=None):
+def summarise_adapter(src: str | os.PathLike[str] | Adapter, *, alpha: float | None = None,
+                      modules: Sequence[str] | None = None,
+                      layers: set[int] | str | Layers | None = None) -> dict[str, Any]:
     """Read one adapter and summarise each module: the first task of every collection graph.
 
     Returns
     -------
     dict
-        ``{"path": str, "modules": {name: {"shape": (d_out, d_in), "r": int, "rank": int, "norm2": float}}}``.
+        ``{"path": str, "modules": {name: {"shape": (d_out, d_in), "r": int, "rank": int, "norm": float,
+        "norm2": float}}}`` (``norm2`` = ``norm`` ², Inf past float64's range: the cosines use ``norm``).
+
+    Raises
+    ------
+    AdapterError
+        A module's ‖ΔW‖ overflows float64 (naming the adapter and the module).
     """
     with open_source(src, alpha=alpha) as ad:
         mods = ad.expanded()
         out = {}
         for n in _names(ad, modules, layers):
             lr = mods[n]
-            out[n] = {"shape": tuple(int(x) for x in lr.shape), "r": int(lr.r), "rank": int(lr.rank),
-                      "norm2": float(lr.norm()) ** 2}
+            norm = float(lr.norm())
+            if not np.isfinite(norm):
+                raise AdapterError("expected an update whose norm float64 can hold, got ‖ΔW‖ = scale × ‖B A‖ beyond "
+                                   "1.8e308 (factors or scale far outside any trained adapter)",
+                                   path=source_label(src), key=n)
+            with np.errstate(over="ignore"):
+                out[n] = {"shape": tuple(int(x) for x in lr.shape), "r": int(lr.r), "rank": int(lr.rank),
+                          "norm": norm, "norm2": norm * norm}
             lr.clear_cache()
         if not out:
             raise AdapterError("no LoRA module left after the --modules / --layers filters", path=source_label(src))
@@ -215,7 +350,12 @@ def summarise_adapter(src, *, alpha=None, modules=None, layers=None):
 
 @dataclass
 class _Stack:
-    """One module's updates from one tile of adapters, stacked (only the adapters that have the module)."""
+    """One module's updates from one tile of adapters, stacked (only the adapters that have the module).
+
+    Every magnitude is kept relative to its adapter's largest module norm ``ref_a`` (``rel``, ``srel``), or
+    without the scale (``raw``): the cosines are then formed from numbers near 1, exact in float64 whether the
+    factors are near 3e38 or 1e-45 (where ‖ΔW‖² or its products would overflow or underflow).
+    """
 
     idx: np.ndarray  # (t,) positions in the tile
     B: np.ndarray  # (d_out, R): B_a side by side, in the factors' own dtype (float32 as read: half the bytes)
@@ -224,7 +364,10 @@ class _Stack:
     scale: np.ndarray  # (t,) float64 scales s_a
     U: np.ndarray  # (d, K): top-k bases side by side
     kk: np.ndarray  # (t,)
-    norm2: np.ndarray  # (t,)
+    srel: np.ndarray  # (t,) s_a / ref_a
+    rel: np.ndarray  # (t,) ‖ΔW_a‖ / ref_a
+    raw: np.ndarray  # (t,) ‖B_a A_a‖ (no scale)
+    labels: tuple = ()  # (t,) the adapters, for messages
 
 
 def _top_basis(lr, side, k):
@@ -236,9 +379,11 @@ def _top_basis(lr, side, k):
     return Q @ Y[:, :k]  # (d, r) @ (r, k)
 
 
-def _stack(srcs, names, *, alpha, k, side, modules, layers):
-    """Task: for each module in ``names``, the stacked factors and top-k bases of the adapters in ``srcs``."""
+def _stack(srcs, names, *, alpha, k, side, modules, layers, refs=None):
+    """Task: for each module in ``names``, the stacked factors and top-k bases of the adapters in ``srcs``
+    (``refs``: each adapter's largest module norm, the unit of its magnitudes)."""
     per = {n: [] for n in names}
+    refs = [1.0] * len(srcs) if refs is None else [float(r) if r and np.isfinite(r) else 1.0 for r in refs]
     for t, src in enumerate(srcs):
         with open_source(src, alpha=alpha) as ad:
             mods = ad.expanded()
@@ -249,7 +394,9 @@ def _stack(srcs, names, *, alpha, k, side, modules, layers):
                 if lr.scale is None:
                     lr.norm()  # raises MissingAlphaError, naming the file and key
                 U = _top_basis(lr, side, k) if not lr.is_zero else None
-                per[n].append((t, lr.lora_B, lr.lora_A, lr.scale, U, float(lr.norm()) ** 2))
+                norm, s = float(lr.norm()), float(lr.scale)
+                raw = norm / abs(s) if s != 0 and norm > 0 else 0.0
+                per[n].append((t, lr.lora_B, lr.lora_A, s, U, s / refs[t], norm / refs[t], raw))
                 lr.clear_cache()
     out = {}
     for n, items in per.items():
@@ -257,8 +404,8 @@ def _stack(srcs, names, *, alpha, k, side, modules, layers):
             continue
         d_out, d_in = items[0][1].shape[0], items[0][2].shape[1]
         d = d_in if side in ("input", "A") else d_out
-        ranks = [B.shape[1] for _, B, _, _, _, _ in items]
-        ks = [0 if U is None else U.shape[1] for *_, U, _ in items]
+        ranks = [it[1].shape[1] for it in items]
+        ks = [0 if it[4] is None else it[4].shape[1] for it in items]
         off = np.concatenate([[0], np.cumsum(ranks)])
         koff = np.concatenate([[0], np.cumsum(ks)])
         # the factors as read (float32 for the usual files; float64 kept as float64): exact, and half the
@@ -267,14 +414,15 @@ def _stack(srcs, names, *, alpha, k, side, modules, layers):
         Bs = np.empty((d_out, off[-1]), dtype=dt)  # (d_out, R): B_a side by side
         As = np.empty((off[-1], d_in), dtype=dt)  # (R, d_in)
         Us = np.empty((d, koff[-1]))  # (d, K)
-        for j, (_, B, A, s, U, _) in enumerate(items):
+        for j, (_, B, A, s, U, *_) in enumerate(items):
             Bs[:, off[j]:off[j + 1]] = B
             As[off[j]:off[j + 1]] = A
             if U is not None:
                 Us[:, koff[j]:koff[j + 1]] = U
         out[n] = _Stack(np.asarray([it[0] for it in items]), Bs, As, off,
                         np.asarray([it[3] for it in items], dtype=np.float64), Us, np.asarray(ks),
-                        np.asarray([it[5] for it in items]))
+                        *(np.asarray([it[j] for it in items], dtype=np.float64) for j in (5, 6, 7)),
+                        labels=tuple(source_label(srcs[it[0]]) for it in items))
     return out
 
 
@@ -293,21 +441,27 @@ def _block(si, sj, ti, tj, names, keep):
             continue
         Ba, Aa = a.B.astype(np.float64), a.A.astype(np.float64)  # exact widening of the stored factors
         Bb, Ab = (Ba, Aa) if b is a else (b.B.astype(np.float64), b.A.astype(np.float64))
-        G = gram_blocks(Ba, Aa, a.off, Bb, Ab, b.off)  # (t_a, t_b), scale 1
-        G *= np.outer(a.scale, b.scale)  # ⟨s_a B_a A_a, s_b B_b A_b⟩ = s_a s_b ⟨B_a A_a, B_b A_b⟩
+        with np.errstate(over="ignore", invalid="ignore"):
+            G = gram_blocks(Ba, Aa, a.off, Bb, Ab, b.off)  # (t_a, t_b): ⟨B_a A_a, B_b A_b⟩, scale 1
+        if not np.isfinite(G).all():
+            i, j = np.argwhere(~np.isfinite(G))[0]
+            raise AdapterError(f"expected factors whose products float64 can hold, got ⟨B A, B' A'⟩ beyond 1.8e308 "
+                               f"with {b.labels[j]} (factors far outside any trained adapter)", path=a.labels[i],
+                               key=n)
         P = phi_blocks(a.U, a.kk, b.U, b.kk)  # (t_a, t_b)
         ix = np.ix_(a.idx, b.idx)
-        inner[ix] += G
-        na[ix] += a.norm2[:, None]
-        nb[ix] += b.norm2[None, :]
+        # ⟨s_a B_a A_a, s_b B_b A_b⟩ / (ref_a ref_b) = G (s_a / ref_a) (s_b / ref_b): near 1, never past float64
+        inner[ix] += G * a.srel[:, None] * b.srel[None, :]
+        na[ix] += (a.rel ** 2)[:, None]
+        nb[ix] += (b.rel ** 2)[None, :]
         ok = ~np.isnan(P)
         phis[ix] += np.where(ok, P, 0.0)
         nphi[ix] += ok
         shared[ix] += 1
         if keep:
-            with np.errstate(invalid="ignore", divide="ignore"):
-                C = np.clip(G / np.sqrt(np.outer(a.norm2, b.norm2)), -1.0, 1.0)
-            C[(a.norm2 == 0)[:, None] | (b.norm2 == 0)[None, :]] = np.nan
+            with np.errstate(invalid="ignore", divide="ignore"):  # cos = G / ‖B_a A_a‖ / ‖B_b A_b‖, scale signs
+                C = np.clip(G / a.raw[:, None] / b.raw[None, :] * np.sign(np.outer(a.scale, b.scale)), -1.0, 1.0)
+            C[(a.raw == 0)[:, None] | (b.raw == 0)[None, :]] = np.nan
             per[n] = (a.idx, b.idx, P, C)
     return {"inner": inner, "na": na, "nb": nb, "phi": phis, "nphi": nphi, "shared": shared, "modules": per}
 
@@ -339,7 +493,12 @@ class CollectionResult:
     zero : tuple of (str, str)
         (adapter, module) pairs whose update is exactly zero (reported, never turned into a similarity).
     only_some : dict
-        module -> labels of the adapters that have it, for modules not in every adapter.
+        module -> labels of the adapters that have it, for modules not in every adapter of its model.
+    models : ModelGrouping or None
+        The adapters grouped into models by their module shapes (:mod:`analysis.sweeps.models`); positions
+        refer to ``labels``. Pairs across models are never compared: NaN cells, ``shared`` 0.
+    skipped : tuple of (str, str)
+        (path, why) of the inputs skipped as no adapter (``not_adapters="skip"``); not in ``labels``.
     """
 
     labels: tuple
@@ -353,8 +512,17 @@ class CollectionResult:
     side: str
     zero: tuple = ()
     only_some: dict = field(default_factory=dict)
+    models: ModelGrouping | None = None
+    skipped: tuple = ()
 
-    def spread(self, kind="similarity"):
+    @property
+    def groups(self) -> tuple[ModelGroup, ...]:
+        """The models (:class:`~analysis.sweeps.models.ModelGroup`), one group of everything when unknown."""
+        if self.models is None:
+            return (ModelGroup("A", tuple(range(len(self.labels))), {}),)
+        return self.models.groups
+
+    def spread(self, kind: str = "similarity") -> np.ndarray:
         """(N, N) standard deviation over modules of the per-module matrices (NaN-aware)."""
         arr = self._modules(kind)
         with np.errstate(invalid="ignore"), _quiet():
@@ -368,22 +536,55 @@ class CollectionResult:
             raise ValueError("per-module matrices were not kept: call with keep_modules=True")
         return arr
 
-    def order(self, kind="similarity"):
-        """Seriation of the adapters (hierarchical clustering, optimal leaf order) on ``kind``."""
-        return seriation_order(self.similarity if kind == "similarity" else self.cosine)
+    def order(self, kind: str = "similarity") -> np.ndarray:
+        """Seriation of the adapters (hierarchical clustering, optimal leaf order) on ``kind``, model by
+        model (the models in order, each seriated on its own)."""
+        M = self.similarity if kind == "similarity" else self.cosine
+        out = []
+        for g in self.groups:
+            idx = np.asarray(g.members, dtype=np.int64)
+            out.extend(idx[seriation_order(M[np.ix_(idx, idx)])])
+        return np.asarray(out, dtype=np.int64)
 
-    def to_dict(self):
-        """``{"adapters", "k", "side", "similarity", "cosine", "shared", "modules": {name: {...}}, "zero"}``."""
+    def groups_dict(self) -> dict[str, list[dict[str, Any]]]:
+        """``{"groups": [...], "not_compared": [...]}``: the models (name, adapters, module count, first
+        module and its shape) and, per pair of models, why their pairs have no number (``"different
+        shapes"``: the first module whose shapes differ, with one adapter of each showing it; ``"no module
+        in common"``)."""
+        groups = []
+        for g in self.groups:
+            d = {"name": g.name, "adapters": [self.labels[i] for i in g.members], "modules": len(g.shapes)}
+            if g.shapes:
+                n, sh = g.example()
+                d.update(first_module=n, first_shape=list(sh))
+            groups.append(d)
+        apart = []
+        for x in (self.models.apart if self.models is not None else ()):
+            a, b = x["models"]
+            if x["reason"] == "shape":
+                apart.append({"groups": [a, b], "reason": "different shapes", "module": x["module"],
+                              "shapes": {a: list(x["shape_a"]), b: list(x["shape_b"])},
+                              "adapters": {a: self.labels[x["adapter_a"]], b: self.labels[x["adapter_b"]]}})
+            else:
+                apart.append({"groups": [a, b], "reason": "no module in common"})
+        return {"groups": groups, "not_compared": apart}
+
+    def to_dict(self) -> dict[str, Any]:
+        """``{"adapters", "k", "side", "similarity", "cosine", "shared", "modules": {name: {...}}, "zero",
+        "only_some", "groups", "not_compared", "skipped"}`` (see :meth:`groups_dict`)."""
         d = {"adapters": list(self.labels), "k": self.k, "side": self.side,
              "similarity": self.similarity, "cosine": self.cosine, "shared": self.shared}
         if self.module_similarity is not None:
-            d["modules"] = {n: {"similarity": self.module_similarity[m], "cosine": self.module_cosine[m]}
+            d["modules"] = {n: {"similarity": self.module_similarity[m],
+                                "cosine": self.module_cosine[m]}  # type: ignore[index]  # kept together
                             for m, n in enumerate(self.module_names)}
         d["zero"] = [{"adapter": a, "module": m} for a, m in self.zero]
         d["only_some"] = {m: list(v) for m, v in self.only_some.items()}
+        d.update(self.groups_dict())
+        d["skipped"] = [{"path": p, "reason": why} for p, why in self.skipped]
         return d
 
-    def to_frame(self):
+    def to_frame(self) -> pd.DataFrame:
         """Tidy DataFrame, one row per pair a ≤ b: the pooled values (module ``"all"``) and, when kept,
         one row per shared module: ``a, b, module, layer, similarity, cosine``."""
         import pandas as pd
@@ -395,7 +596,7 @@ class CollectionResult:
         frames = [pd.DataFrame(rows)]
         if self.module_similarity is not None:
             for m, name in enumerate(self.module_names):
-                s, c = self.module_similarity[m][ia, ib], self.module_cosine[m][ia, ib]
+                s, c = self.module_similarity[m][ia, ib], self.module_cosine[m][ia, ib]  # type: ignore[index]
                 keep = ~(np.isnan(s) & np.isnan(c))
                 frames.append(pd.DataFrame({"a": [self.labels[i] for i in ia[keep]],
                                             "b": [self.labels[j] for j in ib[keep]], "module": name,
@@ -416,7 +617,7 @@ class _quiet:
         self._w.__exit__(*exc)
 
 
-def seriation_order(matrix):
+def seriation_order(matrix: ArrayLike) -> np.ndarray:
     """An order of the rows that puts similar items next to each other.
 
     Average-linkage clustering on the distance 1 − M (M symmetrised, NaN counted as no similarity),
@@ -451,6 +652,8 @@ def seriation_order(matrix):
 # ---------------------------------------------------------------------------------------------- driver
 
 def _check_shapes(metas, labels):
+    """``{name: shape}`` over one model's summaries (the header pass grouped them: a mismatch here means a
+    file changed in between)."""
     shapes, owner = {}, {}
     for lab, meta in zip(labels, metas):
         for n, m in meta["modules"].items():
@@ -460,6 +663,16 @@ def _check_shapes(metas, labels):
                 raise AdapterError(f"expected ΔW of shape {shapes[n]} as in {owner[n]}, got {m['shape']}: "
                                    "the adapters are not for one base model", path=lab, key=n)
     return shapes
+
+
+def _refuse_mixed(grouping, labels):
+    """``mixed_models="error"``: the first shape contradiction between two models, on one line."""
+    x = grouping.conflicts[0]
+    raise AdapterError(f"expected ΔW of shape {x['shape_a']} as in {labels[x['adapter_a']]}, got {x['shape_b']}: "
+                       f"the adapters are not for one base model ({len(grouping.groups)} models by their module "
+                       "shapes; to compare each model's adapters apart: mixed_models='split', or the command "
+                       "without --one-model)",
+                       path=labels[x["adapter_b"]], key=x["module"])
 
 
 def _groups(names, shapes, rmax, tile, limit=_STACK_BYTES):
@@ -477,14 +690,24 @@ def _groups(names, shapes, rmax, tile, limit=_STACK_BYTES):
     return out
 
 
-def collection_similarity(adapters, *, k=1, side="input", alpha=None, modules=None, layers=None, client=None,
-                          tile=None, keep_modules=True, group_bytes=_STACK_BYTES):
+def collection_similarity(adapters: Sequence[str | os.PathLike[str] | Adapter], *, k: int = 1, side: str = "input",
+                          alpha: float | None = None, modules: Sequence[str] | None = None,
+                          layers: set[int] | str | Layers | None = None, client: Client | str | None = None,
+                          tile: int | None = None, keep_modules: bool = True, group_bytes: int = _STACK_BYTES,
+                          mixed_models: str = "error", not_adapters: str = "error",
+                          notes: Callable[[str], object] | None = None) -> CollectionResult:
     """Similarity and Frobenius cosine matrices of every pair in a collection, per module and pooled.
+
+    Before any other work, one cheap pass reads every adapter's module names and ΔW shapes (a PEFT
+    safetensors file: its header), names the inputs that cannot be read, and groups the adapters into
+    models (:func:`~analysis.sweeps.models.group_by_model`: adapters that share modules, all of equal
+    shapes). Pairs within a model are compared on the modules both have; pairs across models never are
+    (NaN, listed in :meth:`CollectionResult.groups_dict`).
 
     Parameters
     ----------
     adapters : sequence of str, os.PathLike or Adapter
-        Two or more adapters of one base model (paths as the workers see them, fsspec URLs, or Adapters).
+        Two or more adapters (paths as the workers see them, fsspec URLs, or Adapters).
     k : int
         Prefix of the singular directions compared (φ(k, k)); capped per pair by both ranks.
     side : {"input", "output", "A", "B"}
@@ -502,10 +725,28 @@ def collection_similarity(adapters, *, k=1, side="input", alpha=None, modules=No
         how many modules a task takes, and with ``tile`` the memory a task needs (default 64 MiB).
     keep_modules : bool
         Keep the (M, N, N) per-module matrices (turn off for very large N: only pooled matrices).
+    mixed_models : {"error", "split"}
+        Adapters of several models whose shared module names have different shapes (a Llama-7B and a
+        Llama-13B adapter): ``"error"`` raises :class:`~analysis.errors.AdapterError` naming the module and
+        both shapes; ``"split"`` compares each model's adapters among themselves. Models that share no
+        module name are compared apart either way (their pairs have nothing in common).
+    not_adapters : {"error", "skip"}
+        An input that is plainly no adapter (:func:`~analysis.sweeps.models.not_an_adapter`: a README caught
+        by a glob):
+        ``"error"`` raises, ``"skip"`` leaves it out (listed in ``skipped``). Unreadable checkpoints
+        always raise. Either way before any work.
+    notes : callable, optional
+        Called with one line of text as soon as it is known, before the heavy work: the inputs skipped,
+        and the models when there is more than one (e.g. ``print``).
 
     Returns
     -------
     CollectionResult
+
+    Raises
+    ------
+    AdapterError
+        One line naming the first bad input (and how many more), before any work.
     """
     import dask
 
@@ -517,45 +758,91 @@ def collection_similarity(adapters, *, k=1, side="input", alpha=None, modules=No
     k = int(k)
     if side not in COLLECTION_SIDES:
         raise ValueError(f"side must be one of {COLLECTION_SIDES}, got {side!r}")
+    if mixed_models not in MIXED_MODELS:
+        raise ValueError(f"mixed_models must be one of {MIXED_MODELS}, got {mixed_models!r}")
+    if not_adapters not in NOT_ADAPTERS:
+        raise ValueError(f"not_adapters must be one of {NOT_ADAPTERS}, got {not_adapters!r}")
+    tile = None if tile is None else int(tile)
+    if tile is not None and tile < 1:
+        raise ValueError(f"tile must be a positive integer, got {tile}")
     labels = tuple(source_label(s) for s in srcs)
     tsrc = [_task_source(s) for s in srcs]
-    N = len(srcs)
-    tile = min(N, 64) if tile is None else int(tile)
-    if tile < 1:
-        raise ValueError(f"tile must be a positive integer, got {tile}")
+    # 0. names and shapes (headers), bad paths named at once, models told apart: before any other work
+    heads = compute([dask.delayed(header_task, pure=True)(s, alpha=alpha) for s in tsrc], client=client)
+    keep, skipped = screen_headers(heads, labels, not_adapters=not_adapters)
+    if len(keep) < 2:
+        raise ValueError(f"expected at least two adapters, got {len(keep)} after skipping {len(skipped)} "
+                         f"that are no adapter ({', '.join(p for p, _ in skipped[:3])})")
+    labels, tsrc, heads = tuple(labels[i] for i in keep), [tsrc[i] for i in keep], [heads[i] for i in keep]
+    if notes is not None and skipped:
+        notes(describe_skipped(skipped))
+    grouping = group_by_model([h["shapes"] for h in heads])
+    if grouping.conflicts and mixed_models == "error":
+        _refuse_mixed(grouping, labels)
+    if notes is not None and len(grouping.groups) > 1:
+        notes(describe_models(grouping, labels))
+    N = len(labels)
+    tile = min(N, 64) if tile is None else tile
+    # 1. summaries
     summ = dask.delayed(summarise_adapter, pure=True)
     metas = compute([summ(s, alpha=alpha, modules=modules, layers=layers) for s in tsrc], client=client)
-    shapes = _check_shapes(metas, labels)
-    names = sorted(shapes, key=natural_key)
-    rmax = {}
-    for meta in metas:
-        for n, m in meta["modules"].items():
-            rmax[n] = max(rmax.get(n, 1), m["r"])
+    plans = [_plan(g.members, metas, labels, tile, int(group_bytes)) for g in grouping.groups]
+    names = sorted({n for plan in plans for n in plan["names"]}, key=natural_key)
     zero = tuple((lab, n) for lab, meta in zip(labels, metas) for n, m in meta["modules"].items() if m["rank"] == 0)
-    only_some = {n: [lab for lab, meta in zip(labels, metas) if n in meta["modules"]] for n in names
-                 if sum(n in meta["modules"] for meta in metas) < N}
-    tiles = [list(range(i, min(i + tile, N))) for i in range(0, N, tile)]
-    groups = _groups(names, shapes, rmax, tile, int(group_bytes))
+    only_some: dict[str, list[str]] = {}
+    for plan in plans:
+        for n, labs in plan["only_some"].items():
+            only_some.setdefault(n, []).extend(labs)
+    only_some = {n: only_some[n] for n in names if n in only_some}
+    # each adapter's unit of magnitude: its largest module norm (the cosines are formed from ratios to it)
+    refs = [max((m["norm"] for m in meta["modules"].values()), default=0.0) or 1.0 for meta in metas]
+    # 2-3. per model: stacks of tiles of its adapters, blocks between its tiles
     stack = dask.delayed(_stack, pure=True)
     block = dask.delayed(_block, pure=True)
     tasks, where = [], []
-    for g in groups:
-        st = [stack([tsrc[i] for i in t], g, alpha=alpha, k=k, side=side, modules=modules, layers=layers)
-              for t in tiles]
-        for I in range(len(tiles)):
-            for J in range(I + 1):
-                tasks.append(block(st[I], st[J], len(tiles[I]), len(tiles[J]), g, keep_modules))
-                where.append((I, J))
+    for plan in plans:
+        tiles = plan["tiles"]
+        for g in plan["module_groups"]:
+            st = [stack([tsrc[i] for i in t], g, alpha=alpha, k=k, side=side, modules=modules, layers=layers,
+                        refs=[refs[i] for i in t])
+                  for t in tiles]
+            for I in range(len(tiles)):
+                for J in range(I + 1):
+                    tasks.append(block(st[I], st[J], len(tiles[I]), len(tiles[J]), g, keep_modules))
+                    where.append((tiles[I], tiles[J]))
     results = compute(tasks, client=client)
+    return _assemble(results, where, N, names, keep_modules, labels, k, side, zero, only_some, grouping, skipped)
+
+
+def _plan(members, metas, labels, tile, group_bytes):
+    """One model's work: its modules (after the filters), tiles of its adapters, groups of its modules."""
+    labs = [labels[i] for i in members]
+    ms = [metas[i] for i in members]
+    shapes = _check_shapes(ms, labs)
+    names = sorted(shapes, key=natural_key)
+    rmax = {}
+    for meta in ms:
+        for n, m in meta["modules"].items():
+            rmax[n] = max(rmax.get(n, 1), m["r"])
+    only_some = {n: [lab for lab, meta in zip(labs, ms) if n in meta["modules"]] for n in names
+                 if sum(n in meta["modules"] for meta in ms) < len(ms)}
+    tiles = [list(members[i:i + tile]) for i in range(0, len(members), tile)]
+    return {"names": names, "only_some": only_some, "tiles": tiles,
+            "module_groups": _groups(names, shapes, rmax, min(tile, len(members)), group_bytes)}
+
+
+def _assemble(results, where, N, names, keep_modules, labels, k, side, zero, only_some, grouping, skipped):
+    """The N × N matrices from the block tasks' results (cells of pairs never compared stay NaN)."""
     acc = {key: np.zeros((N, N)) for key in ("inner", "na", "nb", "phi", "nphi", "shared")}
     msim = np.full((len(names), N, N), np.nan) if keep_modules else None
     mcos = np.full((len(names), N, N), np.nan) if keep_modules else None
     pos = {n: m for m, n in enumerate(names)}
-    for (I, J), res in zip(where, results):
-        ri, rj = np.asarray(tiles[I]), np.asarray(tiles[J])
+    for (ti, tj), res in zip(where, results):
+        ri, rj = np.asarray(ti), np.asarray(tj)
+        off = ti is not tj
         for key in acc:
             acc[key][np.ix_(ri, rj)] += res[key]  # summed over the module groups
-            if I != J:
+            if off:
                 tr = res[key].T if key not in ("na", "nb") else res["nb" if key == "na" else "na"].T
                 acc[key][np.ix_(rj, ri)] += tr
         if keep_modules:
@@ -563,13 +850,12 @@ def collection_similarity(adapters, *, k=1, side="input", alpha=None, modules=No
                 m = pos[n]
                 msim[m][np.ix_(ri[ia], rj[ib])] = P
                 mcos[m][np.ix_(ri[ia], rj[ib])] = C
-                if I != J:
+                if off:
                     msim[m][np.ix_(rj[ib], ri[ia])] = P.T
                     mcos[m][np.ix_(rj[ib], ri[ia])] = C.T
     with np.errstate(invalid="ignore", divide="ignore"):
         sim = np.where(acc["nphi"] > 0, acc["phi"] / acc["nphi"], np.nan)
-        den = np.sqrt(acc["na"] * acc["nb"])
+        den = np.sqrt(acc["na"]) * np.sqrt(acc["nb"])  # each sum relative to its adapter's largest module: near 1
         cos = np.where(den > 0, acc["inner"] / den, np.nan)
     return CollectionResult(labels, np.clip(sim, 0.0, 1.0), np.clip(cos, -1.0, 1.0), acc["shared"].astype(np.int64),
-                            tuple(names), msim, mcos, k, side, zero, only_some)
-
+                            tuple(names), msim, mcos, k, side, zero, only_some, grouping, skipped)

@@ -1,4 +1,4 @@
-"""What every sweep shares: which adapters it accepts, and a progress bar over modules."""
+"""What every sweep shares: which adapters it accepts, and progress over modules (:mod:`analysis.sweeps.progress`)."""
 
 from __future__ import annotations
 
@@ -9,25 +9,33 @@ __all__ = ["progress", "require_adapter"]
 
 
 def progress(iterable, *, enabled, total=None, desc="modules"):
-    """``iterable``, wrapped in a tqdm progress bar on standard error when ``enabled``.
+    """``iterable``, counted on standard error when ``enabled``: a bar on a terminal, lines in a log.
 
     Parameters
     ----------
-    iterable : iterable
-    enabled : bool
+    iterable : iterable or None
+        None: a counter to advance by hand (``update()``, ``close()``), as a tqdm bar.
+    enabled : bool, Progress or None
+        ``False``: nothing; ``True``: a tqdm bar (the notebook widget in a notebook); a
+        :class:`~analysis.sweeps.progress.Progress`: the command's reporter (a bar on a terminal, plain lines
+        elsewhere, nested under its open stage); ``None``: the running command's reporter, if any.
     total : int, optional
         Length, when ``iterable`` has none.
     desc : str
+        What is counted.
 
     Returns
     -------
-    iterable
+    iterable, or a counter (``update()``, ``close()``) when ``iterable`` is None, or None when that is off
     """
-    if not enabled:
-        return iterable
-    from tqdm.auto import tqdm
+    from analysis.sweeps.progress import as_progress
 
-    return tqdm(iterable, total=total, desc=desc, unit="mod", leave=False)
+    reporter = as_progress(enabled)
+    if not reporter:
+        return iterable
+    if iterable is None:
+        return reporter.counter(total=total, desc=desc)
+    return reporter.track(iterable, total=total, desc=desc)
 
 
 def require_adapter(adapter, *, base_names=None):

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -25,6 +26,17 @@ from analysis.core.threads import map_ordered
 from analysis.errors import AdapterError
 from analysis.metrics.spectrum import energy_retained, relative_error
 from analysis.sweeps.common import progress as progress_bar
+from analysis.io.roles import with_roles
+
+if TYPE_CHECKING:
+    import os
+    from collections.abc import Sequence
+    from typing import Any
+
+    import pandas as pd
+
+    from analysis.core.adapter import Layers
+    from analysis.sweeps.progress import Progress
 
 __all__ = ["FinetuneDeltas", "finetune_deltas", "is_embedding_name"]
 
@@ -51,8 +63,8 @@ class FinetuneDeltas:
         Modules not analysed and why (only in one model, not 2-D).
     """
 
-    frame: object
-    long: object
+    frame: pd.DataFrame
+    long: pd.DataFrame
     modules: dict
     rank: int
     alpha: float
@@ -60,11 +72,11 @@ class FinetuneDeltas:
     ft_path: str = ""
     skipped: dict = field(default_factory=dict)
 
-    def to_frame(self):
+    def to_frame(self) -> pd.DataFrame:
         """The per-module table (a copy)."""
         return self.frame.copy()
 
-    def write(self, out, *, overwrite=False):
+    def write(self, out: str | os.PathLike[str], *, overwrite: bool = False) -> dict[str, Any]:
         """Save the truncations as a PEFT adapter folder; returns the config."""
         from analysis.io.peft_writer import write_peft_adapter
 
@@ -74,8 +86,11 @@ class FinetuneDeltas:
                                   base_model_name_or_path=self.base_path)
 
 
-def finetune_deltas(base, finetuned, *, rank, spectrum=None, modules=None, layers=None, alpha=None,
-                    fan_in_fan_out=False, oversample=10, n_iter=4, seed=0, progress=False, jobs=None):
+def finetune_deltas(base: str | os.PathLike[str], finetuned: str | os.PathLike[str], *, rank: int,
+                    spectrum: int | None = None, modules: Sequence[str] | None = None,
+                    layers: set[int] | str | Layers | None = None, alpha: float | None = None,
+                    fan_in_fan_out: bool = False, oversample: int = 10, n_iter: int = 4, seed: int = 0,
+                    progress: bool | Progress = False, jobs: int | None = None) -> FinetuneDeltas:
     """Randomized low-rank view of every module's fine-tuning update.
 
     Parameters
@@ -180,5 +195,5 @@ def finetune_deltas(base, finetuned, *, rank, spectrum=None, modules=None, layer
                 longs.append(long)
     long = (pd.concat(longs, ignore_index=True) if longs else
             pd.DataFrame(columns=["name", "layer", "module", "i", "sigma", "energy"]))
-    return FinetuneDeltas(frame=pd.DataFrame(rows), long=long, modules=out, rank=int(rank), alpha=alpha,
+    return FinetuneDeltas(frame=with_roles(pd.DataFrame(rows)), long=long, modules=out, rank=int(rank), alpha=alpha,
                           base_path=str(base), ft_path=str(finetuned), skipped=skipped)

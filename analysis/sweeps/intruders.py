@@ -10,12 +10,25 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from analysis.core.adapter import natural_key, select_modules, split_name
 from analysis.errors import AdapterError
 from analysis.metrics.intruders import intruder_dimensions
 from analysis.sweeps.common import progress as progress_bar
 from analysis.sweeps.common import require_adapter
+from analysis.io.roles import with_roles
+
+if TYPE_CHECKING:
+    import os
+    from collections.abc import Sequence
+
+    import pandas as pd
+
+    from analysis.core.adapter import Adapter, Layers
+    from analysis.io.base import BaseWeights
+    from analysis.sweeps.progress import Progress
+    from analysis.sweeps.svd_cache import SVDCache
 
 __all__ = ["IntruderSweep", "intruder_sweep"]
 
@@ -35,20 +48,23 @@ class IntruderSweep:
         The settings.
     """
 
-    frame: object
+    frame: pd.DataFrame
     results: dict = field(default_factory=dict)
     top_k: int = 10
     threshold: float = 0.5
     side: str = "left"
     method: str = "topk"
 
-    def to_frame(self):
+    def to_frame(self) -> pd.DataFrame:
         """The per-module table (a copy)."""
         return self.frame.copy()
 
 
-def intruder_sweep(adapter, base, *, top_k=10, threshold=0.5, side="left", method="topk", seed=0,
-                   modules=None, layers=None, progress=False, jobs=None, cache=True):
+def intruder_sweep(adapter: Adapter, base: str | os.PathLike[str] | BaseWeights, *, top_k: int = 10,
+                   threshold: float = 0.5, side: str = "left", method: str = "topk", seed: int = 0,
+                   modules: Sequence[str] | None = None, layers: set[int] | str | Layers | None = None,
+                   progress: bool | Progress = False, jobs: int | None = None,
+                   cache: bool | SVDCache = True) -> IntruderSweep:
     """Intruder dimensions of every module of ``adapter`` against the base weights.
 
     Parameters
@@ -65,7 +81,7 @@ def intruder_sweep(adapter, base, *, top_k=10, threshold=0.5, side="left", metho
     jobs : int, optional
         Modules worked on at once (threads, BLAS pinned to one thread each); default: the available cores.
     cache : bool or SVDCache
-        Keep W's singular vectors in the persistent cache (:mod:`analysis.io.svd_cache`) and reuse them;
+        Keep W's singular vectors in the persistent cache (:mod:`analysis.sweeps.svd_cache`) and reuse them;
         ``False``: compute them every time.
 
     Returns
@@ -91,7 +107,7 @@ def intruder_sweep(adapter, base, *, top_k=10, threshold=0.5, side="left", metho
     # before map_ordered pins BLAS: a library loaded later keeps its default threads and spins on a busy machine)
 
     from analysis.core.threads import map_ordered
-    from analysis.io.svd_cache import SVDCache, cached_full_basis, tensor_file
+    from analysis.sweeps.svd_cache import SVDCache, cached_full_basis, tensor_file
 
     store = cache if isinstance(cache, SVDCache) else SVDCache(enabled=bool(cache))
 
@@ -120,7 +136,7 @@ def intruder_sweep(adapter, base, *, top_k=10, threshold=0.5, side="left", metho
     finally:
         if bw is not base:
             bw.close()
-    frame = pd.DataFrame(rows)
+    frame = with_roles(pd.DataFrame(rows))
     if len(frame):
         frame = frame.sort_values("name", key=lambda s: s.map(natural_key)).reset_index(drop=True)
     return IntruderSweep(frame=frame, results=results, top_k=int(top_k), threshold=float(threshold),

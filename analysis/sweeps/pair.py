@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -10,7 +11,17 @@ from analysis.core.adapter import Adapter, natural_key, select_modules, split_na
 from analysis.core.threads import map_ordered
 from analysis.errors import MissingAlphaError
 from analysis.metrics.pair import SIDES, module_similarities
+from analysis.metrics.spectrum import near_tie, top_ratio
 from analysis.sweeps.common import progress as progress_bar
+from analysis.io.roles import with_roles
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+    import pandas as pd
+
+    from analysis.core.adapter import Layers
+    from analysis.sweeps.progress import Progress
 
 __all__ = ["PairSweep", "compare_adapters"]
 
@@ -34,7 +45,12 @@ class PairSweep:
         ``s`` compared, ``phi11_s``, ``shared_dims_s``, ``ties_s`` and the
         principal-angle summaries ``min_angle_deg_s``, ``median_angle_deg_s``,
         ``max_angle_deg_s``, ``mean_cos2_s`` (mean cos² θ over the min(k1, k2)
-        angles between the full spans, = φ(k1, k2)).
+        angles between the full spans, = φ(k1, k2)); ``top_ratio_a_s``,
+        ``top_ratio_b_s`` (σ₂ / σ₁ of the singular values that order side ``s``
+        in each adapter, NaN below rank 2) and ``near_tie_s`` (either adapter's
+        top two within :data:`~analysis.metrics.spectrum.NEAR_TIE_GAP`, see
+        :func:`~analysis.metrics.spectrum.near_tie`: φ(1, 1) on that side is
+        not meaningful alone; False when an update is zero).
     results : dict[str, dict[str, SimilarityResult]]
         ``results[name][side]``: the full φ grids.
     only_a, only_b : list of str
@@ -43,15 +59,16 @@ class PairSweep:
         Shared names whose ΔW shapes differ (not compared).
     """
 
-    frame: object
+    frame: pd.DataFrame
     results: dict = field(default_factory=dict)
     only_a: list = field(default_factory=list)
     only_b: list = field(default_factory=list)
     mismatched: list = field(default_factory=list)
 
 
-def compare_adapters(a: Adapter, b: Adapter, *, sides=SIDES, modules=None, layers=None,
-                     progress=False, keep_cache=False, jobs=None) -> PairSweep:
+def compare_adapters(a: Adapter, b: Adapter, *, sides: Sequence[str] = SIDES, modules: Sequence[str] | None = None,
+                     layers: set[int] | str | Layers | None = None, progress: bool | Progress = False,
+                     keep_cache: bool = False, jobs: int | None = None) -> PairSweep:
     """Compare every module two adapters share, on the chosen bases.
 
     Parameters
@@ -104,6 +121,9 @@ def compare_adapters(a: Adapter, b: Adapter, *, sides=SIDES, modules=None, layer
             row[f"max_angle_deg_{s}"] = float(np.degrees(ang[-1])) if ang.size else np.nan
             row[f"mean_cos2_{s}"] = float(np.mean(np.cos(ang) ** 2)) if ang.size else np.nan
             row[f"ties_{s}"] = len(res.ties1) + len(res.ties2)
+            sa, sb = la.side_singular_values(s), lb.side_singular_values(s)  # cached by module_similarities
+            row[f"top_ratio_a_{s}"], row[f"top_ratio_b_{s}"] = top_ratio(sa), top_ratio(sb)
+            row[f"near_tie_{s}"] = not res.zero and (near_tie(sa) or near_tie(sb))
         if not keep_cache:
             la.clear_cache()
             lb.clear_cache()
@@ -117,6 +137,6 @@ def compare_adapters(a: Adapter, b: Adapter, *, sides=SIDES, modules=None, layer
             continue
         results[name] = res_by_side
         rows.append(row)
-    frame = pd.DataFrame(rows)
+    frame = with_roles(pd.DataFrame(rows))
     return PairSweep(frame=frame, results=results, only_a=only_a, only_b=only_b,
                      mismatched=mismatched)

@@ -14,12 +14,24 @@ d_out × d_in matrix is formed.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 
 from analysis.core.adapter import select_modules, split_name
 from analysis.metrics.spectrum import (energy_retained, rank_for_energy, rank_for_error, relative_error,
                                        spectrum_summary)
 from analysis.sweeps.common import require_adapter
+from analysis.io.roles import with_roles
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+    from typing import Any
+
+    import pandas as pd
+
+    from analysis.core.adapter import Adapter, Layers
+    from analysis.core.lowrank import LowRank
 
 __all__ = ["spectra_frame", "spectra_long", "spectrum_row", "SPECTRA_COLUMNS"]
 
@@ -28,7 +40,7 @@ SPECTRA_COLUMNS = ("name", "layer", "module", "d_out", "d_in", "r", "rank", "zer
                    "effective_rank", "stable_rank", "rank90", "rank99", "top1_energy")
 
 
-def spectrum_row(lr, *, scale_free=False):
+def spectrum_row(lr: LowRank, *, scale_free: bool = False) -> tuple[dict[str, Any], np.ndarray]:
     """Spectrum measures of one update: the ``sigma1 … top1_energy`` columns of :data:`SPECTRA_COLUMNS`.
 
     Parameters
@@ -64,8 +76,9 @@ def _pct(x):
     return f"{100 * x:g}".replace(".", "_")
 
 
-def spectra_frame(adapter, *, energies=(0.9, 0.99), errors=(), modules=None, layers=None,
-                  keep_cache=False):
+def spectra_frame(adapter: Adapter, *, energies: Sequence[float] = (0.9, 0.99), errors: Sequence[float] = (),
+                  modules: Sequence[str] | None = None, layers: set[int] | str | Layers | None = None,
+                  keep_cache: bool = False) -> pd.DataFrame:
     """One row per module: shape, rank and spectrum measures of ΔW.
 
     Parameters
@@ -108,10 +121,11 @@ def spectra_frame(adapter, *, energies=(0.9, 0.99), errors=(), modules=None, lay
         if not keep_cache:
             lr.clear_cache()
     cols = list(SPECTRA_COLUMNS) + [c for c in (rows[0] if rows else {}) if c not in SPECTRA_COLUMNS]
-    return pd.DataFrame(rows, columns=cols)
+    return with_roles(pd.DataFrame(rows, columns=cols))
 
 
-def spectra_long(adapter, *, modules=None, layers=None, keep_cache=False):
+def spectra_long(adapter: Adapter, *, modules: Sequence[str] | None = None,
+                 layers: set[int] | str | Layers | None = None, keep_cache: bool = False) -> pd.DataFrame:
     """Long form: one row per (module, k) for k = 1 … rank.
 
     Parameters

@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 import re
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -22,12 +23,21 @@ from analysis.errors import AdapterError
 from analysis.metrics.similarity import phi_grid
 from analysis.metrics.spectrum import effective_rank
 
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+    from typing import Any
+
+    import pandas as pd
+    from distributed import Client
+
+    from analysis.core.adapter import Layers
+
 __all__ = ["Trajectory", "checkpoint_steps", "phi11_null", "trajectory"]
 
 _CKPT = re.compile(r"^checkpoint-(\d+)$")
 
 
-def checkpoint_steps(folder, *, strict=True):
+def checkpoint_steps(folder: str | os.PathLike[str], *, strict: bool = True) -> list[tuple[int, str]]:
     """The ``checkpoint-N`` subfolders of a run, ordered by N.
 
     Parameters
@@ -56,7 +66,7 @@ def checkpoint_steps(folder, *, strict=True):
     return sorted(out)
 
 
-def phi11_null(d, *, n_std=3.0):
+def phi11_null(d: int, *, n_std: float = 3.0) -> tuple[float, float, float]:
     """(mean, sd, threshold) of φ(1, 1) between a fixed and a uniformly random direction in R^d.
 
     The closed form of :func:`analysis.metrics.nulls.phi11_null`; the threshold is ``mean + n_std · sd``.
@@ -117,19 +127,22 @@ class Trajectory:
         Settings.
     """
 
-    frame: object
-    present_from: object
+    frame: pd.DataFrame
+    present_from: pd.DataFrame
     k: int
     side: str
     n_std: float
 
-    def to_dict(self):
+    def to_dict(self) -> dict[str, Any]:
         return {"k": self.k, "side": self.side, "n_std": self.n_std,
                 "checkpoints": self.frame.to_dict(orient="records"),
                 "present_from": self.present_from.to_dict(orient="records")}
 
 
-def trajectory(checkpoints, *, k=1, side="input", alpha=None, modules=None, layers=None, n_std=3.0, client=None):
+def trajectory(checkpoints: str | os.PathLike[str] | Sequence[tuple[int, str]], *, k: int = 1, side: str = "input",
+               alpha: float | None = None, modules: Sequence[str] | None = None,
+               layers: set[int] | str | Layers | None = None, n_std: float = 3.0,
+               client: Client | str | None = None) -> Trajectory:
     """Measures of one training run over its checkpoints.
 
     Parameters

@@ -20,7 +20,8 @@ import numpy as np
 __all__ = ["face_splitting", "kronecker", "full_factors", "tucker_factors"]
 
 
-def face_splitting(A1, B1, A2, B2):
+def face_splitting(A1: np.ndarray, B1: np.ndarray, A2: np.ndarray,
+                   B2: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Factors of the Hadamard product ``(B1 @ A1) ⊙ (B2 @ A2)``.
 
     Parameters
@@ -55,7 +56,7 @@ def face_splitting(A1, B1, A2, B2):
     return A, B
 
 
-def kronecker(A1, B1, A2, B2):
+def kronecker(A1: np.ndarray, B1: np.ndarray, A2: np.ndarray, B2: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Factors of the Kronecker product ``kron(B1 @ A1, B2 @ A2)``.
 
     Parameters
@@ -85,7 +86,7 @@ def kronecker(A1, B1, A2, B2):
     return np.kron(A1, A2), np.kron(B1, B2)
 
 
-def full_factors(W):
+def full_factors(W: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Trivial factors of a full matrix with the smaller inner dimension.
 
     Parameters
@@ -105,7 +106,7 @@ def full_factors(W):
     return np.eye(n, dtype=W.dtype), W
 
 
-def tucker_factors(t, wa, wb):
+def tucker_factors(t: np.ndarray, wa: np.ndarray, wb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Factors of a Tucker (CP) convolution kernel flattened to (out, in · ∏k).
 
     Parameters

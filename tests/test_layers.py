@@ -1,0 +1,60 @@
+"""The package's layers, read from its imports: data flows one way (core → io → metrics → sweeps → plotting →
+report → cli) and no module imports a private name of another (DESIGN.md)."""
+
+import ast
+import os
+
+import pytest
+
+import analysis
+
+#: Each subpackage's place in the flow (a module may import its own level and those below it).
+LEVEL = {"core": 0, "errors": 0, "io": 1, "metrics": 2, "sweeps": 3, "plotting": 4, "reference": 4, "report": 5,
+         "cli": 6}
+ROOT = os.path.dirname(analysis.__file__)
+
+
+def _modules():
+    for dp, _, fs in os.walk(ROOT):
+        for f in sorted(fs):
+            if f.endswith(".py"):
+                path = os.path.join(dp, f)
+                rel = os.path.relpath(path, os.path.dirname(ROOT))[:-3].replace(os.sep, ".")
+                yield path, rel[: -len(".__init__")] if rel.endswith(".__init__") else rel
+
+
+def _level(module):
+    parts = module.split(".")
+    return LEVEL.get(parts[1]) if parts[0] == "analysis" and len(parts) > 1 else None
+
+
+def _imports(path):
+    tree = ast.parse(open(path, encoding="utf-8").read(), filename=path)
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            yield node.module, [a.name for a in node.names], node.lineno
+        elif isinstance(node, ast.Import):
+            for a in node.names:
+                yield a.name, [], node.lineno
+
+
+def test_every_layer_is_known():
+    tops = {name for name in os.listdir(ROOT) if os.path.isdir(os.path.join(ROOT, name))
+            and os.path.exists(os.path.join(ROOT, name, "__init__.py"))}
+    assert tops <= set(LEVEL), f"a subpackage without a place in the flow: {tops - set(LEVEL)}"
+
+
+@pytest.mark.parametrize("path, module", list(_modules()), ids=lambda x: x if isinstance(x, str) else "")
+def test_no_upward_import_and_no_private_name(path, module):
+    if os.path.basename(path) == "__main__.py":  # the documented python -m shims may import the commands
+        return
+    mine = _level(module)
+    for target, names, line in _imports(path):
+        if not target.startswith("analysis"):
+            continue
+        theirs = _level(target)
+        if mine is not None and theirs is not None:
+            assert theirs <= mine, f"{module}:{line} imports {target} (a higher layer)"
+        for name in names:
+            private = name.startswith("_") and not (name.startswith("__") and name.endswith("__"))
+            assert not (private and target != module), f"{module}:{line} imports the private name {target}.{name}"
