@@ -46,7 +46,7 @@ def intruders_vs_peft(checkpoints, *, adapters=ADAPTERS, top_k=10, eps=0.5, log=
     from analysis.core.threads import available_cores
     from analysis.io import load_adapter
     from analysis.io.base import open_base
-    from analysis.io.svd_cache import SVDCache
+    from analysis.sweeps.svd_cache import SVDCache
     from analysis.reference.smollm2 import smollm2_gguf
     from analysis.sweeps.intruders import intruder_sweep
 

@@ -18,7 +18,7 @@ the same run:
 7. collection: all-pairs similarity / cosine of N adapters on one and two Dask workers, and merges
    against PEFT's ``add_weighted_adapter`` (``benchmarks/collection.py``).
 
-Writes ``benchmarks/results.json`` and regenerates the README block between
+Writes ``benchmarks/results.json`` and regenerates the block of ``docs/benchmarks.md`` between
 ``<!-- bench:start -->`` and ``<!-- bench:end -->``; the collection part writes
 ``benchmarks/results_collection.json`` and its own block between ``<!-- bench-collection:start -->`` and
 ``<!-- bench-collection:end -->`` (running only that part leaves the others' results alone).
@@ -72,8 +72,8 @@ def build_parser():
                    help="where synthetic checkpoints are written (outside the repository; reused across runs)")
     p.add_argument("--keep-data", action="store_true", help="keep the synthetic checkpoints for the next run")
     p.add_argument("--out", default=os.path.join(e2e.REPO, "benchmarks", "results.json"), help="results JSON")
-    p.add_argument("--readme", default=os.path.join(e2e.REPO, "README.md"),
-                   help="README whose bench block is regenerated ('' to leave it alone)")
+    p.add_argument("--readme", default=os.path.join(e2e.REPO, "docs", "benchmarks.md"),
+                   help="Markdown file whose bench block is regenerated (docs/benchmarks.md; '' to leave it alone)")
     return p
 
 

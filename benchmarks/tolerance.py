@@ -13,7 +13,7 @@ to the default setting, timed side by side in this run (repeats interleaved, the
 
 Products with W run in W's precision, as in the toolkit.
 
-Writes ``benchmarks/results_tolerance.json`` and regenerates the README block between
+Writes ``benchmarks/results_tolerance.json`` and regenerates the block of ``docs/benchmarks.md`` between
 ``<!-- bench-tolerance:start -->`` and ``<!-- bench-tolerance:end -->``. About 4 minutes on 2 idle cores.
 """
 
@@ -339,7 +339,7 @@ def build_parser():
     p.add_argument("--big-repeats", type=int, default=1, help="the same at 4096 × 4096 (default 1)")
     p.add_argument("--seeds", type=int, default=3, help="Gaussian 576 × 576 seeds (default 3)")
     p.add_argument("--out", default=os.path.join(REPO, "benchmarks", "results_tolerance.json"), help="results JSON")
-    p.add_argument("--readme", default=os.path.join(REPO, "README.md"),
+    p.add_argument("--readme", default=os.path.join(REPO, "docs", "benchmarks.md"),
                    help="README whose bench-tolerance block is regenerated ('' to leave it alone)")
     return p
 
