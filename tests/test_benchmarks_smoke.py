@@ -11,9 +11,9 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
-pytest.importorskip("torch")
 
 
+@pytest.mark.slow
 def test_quick_run_writes_results_and_readme_block(tmp_path):
     from benchmarks import run
 

@@ -64,6 +64,7 @@ def _run(*args):
                           capture_output=True, text=True, timeout=120)
 
 
+@pytest.mark.slow
 def test_cli_bad_input_exits_2_with_one_line(tmp_path, peft_pair):
     a, _ = peft_pair
     (tmp_path / "empty").mkdir()

@@ -50,6 +50,7 @@ def test_base_adds_table7_columns_to_table_json_csv(peft_pair, base, tmp_path, c
     assert {"proj_delta_a", "proj_random_b", "phi_w_input_a", "w_norm"} <= set(fr.columns)
 
 
+@pytest.mark.slow
 def test_out_writes_png_figures(peft_pair, base, tmp_path, capsys):
     a, b = peft_pair
     out = tmp_path / "figs"

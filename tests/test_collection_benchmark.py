@@ -13,6 +13,7 @@ if ROOT not in sys.path:
 pytest.importorskip("distributed")
 
 
+@pytest.mark.slow
 def test_quick_collection_part_writes_its_own_block_only(tmp_path):
     from benchmarks import run
 

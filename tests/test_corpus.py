@@ -126,6 +126,7 @@ def _by_base(model, raw):
 # ------------------------------------------------------------------------------------- (1) readers
 
 @pytest.mark.parametrize(("family", "adapter"), _cases("peft", FAMILIES, kohya=False))
+@pytest.mark.slow
 def test_peft_adapter_matches_peft(corpus, family, adapter):
     from peft import PeftModel
 

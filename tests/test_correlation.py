@@ -24,6 +24,7 @@ def _planted_W(rng, d_out, d_in, s):
 # ------------------------------------------------------------------ randomized SVD
 
 @pytest.mark.parametrize("k", [1, 8, 16, 64])
+@pytest.mark.slow
 def test_randomized_svd_flat_spectrum_within_1e6(k, flat):
     """The stated tolerance: every σ₁…σ_k of a 576 × 576 Gaussian matrix to 1e-6 relative."""
     W, s = flat
@@ -33,6 +34,7 @@ def test_randomized_svd_flat_spectrum_within_1e6(k, flat):
     np.testing.assert_allclose(np.linalg.norm(W @ V - U * S) / s[0], 0, atol=1e-2)
 
 
+@pytest.mark.slow
 def test_randomized_svd_k64_with_a_partial_krylov_space(flat):
     """k = 64 with n_iter = 6: the Krylov space (518 columns) does not fill R^576 and still meets 1e-6."""
     W, s = flat
@@ -201,3 +203,15 @@ def test_overlap_random_draw_tracks_the_null_and_rejects_bad_options():
         weight_overlap(W, lr, n_w=500)
     z = weight_overlap(W, LowRank(rng.standard_normal((2, 120)), np.zeros((200, 2))))
     assert z.zero and z.phi.size == 0
+
+
+def test_random_projections_in_bounded_batches_are_the_seeded_pairs(monkeypatch):
+    """Batched passes over W (memory bounded whatever n_random) give ‖UᵢᵀWVᵢ‖ of random_bases' pairs, in order."""
+    from analysis.metrics import correlation as C
+
+    rng = np.random.default_rng(3)
+    W = rng.standard_normal((40, 30))
+    want = [np.linalg.norm(U.T @ W @ V) for U, V in C.random_bases(40, 30, 4, seed=5, n=23)]
+    for cols in (4, 12, 4096):  # one pair per pass, three per pass, all at once
+        monkeypatch.setattr(C, "PROJECTION_COLUMNS", cols)
+        np.testing.assert_allclose(C.random_projections(W, 4, n_random=23, seed=5), want, rtol=1e-12)

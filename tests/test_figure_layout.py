@@ -43,12 +43,14 @@ def big6(tmp_path_factory):
     return write_big_pair(tmp_path_factory.mktemp("big6"), layers=6)
 
 
+@pytest.mark.slow
 def test_long_names_twelve_modules_both_pairs(big6):
     (a, b, c), base = big6
     _check_all(compute_report(ReportConfig(pairs=(("rank", str(a), str(b)), ("seed", str(b), str(c))),
                                            base=str(base))))
 
 
+@pytest.mark.slow
 def test_one_pair_only_no_base(big6):
     (a, b, _), _ = big6
     data = compute_report(ReportConfig(pairs=(("rank", str(a), str(b)),)))
@@ -64,6 +66,7 @@ def test_a_hundred_layers(tmp_path):
                                            base=str(base))))
 
 
+@pytest.mark.slow
 def test_subspace_figures_on_an_encoder_decoder(corpus, tmp_path):
     """``subspace --out`` on T5 (q, v in two stacks and cross-attention): one line per module type, texts clean."""
     from analysis import load_adapter
@@ -95,6 +98,7 @@ def test_subspace_figures_on_an_encoder_decoder(corpus, tmp_path):
     assert sum("(cross)" in x for x in labels) >= 1 and len(labels) >= 4  # encoder, decoder and cross lines apart
 
 
+@pytest.mark.slow
 def test_a_zero_module_in_a_pair(tmp_path):
     """An untrained module (B = 0) in one adapter: the report draws every figure, the zero update marked."""
     from _synthetic import write_base_for

@@ -204,6 +204,7 @@ def _z_consistent(f):
     return f.z == pytest.approx((f.effect - f.null_mean) / f.null_sd, rel=1e-9, abs=1e-12)
 
 
+@pytest.mark.slow
 def test_findings_on_a_computed_report(tiny_report):
     fs = findings(tiny_report)
     assert fs and all(isinstance(f, Finding) for f in fs)

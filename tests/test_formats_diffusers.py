@@ -10,7 +10,7 @@ import warnings
 import numpy as np
 import pytest
 
-torch = pytest.importorskip("torch")
+import torch  # noqa: E402
 diffusers = pytest.importorskip("diffusers")
 from peft import LoraConfig, inject_adapter_in_model  # noqa: E402
 from peft.tuners.tuners_utils import BaseTunerLayer  # noqa: E402
@@ -80,6 +80,7 @@ UNET_CFG = LoraConfig(r=2, lora_alpha=6, target_modules=["to_q", "to_k", "to_out
 
 
 @pytest.mark.parametrize("metadata", [True, False])
+@pytest.mark.slow
 def test_unet_lora_down_up(tmp_path, metadata):
     """Oracles: the trained PEFT layers that made the file, and diffusers' loader for what it loads.
 

@@ -13,7 +13,7 @@ import logging
 import numpy as np
 import pytest
 
-torch = pytest.importorskip("torch")
+import torch  # noqa: E402
 pytest.importorskip("lycoris")
 diffusers = pytest.importorskip("diffusers")
 from safetensors.torch import load_file, save_file  # noqa: E402
@@ -95,6 +95,7 @@ def test_missing_and_ambiguous_one_line(files):
 
 
 @pytest.mark.parametrize("algo", ["locon", "loha"])
+@pytest.mark.slow
 def test_base_analyses_run_on_kohya_files(files, algo):
     from analysis.sweeps.adapter import analyse_adapter
     from analysis.sweeps.intruders import intruder_sweep
@@ -174,6 +175,7 @@ def test_resize_writes_kohya_that_lycoris_reads(files, tmp_path, algo):
         assert np.abs(_sd_scripts_merge(sd, name) - want).max() < 1e-6 * scale, name
 
 
+@pytest.mark.slow
 def test_subspace_cli_with_base_on_two_lycoris_files(files, tmp_path, capsys):
     """``python -m analysis.subspace A B --base MODEL`` on a LoCon and a LoHa file of one UNet."""
     import json

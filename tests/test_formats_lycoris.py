@@ -13,7 +13,7 @@ import logging
 import numpy as np
 import pytest
 
-torch = pytest.importorskip("torch")
+import torch  # noqa: E402
 lycoris = pytest.importorskip("lycoris")
 from safetensors.torch import load_file, save_file  # noqa: E402
 from torch import nn  # noqa: E402

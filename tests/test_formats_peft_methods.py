@@ -8,7 +8,7 @@ import shutil
 import numpy as np
 import pytest
 
-torch = pytest.importorskip("torch")
+import torch  # noqa: E402
 peft = pytest.importorskip("peft")
 from peft import LoHaConfig, LoKrConfig, VeraConfig, get_peft_model  # noqa: E402
 from peft.tuners.tuners_utils import BaseTunerLayer  # noqa: E402

@@ -12,7 +12,7 @@ import textwrap
 import numpy as np
 import pytest
 
-torch = pytest.importorskip("torch")
+import torch  # noqa: E402
 peft = pytest.importorskip("peft")
 pytest.importorskip("huggingface_hub")
 from peft import LoHaConfig, LoraConfig, VeraConfig, get_peft_model  # noqa: E402
@@ -148,6 +148,7 @@ print(json.dumps(out))
 '''
 
 
+@pytest.mark.slow
 def test_hub_ids_resolve_through_the_local_cache(tmp_path):
     first = _model(LoraConfig(r=2, lora_alpha=3, target_modules=["q", "v"]))
     first.save_pretrained(tmp_path / "repo")

@@ -16,7 +16,7 @@ import re
 import numpy as np
 import pytest
 
-torch = pytest.importorskip("torch")
+import torch  # noqa: E402
 transformers = pytest.importorskip("transformers")
 gguf = pytest.importorskip("gguf")
 

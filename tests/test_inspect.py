@@ -16,7 +16,7 @@ import warnings
 import numpy as np
 import pytest
 
-torch = pytest.importorskip("torch")
+import torch  # noqa: E402
 peft = pytest.importorskip("peft")
 from peft import (AdaLoraConfig, LoHaConfig, LoKrConfig, LoraConfig, VeraConfig,  # noqa: E402
                   get_peft_model)
@@ -380,6 +380,7 @@ def test_diffusers_file(tmp_path, capsys):
 
 # ---------------------------------------------------------------------------- outputs and errors
 
+@pytest.mark.slow
 def test_json_byte_identical_and_figure(peft_set, tmp_path, capsys):
     from _layout import text_problems
 

@@ -186,6 +186,7 @@ def report_set(tiny, tmp_path_factory):
     return ck, tiny / "base.safetensors"
 
 
+@pytest.mark.slow
 def test_compute_report_same_with_one_and_two_jobs(report_set):
     from analysis.report import ReportConfig, compute_report
 
@@ -214,6 +215,7 @@ def test_compute_report_same_with_one_and_two_jobs(report_set):
             assert np.array_equal(ov.phi, two.overlaps[key][lab].phi)
 
 
+@pytest.mark.slow
 def test_report_same_bytes_with_one_and_two_jobs(report_set, tmp_path, capsys, monkeypatch):
     import analysis.report.figures as F
     import analysis.report.write as W

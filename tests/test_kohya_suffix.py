@@ -16,7 +16,7 @@ import time
 import numpy as np
 import pytest
 
-torch = pytest.importorskip("torch")
+import torch  # noqa: E402
 transformers = pytest.importorskip("transformers")
 from safetensors.numpy import save_file  # noqa: E402
 

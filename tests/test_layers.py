@@ -2,6 +2,7 @@
 report → cli) and no module imports a private name of another (DESIGN.md)."""
 
 import ast
+import glob
 import os
 
 import pytest
@@ -58,3 +59,24 @@ def test_no_upward_import_and_no_private_name(path, module):
         for name in names:
             private = name.startswith("_") and not (name.startswith("__") and name.endswith("__"))
             assert not (private and target != module), f"{module}:{line} imports the private name {target}.{name}"
+
+
+def test_base_is_declared_once_for_every_command():
+    """Every command's ``--base`` comes from Parser.add_base (one help text, the smollm2 alias everywhere)."""
+    import importlib
+
+    from analysis.cli.common import BASE_HELP
+
+    found = []
+    for name in ("collection", "finetune", "inspect", "intruders", "merge", "rank", "report", "resize", "subspace"):
+        p = importlib.import_module(f"analysis.cli.{name}").build_parser()
+        acts = [a for a in p._actions if "--base" in a.option_strings]
+        if acts:
+            found.append(name)
+            assert acts[0].help.startswith(BASE_HELP), name
+    assert set(found) == {"inspect", "intruders", "merge", "report", "resize", "subspace"}
+    for path in glob.glob(os.path.join(ROOT, "cli", "*.py")):
+        with open(path, encoding="utf-8") as fh:
+            text = fh.read()
+        assert text.count('"--base"') == (1 if path.endswith("common.py") else 0), path
+        assert "resolve_base(" not in text or path.endswith("common.py"), path

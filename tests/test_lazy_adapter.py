@@ -14,7 +14,7 @@ from analysis.io.safetensors_file import SafetensorsFile
 from analysis.io.lazy import LazyAdapter
 from analysis.sweeps.pair import compare_adapters
 
-torch = pytest.importorskip("torch")
+import torch  # noqa: E402
 save_pt = pytest.importorskip("safetensors.torch").save_file
 
 

@@ -96,6 +96,7 @@ def test_merge_plan_and_partial_line(tmp_path):
 
 
 @pytest.mark.skipif(not os.path.exists("/usr/share/wordnet/data.noun"), reason="needs WordNet (wordnet-base)")
+@pytest.mark.slow
 def test_resumable_run_on_the_tiny_model(tmp_path):
     pytest.importorskip("peft")
     from matplotlib.figure import Figure
@@ -122,3 +123,52 @@ def test_resumable_run_on_the_tiny_model(tmp_path):
     num = rows.assign(**{c: pd.to_numeric(rows[c], errors="coerce") for c in ("distance", "increase")})
     art = plot_merge_losses(num, ax=Figure().add_subplot(), check=res["checks"]["distance"])
     assert len(art["points"]) >= 4 and art["text"] is not None and art["zero"] is not None
+
+
+def test_advice_level_is_the_protocols():
+    from analysis.report.protocol import P_TAIL as protocol_level
+    from analysis.sweeps.merge_advice import P_TAIL
+
+    assert abs(P_TAIL - protocol_level) < 1e-15
+
+
+def _measured_table(path, rng, *, partial=False):
+    """A merge-loss table as analysis.reference.merge_losses writes it: the increase grows with the distance."""
+    from analysis.reference.merge_losses import COLUMNS, merge_plan
+
+    lines = [",".join(COLUMNS)]
+    for name, subset, wt, method in merge_plan(["define", "word", "hypernym"]):
+        for t in subset:
+            dist = rng.exponential() * (len(subset) if wt == "1" else 1.0)
+            row = {"kind": "merge", "merge": name, "subset": "+".join(subset), "n": len(subset), "weighting": wt,
+                   "method": method, "task": t, "distance": dist, "foreign": dist / 2, "retained": 1.0,
+                   "ratio_pooled": 1.1, "mean_cosine": rng.uniform(), "increase": dist + 0.1 * rng.standard_normal(),
+                   "loss": 3 + dist}
+            lines.append(",".join(str(row.get(c, "")) for c in COLUMNS))
+    text = "\n".join(lines) + "\n" + ("merge,half-written" if partial else "")
+    path.write_text(text)
+    return text
+
+
+@pytest.mark.slow
+def test_report_reads_the_table_without_touching_it_and_draws_it(tmp_path):
+    from analysis.report import figures as F
+    from analysis.report.compute import ReportConfig, ReportData, _merge_check
+    from analysis.report.notes import _merge_loss_text
+    from tests._layout import text_problems
+
+    t = tmp_path / "merge_losses.csv"
+    text = _measured_table(t, np.random.default_rng(1), partial=True)
+    data = ReportData(ReportConfig())
+    data.merge_check = _merge_check(str(t), seed=0)
+    assert t.read_text() == text  # the measuring run may still be appending: the report never rewrites it
+    mc = data.merge_check
+    assert mc["rows"] == len(mc["table"]) == (3 * 2 + 1 * 3) * 2 * 3  # 3 pairs and a triple; 2 weightings, 3 methods
+    assert mc["checks"]["distance"].verdict == "predicts"
+    assert mc["checks"]["mean_cosine"].verdict != "predicts"
+    fig = F.fig_merge_losses(data)
+    assert text_problems(fig) == []
+    for ax in fig.axes:
+        assert ax.get_xticklabels() and ax.get_yticklabels()
+    note = _merge_loss_text(data)
+    assert "distance ρ = +" in note and "predicts" in note and "benchmarks/merge_losses.csv" in note

@@ -12,7 +12,7 @@ import warnings
 import numpy as np
 import pytest
 
-torch = pytest.importorskip("torch")
+import torch  # noqa: E402
 peft = pytest.importorskip("peft")
 transformers = pytest.importorskip("transformers")
 

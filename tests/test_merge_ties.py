@@ -13,7 +13,7 @@ import math
 import numpy as np
 import pytest
 
-torch = pytest.importorskip("torch")
+import torch  # noqa: E402
 pytest.importorskip("peft")
 
 from analysis.core import Adapter, LowRank  # noqa: E402

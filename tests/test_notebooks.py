@@ -40,6 +40,7 @@ def _needs(src):
 
 
 @pytest.mark.parametrize("name", NOTEBOOKS)
+@pytest.mark.slow
 def test_notebook_executes(name, monkeypatch):
     from nbclient import NotebookClient
 

@@ -17,6 +17,7 @@ def test_phi11_null_matches_random_unit_vectors(d):
     assert sd == pytest.approx(cos2.std(), rel=0.02)
 
 
+@pytest.mark.slow
 def test_diagonal_draws_match_scipy_subspace_angles():
     d, k, n = 30, 5, 2000
     ours = diagonal_phi_draws(d, k, n=n, seed=1)

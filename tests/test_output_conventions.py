@@ -135,6 +135,7 @@ def _cli(*args, **kw):
     return subprocess.run([sys.executable, "-m", *args], capture_output=True, cwd=ROOT, timeout=300, **kw)
 
 
+@pytest.mark.slow
 def test_real_standard_output_binary_and_terminal(inputs):
     a, b = str(inputs / "A"), str(inputs / "B")
     res = _cli("analysis.rank", a, b, "--trials", "5", "--plot", "-")
@@ -251,6 +252,7 @@ def test_a_fifo_takes_no_folder_and_an_input_fifo_is_protected(tmp_path):
     check_target(os.devnull, folder=True)  # the null device discards a folder
 
 
+@pytest.mark.slow
 def test_report_out_to_null_device_stdout_and_fifo(tiny, tmp_path, capsys):
     from analysis.cli.report import main
 
@@ -281,6 +283,7 @@ def test_standard_output_without_a_binary_buffer_takes_text_only():
 
 
 @pytest.mark.parametrize("command", ["subspace", "finetune", "collection", "inspect"])
+@pytest.mark.slow
 def test_out_folder_to_the_null_device(inputs, tmp_path, capsys, monkeypatch, command):
     import tempfile
 

@@ -60,4 +60,4 @@ def test_written_adapter_reads_back_exactly(tmp_path):
     for n, lr in mods.items():
         np.testing.assert_allclose(back[n].delta(), lr.delta(), atol=1e-6)  # float32 on disk
     with pytest.raises(AdapterError):
-        write_peft_adapter(tmp_path / "out", mods, lora_alpha=4.0)  # no overwrite without asking
+        write_peft_adapter(tmp_path / "out", mods, lora_alpha=4.0)  # not replaced without force

@@ -49,6 +49,7 @@ def test_lines_name_the_stage_how_far_and_elapsed():
                            "writing: 0 of 4", "writing: 4 of 4, done in T"]
 
 
+@pytest.mark.slow
 def test_short_stages_are_silent_long_ones_shown_at_a_bounded_rate():
     out = io.StringIO()
     p = Progress("lines", stream=out, delay=0.3, interval=0.5)
@@ -166,6 +167,7 @@ def _run_to_file(tmp_path, *args):
     return code, err.read_text()
 
 
+@pytest.mark.slow
 def test_a_command_with_stderr_to_a_file_writes_stage_lines_and_quiet_writes_nothing(pair, tmp_path):
     code, err = _run_to_file(tmp_path, "analysis.subspace", *pair, "--progress", "on")
     assert code == 0 and err.splitlines() == ["modules: 0 of 4", err.splitlines()[1]]

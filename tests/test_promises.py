@@ -25,7 +25,7 @@ from analysis.io.peft_writer import write_peft_adapter
 from conftest import make_peft_adapter
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-torch = pytest.importorskip("torch")
+import torch  # noqa: E402
 
 
 def _cli(*args, cwd=None):
@@ -75,11 +75,12 @@ def test_a_write_that_fails_midway_leaves_nothing(tmp_path, src, monkeypatch):
     old = (out / "adapter_model.safetensors").read_bytes()
     monkeypatch.setattr(pw.json, "dump", fail_in_config)
     with pytest.raises(AdapterError):
-        res.write(out, overwrite=True)
+        res.write(out, force=True)
     assert (out / "adapter_model.safetensors").read_bytes() == old  # the old adapter is untouched
     assert _siblings(out) == ["out"]
 
 
+@pytest.mark.slow
 def test_full_disk_is_one_line_naming_the_file_and_leaves_nothing(tmp_path, src):
     code = ("import errno, sys, analysis.io.outputs as o\n"
             "real = open\n"
@@ -97,6 +98,7 @@ def test_full_disk_is_one_line_naming_the_file_and_leaves_nothing(tmp_path, src)
     assert _siblings(tmp_path / "out") == []
 
 
+@pytest.mark.slow
 def test_existing_output_needs_force_and_is_replaced_whole(tmp_path, src):
     out = tmp_path / "out"
     assert _cli("analysis.resize", str(src), "--rank", "2", "--out", str(out)).returncode == 0
@@ -108,6 +110,7 @@ def test_existing_output_needs_force_and_is_replaced_whole(tmp_path, src):
     assert _siblings(out) == ["out"]
 
 
+@pytest.mark.slow
 def test_two_writers_released_together_never_mix(tmp_path, src):
     out, go = tmp_path / "out", tmp_path / "go"
     code = ("import os, sys, time\n"
@@ -129,6 +132,7 @@ def test_two_writers_released_together_never_mix(tmp_path, src):
     assert _siblings(out) == ["out"]
 
 
+@pytest.mark.slow
 def test_ctrl_c_is_one_line_exit_130_and_leaves_nothing(tmp_path, src):
     code = ("import sys, analysis.io.peft_writer as pw\n"
             "real = pw.json.dump\n"
@@ -180,6 +184,7 @@ def test_huge_layer_range_is_answered_at_once(src):
 
 
 @pytest.mark.parametrize("dtype", [np.int8, np.uint8, np.int64, np.bool_])
+@pytest.mark.slow
 def test_integer_and_bool_factors_are_refused_on_every_path(tmp_path, src, dtype):
     from safetensors.numpy import load_file, save_file
 
@@ -236,6 +241,7 @@ def test_alpha_zero_is_a_zero_update(tmp_path, src):
     assert res.returncode == 0 and "zero update in A" in res.stdout and "1.000" not in res.stdout
 
 
+@pytest.mark.slow
 def test_transposed_base_is_one_rule_for_every_command(tmp_path, src):
     from safetensors.numpy import save_file
 
@@ -295,6 +301,7 @@ def test_subspace_json_describes_itself_and_is_byte_identical(tmp_path, src):
             assert set(m[f"ties_{side}"]) == {"a", "b"}  # one schema on every side
 
 
+@pytest.mark.slow
 def test_pattern_file_errors_name_the_pattern_file(tmp_path, src):
     bad_utf8 = tmp_path / "p1.json"
     bad_utf8.write_bytes(b'{"q_proj": 1, "\xff": 2}')
@@ -320,6 +327,7 @@ def _finetuned_pair(tmp_path, src):
 
 
 @pytest.mark.parametrize("command", ["rank", "intruders", "resize", "finetune"])
+@pytest.mark.slow
 def test_every_json_describes_itself_and_is_byte_identical(tmp_path, src, command):
     make_peft_adapter(tmp_path / "b", r=2, seed=2)
     base, tuned = _finetuned_pair(tmp_path, src)

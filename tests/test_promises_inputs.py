@@ -186,6 +186,7 @@ _HUB = textwrap.dedent(r'''
 ''')
 
 
+@pytest.mark.slow
 def test_a_sharded_base_from_the_hugging_face_cache(tmp_path, pair):
     from safetensors.numpy import load_file, save_file
 
@@ -248,6 +249,7 @@ def _with_pattern(src, dst, pattern, key="rank_pattern"):
 
 
 @pytest.mark.parametrize("key", ["rank_pattern", "alpha_pattern"])
+@pytest.mark.slow
 def test_patterns_in_a_config_are_bounded(tmp_path, pair, key):
     _with_pattern(pair / "A", tmp_path / "hang", _HANG, key)
     t0 = time.perf_counter()
@@ -323,6 +325,7 @@ def test_a_zip_bomb_is_refused_before_torch_reads_it(tmp_path, monkeypatch):
     assert len(load_adapter(tmp_path / "ok.pt", alpha=1.0)) == 1  # a real one loads
 
 
+@pytest.mark.slow
 def test_a_malicious_pickle_names_the_refused_call(tmp_path):
     marker = tmp_path / "ran"
     code = textwrap.dedent(f"""
@@ -368,6 +371,7 @@ def silent_socket():
     s.close()
 
 
+@pytest.mark.slow
 def test_a_scheduler_that_never_answers_is_refused_in_time(pair, silent_socket, monkeypatch, capsys):
     from analysis.cli.collection import main
     from analysis.sweeps import collection
@@ -411,3 +415,19 @@ def test_a_scheduler_lost_during_the_run_is_exit_3(pair, monkeypatch, capsys):
     line = _one_line(capsys.readouterr().err)
     assert "--scheduler tcp://10.9.8.7:8786" in line and "stopped answering" in line and "rerun" in line
 
+
+
+@pytest.mark.parametrize("bug", [TypeError, AttributeError])
+def test_a_bug_in_a_reader_keeps_its_traceback(tmp_path, monkeypatch, bug):
+    """Only what a malformed file causes becomes 'cannot read as a LoRA checkpoint'; a toolkit bug stays a bug."""
+    import analysis.io as aio
+
+    def broken(path, **kw):
+        raise bug("a bug in the toolkit")
+
+    monkeypatch.setattr(aio, "_load", broken)
+    with pytest.raises(bug):
+        load_adapter(tmp_path)
+    monkeypatch.setattr(aio, "_load", lambda path, **kw: json.loads("{not json"))
+    with pytest.raises(AdapterError, match="cannot read as a LoRA checkpoint: JSONDecodeError"):
+        load_adapter(tmp_path)

@@ -55,6 +55,7 @@ _SLOW_WRITER = textwrap.dedent("""
 
 
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM, signal.SIGHUP])
+@pytest.mark.slow
 def test_a_killed_writer_blocks_nothing_and_leaves_nothing_after_the_next_run(tmp_path, pair, sig):
     out = tmp_path / "out"
     p = subprocess.Popen([sys.executable, "-c", _SLOW_WRITER, str(out)], cwd=ROOT, stdout=subprocess.PIPE,
@@ -110,6 +111,7 @@ def _ranks(out):
     return {lr.r for lr in load_adapter(out).values()}
 
 
+@pytest.mark.slow
 def test_an_interrupted_replacement_without_the_one_step_swap_is_completed(tmp_path, pair):
     out = tmp_path / "out"
     assert _resize_no_swap(pair[0], 1, out, "plain").wait() == 0 and _ranks(out) == {1}

@@ -156,6 +156,7 @@ def _run(*args, code=None):
     return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
 
 
+@pytest.mark.slow
 def test_out_of_memory_is_the_environment_exit_3(adapters):
     res = _run("analysis.rank", str(adapters / "A"), str(adapters / "B"), "--trials", "100000000000")
     line = _one_line(res.stderr)
@@ -184,6 +185,7 @@ def test_a_bug_is_exit_1_with_a_traceback_file(adapters):
     os.remove(where)
 
 
+@pytest.mark.slow
 def test_library_warnings_stay_off_stderr_unless_debug(adapters):
     args = ("analysis.collection", str(adapters / "huge"), str(adapters / "A"))
     quiet = _run(*args)

@@ -90,6 +90,7 @@ def test_report_folder_over_the_checkpoints_is_refused(work):
 
 # ---------------------------------------------------------------------------- --force: only the toolkit's own
 
+@pytest.mark.slow
 def test_force_replaces_only_what_the_toolkit_wrote(work, monkeypatch, capsys):
     from analysis.cli.rank import main as rank
     from analysis.cli.subspace import main as subspace
@@ -135,6 +136,7 @@ def test_folder_manifest_falls_back_to_a_hidden_file(tmp_path, monkeypatch):
         check_target(tmp_path / "out", force=True, folder=True)
 
 
+@pytest.mark.slow
 def test_symlinked_out_is_written_through_the_link(work, monkeypatch, capsys):
     from analysis.cli.subspace import main
 

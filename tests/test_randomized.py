@@ -19,6 +19,7 @@ def _sin_max(U1, U2):
 
 @pytest.mark.parametrize("spectrum", ["flat", "decaying"])
 @pytest.mark.parametrize("k", [1, 8, 40])
+@pytest.mark.slow
 def test_matches_lapack_on_flat_and_decaying_spectra(spectrum, k):
     rng = np.random.default_rng(0)
     m, n = 300, 200

@@ -3,6 +3,8 @@
 import json
 import shutil
 
+import pytest
+
 from analysis.cli.report import main
 from analysis.io.frames import load_frame
 from analysis.report.protocol import VERDICTS
@@ -16,6 +18,7 @@ FIELDS = {"id", "figure", "paper", "measured", "null_mean", "null_sd", "z", "n_m
           "verdict"}
 
 
+@pytest.mark.slow
 def test_report_writes_every_figure_table_readme_findings_and_page(tiny, capsys):
     out = tiny / "figures"
     assert main(["--checkpoints", str(tiny / "checkpoints"), "--base", str(tiny / "base.safetensors"),
@@ -48,6 +51,7 @@ def test_report_writes_every_figure_table_readme_findings_and_page(tiny, capsys)
     assert "wrote" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_report_without_base_and_bad_input(tiny, tmp_path):
     assert main(["--checkpoints", str(tiny / "checkpoints"), "--no-base", "--out", str(tmp_path / "f"), *ARGS]) == 0
     assert not (tmp_path / "f" / "table7.png").exists() and (tmp_path / "f" / "fig3_rank_pair.png").exists()
@@ -58,6 +62,7 @@ def test_report_without_base_and_bad_input(tiny, tmp_path):
                  "--out", str(tmp_path / "i")]) == 2
 
 
+@pytest.mark.slow
 def test_report_on_anyones_adapters_with_its_html_page(tiny, tmp_path, capsys):
     mine = tmp_path / "my runs"  # outside the checkpoints folder, names that are not r*_seed*
     for src, dst in [("r2_seed0", "small"), ("r4_seed0", "large"), ("r4_seed1", "large again")]:
@@ -85,6 +90,7 @@ def test_report_on_anyones_adapters_with_its_html_page(tiny, tmp_path, capsys):
     assert shot.read_bytes()[:8] == PNG and shot.stat().st_size > 20_000
 
 
+@pytest.mark.slow
 def test_report_page_at_1280_px(tiny, tmp_path):
     """The written page in headless Chromium at 1280 px: no horizontal overflow, every image decodes, nothing is
     fetched, no LaTeX source in the rendered text; under 1.5 MB."""
@@ -98,3 +104,17 @@ def test_report_page_at_1280_px(tiny, tmp_path):
     scroll, client, latex = _chromium.layout(page, tmp_path, width=1280)
     assert scroll <= client and not latex
     assert (out / "report.html").stat().st_size < 1_500_000
+
+
+def test_report_says_what_it_is_doing_when_stderr_is_not_a_terminal(tiny, tmp_path, capsys):
+    args = [a for a in ARGS if a not in ("--progress", "off")]
+    assert main(["--checkpoints", str(tiny / "checkpoints"), "--no-base", "--out", str(tmp_path / "f"), *args,
+                 "--progress", "on"]) == 0
+    err = capsys.readouterr().err
+    for stage in ("loading adapters: done in", "pairs: done in", "pairs / modules:", "sweeps and the base pass: done",
+                  "writing figures, findings and pages: done in"):
+        assert stage in err, stage
+    assert "merge advice" not in err  # the shipped table measures other adapters than these
+    assert main(["--checkpoints", str(tiny / "checkpoints"), "--no-base", "--out", str(tmp_path / "g"), *args,
+                 "--quiet"]) == 0
+    assert capsys.readouterr().err == ""

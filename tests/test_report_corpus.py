@@ -56,6 +56,7 @@ def _check(family, data, fs, *, planted):
 
 
 @pytest.mark.parametrize("family", ["bert", "t5"])
+@pytest.mark.slow
 def test_report_judges_planted_and_unrelated_pairs(corpus, family):
     from corpus import RANK_PAIR, UNRELATED_PAIR
 
@@ -75,6 +76,7 @@ def test_report_on_every_family(corpus, family):
         _check(family, data, fs, planted=planted)
 
 
+@pytest.mark.slow
 def test_report_command_on_t5_names_only_what_it_was_given(corpus, tmp_path):
     """The written report (README, findings.json, captions) on encoder-decoder adapters: roles and stacks from the
     data, no shipped setup's width, rank, module name or task."""

@@ -224,6 +224,7 @@ def test_every_verdict_has_a_style():
 
 # -- end to end in a real browser ---------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_chromium_renders_without_requests(report, tmp_path):
     import _chromium
 

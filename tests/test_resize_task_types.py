@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 
-torch = pytest.importorskip("torch")
+import torch  # noqa: E402
 peft = pytest.importorskip("peft")
 transformers = pytest.importorskip("transformers")
 

@@ -37,6 +37,7 @@ def test_null_matches_the_exact_one_dimensional_law():
 
 
 @pytest.mark.parametrize("d, k", [(40, 6), (600, 12)])
+@pytest.mark.slow
 def test_bartlett_draws_match_the_qr_of_gaussian_matrices(d, k):
     """The d-free sampler of the null (Wishart by Bartlett) has the law of the top block of a QR."""
     from analysis.metrics.stability import _top_blocks

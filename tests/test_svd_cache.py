@@ -127,6 +127,7 @@ def test_corrupted_entry_is_ignored_and_rewritten(tmp_path, base_file, damage):
     assert third.hits == 1
 
 
+@pytest.mark.slow
 def test_two_processes_filling_the_cache_at_once(tmp_path, base_file):
     folder = tmp_path / "c"
     script = textwrap.dedent(f"""
@@ -280,7 +281,7 @@ def test_blas_threads_limits_and_restores():
 
 
 def test_blas_threads_restores_torch_threads():
-    torch = pytest.importorskip("torch")
+    import torch
     before = torch.get_num_threads()
     torch.set_num_threads(2)
     try:

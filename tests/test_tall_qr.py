@@ -40,6 +40,7 @@ def test_rank_deficient_and_zero_fall_back_to_householder():
 
 
 @pytest.mark.parametrize("cond_b", [1.0, 1e4, 1e9])
+@pytest.mark.slow
 def test_factored_svd_matches_dense_float64(cond_b):
     rng = np.random.default_rng(3)
     B = _matrix(700, 12, cond_b, seed=1)  # (d_out, r)

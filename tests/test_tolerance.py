@@ -75,6 +75,7 @@ def test_non_numbers_raise_type_error(bad):
 
 @pytest.mark.parametrize("tol", LADDER)
 @pytest.mark.parametrize("kind", ["flat64", "flat32", "decaying32"])
+@pytest.mark.slow
 def test_each_setting_meets_its_tolerance_against_lapack(kind, tol):
     """Seeded 300 × 300 matrices, the settings as the library applies them (``method="auto"``)."""
     W = {"flat64": lambda: _flat(300), "flat32": lambda: _flat(300, np.float32),
@@ -86,6 +87,7 @@ def test_each_setting_meets_its_tolerance_against_lapack(kind, tol):
 
 
 @pytest.mark.parametrize("tol", [t for t, _ in TOLERANCES[:3]])
+@pytest.mark.slow
 def test_krylov_rungs_meet_their_tolerance_where_krylov_runs(tol):
     """A flat 800 × 800 float32 matrix, k = 24 (the hardest k for the block of 48): Krylov up to 12 iterations."""
     W, k = _flat(800, np.float32, seed=2), 24
@@ -157,6 +159,7 @@ def test_report_config_carries_the_tolerance():
 # ------------------------------------------------------------------------------------------ benchmark
 
 
+@pytest.mark.slow
 def test_benchmark_quick_run_regenerates_its_readme_block(tmp_path):
     import os
     import sys

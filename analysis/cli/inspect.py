@@ -13,7 +13,7 @@ import sys
 import textwrap
 from typing import TYPE_CHECKING
 
-from analysis.cli.common import (Parser, check_outputs, fit, layer_str, provenance, run, write_json)
+from analysis.cli.common import (Parser, base_path, check_outputs, fit, layer_str, provenance, run, write_json)
 
 if TYPE_CHECKING:
     import argparse
@@ -70,9 +70,7 @@ def build_parser() -> Parser:
                    help="PEFT folder or file (LoRA, rsLoRA, DoRA, AdaLoRA, LoHa, LoKr, VeRA), loralib .pt/.bin "
                         "(with --alpha), kohya / LyCORIS .safetensors, diffusers pytorch_lora_weights.safetensors, "
                         "or a Hugging Face id in the local cache")
-    p.add_argument("--base", default=None, metavar="MODEL",
-                   help="frozen base model (HF safetensors folder or file, a GGUF, or 'smollm2'): adds |dW|_F / |W|_F "
-                        "per module, read one weight at a time")
+    p.add_base("Adds |dW|_F / |W|_F per module, read one weight at a time.")
     p.add_alpha(needed="Needed for |dW|_F, not for the ranks.")
     p.add_filters()
     p.add_argument("--json", dest="json_path", default=None, metavar="FILE",
@@ -452,9 +450,8 @@ def _body(args):
     files = adapter_files(adapter, args.adapter)
     if args.base is not None:
         from analysis.io.base import open_base
-        from analysis.reference.smollm2 import resolve_base
 
-        with open_base(resolve_base(args.base)) as base:
+        with open_base(base_path(args)) as base:
             ins = inspect_adapter(adapter, path=args.adapter, files=files, base=base, base_label=args.base,
                                   modules=args.modules, layers=args.layers)
     else:

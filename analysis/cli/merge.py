@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import sys
+from typing import TYPE_CHECKING
 import warnings
 
-from analysis.cli.common import (Parser, check_outputs, fit, layer_str, provenance, run, wants_progress,
+from analysis.cli.common import (Parser, base_path, check_outputs, fit, layer_str, provenance, run, wants_progress,
                                  write_json)
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
 
 __all__ = ["main", "build_parser"]
 
@@ -79,7 +83,7 @@ examples:
 """
 
 
-def build_parser():
+def build_parser() -> Parser:
     from analysis.sweeps.merge import HEADS, MERGE_METHODS, SIGN_METHODS
 
     p = Parser("analysis.merge",
@@ -105,9 +109,8 @@ def build_parser():
                         "between the adapters: 'first' keeps the first adapter's, 'mean' writes the weighted mean "
                         "sum w_i T_i / sum w_i (a plain mean with the default weights; weights >= 0). Default: "
                         "identical ones are carried over, differing ones refused")
-    p.add_argument("--base", default=None, metavar="MODEL",
-                   help="base model (safetensors file or HF folder): only for kohya / LyCORIS sources whose LoHa / LoKr "
-                        "modules store flattened factors, to write conv layers with their kernel")
+    p.add_base("Only for kohya / LyCORIS sources whose LoHa / LoKr modules store flattened factors, to write conv "
+               "layers with their kernel.")
     p.add_alpha(needed="Needed: merging uses the scales.")
     p.add_force()
     p.add_jobs()
@@ -194,7 +197,7 @@ def _body(args):
     names = dict(zip(res.labels, short_labels(res.labels)))
     _print(res, sys.stdout, args.quiet, names)
     adv = _print_advice(res, sys.stdout, names)
-    cfg = res.write(args.out, overwrite=args.force, base=args.base)  # refuses (exit 2) when every module vanishes
+    cfg = res.write(args.out, force=args.force, base=base_path(args))  # refuses (exit 2) when every module vanishes
     if cfg.get("format") == "kohya":
         print(f"wrote {args.out}: kohya file, {cfg['modules']} modules, r = {cfg['r']}, "
               f"{len(cfg['rank_pattern'])} modules of another rank, alpha per module", file=sys.stdout)
@@ -226,7 +229,7 @@ def _saved_str(saved, cfg):
             f"{saved.how})")
 
 
-def main(argv=None):
+def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit code."""
     args = build_parser().parse_args(argv)
     return run(_body, args)

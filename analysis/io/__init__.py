@@ -119,8 +119,9 @@ def load_adapter(path: str | os.PathLike[str], *, alpha: float | None = None, la
         return _load(path, alpha=alpha, lazy=lazy, **options)
     except AdapterError:
         raise
-    except (RecursionError, NotImplementedError, TypeError, ValueError, KeyError, IndexError, AttributeError,
-            UnicodeError, OverflowError, OSError) as e:  # a reader met data it did not foresee
+    except (RecursionError, ValueError, KeyError, IndexError, UnicodeError, OverflowError, OSError) as e:
+        # what a malformed file makes a reader raise (a missing key, a bad number, a short array, an unreadable
+        # file); TypeError, AttributeError and the like are the toolkit's bugs and keep their traceback
         msg = " ".join(str(e).split())[:200] or type(e).__name__
         raise AdapterError(f"cannot read as a LoRA checkpoint: {type(e).__name__}: {msg}", path=path) from None
 

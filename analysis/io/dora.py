@@ -16,6 +16,8 @@ singular triplets by the seeded randomized SVD the full-fine-tune path uses, mar
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 
 from analysis.core.adapter import Adapter
@@ -23,10 +25,18 @@ from analysis.core.randomized import randomized_svd
 from analysis.core.truncate import from_svd
 from analysis.errors import AdapterError
 
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+
+    from numpy.typing import ArrayLike
+
+    from analysis.core.lowrank import LowRank
+    from analysis.io.base import BaseWeights
+
 __all__ = ["dora_weight", "dora_delta", "dora_effective"]
 
 
-def _check(lr, W):
+def _check(lr: LowRank, W: ArrayLike) -> np.ndarray:
     if not lr.meta.get("dora"):
         raise AdapterError("expected a DoRA module (meta['dora']), got a plain update", path=lr.source,
                            key=lr.name or None)
@@ -37,7 +47,7 @@ def _check(lr, W):
     return W
 
 
-def dora_weight(lr, W):
+def dora_weight(lr: LowRank, W: ArrayLike) -> np.ndarray:
     """PEFT's merged DoRA weight ``W' = m ⊙ (W + s·B·A) / ‖W + s·B·A‖_row``.
 
     Parameters
@@ -65,12 +75,13 @@ def dora_weight(lr, W):
     return (V3 * (m / (norm + eps))[None, :, None]).reshape(V.shape)
 
 
-def dora_delta(lr, W):
+def dora_delta(lr: LowRank, W: ArrayLike) -> np.ndarray:
     """The dense effective update ``W' − W`` of one DoRA module, (d_out, d_in) float64."""
     return dora_weight(lr, W) - _check(lr, W)
 
 
-def dora_effective(adapter, base, *, rank=None, seed=0):
+def dora_effective(adapter: Adapter, base: BaseWeights | Mapping[str, np.ndarray], *, rank: int | None = None,
+                   seed: int = 0) -> Adapter:
     """Replace every DoRA module of an adapter by the top of its effective update ``W' − W``.
 
     Parameters

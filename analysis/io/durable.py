@@ -26,14 +26,18 @@ import shutil
 import signal
 import sys
 import threading
+from typing import TYPE_CHECKING, Any
 
 from analysis.errors import AdapterError
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
 
 __all__ = ["Lock", "recover", "tidy", "exchange", "rename_noreplace", "fsync_dir", "fsync_tree", "follow_umask",
            "deferred_signals", "remove", "tag"]
 
 
-def tag(name):
+def tag(name: str) -> str:
     """The name used for the lock and temporaries of target ``name`` (shortened when very long)."""
     if len(os.fsencode(name)) <= 200:
         return name
@@ -49,11 +53,15 @@ def _leftover_re(name):
 class Lock:
     """``fcntl.flock`` on ``.NAME.lock`` beside the target, held until :meth:`release` (or the process dies)."""
 
-    def __init__(self, parent, name, label):
+    path: str
+    label: str | os.PathLike[str]
+    fd: int | None
+
+    def __init__(self, parent: str, name: str, label: str | os.PathLike[str]) -> None:
         self.path = os.path.join(parent, f".{tag(name)}.lock")
         self.label, self.fd = label, None
 
-    def acquire(self):
+    def acquire(self) -> Lock:
         import fcntl
 
         for _ in range(100):
@@ -83,7 +91,7 @@ class Lock:
             os.close(fd)  # a finishing writer removed that lock file meanwhile: take the new one
         raise AdapterError("could not take the write lock", path=self.label)
 
-    def release(self):
+    def release(self) -> None:
         if self.fd is None:
             return
         with contextlib.suppress(OSError):
@@ -97,7 +105,7 @@ def _note(text):
     print(f"note: {text}", file=sys.stderr, flush=True)
 
 
-def remove(p):
+def remove(p: str | os.PathLike[str]) -> None:
     """Remove a file or a folder tree, quietly."""
     if os.path.isdir(p) and not os.path.islink(p):
         shutil.rmtree(p, ignore_errors=True)
@@ -116,7 +124,7 @@ def _pid_dead(pid):
     return False
 
 
-def tidy(path, label=None):
+def tidy(path: str | os.PathLike[str], label: str | os.PathLike[str] | None = None) -> None:
     """Clean what a dead writer of ``path`` left, if anything (taking its lock for the time; a live writer's
     leftovers are left alone). Called before a target is judged, so that no refusal leaves them behind."""
     parent, name = os.path.split(os.path.realpath(os.path.abspath(os.fspath(path))))
@@ -137,7 +145,7 @@ def tidy(path, label=None):
         lock.release()
 
 
-def recover(parent, name, label):
+def recover(parent: str, name: str, label: str | os.PathLike[str]) -> None:
     """Clean what a dead writer of ``parent/name`` left (called with its lock held); finish or undo its swap."""
     rx = _leftover_re(name)
     try:
@@ -154,7 +162,7 @@ def recover(parent, name, label):
                 os.remove(legacy_lock)
     if not found:
         return
-    by = {}
+    by: dict[str, list[tuple[int, str]]] = {}
     for n in found:
         p = os.path.join(parent, n)
         with contextlib.suppress(OSError):
@@ -188,7 +196,7 @@ def recover(parent, name, label):
 _AT_FDCWD = -100
 _RENAME_NOREPLACE = 1
 _RENAME_EXCHANGE = 2
-_RENAMEAT2 = []
+_RENAMEAT2: list[Any] = []  # the ctypes function, or None where there is none
 
 
 def _renameat2(a, b, flags):
@@ -215,12 +223,12 @@ def _renameat2(a, b, flags):
     raise OSError(err, os.strerror(err), b)
 
 
-def exchange(a, b):
+def exchange(a: str | os.PathLike[str], b: str | os.PathLike[str]) -> bool:
     """Swap two paths in one step (Linux ``renameat2(RENAME_EXCHANGE)``); False where the system cannot."""
     return _renameat2(a, b, _RENAME_EXCHANGE)
 
 
-def rename_noreplace(a, b):
+def rename_noreplace(a: str | os.PathLike[str], b: str | os.PathLike[str]) -> None:
     """Rename ``a`` to ``b``, refusing (``FileExistsError``) if ``b`` exists: in one step where the system can
     (``renameat2(RENAME_NOREPLACE)``), else checked just before ``os.rename``."""
     if _renameat2(a, b, _RENAME_NOREPLACE):
@@ -244,12 +252,12 @@ def _fsync_path(p, directory=False):
         os.close(fd)
 
 
-def fsync_dir(p):
+def fsync_dir(p: str | os.PathLike[str]) -> None:
     with contextlib.suppress(OSError):
         _fsync_path(p, directory=True)
 
 
-def fsync_tree(p):
+def fsync_tree(p: str | os.PathLike[str]) -> None:
     """fsync every file and folder of ``p`` (a file or a folder)."""
     if not os.path.isdir(p):
         _fsync_path(p)
@@ -267,7 +275,7 @@ def _umask():
     return mask
 
 
-def follow_umask(path):
+def follow_umask(path: str | os.PathLike[str]) -> None:
     """Give ``path`` (and what a folder holds) the modes a plain ``open`` / ``mkdir`` would: 666 / 777 less the umask."""
     mask = _umask()
     if os.path.isdir(path):
@@ -282,7 +290,7 @@ def follow_umask(path):
 
 
 @contextlib.contextmanager
-def deferred_signals():
+def deferred_signals() -> Iterator[None]:
     """Hold Ctrl-C, SIGTERM and SIGHUP until the block is done (main thread only), then deliver them."""
     if threading.current_thread() is not threading.main_thread():
         yield

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import math
 from collections import Counter
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -28,12 +29,23 @@ from analysis.core.adapter import natural_key
 from analysis.errors import AdapterError
 from analysis.io.outputs import atomic_output, check_target
 
+if TYPE_CHECKING:
+    import os
+    from collections.abc import Mapping, Sequence
+
+    from numpy.typing import DTypeLike
+
+    from analysis.core.adapter import Adapter
+    from analysis.core.lowrank import LowRank
+    from analysis.io.base import BaseWeights
+
 __all__ = ["write_kohya_file", "kohya_factors", "kohya_header", "addnet_hashes", "source_header", "flattened_shapes"]
 
 _DTYPES = {"float32": np.float32, "float16": np.float16}
 
 
-def kohya_factors(name, lr, weight_shape=None, *, dtype=np.float32):
+def kohya_factors(name: str, lr: LowRank, weight_shape: Sequence[int] | None = None, *,
+                  dtype: DTypeLike = np.float32) -> dict[str, np.ndarray]:
     """kohya's tensors for one update: ``{key: array}`` (float32).
 
     Parameters
@@ -64,11 +76,13 @@ def kohya_factors(name, lr, weight_shape=None, *, dtype=np.float32):
         B = B.reshape(ws[0], k, *([1] * (len(ws) - 2)))  # (c_out, k, 1, 1)
     elif lr.kind not in ("linear", "conv"):
         raise AdapterError(f"expected a linear or conv update to write as kohya, got kind {lr.kind!r}", key=name)
+    # ignored: LowRank.scale is Optional; a None scale raises here as before (write_kohya_file checks it first)
     return {f"{name}.lora_down.weight": A, f"{name}.lora_up.weight": B,
-            f"{name}.alpha": np.asarray(float(lr.scale) * k, dtype=dtype)}
+            f"{name}.alpha": np.asarray(float(lr.scale) * k, dtype=dtype)}  # type: ignore[arg-type]
 
 
-def flattened_shapes(modules, base, *, path=None):
+def flattened_shapes(modules: Mapping[str, LowRank], base: str | os.PathLike[str] | BaseWeights | None, *,
+                     path: str | None = None) -> dict[str, tuple[int, ...]]:
     """Layer weight shapes, read from ``base``, of LyCORIS LoHa / LoKr modules whose factors are stored flattened.
 
     Parameters
@@ -105,7 +119,7 @@ def flattened_shapes(modules, base, *, path=None):
     return {name: tuple(W.shape) for name, W in base.weights(flat)}
 
 
-def source_header(adapter):
+def source_header(adapter: Adapter) -> dict[str, Any]:
     """The whole header of a kohya source file (every ``ss_*`` entry is carried into a written file).
 
     The reader keeps only a few entries in ``adapter.config``; sd-scripts' resize carries them all.
@@ -119,7 +133,7 @@ def source_header(adapter):
     return {**dict(getattr(adapter, "config", None) or {}), **header}
 
 
-def addnet_hashes(tensors, metadata):
+def addnet_hashes(tensors: Mapping[str, np.ndarray], metadata: Mapping[str, str]) -> tuple[str, str]:
     """sd-webui-additional-networks' ``(sshs_model_hash, sshs_legacy_hash)`` of a file, as sd-scripts computes them.
 
     Parameters
@@ -146,7 +160,8 @@ def _number(x):
     return str(float(x))
 
 
-def kohya_header(metadata, ranks, alphas, *, comment=None, dynamic=False):
+def kohya_header(metadata: Mapping[str, Any] | None, ranks: Mapping[str, int], alphas: Mapping[str, float], *,
+                 comment: str | None = None, dynamic: bool = False) -> dict[str, str]:
     """The header of a written kohya file: the source's ``ss_*`` entries, updated to describe the result.
 
     Parameters
@@ -177,8 +192,10 @@ def kohya_header(metadata, ranks, alphas, *, comment=None, dynamic=False):
     return header
 
 
-def write_kohya_file(out, modules, *, metadata=None, overwrite=False, shapes=None, comment=None, dtype="float32",
-                     dynamic=False):
+def write_kohya_file(out: str | os.PathLike[str], modules: Mapping[str, LowRank], *,
+                     metadata: Mapping[str, Any] | None = None, force: bool = False,
+                     shapes: Mapping[str, Sequence[int]] | None = None, comment: str | None = None,
+                     dtype: str = "float32", dynamic: bool = False) -> dict[str, Any]:
     """Save updates as one kohya ``.safetensors`` file.
 
     Parameters
@@ -189,7 +206,7 @@ def write_kohya_file(out, modules, *, metadata=None, overwrite=False, shapes=Non
         kohya module name -> update (rank ≥ 1, scale known).
     metadata : Mapping[str, str], optional
         The source's header (``ss_*`` entries are carried over).
-    overwrite : bool
+    force : bool
         Replace an existing file.
     shapes : Mapping[str, tuple], optional
         Layer weight shapes (from the base) for modules whose LowRank does not know its kernel.
@@ -210,7 +227,7 @@ def write_kohya_file(out, modules, *, metadata=None, overwrite=False, shapes=Non
     Raises
     ------
     AdapterError
-        ``out`` exists without ``overwrite``, a scale is unknown, or a value does not fit float32.
+        ``out`` exists without ``force``, a scale is unknown, or a value does not fit float32.
     """
     from safetensors.numpy import save
 
@@ -221,7 +238,7 @@ def write_kohya_file(out, modules, *, metadata=None, overwrite=False, shapes=Non
         raise AdapterError("expected a .safetensors file name for a kohya adapter", path=out)
     if not modules:
         raise AdapterError("no module to write", path=out)
-    check_target(out, force=overwrite)
+    check_target(out, force=force)
     tensors, ranks, alphas = {}, {}, {}
     for name in sorted(modules, key=natural_key):
         lr = modules[name]
@@ -237,7 +254,7 @@ def write_kohya_file(out, modules, *, metadata=None, overwrite=False, shapes=Non
     header = kohya_header(metadata, ranks, alphas, comment=comment, dynamic=dynamic)
     header["sshs_model_hash"], header["sshs_legacy_hash"] = addnet_hashes(tensors, header)
     data = save(tensors, metadata=header)
-    with atomic_output(out, force=overwrite) as tmp:
+    with atomic_output(out, force=force) as tmp:
         with open(tmp, "wb") as fh:
             fh.write(data)
     return {"format": "kohya", "r": int(r0), "rank_pattern": {n: r for n, r in ranks.items() if r != r0},

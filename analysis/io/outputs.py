@@ -46,6 +46,7 @@ import secrets
 import shutil
 import tempfile
 import threading
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -55,11 +56,14 @@ from analysis.io.durable import (Lock, deferred_signals, exchange, follow_umask,
 from analysis.io.targets import (MANIFEST_FILE, MANIFEST_XATTR, STDOUT, kind_of, check_target, data_stream,
                                  protect, standard_output, stream_label, target_type, write_manifest)
 
+if TYPE_CHECKING:
+    from collections.abc import Iterator, Mapping
+
 __all__ = ["atomic_output", "check_target", "output_set", "protect", "json_ready", "write_json", "provenance",
            "standard_output", "target_type", "MANIFEST_FILE", "MANIFEST_XATTR", "STDOUT"]
 
 
-def json_ready(obj):
+def json_ready(obj: Any) -> Any:
     """Recursively turn numpy scalars / arrays and NaN into JSON-safe values.
 
     Parameters
@@ -389,7 +393,7 @@ class _OutputSet:
 
 
 @contextlib.contextmanager
-def output_set():
+def output_set() -> Iterator[None]:
     """Write every output of the block together: each :func:`atomic_output` inside (in this thread, not nested
     in another) is written to its temporary as the block goes and put in place when the block ends; if the
     block raises, or one output cannot be put in place, none is (those already placed are taken back).
@@ -412,7 +416,8 @@ def output_set():
 
 
 @contextlib.contextmanager
-def atomic_output(path, *, force=False, folder=False, kind=None, manifest=None, option=None):
+def atomic_output(path: str | os.PathLike[str], *, force: bool = False, folder: bool = False, kind: str | None = None,
+                  manifest: str | None = None, option: str | None = None) -> Iterator[str]:
     """Write ``path`` whole or not at all, never over an input: yield a temporary path beside it, then put it
     in place (see the module docstring for what holds). ``-`` writes to standard output; the null device, a
     FIFO or a character device is written as it is, without ``force`` (see the module docstring).
@@ -491,7 +496,7 @@ def _dumps(obj, level=0):
     return json.dumps(obj, separators=(", ", ": "))
 
 
-def write_json(path, obj, *, force=True, option=None):
+def write_json(path: str | os.PathLike[str], obj: Any, *, force: bool = False, option: str | None = None) -> None:
     """Write ``obj`` as JSON (numpy values converted, a final newline), whole or not at all.
 
     Parameters
@@ -499,7 +504,8 @@ def write_json(path, obj, *, force=True, option=None):
     path : str or os.PathLike
     obj : object
     force : bool
-        Replace an existing JSON file (the commands pass their ``--force``).
+        Replace an existing JSON file (the commands pass their ``--force``); default: refuse it, like every
+        writer of the toolkit.
     option : str, optional
         The option naming ``path`` (``--json``), for messages.
     """
@@ -509,7 +515,7 @@ def write_json(path, obj, *, force=True, option=None):
             fh.write(text)
 
 
-def provenance(command, *, inputs, settings):
+def provenance(command: str, *, inputs: Mapping[str, Any], settings: Mapping[str, Any]) -> dict[str, Any]:
     """What a ``--json`` file records first: the tool, its version, the inputs as given and every setting.
 
     Parameters

@@ -193,14 +193,14 @@ def _fan_in_fan_out(modules, out):
 
 def write_peft_adapter(out: str | os.PathLike[str], modules: Mapping[str, LowRank], *, lora_alpha: float,
                        base_model_name_or_path: str | None = None, task_type: str | None = None,
-                       overwrite: bool = False, config: Mapping[str, Any] | None = None,
+                       force: bool = False, config: Mapping[str, Any] | None = None,
                        extra_tensors: Mapping[str, np.ndarray] | None = None) -> dict[str, Any]:
     """Save updates as a PEFT LoRA adapter folder.
 
     Parameters
     ----------
     out : str or os.PathLike
-        Folder to create (or reuse when empty / ``overwrite``).
+        Folder to create (or reuse when empty / ``force``).
     modules : Mapping[str, LowRank]
         Module name in the base model -> update, each with rank ≥ 1 and
         ``scale == lora_alpha / r`` (PEFT's scale for that module).
@@ -208,7 +208,7 @@ def write_peft_adapter(out: str | os.PathLike[str], modules: Mapping[str, LowRan
         The single α written to the config.
     base_model_name_or_path, task_type : str, optional
         Copied into the config (e.g. from the source adapter).
-    overwrite : bool
+    force : bool
         Replace an existing adapter in ``out``.
     config : Mapping, optional
         The source adapter's ``adapter_config.json``: every field that does not describe the LoRA factors
@@ -242,7 +242,7 @@ def write_peft_adapter(out: str | os.PathLike[str], modules: Mapping[str, LowRan
         raise AdapterError("no module to write", path=out)
     if out.exists() and not out.is_dir() and target_type(out) == "path":  # the null device discards a folder
         raise AdapterError("expected a folder to write the adapter into, got an existing file", path=out)
-    check_target(out, force=overwrite)
+    check_target(out, force=force)
     fan = _fan_in_fan_out(modules, out)
     tensors, ranks = {}, {}
     for name, lr in modules.items():
@@ -280,7 +280,7 @@ def write_peft_adapter(out: str | os.PathLike[str], modules: Mapping[str, LowRan
             raise AdapterError("expected a tensor that is not a LoRA factor, got one the writer makes", path=out,
                                key=key)
         tensors[key] = np.ascontiguousarray(arr)
-    with atomic_output(out, force=overwrite, folder=True) as tmp:  # the whole adapter, or nothing
+    with atomic_output(out, force=force, folder=True) as tmp:  # the whole adapter, or nothing
         with open(os.path.join(tmp, WEIGHTS_NAME), "wb") as fh:  # Python's open: any file name the OS allows
             fh.write(save(tensors, metadata={"format": "pt"}))
         with open(os.path.join(tmp, CONFIG_NAME), "w", encoding="utf-8") as fh:

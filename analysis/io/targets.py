@@ -25,9 +25,13 @@ import stat
 import struct
 import threading
 import zlib
+from typing import TYPE_CHECKING, TextIO
 
 from analysis.errors import AdapterError
 from analysis.io.durable import tidy
+
+if TYPE_CHECKING:
+    from collections.abc import Iterable, Iterator
 
 __all__ = ["kind_of", "protect", "check_target", "target_type", "stream_label", "stdout_is_terminal", "standard_output",
            "data_stream", "is_text_kind", "write_manifest", "MANIFEST_FILE", "MANIFEST_XATTR", "STDOUT"]
@@ -40,12 +44,13 @@ MANIFEST_FILE = ".lora-subspace-manifest"
 #: Extended attribute of a folder output listing its files (zlib-compressed, one name per line).
 MANIFEST_XATTR = "user.lora-subspace-analysis.manifest"
 
-_PROTECTED = []  # (path, what) registered by protect(), newest last
+_PROTECTED: list[tuple[str, str, bool]] = []  # (path, what, contents_too) registered by protect(), newest last
 _PROTECTED_LOCK = threading.Lock()
 
 
 @contextlib.contextmanager
-def protect(paths, *, what="an input of this command"):
+def protect(paths: Iterable[str | os.PathLike[str] | None], *,
+            what: str = "an input of this command") -> Iterator[None]:
     """Refuse, while inside, any output that is, holds or lies above one of ``paths``, or replaces a file inside
     one of them.
 
@@ -181,7 +186,7 @@ def _same_file(a, b):
 
 # ---------------------------------------------------------------------------- targets that are no path
 
-def target_type(path):
+def target_type(path: str | os.PathLike[str]) -> str:
     """What kind of target ``path`` is.
 
     Parameters
@@ -221,16 +226,16 @@ def _is_null(st):
 _TEXT_DATA = {"json", "csv", "tsv", "txt", "md", "html", "svg", "pgf", "ps", "eps"}
 
 
-def is_text_kind(kind):
+def is_text_kind(kind: str | None) -> bool:
     """Whether a file of ``kind`` (``json``, ``png`` …) is text; None (unknown) counts as binary."""
     return kind in _TEXT_DATA
 
 
-_DATA = []  # the standard outputs ``-`` writes to, innermost last (see standard_output)
+_DATA: list[TextIO] = []  # the standard outputs ``-`` writes to, innermost last (see standard_output)
 
 
 @contextlib.contextmanager
-def standard_output(stream):
+def standard_output(stream: TextIO) -> Iterator[TextIO]:
     """Inside the block, ``-`` writes to ``stream``: the standard output a command started with, while its
     messages go to standard error (the commands' runner does this when an output is ``-``)."""
     _DATA.append(stream)
@@ -240,14 +245,14 @@ def standard_output(stream):
         _DATA.remove(stream)
 
 
-def data_stream():
+def data_stream() -> TextIO:
     """Where ``-`` writes now: the stream of :func:`standard_output`, else ``sys.stdout``."""
     import sys
 
     return _DATA[-1] if _DATA else sys.stdout
 
 
-def stdout_is_terminal(stream=None):
+def stdout_is_terminal(stream: TextIO | None = None) -> bool:
     """Whether the standard output ``-`` writes to (``stream``, default :func:`data_stream`) is a terminal."""
     stream = stream if stream is not None else data_stream()
     try:
@@ -284,7 +289,7 @@ _FIGURE_MAGIC = {"png": (b"\x89PNG\r\n\x1a\n",), "pdf": (b"%PDF",), "ps": (b"%!P
 _TEXT_KINDS = {"csv", "md", "txt", "html", "pgf", "tsv"}
 
 
-def kind_of(path):
+def kind_of(path: str | os.PathLike[str]) -> str | None:
     """The kind of file a name's suffix says: ``json``, ``csv``, ``png`` …, or None."""
     ext = os.path.splitext(str(path))[1].lower().lstrip(".")
     return ext or None
@@ -348,7 +353,7 @@ def _manifest(folder, manifest=None):
         return None
 
 
-def write_manifest(folder, manifest=None):
+def write_manifest(folder: str | os.PathLike[str], manifest: str | None = None) -> None:
     """Record the names in ``folder`` (a finished temporary) as what this output wrote."""
     names = sorted(n for n in os.listdir(folder) if n != MANIFEST_FILE)
     if manifest:
@@ -375,13 +380,14 @@ def _real(path):
     return os.path.realpath(os.path.abspath(os.fspath(path)))
 
 
-def stream_label(shown, where, option=None):
+def stream_label(shown: str, where: str, option: str | None = None) -> str:
     """How messages name a target that is no path: ``--json - (standard output)``, ``--json /dev/null``."""
     text = f"{shown} (standard output)" if where == "stdout" else shown
     return f"{option} {text}" if option else text
 
 
-def check_target(path, *, force=False, folder=None, kind=None, option=None, manifest=None):
+def check_target(path: str | os.PathLike[str], *, force: bool = False, folder: bool | None = None,
+                 kind: str | None = None, option: str | None = None, manifest: str | None = None) -> None:
     """Refuse, before any work, a target that would lose something.
 
     ``-`` (standard output), the null device, FIFOs and other character devices lose nothing: they are
@@ -460,5 +466,6 @@ def check_target(path, *, force=False, folder=None, kind=None, option=None, mani
         raise AdapterError("already exists; choose another path or pass --force to replace it", path=label)
     kind = kind or kind_of(shown)
     if not _looks_like(real, kind):
-        raise AdapterError(f"is not a {kind.upper()} file; --force replaces only a file of the kind this command "
+        what = f"a {kind.upper()} file" if kind else "a file of the kind this command writes"
+        raise AdapterError(f"is not {what}; --force replaces only a file of the kind this command "
                            "writes: choose another path", path=label)

@@ -147,13 +147,21 @@ def random_bases(d_out: int, d_in: int, k: int, *, seed: int = 0,
     -------
     list of ((d_out, k) ndarray, (d_in, k) ndarray)
     """
-    rng = np.random.default_rng(seed)
+    return _draw_bases(np.random.default_rng(seed), d_out, d_in, k, n)
+
+
+def _draw_bases(rng, d_out, d_in, k, n):
+    """The next ``n`` pairs of :func:`random_bases`' stream from ``rng`` (U then V, pair by pair)."""
     out = []
     for _ in range(n):
         U = np.linalg.qr(rng.standard_normal((d_out, k)))[0]  # (d_out, k)
         V = np.linalg.qr(rng.standard_normal((d_in, k)))[0]  # (d_in, k)
         out.append((U, V))
     return out
+
+
+#: Columns of random bases projected at once by :func:`random_projections` (memory about 3 · d · this doubles).
+PROJECTION_COLUMNS = 4096
 
 
 @dataclass(frozen=True)
@@ -252,7 +260,12 @@ def random_projections(W: np.ndarray, k: int, *, n_random: int = 10, seed: int =
     """
     W = check_weight(W)
     d_out, d_in = W.shape
-    return np.array(_projections(W, random_bases(d_out, d_in, k, seed=seed, n=n_random)))  # one pass over W
+    rng = np.random.default_rng(seed)  # the pairs of random_bases(d_out, d_in, k, seed=seed, n=n_random), in order
+    per = max(1, PROJECTION_COLUMNS // max(int(k), 1))  # pairs per pass over W: memory bounded whatever n_random
+    out: list[float] = []
+    for start in range(0, int(n_random), per):
+        out += _projections(W, _draw_bases(rng, d_out, d_in, k, min(per, int(n_random) - start)))
+    return np.array(out)
 
 
 def as_array(W):

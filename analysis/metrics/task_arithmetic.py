@@ -25,6 +25,12 @@ here; :mod:`analysis.sweeps.merge_methods` applies the rules to LoRA factors or 
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+    import torch
 
 __all__ = ["RULES", "SIGN_METHODS", "RANDOM_RULES", "check_density", "magnitude_mask", "draw_masks",
            "combine"]
@@ -37,7 +43,7 @@ RANDOM_RULES = ("dare_linear", "dare_ties")
 SIGN_METHODS = ("total", "frequency")
 
 
-def check_density(rule, density):
+def check_density(rule: str, density: float | None) -> float | None:
     """Validate ``density`` for ``rule``; returns it as a float (None for ``linear``).
 
     Raises
@@ -55,7 +61,7 @@ def check_density(rule, density):
     return float(density)
 
 
-def magnitude_mask(t, density):
+def magnitude_mask(t: torch.Tensor, density: float) -> torch.Tensor:
     """PEFT's magnitude pruning mask: 1 at the ``int(density · numel)`` entries of largest ``|t|``.
 
     Parameters
@@ -78,7 +84,8 @@ def magnitude_mask(t, density):
     return mask.reshape(t.shape)
 
 
-def draw_masks(shapes, density, generator):
+def draw_masks(shapes: Sequence[tuple[int, ...]], density: float,
+               generator: torch.Generator) -> list[torch.Tensor] | None:
     """DARE's Bernoulli(density) masks, drawn in order from ``generator`` as PEFT draws them.
 
     Parameters
@@ -133,7 +140,8 @@ def _elect(stacked, method):
     return sign == majority
 
 
-def combine(tensors, weights, *, rule, density=None, majority_sign_method="total", masks=None):
+def combine(tensors: Sequence[torch.Tensor], weights: Sequence[float], *, rule: str, density: float | None = None,
+            majority_sign_method: str = "total", masks: Sequence[torch.Tensor] | None = None) -> torch.Tensor:
     """One merged tensor from n task tensors by a task-arithmetic rule (PEFT's arithmetic, float32).
 
     Parameters

@@ -20,6 +20,10 @@ import os
 import shlex
 import sys
 import time
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping, Sequence
 
 __all__ = ["evaluate", "TaskEvaluator", "main"]
 
@@ -46,7 +50,8 @@ class TaskEvaluator:
         As for :func:`evaluate`.
     """
 
-    def __init__(self, tasks=None, *, n_val=256, max_len=48, threads=2, wordnet=None, tiny=False, seed=0):
+    def __init__(self, tasks: Sequence[str] | None = None, *, n_val: int = 256, max_len: int = 48, threads: int = 2,
+                 wordnet: str | os.PathLike[str] | None = None, tiny: bool = False, seed: int = 0) -> None:
         import torch
 
         from analysis.reference.data import TASKS, WORDNET_DIR, read_task, split_examples
@@ -61,13 +66,13 @@ class TaskEvaluator:
             _, val_ex = split_examples(read_task(task, wordnet or WORDNET_DIR))
             self.pairs[task] = encode_examples(val_ex[:n_val], self.tok, max_len)
 
-    def base_losses(self, tasks=None):
+    def base_losses(self, tasks: Sequence[str] | None = None) -> dict[str, float]:
         """``{task: loss}`` of the base model."""
         from analysis.reference.train import val_loss
 
         return {t: val_loss(self.base, self.pairs[t], self.tok.pad_id) for t in (tasks or self.tasks)}
 
-    def adapter_losses(self, path, tasks=None):
+    def adapter_losses(self, path: str | os.PathLike[str], tasks: Sequence[str] | None = None) -> dict[str, float]:
         """``{task: loss}`` of the base with the PEFT adapter at ``path`` (the base is left untouched)."""
         from peft import PeftModel
 
@@ -81,7 +86,9 @@ class TaskEvaluator:
             self.base = model.unload()  # the LoRA layers removed, the base weights untouched
 
 
-def evaluate(adapters, *, tasks=None, n_val=256, max_len=48, threads=2, wordnet=None, tiny=False, seed=0):
+def evaluate(adapters: Mapping[str, str | os.PathLike[str]], *, tasks: Sequence[str] | None = None, n_val: int = 256,
+             max_len: int = 48, threads: int = 2, wordnet: str | os.PathLike[str] | None = None, tiny: bool = False,
+             seed: int = 0) -> dict[str, dict[str, float]]:
     """Validation loss of the base model and of each adapter on each task.
 
     Parameters
@@ -112,7 +119,7 @@ def evaluate(adapters, *, tasks=None, n_val=256, max_len=48, threads=2, wordnet=
     return out
 
 
-def main(argv=None):
+def main(argv: Sequence[str] | None = None) -> int:
     """Merge adapters exactly, write the merge and its validation losses; returns the exit code."""
     from analysis.io import load_adapter
     from analysis.io.outputs import atomic_output, check_target, write_json
@@ -131,7 +138,7 @@ def main(argv=None):
     labels = [os.path.basename(os.path.normpath(a)) for a in args.merge]
     res = merge_adapters([load_adapter(a) for a in args.merge], method="svd", rank=args.rank, labels=labels)
     with atomic_output(args.out, force=args.force, folder=True) as merged:  # whole or not at all
-        res.write(merged, overwrite=True)
+        res.write(merged, force=True)
         tasks = list(dict.fromkeys(_task_of(a) for a in args.merge))
         losses = evaluate({**dict(zip(labels, args.merge)), "merged": merged}, tasks=tasks, n_val=args.n_val,
                           threads=args.threads)
@@ -141,7 +148,7 @@ def main(argv=None):
                     "method": "svd", "rank": args.rank, "weights": [1.0] * len(labels),
                     "energy_kept": summary["energy_kept_pooled"], "ratio_pooled": summary["ratio_pooled"],
                     "n_val_eval": args.n_val, "val_loss": losses, "wall_time_s": round(time.time() - t0, 1)}
-        write_json(os.path.join(merged, "manifest.json"), manifest)
+        write_json(os.path.join(merged, "manifest.json"), manifest, force=True)
     for task, row in losses.items():
         print(task, " ".join(f"{k} {v:.3f}" for k, v in row.items()))
     return 0

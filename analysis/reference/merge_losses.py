@@ -27,6 +27,12 @@ import itertools
 import os
 import sys
 import time
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Mapping, Sequence
+
+    import pandas as pd
 
 __all__ = ["COLUMNS", "DEFAULT_ADAPTERS", "merge_plan", "read_table", "run", "analyse", "main"]
 
@@ -40,7 +46,8 @@ COLUMNS = ("kind", "merge", "subset", "n", "weighting", "weight", "method", "den
            "energy_kept", "mean_cosine", "n_val", "wall_s")
 
 
-def merge_plan(tasks, *, methods=METHODS, weightings=WEIGHTINGS):
+def merge_plan(tasks: Sequence[str], *, methods: Sequence[str] = METHODS,
+               weightings: Sequence[str] = WEIGHTINGS) -> list[tuple[str, tuple[str, ...], str, str]]:
     """Every merge: ``(name, subset, weighting, method)``, subsets of two or more tasks in a fixed order."""
     out = []
     for n in range(2, len(tasks) + 1):
@@ -52,7 +59,7 @@ def merge_plan(tasks, *, methods=METHODS, weightings=WEIGHTINGS):
     return out
 
 
-def read_table(path):
+def read_table(path: str | os.PathLike[str]) -> list[dict[str, str]]:
     """The rows already measured, ``[dict]``; a partly written last line is dropped from the file."""
     if not os.path.exists(path):
         return []
@@ -89,7 +96,7 @@ def _merged(name, subset, wt, method, paths, out_root, density):
     res = merge_adapters(ads, weights=w, method=method, labels=list(subset),
                          density=density if method == "ties" else None)
     if not os.path.exists(os.path.join(folder, "adapter_config.json")):
-        res.write(folder, overwrite=os.path.exists(folder))
+        res.write(folder, force=os.path.exists(folder))
     dist = merged_distances(load_adapter(folder), ads, labels=list(subset)).set_index("adapter")
     scale = suggested_scale(dist.reset_index(), float(dist["norm2_merged"].iloc[0]))
     s = res.summary()
@@ -107,8 +114,10 @@ def _merged(name, subset, wt, method, paths, out_root, density):
     return folder, per_task
 
 
-def run(*, out_root, table, checkpoints="checkpoints", adapters=None, n_val=256, threads=2, density=0.5,
-        methods=METHODS, wordnet=None, tiny=False, log=print):
+def run(*, out_root: str | os.PathLike[str], table: str | os.PathLike[str], checkpoints: str = "checkpoints",
+        adapters: Mapping[str, str] | None = None, n_val: int = 256, threads: int = 2, density: float = 0.5,
+        methods: Sequence[str] = METHODS, wordnet: str | os.PathLike[str] | None = None, tiny: bool = False,
+        log: Callable[[str], object] = print) -> int:
     """Measure every merge of :func:`merge_plan` not yet in ``table``; returns the number of rows added."""
     from analysis.reference.evaluate import TaskEvaluator
 
@@ -127,7 +136,7 @@ def run(*, out_root, table, checkpoints="checkpoints", adapters=None, n_val=256,
     ev = TaskEvaluator(tasks, n_val=n_val, threads=threads, wordnet=wordnet, tiny=tiny)
     log(f"base model and {len(tasks)} tasks loaded in {time.time() - t0:.0f} s; {len(todo)} merges to measure")
     added = 0
-    ref = {}
+    ref: dict[tuple[str, str], float] = {}
     for r in read_table(table):
         if r["kind"] in ("base", "own"):
             ref[(r["kind"], r["task"])] = float(r["loss"])
@@ -158,7 +167,7 @@ def run(*, out_root, table, checkpoints="checkpoints", adapters=None, n_val=256,
     return added
 
 
-def analyse(table, *, n_perm=10_000, seed=0):
+def analyse(table: str | os.PathLike[str] | pd.DataFrame, *, n_perm: int = 10_000, seed: int = 0) -> dict[str, Any]:
     """The advice checked against the measured losses: ``{predictor: AdviceCheck}`` and the scale choice.
 
     Returns
@@ -167,9 +176,11 @@ def analyse(table, *, n_perm=10_000, seed=0):
         ``checks``: Spearman ρ of ``distance``, ``foreign`` and ``1 - retained`` (and the pooled ratio, the mean
         cosine) against the loss increase, with the permutation null within tasks; ``scale_choice``: for every
         (subset, method), whether the weighting the advice prefers (the smaller mean distance of weights 1 and
-        1/n) is the one with the smaller mean measured increase, and how often.
+        1/n) is the one with the smaller mean measured increase; ``agreement``, how often, and ``agreement_p``,
+        the one-sided binomial p of that many against a coin flip.
     """
     import pandas as pd
+    from scipy.stats import binomtest
 
     from analysis.sweeps.merge_advice import advice_vs_losses
 
@@ -191,11 +202,14 @@ def analyse(table, *, n_perm=10_000, seed=0):
             rows.append({"subset": subset, "method": method, "advised": pred, "measured": real, "agree": pred == real,
                          "increase_1": sub.loc["1", "increase"], "increase_1n": sub.loc["1/n", "increase"]})
     choice = pd.DataFrame(rows)
+    n_agree = int(choice["agree"].sum()) if len(choice) else 0
+    p_agree = float(binomtest(n_agree, len(choice), 0.5, alternative="greater").pvalue) if len(choice) else float("nan")
     return {"checks": checks, "scale_choice": choice,
-            "agreement": float(choice["agree"].mean()) if len(choice) else float("nan"), "rows": int(len(fr))}
+            "agreement": float(choice["agree"].mean()) if len(choice) else float("nan"), "agreement_p": p_agree,
+            "rows": int(len(fr))}
 
 
-def main(argv=None):
+def main(argv: Sequence[str] | None = None) -> int:
     """Run (or resume) the measurements, or ``--analyse`` the table; returns the exit code."""
     p = argparse.ArgumentParser(prog="python -m analysis.reference.merge_losses", description=__doc__.split("\n")[0])
     p.add_argument("--table", required=True, help="CSV the rows are appended to (resumed if it exists)")
@@ -216,7 +230,8 @@ def main(argv=None):
                   f"{c.z:+.1f}, p {c.p:.4f}, n {c.n}): {c.verdict}; per task "
                   + ", ".join(f"{k} {v:+.2f}" for k, v in c.per_task.items()))
         print(f"weights 1 vs 1/n: the advice picks the measured better one in {res['agreement']:.0%} of "
-              f"{len(res['scale_choice'])} (subset, method) cases")
+              f"{len(res['scale_choice'])} (subset, method) cases (binomial p {res['agreement_p']:.3f} against a "
+              "coin flip)")
         return 0
     if not args.out_root:
         p.error("--out-root is needed to measure (the merged adapters go there)")

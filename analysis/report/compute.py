@@ -8,6 +8,7 @@ main case of every claim is the middle layer of that stack; Fig. 6 / 7 use four 
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import time
@@ -17,6 +18,7 @@ from typing import TYPE_CHECKING
 from analysis.core.adapter import natural_key
 from analysis.core.randomized import DEFAULT_TOLERANCE
 from analysis.io.roles import module_role, stack_order
+from analysis.sweeps.progress import as_progress
 
 if TYPE_CHECKING:
     from collections.abc import Iterable
@@ -95,6 +97,10 @@ class ReportConfig:
         seed-0 task adapters (``merge_tasks``) to measure their interference.
     merge_tasks : tuple of str
         The adapters merged for the interference table.
+    merge_table : str or None
+        The measured validation losses of merged task adapters (``python -m analysis.reference.merge_losses``):
+        when the file exists and its task adapters are folders of ``checkpoints``, the merge advice is checked
+        against them (figure ``merge_losses.png``). Not used with ``pairs``.
     pairs : tuple of (str, str, str)
         Anyone's adapters instead of the reference checkpoints: ``("rank", A, B)`` (Fig. 3 / 6: A the smaller
         rank) and / or ``("seed", C, D)`` (Fig. 4 / 7: two runs of one rank), paths as given. When set,
@@ -130,6 +136,7 @@ class ReportConfig:
     control_runs: tuple = CONTROL_RUNS
     collection: bool = True
     merge_tasks: tuple = ("r8_seed0", "word_r8_seed0", "hypernym_r8_seed0", "synonyms_r8_seed0")
+    merge_table: str | None = "benchmarks/merge_losses.csv"
     pairs: tuple = ()
     alpha: float | None = None
     alpha_b: float | None = None
@@ -178,6 +185,7 @@ class ReportData:
     collection_meta: dict = field(default_factory=dict)
     merge: Any = None
     merge_losses: dict = field(default_factory=dict)
+    merge_check: Any = None
     timings: dict = field(default_factory=dict)
     _index: dict = field(default_factory=dict, repr=False)
     _wshape: dict = field(default_factory=dict, repr=False)
@@ -362,8 +370,10 @@ def compute_report(cfg: ReportConfig, *, progress: bool | Progress = False, jobs
     Parameters
     ----------
     cfg : ReportConfig
-    progress : bool
-        Progress bars on standard error.
+    progress : bool or Progress
+        ``True``: progress bars on standard error; a :class:`~analysis.sweeps.progress.Progress`: a stage per
+        step (loading, pairs, sweeps and the base pass, collection, merge advice) with the sweeps' counters
+        under it.
     jobs : int, optional
         Modules worked on at once by each sweep (threads, BLAS pinned to one thread in each; see
         :mod:`analysis.core.threads`). Default: the cores available to the process. The result does not
@@ -374,18 +384,52 @@ def compute_report(cfg: ReportConfig, *, progress: bool | Progress = False, jobs
     ReportData
         Pairs and sweeps whose checkpoints are missing are None / absent and listed in ``missing``.
     """
-    from analysis.metrics import gaussian_similarity
-    from analysis.sweeps.pair import compare_adapters
-
+    pr = as_progress(progress)
     data = ReportData(cfg)
     t0 = time.perf_counter()
-    _load(cfg, data)
+    with pr.stage("loading adapters"):
+        _load(cfg, data)
     if not data.adapters:
         raise FileNotFoundError(f"no reference checkpoint r*_seed* found in {cfg.checkpoints!r}")
     if not any(len(ad) for ad in data.adapters.values()):
         raise ValueError("no module left after --modules / --layers")
     data.index_modules()
     _focus(cfg, data)
+    with pr.stage("pairs"):
+        some = _pairs(cfg, data, pr, jobs)
+    data.timings["pairs_s"] = time.perf_counter() - t0
+
+    t1 = time.perf_counter()
+    base = None
+    if cfg.base is not None:
+        from analysis.io.base import open_base
+
+        base = open_base(cfg.base)
+    try:
+        with pr.stage("sweeps and the base pass"):
+            _with_base(cfg, data, base, some, pr, jobs, t1)
+    finally:
+        if base is not None:
+            base.close()
+    if cfg.collection and not cfg.pairs:
+        t4 = time.perf_counter()
+        with pr.stage("collection and merge"):
+            _collection(cfg, data)
+        data.timings["collection_s"] = time.perf_counter() - t4
+    if cfg.merge_table and not cfg.pairs and _table_of(cfg.merge_table, cfg.checkpoints):
+        with pr.stage("merge advice against measured losses"):
+            data.merge_check = _merge_check(cfg.merge_table, seed=cfg.seed)
+    data.timings["total_s"] = time.perf_counter() - t0
+    return data
+
+
+def _pairs(cfg, data, progress, jobs):
+    """The adapter pairs (rank, seed, cross, cause, control), the rank advice and the random references;
+    returns every module of every adapter (:func:`_union`)."""
+    from analysis.metrics import gaussian_similarity
+    from analysis.sweeps.advice import advise_ranks
+    from analysis.sweeps.pair import compare_adapters
+
     sides = ("A", "B", "input", "output")
     lo, hi, lo1 = data.adapter("low"), data.adapter("high"), data.adapter("low_other")
     sa, sb = data.adapter("seed_a"), data.adapter("seed_b")
@@ -393,9 +437,7 @@ def compute_report(cfg: ReportConfig, *, progress: bool | Progress = False, jobs
         data.rank_pair = compare_adapters(lo, hi, sides=sides, progress=progress, jobs=jobs)
     if sa is not None and sb is not None:
         data.seed_pair = compare_adapters(sa, sb, sides=sides, progress=progress, jobs=jobs)
-        from analysis.sweeps.advice import advise_ranks  # stability-based rank advice from the seed pair
-
-        data.advice = advise_ranks(sa, sb, seed=cfg.seed, jobs=jobs)
+        data.advice = advise_ranks(sa, sb, seed=cfg.seed, jobs=jobs)  # stability-based rank advice
     if lo1 is not None and hi is not None:  # control: the rank pair without a shared seed
         data.cross_pair = compare_adapters(lo1, hi, sides=sides, progress=progress, jobs=jobs)
     if not cfg.pairs:
@@ -406,25 +448,7 @@ def compute_report(cfg: ReportConfig, *, progress: bool | Progress = False, jobs
     for m in data.modules:
         d_in = some[data._some_name(m)].shape[1]
         data.random_sim[m] = gaussian_similarity(min(r_random, d_in), min(r_random, d_in), d_in, seed=cfg.seed)
-    data.timings["pairs_s"] = time.perf_counter() - t0
-
-    t1 = time.perf_counter()
-    base = None
-    if cfg.base is not None:
-        from analysis.io.base import open_base
-
-        base = open_base(cfg.base)
-    try:
-        _with_base(cfg, data, base, some, progress, jobs, t1)
-    finally:
-        if base is not None:
-            base.close()
-    if cfg.collection and not cfg.pairs:
-        t4 = time.perf_counter()
-        _collection(cfg, data)
-        data.timings["collection_s"] = time.perf_counter() - t4
-    data.timings["total_s"] = time.perf_counter() - t0
-    return data
+    return some
 
 
 def _union(data):
@@ -617,6 +641,38 @@ def _collection(cfg, data):
         man = _manifest(os.path.join(cfg.checkpoints, f))
         if man.get("merged") == list(tasks) and isinstance(man.get("val_loss"), dict):
             data.merge_losses = {"folder": f, **man}
+
+
+def _table_of(table, checkpoints):
+    """Whether ``table`` holds measured merges of the adapters in ``checkpoints`` (every ``own`` row's folder
+    is there)."""
+    import csv
+
+    if not os.path.isfile(table):
+        return False
+    with open(table, newline="", encoding="utf-8") as fh:
+        own = [r.get("subset") for r in csv.DictReader(fh) if r.get("kind") == "own"]
+    return bool(own) and all(f and os.path.isfile(os.path.join(checkpoints, f, "adapter_config.json")) for f in own)
+
+
+def _merge_check(table, *, seed):
+    """The merge advice against the measured losses of ``table`` (read only: a partial last line is ignored)."""
+    import pandas as pd
+
+    from analysis.reference.merge_losses import analyse
+
+    with open(table, encoding="utf-8") as fh:
+        lines = fh.read().splitlines(keepends=True)
+    if lines and not lines[-1].endswith("\n"):  # being appended to by the measuring run
+        lines = lines[:-1]
+    fr = pd.read_csv(io.StringIO("".join(lines)), dtype=str, keep_default_na=False)
+    res = analyse(fr, seed=seed)
+    merges = fr[fr["kind"] == "merge"].copy()
+    for c in ("increase", "loss", "loss_own", "retained", "foreign", "distance", "ratio_pooled", "mean_cosine", "weight"):
+        merges[c] = pd.to_numeric(merges[c], errors="coerce")
+    res["table"] = merges
+    res["reference"] = fr[fr["kind"].isin(["base", "own"])].copy()
+    return res
 
 
 def _manifest(path):

@@ -633,3 +633,27 @@ def fig_collection(data: ReportData) -> Figure:
     fig.suptitle(f"Every shipped adapter against every other (mean over the {n_mod} shared modules, seriated): "
                  "do adapters group by task, by seed or by rank?", fontsize=10)
     return fig
+
+
+def fig_merge_losses(data: ReportData) -> Figure:
+    """The merge advice against measured losses: the loss increase over each task's own adapter of every
+    merged task adapter against the distance the advice computes (left) and the mean cosine of the updates
+    (right), with each statistic's Spearman ρ against its stratified permutation null."""
+    from analysis.plotting.merge_advice import plot_merge_losses
+
+    mc = data.merge_check
+    fr = mc["table"]
+    fig = new_figure(14, 6.2)
+    axes = fig.subplots(1, 2)
+    plot_merge_losses(fr, ax=axes[0], predictor="distance", check=mc["checks"].get("distance"), legend=False)
+    plot_merge_losses(fr, ax=axes[1], predictor="mean_cosine", check=mc["checks"].get("mean_cosine"), log_x=False,
+                      legend=False)
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="outside lower center", ncol=6, fontsize=7,
+               title="task, method (filled: weights 1; open: weights 1/n)", title_fontsize=7)
+    axes[1].set_xlabel("mean Frobenius cosine of the merged updates (pairs, modules): the pre-merge statistic",
+                       fontsize=8)
+    n_merges = fr["merge"].nunique()
+    fig.suptitle(f"Merge advice against measured validation losses: {n_merges} merged adapters of the task "
+                 f"adapters, {len(fr)} (adapter, task) losses; does the advice predict the damage?", fontsize=10)
+    return fig

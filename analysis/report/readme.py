@@ -57,6 +57,10 @@ _FIGS = [
      "directions and the Frobenius cosine of the updates, means over the shared modules, rows and columns "
      "seriated (CSV: collection.csv, per module and pair; merge_tasks.csv: the interference of merging the "
      "task adapters, per module)."),
+    ("merge_losses.png", "merge advice", "the validation loss increase over each task's own adapter of every merged "
+     "task adapter (subsets of two or more, weights 1 and 1/n, linear / svd / ties) against the advised distance "
+     "‖M − ΔWᵢ‖² / ‖ΔWᵢ‖² and against the mean cosine of the updates, each with its Spearman ρ and permutation "
+     "null (CSV: merge_advice.csv; the measured table is benchmarks/merge_losses.csv)."),
     ("layers_amplification.png", "beyond the paper", "the amplification factor at every layer and rank, next to what "
      "the same ‖ΔW‖ along random directions gives (the protocol's null mean), with the every-layer verdicts."),
     ("spectra.png", "beyond the paper", "singular values of ΔW per layer."),

@@ -10,8 +10,11 @@ from __future__ import annotations
 import os
 from typing import TYPE_CHECKING
 
+from analysis.sweeps.progress import as_progress
+
 if TYPE_CHECKING:
     from analysis.report.compute import ReportData
+    from analysis.sweeps.progress import Progress
 
 __all__ = ["write_report", "check_report_target", "MANIFEST"]
 
@@ -32,7 +35,8 @@ def check_report_target(out: str | os.PathLike[str], *, force: bool = False) -> 
     check_target(out, force=force, folder=True, manifest=MANIFEST, option="--out")
 
 
-def write_report(data: ReportData, out: str | os.PathLike[str], *, force: bool = False) -> list[str]:
+def write_report(data: ReportData, out: str | os.PathLike[str], *, force: bool = False,
+                 progress: bool | Progress | None = None) -> list[str]:
     """Write every figure, table, ``README.md``, ``findings.json`` and ``report.html`` into ``out``, atomically.
 
     Parameters
@@ -41,6 +45,8 @@ def write_report(data: ReportData, out: str | os.PathLike[str], *, force: bool =
     out : str
     force : bool
         Replace a folder that holds files the report did not write.
+    progress : bool, Progress or None
+        A stage line while the figures and pages are written (None: the running command's reporter, if any).
 
     Returns
     -------
@@ -50,7 +56,8 @@ def write_report(data: ReportData, out: str | os.PathLike[str], *, force: bool =
     from analysis.io.outputs import atomic_output
 
     check_report_target(out, force=force)
-    with atomic_output(out, force=force, folder=True, manifest=MANIFEST, option="--out") as tmp:
+    with (atomic_output(out, force=force, folder=True, manifest=MANIFEST, option="--out") as tmp,
+          as_progress(progress).stage("writing figures, findings and pages")):
         written = _write_files(data, tmp)
         with open(os.path.join(tmp, MANIFEST), "w", encoding="utf-8") as fh:
             fh.write("".join(f"{n}\n" for n in sorted(written)))
@@ -145,6 +152,10 @@ def _write_files(data, out):
     if data.merge is not None:
         save_frame(data.merge.frame, j(out, "merge_tasks.csv"))
         w.append("merge_tasks.csv")
+    if data.merge_check is not None and data.merge_check["rows"] > 2:
+        _save(F.fig_merge_losses(data), j(out, "merge_losses.png"), w)
+        save_frame(_merge_check_frame(data.merge_check), j(out, "merge_advice.csv"))
+        w.append("merge_advice.csv")
     write_findings(data, fs, j(out, "findings.json"))
     w.append("findings.json")
     write_readme(data, out, w, fs)
@@ -152,6 +163,16 @@ def _write_files(data, out):
     write_html(out)
     w.append("report.html")
     return w
+
+
+def _merge_check_frame(mc):
+    """One row per advice statistic: Spearman ρ against the loss increase, its permutation null and verdict."""
+    import pandas as pd
+
+    rows = [{"predictor": c.predictor, "rho": c.rho, "null_mean": c.null_mean, "null_sd": c.null_sd, "z": c.z,
+             "p": c.p, "n": c.n, "verdict": c.verdict, **{f"rho_{k}": v for k, v in c.per_task.items()}}
+            for c in mc["checks"].values()]
+    return pd.DataFrame(rows)
 
 
 def write_findings(data, fs, path):

@@ -2,13 +2,21 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 from analysis.core.adapter import Adapter
 from analysis.errors import AdapterError
+
+if TYPE_CHECKING:
+    from collections.abc import Iterable
+
+    from analysis.sweeps.progress import Progress
 
 __all__ = ["progress", "require_adapter"]
 
 
-def progress(iterable, *, enabled, total=None, desc="modules"):
+def progress(iterable: Iterable[Any] | None, *, enabled: bool | Progress | None, total: int | None = None,
+             desc: str = "modules") -> Any:
     """``iterable``, counted on standard error when ``enabled``: a bar on a terminal, lines in a log.
 
     Parameters
@@ -38,7 +46,7 @@ def progress(iterable, *, enabled, total=None, desc="modules"):
     return reporter.track(iterable, total=total, desc=desc)
 
 
-def require_adapter(adapter, *, base_names=None):
+def require_adapter(adapter: object, *, base_names: str | None = None) -> Adapter:
     """Check that ``adapter`` is an :class:`~analysis.Adapter`, and optionally that its names are the base's.
 
     Parameters

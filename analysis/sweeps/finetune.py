@@ -76,13 +76,13 @@ class FinetuneDeltas:
         """The per-module table (a copy)."""
         return self.frame.copy()
 
-    def write(self, out: str | os.PathLike[str], *, overwrite: bool = False) -> dict[str, Any]:
+    def write(self, out: str | os.PathLike[str], *, force: bool = False) -> dict[str, Any]:
         """Save the truncations as a PEFT adapter folder; returns the config."""
         from analysis.io.peft_writer import write_peft_adapter
 
         if not self.modules:
             raise AdapterError("no module differs between the two models: nothing to export", path=self.ft_path)
-        return write_peft_adapter(out, self.modules, lora_alpha=self.alpha, overwrite=overwrite,
+        return write_peft_adapter(out, self.modules, lora_alpha=self.alpha, force=force,
                                   base_model_name_or_path=self.base_path)
 
 

@@ -27,6 +27,10 @@ from __future__ import annotations
 
 import math
 import re
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from collections.abc import Iterable, Mapping, Sequence
 
 __all__ = ["PRESETS", "LBW_LENGTHS", "layer_weights", "lbw_block_index"]
 
@@ -49,7 +53,7 @@ _UPDOWN = re.compile(r"(up|down)_blocks_(\d+)_(resnets|upsamplers|downsamplers|a
 _KOHYA_SD = re.compile(r"^lora_(unet|te\d?)_")
 
 
-def lbw_block_index(name, *, sdxl=False):
+def lbw_block_index(name: str, *, sdxl: bool = False) -> int:
     """The block (index into BASE, IN00–IN11, MID, OUT00–OUT11) of a kohya SD module name; -1 for none.
 
     sd-scripts' ``get_lbw_block_index``: the text encoder is BASE (0); SD 1/2 names go by
@@ -228,7 +232,8 @@ def _from_preset(name, positions):
     return out, f"preset {name}"
 
 
-def layer_weights(spec, names):
+def layer_weights(spec: str | Sequence[float] | Mapping[str, float],
+                  names: Iterable[str]) -> tuple[dict[str, float], str]:
     """The weight of every module under a layer-weight spec.
 
     Parameters

@@ -39,6 +39,7 @@ import math
 import warnings
 from collections import Counter
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -55,6 +56,17 @@ from analysis.sweeps.merge_methods import (DENSE_METHODS, FACTOR_METHODS, MERGE_
                                            DareStream, MergeSpec, dense_merge, factor_merge, forward_order,
                                            rule_of)
 
+if TYPE_CHECKING:
+    import os
+    from collections.abc import Sequence
+
+    import pandas as pd
+
+    from analysis.core.adapter import Adapter
+    from analysis.io.base import BaseWeights
+    from analysis.sweeps.merge_advice import MergeAdvice
+    from analysis.sweeps.progress import Progress
+
 __all__ = ["MERGE_METHODS", "HEADS", "SIGN_METHODS", "CANCEL_RTOL", "MergeResult", "MergeCheck", "MergeWarning",
            "SavedModules", "merge_adapters", "stacked_update", "check_mergeable", "read_saved_tensors",
            "merge_saved_modules", "merged_config"]
@@ -63,7 +75,7 @@ __all__ = ["MERGE_METHODS", "HEADS", "SIGN_METHODS", "CANCEL_RTOL", "MergeResult
 CANCEL_RTOL = 1e-6
 
 
-def stacked_update(lrs, weights, *, name=""):
+def stacked_update(lrs: Sequence[LowRank], weights: Sequence[float], *, name: str = "") -> LowRank:
     """Σ wᵢ ΔWᵢ as one LowRank with stacked factors (exact; scale 1).
 
     Parameters
@@ -77,7 +89,9 @@ def stacked_update(lrs, weights, *, name=""):
     LowRank
         ``lora_A`` (Σ r, d_in) = [w₁ s₁ A₁; …], ``lora_B`` (d_out, Σ r) = [B₁, …].
     """
-    A = np.vstack([float(w) * lr.scale * lr.lora_A.astype(np.float64) for lr, w in zip(lrs, weights)])
+    # ignored: LowRank.scale is Optional; the scales are known here (check_mergeable)
+    A = np.vstack([float(w) * lr.scale * lr.lora_A.astype(np.float64)  # type: ignore[operator]
+                   for lr, w in zip(lrs, weights)])
     B = np.hstack([lr.lora_B.astype(np.float64) for lr in lrs])
     return LowRank(A, B, 1.0, name=name, kind=lrs[0].kind, weight_shape=lrs[0].weight_shape)
 
@@ -135,8 +149,8 @@ class MergeResult:
     rank: int | None
     weights: tuple
     labels: tuple
-    frame: object
-    cosines: object
+    frame: pd.DataFrame
+    cosines: pd.DataFrame
     config: dict
     saved: SavedModules = field(default_factory=lambda: SavedModules({}, "none"))
     warnings: tuple = ()
@@ -146,16 +160,17 @@ class MergeResult:
     seed: int | None = None
     format: str = "peft"
     cancelled: tuple = ()
-    projections: object = None
+    projections: pd.DataFrame | None = None
     flattened: dict = field(default_factory=dict)
 
-    def advice(self):
+    def advice(self) -> MergeAdvice:
         """What the interference statistics say about this merge (:func:`analysis.sweeps.merge_advice.advise_merge`)."""
         from analysis.sweeps.merge_advice import advise_merge
 
         return advise_merge(self)
 
-    def write(self, out, *, overwrite=False, base=None):
+    def write(self, out: str | os.PathLike[str], *, force: bool = False,
+              base: str | os.PathLike[str] | BaseWeights | None = None) -> dict[str, Any]:
         """Write the merged adapter in the sources' format (whole or not at all); returns what was written.
 
         A PEFT folder holds the merged factors and the saved tensors (:attr:`saved`), and its config the fields
@@ -179,17 +194,17 @@ class MergeResult:
             comment = (f"merged ({self.method}) from {len(self.labels)} adapters with weights "
                        f"{', '.join(f'{w:g}' for w in self.weights)}")
             shapes = flattened_shapes(self.flattened, base, path=self.labels[0]) if self.flattened else {}
-            return write_kohya_file(out, self.modules, metadata=self.config, overwrite=overwrite, comment=comment,
+            return write_kohya_file(out, self.modules, metadata=self.config, force=force, comment=comment,
                                     shapes=shapes)
         from analysis.io.peft_writer import write_peft_adapter
 
         cfg = dict(self.config or {})
         return write_peft_adapter(out, self.modules, lora_alpha=self.lora_alpha, config=cfg,
                                   base_model_name_or_path=cfg.get("base_model_name_or_path"),
-                                  task_type=cfg.get("task_type"), overwrite=overwrite,
+                                  task_type=cfg.get("task_type"), force=force,
                                   extra_tensors=dict(self.saved.tensors))
 
-    def summary(self):
+    def summary(self) -> dict[str, Any]:
         """Counts of verdicts and the overall numbers (pooled over modules)."""
         fr = self.frame
         tot = float(fr["norm2_sum"].sum())
@@ -222,7 +237,9 @@ def _rescale(lr, alpha, fan_in_fan_out):
                    meta={"format": "peft", "r": lr.r, "alpha": alpha, "fan_in_fan_out": bool(fan_in_fan_out)})
 
 
-def _check_args(ads, weights, method, rank, density, majority_sign_method, labels, heads):
+def _check_args(ads: Sequence[Adapter], weights: Sequence[float] | None, method: str, rank: int | None,
+                density: float | None, majority_sign_method: str, labels: Sequence[str] | None,
+                heads: str | None) -> tuple[list[float], tuple[str, ...], float | None]:
     """Every argument check before any work; returns (weights, labels, density)."""
     if len(ads) < 2:
         raise ValueError(f"expected at least two adapters to merge, got {len(ads)}")
@@ -248,7 +265,7 @@ def _check_args(ads, weights, method, rank, density, majority_sign_method, label
     labels = tuple(str(a.path) for a in ads) if labels is None else tuple(str(x) for x in labels)
     if len(labels) != len(ads):
         raise ValueError(f"expected one label per adapter ({len(ads)}), got {len(labels)}")
-    seen = Counter()
+    seen: Counter[str] = Counter()
     unique = []
     for lab in labels:  # the same adapter twice: tell the two apart in the report
         seen[lab] += 1
@@ -378,8 +395,11 @@ def _stream(method, names, mods, check, K, seed, ads):
     return DareStream(seed, [(check.shapes[n], K) for n in names], init_lora_weights=init)
 
 
-def merge_adapters(adapters, *, weights=None, method="svd", rank=None, labels=None, heads=None, density=None,
-                   majority_sign_method="total", seed=0, jobs=1, module_order=None, progress=False):
+def merge_adapters(adapters: Sequence[Adapter], *, weights: Sequence[float] | None = None, method: str = "svd",
+                   rank: int | None = None, labels: Sequence[str] | None = None, heads: str | None = None,
+                   density: float | None = None, majority_sign_method: str = "total", seed: int = 0,
+                   jobs: int | None = 1, module_order: Sequence[str] | None = None,
+                   progress: bool | Progress = False) -> MergeResult:
     """Merge LoRA adapters into one, with the interference report.
 
     Parameters

@@ -26,13 +26,26 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from analysis.metrics.cosine import INTERFERENCE_Z
 
-__all__ = ["MergeAdvice", "advise_merge", "pair_relations", "adapter_distances", "suggested_scale",
+if TYPE_CHECKING:
+    from collections.abc import Mapping, Sequence
+
+    import pandas as pd
+
+    from analysis.core.adapter import Adapter
+    from analysis.sweeps.merge import MergeResult
+
+__all__ = ["P_TAIL", "MergeAdvice", "advise_merge", "pair_relations", "adapter_distances", "suggested_scale",
            "merged_distances", "AdviceCheck", "advice_vs_losses"]
+
+
+#: The protocol's one-sided level: the upper tail of a Gaussian at z = 3 (equals report.protocol.P_TAIL).
+P_TAIL = 0.5 * math.erfc(INTERFERENCE_Z / math.sqrt(2.0))
 
 
 @dataclass(frozen=True)
@@ -53,18 +66,19 @@ class MergeAdvice:
         The advice in words.
     """
 
-    pairs: object
-    adapters: object
+    pairs: pd.DataFrame
+    adapters: pd.DataFrame
     scale: float
     ratio: float
     lines: tuple
 
-    def to_frame(self):
+    def to_frame(self) -> pd.DataFrame:
         """The per-adapter table."""
         return self.adapters.copy()
 
 
-def pair_relations(cosines, weights=None, *, z=INTERFERENCE_Z):
+def pair_relations(cosines: pd.DataFrame, weights: Mapping[str, float] | None = None, *,
+                   z: float = INTERFERENCE_Z) -> pd.DataFrame:
     """Pooled inner product and z of every pair of adapters, and whether they reinforce or cancel in the merge.
 
     Parameters
@@ -96,7 +110,7 @@ def pair_relations(cosines, weights=None, *, z=INTERFERENCE_Z):
     return pd.DataFrame(rows, columns=["a", "b", "modules", "inner", "null_sd", "z", "relation"])
 
 
-def adapter_distances(projections, norm2_merged):
+def adapter_distances(projections: pd.DataFrame, norm2_merged: float) -> pd.DataFrame:
     """Per adapter: retained gᵢ, foreign fᵢ and distance dᵢ of the merged update (pooled over modules).
 
     Parameters
@@ -129,7 +143,7 @@ def adapter_distances(projections, norm2_merged):
     return pd.DataFrame(rows, columns=["adapter", "weight", "norm2", "inner", "retained", "foreign", "distance"])
 
 
-def suggested_scale(adapters, norm2_merged):
+def suggested_scale(adapters: pd.DataFrame, norm2_merged: float) -> float:
     """c* = Σ gᵢ / Σ ‖M‖²/‖ΔWᵢ‖² (minimises Σᵢ ‖cM − ΔWᵢ‖²/‖ΔWᵢ‖²); NaN when the merge is zero.
 
     Parameters
@@ -179,7 +193,7 @@ def _lines(pairs, ad, scale, ratio, method):
     return tuple(out)
 
 
-def advise_merge(result):
+def advise_merge(result: MergeResult) -> MergeAdvice:
     """Advice from a merge's interference statistics.
 
     Parameters
@@ -192,7 +206,8 @@ def advise_merge(result):
     MergeAdvice
     """
     pairs = pair_relations(result.cosines, dict(zip(result.labels, result.weights)))
-    own = result.projections.groupby("adapter", sort=False)["norm2"].sum()
+    # ignored: MergeResult.projections is None only in a result not made by merge_adapters
+    own = result.projections.groupby("adapter", sort=False)["norm2"].sum()  # type: ignore[union-attr]
     pairs["cosine"] = [p.inner / math.sqrt(own[p.a] * own[p.b]) if own[p.a] > 0 and own[p.b] > 0 else float("nan")
                        for p in pairs.itertuples()]
     merged2 = float(result.frame["norm2_merged"].sum())
@@ -205,7 +220,8 @@ def advise_merge(result):
                                                                     result.method))
 
 
-def merged_distances(merged, sources, *, labels=None):
+def merged_distances(merged: Adapter, sources: Sequence[Adapter], *,
+                     labels: Sequence[str] | None = None) -> pd.DataFrame:
     """gᵢ, fᵢ, dᵢ of an adapter already written (e.g. a shipped merge) against its sources, from the factors.
 
     Parameters
@@ -256,7 +272,9 @@ class AdviceCheck:
     per_task : dict
         Task -> ρ within that task.
     verdict : str
-        ``"predicts"`` (z ≥ 3), ``"weakly"`` (0 < ρ, z < 3 but p < 0.05), ``"does not predict"``.
+        ``"predicts"`` (p ≤ 0.00135, the protocol's level), ``"weakly"`` (0 < ρ and p < 0.05 but above that
+        level), ``"does not predict"``. The permutation null's sd also gives the smallest ρ the test detects
+        with power 0.8: about ``null_mean + (3 + 0.84) null_sd`` (:attr:`detectable`).
     """
 
     predictor: str
@@ -268,6 +286,11 @@ class AdviceCheck:
     n: int
     per_task: dict
     verdict: str
+
+    @property
+    def detectable(self) -> float:
+        """The ρ this test detects with power about 0.8 (normal approximation of the permutation null)."""
+        return self.null_mean + (3.0 + 0.84) * self.null_sd
 
 
 def _ranks(x):
@@ -283,8 +306,8 @@ def _spearman(x, y):
     return float(rx @ ry) / den if den > 0 else float("nan")
 
 
-def advice_vs_losses(table, *, predictor="distance", outcome="increase", strata="task", n_perm=10_000, seed=0,
-                     z=INTERFERENCE_Z):
+def advice_vs_losses(table: pd.DataFrame, *, predictor: str = "distance", outcome: str = "increase",
+                     strata: str = "task", n_perm: int = 10_000, seed: int = 0, p_tail: float = P_TAIL) -> AdviceCheck:
     """Spearman ρ of a predictor against measured loss increases, with a stratified permutation null.
 
     Parameters
@@ -297,7 +320,9 @@ def advice_vs_losses(table, *, predictor="distance", outcome="increase", strata=
     n_perm : int
         Null draws (≥ 1,000 by the protocol).
     seed : int
-    z : float
+    p_tail : float
+        The protocol's one-sided level (PAPER.md: 0.00135, a Gaussian z of 3): ``"predicts"`` when the
+        permutation p is at most this (resolvable with ``n_perm`` ≥ 1,000).
 
     Returns
     -------
@@ -309,15 +334,20 @@ def advice_vs_losses(table, *, predictor="distance", outcome="increase", strata=
     groups = [np.flatnonzero(t[strata].to_numpy() == s) for s in dict.fromkeys(t[strata])]
     rho = _spearman(x, y)
     rng = np.random.default_rng(seed)
-    null = np.empty(n_perm)
-    yp = y.copy()
+    # Spearman's ρ of x and a permuted y is the correlation of x's ranks with y's ranks permuted alike: rank once
+    rx, ry = _ranks(x), _ranks(y)
+    rx, ry = rx - rx.mean(), ry - ry.mean()
+    den = math.sqrt(float(rx @ rx) * float(ry @ ry))
+    perms = np.empty((n_perm, y.size), dtype=np.intp)
+    perm = np.arange(y.size)
     for k in range(n_perm):
         for g in groups:
-            yp[g] = y[g][rng.permutation(g.size)]
-        null[k] = _spearman(x, yp)
+            perm[g] = g[rng.permutation(g.size)]
+        perms[k] = perm
+    null = (ry[perms] @ rx) / den if den > 0 else np.full(n_perm, np.nan)
     mean, sd = float(null.mean()), float(null.std(ddof=1))
     zz = (rho - mean) / sd if sd > 0 else float("nan")
     p = float((1 + np.sum(null >= rho)) / (1 + n_perm))
     per = {s: _spearman(x[g], y[g]) for s, g in zip(dict.fromkeys(t[strata]), groups) if g.size > 2}
-    verdict = "predicts" if zz >= z else "weakly" if rho > 0 and p < 0.05 else "does not predict"
+    verdict = "predicts" if p <= p_tail else "weakly" if rho > 0 and p < 0.05 else "does not predict"
     return AdviceCheck(predictor, rho, mean, sd, zz, p, int(len(t)), per, verdict)

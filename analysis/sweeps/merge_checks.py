@@ -18,11 +18,17 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from analysis.core.adapter import natural_key
 from analysis.errors import AdapterError
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping, Sequence
+
+    from analysis.core.adapter import Adapter
 
 __all__ = ["HEADS", "MergeCheck", "MergeWarning", "SavedModules", "check_mergeable", "read_saved_tensors",
            "merge_saved_modules", "merged_config"]
@@ -111,7 +117,7 @@ def _disagreement(configs, labels, key, what):
             f"and the config written keeps the first's"]
 
 
-def check_mergeable(adapters, *, labels=None):
+def check_mergeable(adapters: Sequence[Adapter], *, labels: Sequence[str] | None = None) -> MergeCheck:
     """Check, before any work, that adapters can be merged into one LoRA adapter.
 
     Parameters
@@ -148,7 +154,8 @@ def check_mergeable(adapters, *, labels=None):
             if n not in m:
                 continue
             shape = tuple(m[n].shape)
-            ws = tuple(m[n].weight_shape) if m[n].kind == "conv" and m[n].weight_shape is not None else None
+            # ignored: weight_shape is not None by the condition, which mypy does not narrow through m[n]
+            ws = tuple(m[n].weight_shape) if m[n].kind == "conv" and m[n].weight_shape is not None else None  # type: ignore[arg-type]
             if n not in shapes:
                 shapes[n], owner[n], kernel[n] = shape, i, ws
                 continue
@@ -177,7 +184,7 @@ def check_mergeable(adapters, *, labels=None):
     return MergeCheck(shapes, partial, tuple(warns), tuple(notes))
 
 
-def read_saved_tensors(adapter):
+def read_saved_tensors(adapter: Adapter) -> dict[str, np.ndarray]:
     """The tensors an adapter saves beside its update's factors (PEFT ``modules_to_save`` heads …).
 
     Parameters
@@ -265,7 +272,8 @@ def _mean_weights(weights):
     return w / w.sum()
 
 
-def merge_saved_modules(saved, weights, *, heads=None, labels):
+def merge_saved_modules(saved: Sequence[Mapping[str, np.ndarray]], weights: Sequence[float], *,
+                        heads: str | None = None, labels: Sequence[str]) -> SavedModules:
     """Combine the tensors PEFT saves beside the factors (``modules_to_save`` heads, trainable tokens, biases).
 
     Parameters
@@ -333,7 +341,8 @@ def merge_saved_modules(saved, weights, *, heads=None, labels):
     return SavedModules(out, "mean", tuple(differ), (note,))
 
 
-def merged_config(configs, *, heads=None, labels):
+def merged_config(configs: Sequence[Mapping[str, Any]], *, heads: str | None = None,
+                  labels: Sequence[str]) -> dict[str, Any]:
     """The ``adapter_config.json`` fields carried into a merged adapter.
 
     Parameters

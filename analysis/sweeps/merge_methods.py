@@ -37,6 +37,7 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -45,6 +46,11 @@ from analysis.core.lowrank import LowRank
 from analysis.core.truncate import from_svd
 from analysis.errors import AdapterError
 from analysis.metrics.task_arithmetic import RANDOM_RULES, combine, draw_masks
+
+if TYPE_CHECKING:
+    from collections.abc import Iterable, Sequence
+
+    import torch
 
 __all__ = ["MERGE_METHODS", "EXACT_METHODS", "FACTOR_METHODS", "DENSE_METHODS", "PRUNING_METHODS", "MergeSpec",
            "rule_of", "forward_order", "DareStream", "factor_merge", "dense_merge", "draw_shapes", "init_shapes"]
@@ -69,14 +75,14 @@ _STACK_RANK = {s: i for i, s in enumerate(("text_encoder", "text_encoder_2", "te
                                            "transformer_blocks", "single_transformer_blocks"))}
 
 
-def rule_of(method):
+def rule_of(method: str) -> str:
     """The element-wise rule of a method (``"ties_svd"`` -> ``"ties"``; ``svd`` -> ``linear``)."""
     if method == "svd":
         return "linear"
     return method[:-4] if method.endswith("_svd") else method
 
 
-def forward_order(names, order=None):
+def forward_order(names: Iterable[str], order: Sequence[str] | None = None) -> list[str]:
     """The modules in the order PEFT visits them (its DARE draws follow it).
 
     Parameters
@@ -103,20 +109,20 @@ def forward_order(names, order=None):
     names = sorted(names, key=key)
     if order is None:
         return names
-    pos = {}
+    pos: dict[str, int] = {}
     for i, n in enumerate(order):
         pos.setdefault(str(n).removeprefix("base_model.model."), i)
     default = {n: i for i, n in enumerate(names)}
     return sorted(names, key=lambda n: (0, pos[n]) if n in pos else (1, default[n]))
 
 
-def init_shapes(shape, rank):
+def init_shapes(shape: tuple[int, int], rank: int) -> tuple[tuple[int, int], tuple[int, int]]:
     """Shapes PEFT initialises for a new adapter of rank K on a layer with ΔW (d_out, d_in): lora_A, lora_B."""
     d_out, d_in = shape
     return (rank, d_in), (d_out, rank)
 
 
-def draw_shapes(method, lrs):
+def draw_shapes(method: str, lrs: Sequence[LowRank]) -> list[tuple[int, ...]]:
     """Shapes of the masks PEFT draws for one module, in its order (see the module docstring)."""
     if method in DENSE_METHODS:
         return [tuple(reversed(lr.shape)) if lr.meta.get("fan_in_fan_out") else tuple(lr.shape) for lr in lrs]
@@ -137,7 +143,8 @@ class DareStream:
         initialisations read the base weights).
     """
 
-    def __init__(self, seed, inits, *, init_lora_weights=True):
+    def __init__(self, seed: int, inits: Iterable[tuple[tuple[int, int], int]], *,
+                 init_lora_weights: bool | str = True) -> None:
         import torch
         from torch import nn
 
@@ -156,7 +163,7 @@ class DareStream:
             elif isinstance(init_lora_weights, str):
                 nn.init.normal_(torch.empty(a_shape), std=1 / rank, generator=g)
 
-    def masks(self, method, lrs, density):
+    def masks(self, method: str, lrs: Sequence[LowRank], density: float) -> list[torch.Tensor] | None:
         """The masks of the next module (in PEFT's order), or None for a method without draws."""
         if rule_of(method) not in RANDOM_RULES:
             return None
@@ -179,7 +186,8 @@ class MergeSpec:
     majority_sign_method: str = "total"
 
 
-def factor_merge(lrs, weights, spec, masks=None, *, name=""):
+def factor_merge(lrs: Sequence[LowRank], weights: Sequence[float], spec: MergeSpec,
+                 masks: Sequence[torch.Tensor] | None = None, *, name: str = "") -> LowRank:
     """A factor-wise method on one module: the rule on the lora_A and lora_B stacks separately.
 
     Parameters
@@ -197,12 +205,13 @@ def factor_merge(lrs, weights, spec, masks=None, *, name=""):
         ``lora_A`` (r, d_in), ``lora_B`` (d_out, r) as PEFT computes them (float32 values), scale 1.
     """
     rule = rule_of(spec.method)
-    ws = [float(w) * lr.scale for lr, w in zip(lrs, weights)]  # PEFT: weight * scaling (Python floats)
+    # PEFT: weight * scaling (Python floats); ignored: LowRank.scale is Optional, but every scale is known here
+    ws = [float(w) * lr.scale for lr, w in zip(lrs, weights)]  # type: ignore[operator]
     wa = [math.sqrt(abs(x)) * (1 if x >= 0 else -1) for x in ws]  # the sign on A only
     wb = [math.sqrt(abs(x)) for x in ws]
     n = len(lrs)
     ma, mb = (None, None) if masks is None else (masks[:n], masks[n:])
-    kw = dict(rule=rule, density=spec.density, majority_sign_method=spec.majority_sign_method)
+    kw: dict[str, Any] = dict(rule=rule, density=spec.density, majority_sign_method=spec.majority_sign_method)
     A = combine([_f32(lr.lora_A) for lr in lrs], wa, masks=ma, **kw)  # (r, d_in)
     B = combine([_f32(lr.lora_B) for lr in lrs], wb, masks=mb, **kw)  # (d_out, r)
     return LowRank(A.numpy().astype(np.float64), B.numpy().astype(np.float64), 1.0, name=name,
@@ -215,7 +224,8 @@ def _dense_f32(lr):
     return D.T if lr.meta.get("fan_in_fan_out") else D
 
 
-def dense_merge(lrs, weights, spec, masks=None, *, name=""):
+def dense_merge(lrs: Sequence[LowRank], weights: Sequence[float], spec: MergeSpec,
+                masks: Sequence[torch.Tensor] | None = None, *, name: str = "") -> tuple[LowRank, float]:
     """A dense method on one module: the rule on the entries of every ΔWᵢ, then the best rank-K approximation.
 
     Memory: the n dense (d_out, d_in) float32 matrices of this module (and their masks) at once.
@@ -242,7 +252,7 @@ def dense_merge(lrs, weights, spec, masks=None, *, name=""):
         M = M.T  # (d_out, d_in)
     del merged
     U, S, Vt = np.linalg.svd(M, full_matrices=False)  # (d_out, q), (q,), (q, d_in)
-    k = min(int(spec.rank), S.size)
+    k = min(int(spec.rank), S.size)  # type: ignore[arg-type]  # a dense method always has a rank (K) by now
     out = from_svd(U[:, :k], S[:k], Vt[:k].T, alpha=float(max(k, 1)), name=name, kind=lrs[0].kind,
                    weight_shape=lrs[0].weight_shape)
     return out, float(np.sum(S * S))

@@ -22,6 +22,7 @@ import json
 import re
 from collections import Counter
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -36,6 +37,16 @@ from analysis.sweeps.common import progress as progress_bar
 from analysis.sweeps.common import require_adapter
 from analysis.sweeps.resize_criteria import KOHYA_METHODS, kohya_rank, safetensors_overhead, size_ranks
 
+if TYPE_CHECKING:
+    import os
+    from collections.abc import Mapping, Sequence
+
+    import pandas as pd
+
+    from analysis.core.adapter import Adapter
+    from analysis.io.base import BaseWeights
+    from analysis.sweeps.progress import Progress
+
 __all__ = ["resize_adapter", "ResizeResult", "read_rank_pattern", "rank_from_pattern", "CRITERIA"]
 
 #: The rank criteria of :func:`resize_adapter` (at most one at a time).
@@ -44,7 +55,7 @@ CRITERIA = ("rank", "energy", "pattern", *KOHYA_METHODS, "size")
 _BYTES = 4
 
 
-def read_rank_pattern(spec):
+def read_rank_pattern(spec: str | os.PathLike[str] | dict[str, Any]) -> tuple[int | None, dict[str, int]]:
     """Read a rank pattern: ``(default_r or None, {pattern: rank})``.
 
     Parameters
@@ -76,8 +87,9 @@ def read_rank_pattern(spec):
         raise AdapterError(f"expected a JSON object, got {type(spec).__name__}", path=path)
     if isinstance(spec.get("lora_config"), dict):
         spec = spec["lora_config"]
-    if "rank_pattern" in spec or "r" in spec:
-        r, pattern = spec.get("r"), spec.get("rank_pattern") or {}
+    # ignored: spec is a dict here, but mypy widens it back to the parameter's type after spec = spec[...] (Any)
+    if "rank_pattern" in spec or "r" in spec:  # type: ignore[operator]
+        r, pattern = spec.get("r"), spec.get("rank_pattern") or {}  # type: ignore[union-attr]
     else:
         r, pattern = None, spec
     ok = lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 0  # noqa: E731
@@ -95,7 +107,8 @@ def read_rank_pattern(spec):
     return r, dict(pattern)
 
 
-def rank_from_pattern(name, r, pattern, *, source=None):
+def rank_from_pattern(name: str, r: int | None, pattern: Mapping[str, int], *,
+                      source: str | None = None) -> int | None:
     """The rank PEFT would give module ``name`` (None when nothing applies)."""
     from analysis.io.peft_config import get_pattern_key  # PEFT's own matching rule
 
@@ -128,19 +141,19 @@ class ResizeResult:
     """
 
     modules: dict
-    frame: object
+    frame: pd.DataFrame
     alpha: float
-    source: object = None
+    source: Adapter | None = None
     notes: tuple = field(default_factory=tuple)
     criterion: str = ""
     dropped: tuple = ()
     dora_converted: bool = False
 
-    def to_frame(self):
+    def to_frame(self) -> pd.DataFrame:
         """The per-module table."""
         return self.frame.copy()
 
-    def peft_bytes(self):
+    def peft_bytes(self) -> int:
         """Bytes of the PEFT weights file :meth:`write` writes (``adapter_model.safetensors``), serialised here."""
         from safetensors.numpy import save
 
@@ -149,11 +162,12 @@ class ResizeResult:
 
         tensors = {f"base_model.model.{n}.{suffix}": arr for n, lr in self.modules.items()
                    for suffix, arr in peft_factors(lr).items()}
-        if getattr(self.source, "format", None) == "peft":
-            tensors.update(non_lora_tensors(self.source.path))
+        if getattr(self.source, "format", None) == "peft":  # so source is an Adapter (ignored below: not narrowed)
+            tensors.update(non_lora_tensors(self.source.path))  # type: ignore[union-attr]
         return len(save(tensors, metadata={"format": "pt"}))
 
-    def write(self, out, *, overwrite=False, base=None):
+    def write(self, out: str | os.PathLike[str], *, force: bool = False,
+              base: str | os.PathLike[str] | BaseWeights | None = None) -> dict[str, Any]:
         """Save in the source's format, whole or not at all; returns the config written.
 
         A kohya / LyCORIS source is written as a kohya ``.safetensors`` file (same key style, one
@@ -172,7 +186,8 @@ class ResizeResult:
         from analysis.io.peft import non_lora_tensors
         from analysis.io.peft_writer import write_peft_adapter
 
-        src = self.source
+        # ignored: source is None only in a ResizeResult not made by resize_adapter (the checks below allow it)
+        src: Adapter = self.source  # type: ignore[assignment]
         dora = [n for n, lr in (src.items() if src is not None else ()) if lr.meta.get("dora")]
         if dora and not self.dora_converted:  # the table is about the directional part
             raise AdapterError(f"{len(dora)} DoRA module(s): without the base model resize truncates the directional "
@@ -186,14 +201,14 @@ class ResizeResult:
             from analysis.io.kohya_writer import flattened_shapes, source_header, write_kohya_file
 
             dynamic = self.criterion.split(" ")[0] in KOHYA_METHODS
-            return write_kohya_file(out, self.modules, metadata=source_header(src), overwrite=overwrite,
+            return write_kohya_file(out, self.modules, metadata=source_header(src), force=force,
                                     shapes=flattened_shapes(dict(src.items()), base, path=src.path), comment=f"resized ({self.criterion})",
                                     dynamic=dynamic)
         peft_source = getattr(src, "format", None) == "peft"
         cfg = dict(getattr(src, "config", None) or {}) if peft_source else None
         if cfg is not None and self.dora_converted:
             cfg.pop("use_dora", None)
-        return write_peft_adapter(out, self.modules, lora_alpha=self.alpha, overwrite=overwrite, config=cfg,
+        return write_peft_adapter(out, self.modules, lora_alpha=self.alpha, force=force, config=cfg,
                                   extra_tensors=non_lora_tensors(src.path) if peft_source else None)
 
 
@@ -346,9 +361,15 @@ def _size_budget(adapter, mods, size_mb, kohya):
     return size_mb * 1e6 - fixed
 
 
-def resize_adapter(adapter, *, rank=None, energy=None, pattern=None, sv_ratio=None, sv_fro=None,
-                   sv_cumulative=None, size=None, max_rank=None, layer_weights=None, base=None, alpha=None,
-                   tie_rtol=TIE_RTOL, progress=False, jobs=None):
+def resize_adapter(adapter: Adapter, *, rank: int | None = None, energy: float | None = None,
+                   pattern: (str | os.PathLike[str] | dict[str, Any] | tuple[int | None, Mapping[str, int]]
+                             | None) = None,
+                   sv_ratio: float | None = None, sv_fro: float | None = None, sv_cumulative: float | None = None,
+                   size: float | None = None, max_rank: int | None = None,
+                   layer_weights: str | Sequence[float] | Mapping[str, float] | None = None,
+                   base: str | os.PathLike[str] | BaseWeights | Mapping[str, np.ndarray] | None = None,
+                   alpha: float | None = None, tie_rtol: float = TIE_RTOL, progress: bool | Progress = False,
+                   jobs: int | None = None) -> ResizeResult:
     """Truncate every module of an adapter to its best rank-k approximation.
 
     Parameters

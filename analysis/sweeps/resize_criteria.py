@@ -28,8 +28,12 @@ minimises Σ ‖ΔW − ΔW_k‖² over modules for the bytes spent.
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from collections.abc import Iterable, Mapping
 
 __all__ = ["KOHYA_METHODS", "MIN_SV", "kohya_rank", "size_ranks", "safetensors_overhead"]
 
@@ -46,7 +50,7 @@ def _check_param(method, param):
         raise ValueError(f"{method} needs a positive number (kohya's --dynamic_param), got {param!r}")
 
 
-def kohya_rank(S, n, method, param, *, max_rank):
+def kohya_rank(S: np.ndarray, n: int, method: str, param: float, *, max_rank: int) -> int:
     """The rank kohya's ``resize_lora.py`` gives one module.
 
     Parameters
@@ -85,7 +89,7 @@ def kohya_rank(S, n, method, param, *, max_rank):
     return min(rank, int(max_rank))
 
 
-def safetensors_overhead(keys, metadata=None):
+def safetensors_overhead(keys: Iterable[str], metadata: Mapping[str, str] | None = None) -> int:
     """An upper bound on a safetensors file's bytes besides the tensor data: 8 + its JSON header.
 
     Parameters
@@ -106,7 +110,8 @@ def safetensors_overhead(keys, metadata=None):
     return 8 + 2 + meta + sum(len(k.encode("utf-8")) + per for k in keys) + 8  # + padding to 8 bytes
 
 
-def size_ranks(spectra, costs, budget, *, min_rank=1, max_ranks=None):
+def size_ranks(spectra: Mapping[str, np.ndarray], costs: Mapping[str, float], budget: float, *, min_rank: int = 1,
+               max_ranks: Mapping[str, int] | None = None) -> dict[str, int]:
     """Per-module ranks that fit ``budget`` bytes, by the global greedy on σ² per byte.
 
     Parameters
