@@ -80,3 +80,24 @@ def test_base_is_declared_once_for_every_command():
             text = fh.read()
         assert text.count('"--base"') == (1 if path.endswith("common.py") else 0), path
         assert "resolve_base(" not in text or path.endswith("common.py"), path
+
+
+def test_one_table_printer_for_every_command():
+    """Column / Table format every command's terminal table; no command formats its own header widths."""
+    import io
+
+    from analysis.cli.common import Column, Table
+
+    out = io.StringIO()
+    t = Table(Column("layer", 5), Column("module", 8, "<", cut=True), Column("x", 7, fmt=".3f"), file=out)
+    t.header()
+    t.row("3", "self_attn.q_proj", 0.5)
+    t.row("-", "v", tail="  zero update")
+    assert out.getvalue().splitlines() == ["layer module         x", "    3 ….q_proj   0.500",
+                                           "    - v         zero update"]
+    f = Table.fitted(["a", "name"], [["1", "long name"], ["22", "x"]], right={0})
+    assert [f.header_line(), f.line("1", "long name"), f.line("22", "x")] == [" a name     ", " 1 long name", "22 x        "]
+    for path in glob.glob(os.path.join(ROOT, "cli", "*.py")):
+        with open(path, encoding="utf-8") as fh:
+            text = fh.read()
+        assert "print(f\"{'layer':>5}" not in text, path  # headers come from Table.header

@@ -117,3 +117,37 @@ def test_a_few_holding_modules_do_not_rescue_an_opposite_majority():
     p_low = [0.5] + [1e-6] * 29             # ... the rest significantly the other way
     assert assess(p, p_low=p_low, aggregate=True).verdict == NOT_REPRODUCED
     assert assess(p, aggregate=True, power=0.9).verdict == PARTLY  # without the opposite tail: one holds
+
+
+def test_reproduces_is_assess_saying_reproduces():
+    """The power's inner test is the verdict's own rule (random p, mains, aggregates and ratios)."""
+    import numpy as np
+
+    from analysis.report.protocol import REPRODUCES, assess, reproduces
+
+    rng = np.random.default_rng(0)
+    for _ in range(3000):
+        n = int(rng.integers(1, 12))
+        p = 10.0 ** -rng.uniform(0, 6, size=n)
+        p[rng.random(n) < 0.1] = np.nan
+        kw = {"aggregate": bool(rng.random() < 0.5), "main": int(rng.integers(n)) if rng.random() < 0.5 else None,
+              "ratio": float(rng.uniform(0, 2)) if rng.random() < 0.5 else None, "paper_ratio": 1.0}
+        assert reproduces(p, **kw) == (assess(p, **kw).verdict == REPRODUCES)
+
+
+def test_reproduces_rows_is_reproduces_on_each_row():
+    import numpy as np
+
+    from analysis.report.protocol import reproduces, reproduces_rows
+
+    rng = np.random.default_rng(1)
+    for m in (1, 2, 5, 30):
+        p = 10.0 ** -rng.uniform(0, 7, size=(400, m))
+        p[rng.random(p.shape) < 0.05] = np.nan
+        ratio = rng.uniform(0, 2, size=400)
+        ratio[::37] = np.nan
+        for kw in ({}, {"aggregate": True}, {"main": m - 1}, {"aggregate": True, "main": 0}):
+            got = reproduces_rows(p, ratio=ratio, paper_ratio=1.0, **kw)
+            want = [reproduces(row, ratio=float(r), paper_ratio=1.0, **kw) for row, r in zip(p, ratio)]
+            assert got.tolist() == want
+            assert reproduces_rows(p, **kw).tolist() == [reproduces(row, **kw) for row in p]

@@ -45,13 +45,14 @@ import contextlib
 import math
 import os
 import sys
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, NoReturn, TextIO
 
 from analysis.errors import AdapterError
 from analysis.io.outputs import json_ready, provenance
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Sequence
+    from collections.abc import Callable, Iterable, Sequence
 
     import pandas as pd
     from matplotlib.figure import Figure
@@ -59,9 +60,9 @@ if TYPE_CHECKING:
     from analysis.core.adapter import Adapter
     from analysis.sweeps.progress import Progress
 
-__all__ = ["Parser", "run", "json_ready", "write_json", "layer_str", "fit", "describe", "wants_progress",
-           "alpha_b", "print_only", "provenance", "check_outputs", "write_csv", "save_figure", "tolerance_setting",
-           "input_paths", "Interrupted", "OUTPUT_OPTIONS", "STDOUT_KINDS"]
+__all__ = ["Parser", "run", "json_ready", "write_json", "layer_str", "Column", "Table", "fit", "describe",
+           "wants_progress", "alpha_b", "print_only", "provenance", "check_outputs", "write_csv", "save_figure",
+           "tolerance_setting", "input_paths", "Interrupted", "OUTPUT_OPTIONS", "STDOUT_KINDS"]
 
 
 def _prog(module):
@@ -649,6 +650,75 @@ def layer_str(layer: float | None) -> str:
     if layer is None or (isinstance(layer, float) and math.isnan(layer)):
         return "-"
     return str(int(layer))
+
+
+@dataclass(frozen=True)
+class Column:
+    """One column of a command's terminal table (:class:`Table`).
+
+    Attributes
+    ----------
+    header : str
+    width : int
+        Characters; text longer than this is cut from the left (:func:`fit`) where ``cut``.
+    align : {">", "<"}
+    fmt : str
+        Format spec of numbers (``".4f"``); strings are printed as they are.
+    cut : bool
+        Cut text longer than ``width`` (module names); otherwise it widens its cell.
+    """
+
+    header: str
+    width: int
+    align: str = ">"
+    fmt: str = ""
+    cut: bool = False
+
+    def cell(self, value: object) -> str:
+        """``value`` formatted and aligned in this column."""
+        if isinstance(value, str):
+            text = fit(value, self.width) if self.cut else value
+            return f"{text:{self.align}{self.width}}"
+        return f"{value:{self.align}{self.width}{self.fmt}}"
+
+
+class Table:
+    """The one table printer of every command: fixed columns, one header line, one line per row.
+
+    Parameters
+    ----------
+    *columns : Column
+    file : text stream, optional
+        Where to print (default standard output).
+    """
+
+    def __init__(self, *columns: Column, file: Any = None) -> None:
+        self.columns, self.file = columns, file
+
+    @classmethod
+    def fitted(cls, headers: Sequence[str], rows: Sequence[Sequence[object]], *, right: Iterable[int] = (),
+               file: Any = None) -> Table:
+        """A table whose columns are as wide as their widest cell (text cells; ``right``: right-aligned indices)."""
+        right = set(right)
+        return cls(*(Column(h, max([len(str(h)), *(len(str(r[i])) for r in rows)]), ">" if i in right else "<")
+                     for i, h in enumerate(headers)), file=file)
+
+    def header_line(self) -> str:
+        """The header line."""
+        return " ".join(f"{c.header:{c.align}{c.width}}" for c in self.columns)
+
+    def line(self, *values: object, tail: str = "") -> str:
+        """One row: the first ``len(values)`` columns, then ``tail`` as it is (a note, or the rest of a row
+        whose remaining columns do not apply)."""
+        return " ".join(c.cell(v) for c, v in zip(self.columns, values)) + tail
+
+    def header(self) -> None:
+        """Print the header line."""
+        print(self.header_line(), file=self.file)
+
+    def row(self, *values: object, tail: str = "") -> None:
+        """Print one row (see :meth:`line`)."""
+        print(self.line(*values, tail=tail), file=self.file)
 
 
 def fit(text: object, width: int = 24) -> str:

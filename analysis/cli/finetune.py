@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from analysis.cli.common import (Parser, check_outputs, fit, layer_str, provenance, run, wants_progress,
+from analysis.cli.common import (Column, Parser, Table, check_outputs, layer_str, provenance, run, wants_progress,
                                  write_csv, write_json)
 
 if TYPE_CHECKING:
@@ -85,15 +85,16 @@ def _body(args):
     if not len(fr):
         raise ValueError(f"{args.finetuned}: no 2-D weight shared with {args.base} (after --modules/--layers)")
     print(f"base: {args.base}\nfine-tuned: {args.finetuned}\n{len(fr)} modules, rank {args.rank}")
-    print(f"{'layer':>5} {'module':<28} {'shape':>11} {'fro':>10} {'sigma1':>10} {'energy':>8} {'rel_err':>8}")
+    table = Table(Column("layer", 5), Column("module", 28, "<", cut=True), Column("shape", 11),
+                  Column("fro", 10, fmt=".4g"), Column("sigma1", 10, fmt=".4g"), Column("energy", 8, fmt=".4f"),
+                  Column("rel_err", 8, fmt=".4f"))
+    table.header()
     for row in fr.to_dict(orient="records"):
-        mod = fit(row["module"], 28)
         if row["zero"]:
-            print(f"{layer_str(row['layer']):>5} {mod:<28} identical in both models (not exported)")
+            table.row(layer_str(row["layer"]), row["module"], tail=" identical in both models (not exported)")
             continue
-        shape = f"{row['d_out']}x{row['d_in']}"
-        print(f"{layer_str(row['layer']):>5} {mod:<28} {shape:>11} {row['fro']:>10.4g} {row['sigma1']:>10.4g} "
-              f"{row['energy_k']:>8.4f} {row['rel_error_k']:>8.4f}")
+        table.row(layer_str(row["layer"]), row["module"], f"{row['d_out']}x{row['d_in']}", row["fro"], row["sigma1"],
+                  row["energy_k"], row["rel_error_k"])
     live = fr[~fr["zero"]]
     if len(live):
         tot = float((live["fro"] ** 2).sum())

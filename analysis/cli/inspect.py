@@ -13,7 +13,7 @@ import sys
 import textwrap
 from typing import TYPE_CHECKING
 
-from analysis.cli.common import (Parser, base_path, check_outputs, fit, layer_str, provenance, run, write_json)
+from analysis.cli.common import Parser, Table, base_path, check_outputs, fit, layer_str, provenance, run, write_json
 
 if TYPE_CHECKING:
     import argparse
@@ -242,13 +242,10 @@ def _metadata_lines(ins):
 
 
 def _table(headers, rows, right):
-    """Text table: ``right`` the set of column indices aligned right."""
-    w = [max(len(str(h)), *(len(str(r[i])) for r in rows)) if rows else len(str(h)) for i, h in enumerate(headers)]
-
-    def fmt(cells):
-        return " ".join((f"{c:>{w[i]}}" if i in right else f"{c:<{w[i]}}") for i, c in enumerate(cells)).rstrip()
-
-    return [fmt(headers)] + [fmt([str(c) for c in r]) for r in rows]
+    """Text table lines (:class:`~analysis.cli.common.Table`, columns as wide as their cells): ``right`` the set
+    of column indices aligned right."""
+    t = Table.fitted(headers, rows, right=right)
+    return [t.header_line().rstrip()] + [t.line(*(str(c) for c in r)).rstrip() for r in rows]
 
 
 def _ks(row):

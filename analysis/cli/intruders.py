@@ -6,8 +6,8 @@ from __future__ import annotations
 import sys
 from typing import TYPE_CHECKING
 
-from analysis.cli.common import (Parser, base_path, check_outputs, fit, layer_str, provenance, run, save_figure,
-                                 wants_progress, write_csv, write_json)
+from analysis.cli.common import (Column, Parser, Table, base_path, check_outputs, layer_str, provenance, run,
+                                 save_figure, wants_progress, write_csv, write_json)
 from analysis.metrics.intruders import INTRUDER_METHODS, INTRUDER_SIDES
 
 if TYPE_CHECKING:
@@ -88,12 +88,13 @@ def _body(args):
         raise ValueError(f"{args.adapter}: no module left after --modules/--layers filters")
     print(f"adapter: {ad.path} ({ad.format}, {len(ad)} modules); base: {args.base}")
     print(f"top {args.top_k} {args.side} singular vectors of W + dW, threshold {args.threshold:g}, {args.method} SVD")
-    print(f"{'layer':>5} {'module':<24} {'count':>5} {'ranks':<16} {'min_cos':>8} {'share':>7} {'ms':>7}")
+    table = Table(Column("layer", 5), Column("module", 24, "<", cut=True), Column("count", 5), Column("ranks", 16, "<"),
+                  Column("min_cos", 8, fmt=".3f"), Column("share", 7, fmt=".3f"), Column("ms", 7, fmt=".1f"))
+    table.header()
     for row in fr.to_dict(orient="records"):
-        mod = fit(row["module"])
         ranks = "zero update" if row["zero"] else (row["ranks"] or "-")
-        print(f"{layer_str(row['layer']):>5} {mod:<24} {row['count']:>5} {ranks:<16} {row['min_max_cos']:>8.3f} "
-              f"{row['energy_share']:>7.3f} {1000 * row['seconds']:>7.1f}")
+        table.row(layer_str(row["layer"]), row["module"], row["count"], ranks, row["min_max_cos"], row["energy_share"],
+                  1000 * row["seconds"])
     for t, g in fr.groupby("module", sort=False):
         print(f"{t}: {int(g['count'].sum())} intruders in {len(g)} modules (mean {g['count'].mean():.2f}, "
               f"modules with any {int((g['count'] > 0).sum())})")

@@ -6,8 +6,8 @@ import sys
 from typing import TYPE_CHECKING
 import warnings
 
-from analysis.cli.common import (Parser, base_path, check_outputs, fit, layer_str, provenance, run, wants_progress,
-                                 write_json)
+from analysis.cli.common import (Column, Parser, Table, base_path, check_outputs, layer_str, provenance, run,
+                                 wants_progress, write_json)
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -145,11 +145,13 @@ def _print(res, out, quiet, names):
                   f"over {c.size} modules", file=out)
     fr = res.frame
     if not quiet:
-        print(f"{'layer':>5} {'module':<18} {'ratio':>7} {'z':>8} {'verdict':<12} {'kept':>7} {'rel_err':>8}", file=out)
+        table = Table(Column("layer", 5), Column("module", 18, "<", cut=True), Column("ratio", 7, fmt=".3f"),
+                      Column("z", 8, fmt=".1f"), Column("verdict", 12, "<"), Column("kept", 7, fmt=".4f"),
+                      Column("rel_err", 8, fmt=".2e"), file=out)
+        table.header()
         for r in fr.to_dict(orient="records"):
-            print(f"{layer_str(r['layer']):>5} {fit(r['module'], 18):<18} {r['ratio']:>7.3f} {r['z']:>8.1f} "
-                  f"{r['verdict']:<12} {r['energy_kept']:>7.4f} {r['rel_error']:>8.2e}"
-                  + ("  vanishes" if r["cancelled"] else ""), file=out)
+            table.row(layer_str(r["layer"]), r["module"], r["ratio"], r["z"], r["verdict"], r["energy_kept"],
+                      r["rel_error"], tail="  vanishes" if r["cancelled"] else "")
     s = res.summary()
     verdicts = ", ".join(f"{k} {v}" for k, v in sorted(s["verdicts"].items()))
     kept = "" if res.method in ("linear", "ties", "dare_linear", "dare_ties", "magnitude_prune") else \

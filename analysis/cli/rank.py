@@ -5,8 +5,8 @@ from __future__ import annotations
 import sys
 from typing import TYPE_CHECKING
 
-from analysis.cli.common import (Parser, alpha_b, check_outputs, describe, layer_str, print_only, provenance, run,
-                                 save_figure, wants_progress, write_csv, write_json)
+from analysis.cli.common import (Column, Parser, Table, alpha_b, check_outputs, describe, layer_str, print_only,
+                                 provenance, run, save_figure, wants_progress, write_csv, write_json)
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -83,18 +83,18 @@ def _print(adv, a, b, out):
     print(f"side {adv.side}, threshold: random mean + {adv.n_std:g} sd of the largest cos^2, floor {adv.min_rank}",
           file=out)
     types = list(dict.fromkeys(fr["module"]))
-    print(f"{'layer':>5} " + " ".join(f"{t.rsplit('.', 1)[-1]:>12}" for t in types), file=out)
+    table = Table(Column("layer", 5), *(Column(t.rsplit(".", 1)[-1], 12) for t in types), file=out)
+    table.header()
     for layer, g in fr.groupby(fr["layer"].fillna(-1), sort=True):
         cells = []
         for t in types:
             r = g[g["module"] == t]
             if not len(r):
-                cells.append(f"{'':>12}")
+                cells.append("")
                 continue
             r = r.iloc[0]
-            txt = "zero" if r["zero"] else f"{int(r['needed'])}{'*' if r['capped'] else ''}/{int(r['cap'])}"
-            cells.append(f"{txt:>12}")
-        print(f"{layer_str(layer if layer >= 0 else None):>5} " + " ".join(cells), file=out)
+            cells.append("zero" if r["zero"] else f"{int(r['needed'])}{'*' if r['capped'] else ''}/{int(r['cap'])}")
+        table.row(layer_str(layer if layer >= 0 else None), *cells)
     print(f"cells: needed/cap ('*' = every direction up to the cap shared); advised = max(needed, {adv.min_rank})",
           file=out)
     for t in types:

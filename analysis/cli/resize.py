@@ -7,8 +7,8 @@ import os
 import sys
 from typing import TYPE_CHECKING
 
-from analysis.cli.common import (Parser, base_path, check_outputs, fit, layer_str, provenance, run, wants_progress,
-                                 write_json)
+from analysis.cli.common import (Column, Parser, Table, base_path, check_outputs, layer_str, provenance, run,
+                                 wants_progress, write_json)
 
 if TYPE_CHECKING:
     from collections.abc import Iterable, Sequence
@@ -179,10 +179,12 @@ def _report(ad, res, cfg, out_path, args, stream):
         print(f"source: {ad.path} ({ad.format}, {len(ad)} modules); ranks: {res.criterion}", file=stream)
         for note in (*ad.notes, *res.notes):
             print(f"note: {note}", file=stream)
-        print(f"{'layer':>5} {'module':<24} {'r':>4} {'k':>4} {'energy':>8} {'rel_err':>8} {'tied':>5}", file=stream)
+        table = Table(Column("layer", 5), Column("module", 24, "<", cut=True), Column("r", 4), Column("k", 4),
+                      Column("energy", 8, fmt=".4f"), Column("rel_err", 8, fmt=".4f"), Column("tied", 5), file=stream)
+        table.header()
         for row in fr.to_dict(orient="records"):
-            print(f"{layer_str(row['layer']):>5} {fit(row['module']):<24} {row['r']:>4} {row['k']:>4} "
-                  f"{row['energy']:>8.4f} {row['rel_error']:>8.4f} {'yes' if row['cut_tied'] else '':>5}", file=stream)
+            table.row(layer_str(row["layer"]), row["module"], row["r"], row["k"], row["energy"], row["rel_error"],
+                      "yes" if row["cut_tied"] else "")
     params_old = int(sum(lr.r * sum(lr.shape) for lr in ad.values()))
     params_new = int(sum(lr.r * sum(lr.shape) for lr in res.modules.values()))
     tot = float((fr["fro"] ** 2).sum())

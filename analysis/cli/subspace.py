@@ -12,8 +12,8 @@ import re
 import sys
 from typing import TYPE_CHECKING
 
-from analysis.cli.common import (Parser, alpha_b, base_path, check_outputs, describe, fit, json_ready, layer_str,
-                                 print_only, provenance, run, tolerance_setting, wants_progress, write_csv,
+from analysis.cli.common import (Column, Parser, Table, alpha_b, base_path, check_outputs, describe, json_ready,
+                                 layer_str, print_only, provenance, run, tolerance_setting, wants_progress, write_csv,
                                  write_json)
 from analysis.metrics.spectrum import NEAR_TIE_GAP
 
@@ -143,22 +143,20 @@ def _print_table(sweep, a, b, out):
     fr = sweep.frame
     print(describe(a, "A"), file=out)
     print(describe(b, "B"), file=out)
-    hdr = f"{'layer':>5} {'module':<24} {'role':<14} {'r_a':>4} {'r_b':>4} {'phi11[A]':>9} {'phi11[in]':>9} " \
-          f"{'phi11[out]':>10} {'shared[A]':>9} {'angle':>7}"
-    print(hdr, file=out)
+    table = Table(Column("layer", 5), Column("module", 24, "<", cut=True), Column("role", 14, "<", cut=True),
+                  Column("r_a", 4), Column("r_b", 4), Column("phi11[A]", 9), Column("phi11[in]", 9),
+                  Column("phi11[out]", 10), Column("shared[A]", 9), Column("angle", 7), file=out)
+    table.header()
     several = "stack" in fr and fr["stack"].nunique() > 1
     for row in fr.to_dict(orient="records"):
-        layer = layer_str(row["layer"])
-        mod = fit(row["module"])
-        role = fit(str(row.get("role", "")) + (f"@{row['stack']}" if several else ""), 14)
+        role = str(row.get("role", "")) + (f"@{row['stack']}" if several else "")
+        head = (layer_str(row["layer"]), row["module"], role, row["r_a"], row["r_b"])
         if row["zero_a"] or row["zero_b"]:
             which = " and ".join(t for t, z in (("A", row["zero_a"]), ("B", row["zero_b"])) if z)
-            print(f"{layer:>5} {mod:<24} {role:<14} {row['r_a']:>4} {row['r_b']:>4}  zero update in {which} "
-                  "(B = 0, untrained, or alpha = 0); no similarity defined", file=out)
+            table.row(*head, tail=f"  zero update in {which} (B = 0, untrained, or alpha = 0); no similarity defined")
             continue
-        print(f"{layer:>5} {mod:<24} {role:<14} {row['r_a']:>4} {row['r_b']:>4} {_phi_cell(row, 'A'):>9} "
-              f"{_phi_cell(row, 'input'):>9} {_phi_cell(row, 'output'):>10} {row['shared_dims_A']:>9} "
-              f"{_fmt(row['min_angle_deg_A'], 1):>7}", file=out)
+        table.row(*head, _phi_cell(row, "A"), _phi_cell(row, "input"), _phi_cell(row, "output"), row["shared_dims_A"],
+                  _fmt(row["min_angle_deg_A"], 1))
     if len(fr):
         live = fr[~(fr["zero_a"] | fr["zero_b"])]
         if len(live):
@@ -203,13 +201,14 @@ def _with_base(sweep, a, b, base, progress, args):
 def _print_base_table(sweep, out):
     fr = sweep.frame
     print("W vs dW (Table 7 of the LoRA paper; U, V = top-r singular vectors):", file=out)
-    print(f"{'layer':>5} {'module':<24} {'|W|':>7} {'proj[dW]a':>9} {'amp a':>7} {'proj[dW]b':>9} {'amp b':>7} "
-          f"{'proj[W]a':>8} {'proj[rnd]a':>10}", file=out)
+    table = Table(Column("layer", 5), Column("module", 24, "<", cut=True), Column("|W|", 7), Column("proj[dW]a", 9),
+                  Column("amp a", 7), Column("proj[dW]b", 9), Column("amp b", 7), Column("proj[W]a", 8),
+                  Column("proj[rnd]a", 10), file=out)
+    table.header()
     for row in fr.to_dict(orient="records"):
-        layer, mod = layer_str(row["layer"]), fit(row["module"])
-        print(f"{layer:>5} {mod:<24} {_fmt(row['w_norm'], 2):>7} {_fmt(row['proj_delta_a']):>9} "
-              f"{_fmt(row['amplification_a'], 2):>7} {_fmt(row['proj_delta_b']):>9} {_fmt(row['amplification_b'], 2):>7} "
-              f"{_fmt(row['proj_w_a'], 2):>8} {_fmt(row['proj_random_a']):>10}", file=out)
+        table.row(layer_str(row["layer"]), row["module"], _fmt(row["w_norm"], 2), _fmt(row["proj_delta_a"]),
+                  _fmt(row["amplification_a"], 2), _fmt(row["proj_delta_b"]), _fmt(row["amplification_b"], 2),
+                  _fmt(row["proj_w_a"], 2), _fmt(row["proj_random_a"]))
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -51,7 +51,13 @@ _Z80 = 0.8416212335729143  # the Gaussian quantile of power 0.8 (for the detecta
 
 
 def _phi11_nulls(d):
-    return [BetaNull(0.5, (int(x) - 1) / 2.0, what=f"φ(1,1) of two random lines in R^{int(x)}") for x in d]
+    return [_phi11_null(int(x)) for x in d]
+
+
+@functools.lru_cache(maxsize=64)
+def _phi11_null(d):
+    """φ(1, 1) of two random lines in R^d: one shared (stateless) closed-form null per width."""
+    return BetaNull(0.5, (d - 1) / 2.0, what=f"φ(1,1) of two random lines in R^{d}")
 
 
 def claim_phi11(id: str, figure: str, paper: str, phi11: ArrayLike, d: Iterable[int], *, conditions: str,

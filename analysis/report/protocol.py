@@ -59,7 +59,7 @@ if TYPE_CHECKING:
 
 __all__ = ["Z_MIN", "P_TAIL", "AGGREGATE_SHARE", "RATIO_SHARE", "N_DRAWS", "POWER_MIN", "HISTORY",
            "REPRODUCES", "PARTLY", "NOT_REPRODUCED", "INCONCLUSIVE", "NOT_APPLICABLE", "NOT_COMPUTED", "HOLDS",
-           "FAILS", "VERDICTS", "PROTOCOL_VERDICTS", "Assessment", "assess", "judge", "holm", "binomial_excess",
+           "FAILS", "VERDICTS", "PROTOCOL_VERDICTS", "Assessment", "assess", "reproduces", "reproduces_rows", "judge", "holm", "binomial_excess",
            "gamma_tail", "n_holding", "inherit"]
 
 Z_MIN = 3.0            # "z ≥ 3 against the null"
@@ -221,7 +221,7 @@ def assess(p: ArrayLike, *, p_low: ArrayLike | None = None, aggregate: bool = Fa
     p = np.asarray(p, dtype=float).ravel()
     if p.size == 0:
         return Assessment(NOT_COMPUTED, np.zeros(0, bool), 0, 1.0, "none")
-    holds = holm(p) if p.size > 1 else np.nan_to_num(p, nan=np.inf) <= P_TAIL
+    holds = _holding(p)
     n_exceed, p_bin = binomial_excess(p)
     correction = "none" if p.size == 1 else f"Holm over {p.size} modules at {P_TAIL:.5f}"
     if p_low is not None:
@@ -230,11 +230,9 @@ def assess(p: ArrayLike, *, p_low: ArrayLike | None = None, aggregate: bool = Fa
         refuted = bool(np.isfinite(pl[at]) and pl[at] <= P_TAIL)
     else:
         refuted = False
-    need = math.ceil(AGGREGATE_SHARE * p.size - 1e-9) if aggregate else p.size
-    big = ratio is None or paper_ratio is None or ratio >= RATIO_SHARE * paper_ratio
     if main is not None and not holds[main]:  # the main case decides
         verdict = _failed(refuted, power)
-    elif holds.sum() >= need and big:
+    elif _enough(holds, aggregate=aggregate, ratio=ratio, paper_ratio=paper_ratio):
         verdict = REPRODUCES
     elif refuted:  # the typical module lies significantly the other way: a few that hold do not make it "partly"
         verdict = NOT_REPRODUCED
@@ -243,6 +241,78 @@ def assess(p: ArrayLike, *, p_low: ArrayLike | None = None, aggregate: bool = Fa
     else:
         verdict = _failed(refuted, power)
     return Assessment(verdict, holds, n_exceed, p_bin, correction)
+
+
+def reproduces(p: ArrayLike, *, aggregate: bool = False, main: int | None = None, ratio: float | None = None,
+               paper_ratio: float | None = None) -> bool:
+    """Whether :func:`assess` would say "reproduces" (without the counts it also reports): the power's inner test.
+
+    Parameters
+    ----------
+    p : (n_modules,) array_like of float
+    aggregate, main, ratio, paper_ratio
+        As in :func:`assess`.
+
+    Returns
+    -------
+    bool
+    """
+    p = np.asarray(p, dtype=float).ravel()
+    if p.size == 0:
+        return False
+    holds = _holding(p)
+    return (main is None or bool(holds[main])) and _enough(holds, aggregate=aggregate, ratio=ratio,
+                                                          paper_ratio=paper_ratio)
+
+
+def reproduces_rows(p: ArrayLike, *, aggregate: bool = False, main: int | None = None,
+                    ratio: ArrayLike | None = None, paper_ratio: float | None = None) -> np.ndarray:
+    """:func:`reproduces` for many draws at once (each row one draw of every module's p), vectorised.
+
+    Parameters
+    ----------
+    p : (n_draws, n_modules) array_like of float
+    aggregate, main, paper_ratio
+        As in :func:`assess`.
+    ratio : (n_draws,) array_like of float, optional
+        Our effect's ratio in each draw.
+
+    Returns
+    -------
+    (n_draws,) ndarray of bool
+    """
+    p = np.asarray(p, dtype=float)
+    n, m = p.shape
+    if m == 0:
+        return np.zeros(n, dtype=bool)
+    q = np.where(np.isfinite(p), p, np.inf)
+    if m == 1:
+        holds = q <= P_TAIL
+    else:  # Holm row by row: the sorted p against level / (m − rank); a module holds up to the first failure
+        order = np.argsort(q, axis=1, kind="stable")
+        passes = np.take_along_axis(q, order, axis=1) <= P_TAIL / (m - np.arange(m)) * (1 + 1e-12)
+        prefix = np.cumprod(passes, axis=1).astype(bool)
+        holds = np.zeros((n, m), dtype=bool)
+        np.put_along_axis(holds, order, prefix, axis=1)
+    need = math.ceil(AGGREGATE_SHARE * m - 1e-9) if aggregate else m
+    ok = holds.sum(axis=1) >= need
+    if main is not None:
+        ok &= holds[:, main]
+    if ratio is not None and paper_ratio is not None:
+        ok &= np.asarray(ratio, dtype=float) >= RATIO_SHARE * paper_ratio
+    return ok
+
+
+def _holding(p):
+    """Modules holding: p ≤ P_TAIL after the Holm correction over them (one module: uncorrected)."""
+    return holm(p) if p.size > 1 else np.nan_to_num(p, nan=np.inf) <= P_TAIL
+
+
+def _enough(holds, *, aggregate, ratio, paper_ratio):
+    """Enough modules hold (all, or AGGREGATE_SHARE of them) and the effect is big enough against the paper's."""
+    need = math.ceil(AGGREGATE_SHARE * holds.size - 1e-9) if aggregate else holds.size
+    big = ratio is None or paper_ratio is None or ratio >= RATIO_SHARE * paper_ratio
+    return bool(holds.sum() >= need and big)
 
 
 def _failed(refuted, power):

@@ -17,7 +17,7 @@ import numpy as np
 
 from analysis.metrics.nulls import z_score
 from analysis.metrics.tails import median_null
-from analysis.report.protocol import (N_DRAWS, NOT_APPLICABLE, NOT_COMPUTED, P_TAIL, REPRODUCES, VERDICTS, assess)
+from analysis.report.protocol import N_DRAWS, NOT_APPLICABLE, NOT_COMPUTED, P_TAIL, VERDICTS, assess, reproduces_rows
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
@@ -250,12 +250,15 @@ def _power(nulls, plants, *, aggregate, main, ratio, paper_ratio, seed, n):
     rng = np.random.default_rng(seed + 101)
     draws = np.stack([np.asarray(nl.sample(n, rng), dtype=float) - nl.mean + pl for nl, pl in zip(nulls, plants)],
                      axis=1)  # (n, modules)
-    pv = np.stack([np.asarray(nl.tail(draws[:, i]), dtype=float) for i, nl in enumerate(nulls)], axis=1)
-    hits = 0
-    for t in range(n):
-        r = ratio(draws[t]) if ratio is not None else None
-        hits += assess(pv[t], aggregate=aggregate, main=main, ratio=r, paper_ratio=paper_ratio).verdict == REPRODUCES
-    return hits / n
+    pv = np.empty_like(draws)
+    columns: dict[int, list[int]] = {}  # modules sharing one null object: one vectorised tail for all of them
+    for i, nl in enumerate(nulls):
+        columns.setdefault(id(nl), []).append(i)
+    for cols in columns.values():
+        pv[:, cols] = np.asarray(nulls[cols[0]].tail(draws[:, cols]), dtype=float).reshape(n, len(cols))
+    ratios = None if ratio is None else np.array([ratio(row) for row in draws], dtype=float)
+    hits = reproduces_rows(pv, aggregate=aggregate, main=main, ratio=ratios, paper_ratio=paper_ratio)
+    return float(hits.sum()) / n
 
 
 def not_applicable(id: str, figure: str, paper: str, reason: str, *, conditions: str = "") -> Finding:
