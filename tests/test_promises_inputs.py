@@ -112,6 +112,9 @@ def test_a_dead_writers_temporary_is_removed_a_live_ones_kept(tmp_path):
     dead, live = root / ".tmp-0123456789abcdef.npz", root / ".tmp-fedcba9876543210.npz"
     dead.write_bytes(b"half")
     live.write_bytes(b"half")
+    old = time.time() - 2 * svd_cache.TMP_GRACE
+    os.utime(dead, (old, old))
+    os.utime(live, (old, old))
     code = (f"import fcntl, sys, time\nfh = open({str(live)!r}, 'rb')\nfcntl.flock(fh, fcntl.LOCK_EX)\n"
             "print('locked', flush=True)\ntime.sleep(30)\n")
     holder = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
@@ -431,3 +434,27 @@ def test_a_bug_in_a_reader_keeps_its_traceback(tmp_path, monkeypatch, bug):
     monkeypatch.setattr(aio, "_load", lambda path, **kw: json.loads("{not json"))
     with pytest.raises(AdapterError, match="cannot read as a LoRA checkpoint: JSONDecodeError"):
         load_adapter(tmp_path)
+
+
+def test_a_writer_between_creating_and_locking_its_temporary_keeps_it(tmp_path):
+    """A new unlocked temporary is a live writer's (create, then lock): another writer's clean-up leaves it, so
+    parallel writers never lose an entry (a bf16 sweep with two jobs once missed one in six runs)."""
+    W = np.eye(6, dtype=np.float32)
+    cached_topk_svd(SVDCache(tmp_path), None, "w", W, 2)
+    young = tmp_path / svd_cache.SUBFOLDER / ".tmp-00112233445566ff.npz"
+    young.write_bytes(b"being written")
+    cached_topk_svd(SVDCache(tmp_path), None, "w", W, 3)  # a put: the folder is looked over
+    assert young.exists()
+    for _ in range(5):  # and many parallel writers lose nothing
+        cache = SVDCache(tmp_path / "many")
+        mats = [np.random.default_rng(i).standard_normal((12, 10)) for i in range(16)]
+        threads = [threading.Thread(target=cached_topk_svd, args=(cache, None, f"m{i}", M, 2))
+                   for i, M in enumerate(mats)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        warm = SVDCache(tmp_path / "many")
+        for i, M in enumerate(mats):
+            cached_topk_svd(warm, None, f"m{i}", M, 2)
+        assert warm.misses == 0, warm

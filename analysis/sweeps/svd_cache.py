@@ -68,6 +68,8 @@ _SUFFIX = ".npz"
 _VERSION = 4
 _ENTRY = re.compile(r"^[0-9a-f]{64}\.npz$")
 _TMP = re.compile(r"^\.tmp-[0-9a-f]{16}\.npz$")
+#: Seconds a temporary may stay unlocked before it counts as a dead writer's (create and lock are two steps).
+TMP_GRACE = 60.0
 _TAG_TMP = re.compile(r"^\.tag-[0-9a-f]{16}$")
 _TAG_NAME = "CACHEDIR.TAG"
 _TAG = ("Signature: 8a477f597d28d172789f06886806bc55\n"
@@ -460,7 +462,11 @@ class SVDCache:
 
     @staticmethod
     def _drop_dead_tmp(path):
+        """Remove a temporary whose writer died: unlocked and older than :data:`TMP_GRACE` seconds (a live writer
+        creates its temporary, then locks it: in between it is unlocked but new)."""
         try:
+            if os.stat(path).st_mtime > time.time() - TMP_GRACE:
+                return
             fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
         except OSError:
             return
