@@ -71,3 +71,12 @@ def test_kernel_accuracy_helpers():
     ref = (U[:, :4], S[:4], Vt[:4].T)
     sv, sub = accuracy(U, S, Vt.T, ref)
     assert sv == 0 and sub < 1e-7
+
+
+def test_report_cost_table_names_both_releases():
+    from benchmarks.report_cost import render
+
+    run = {"wall_s": 10.0, "peak_rss_mb": 900.0, "exit": 0}
+    text = render({"ref": "abc123", "repeats": 2, "date": "2026-12-06", "machine": "2 cores",
+                   "previous": {"cold": run, "warm": run}, "current": {"cold": run, "warm": run}})
+    assert "previous release (`abc123`)" in text and "| this tree | 10 s, 900 MB | 10 s, 900 MB |" in text
