@@ -28,6 +28,23 @@ def make_peft_adapter(out, *, r=4, seed=0, alpha=8, targets=("q_proj", "v_proj")
     return model
 
 
+
+def peft_deltas(model):
+    """PEFT's own ``get_delta_weight`` of every adapted layer (the oracle), float64, in the layer's weight shape;
+    ``model`` is left as it is."""
+    import copy
+
+    import torch
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    model = copy.deepcopy(model).double()
+    out = {}
+    for n, m in model.named_modules():
+        if isinstance(m, BaseTunerLayer):
+            with torch.no_grad():
+                out[n.removeprefix("base_model.model.")] = m.get_delta_weight("default").double().numpy()
+    return out
+
 @pytest.fixture(scope="session")
 def peft_pair(tmp_path_factory):
     """Two real PEFT adapters (r=2 and r=4) of the same tiny Llama."""

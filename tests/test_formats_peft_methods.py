@@ -11,11 +11,12 @@ import pytest
 import torch  # noqa: E402
 peft = pytest.importorskip("peft")
 from peft import LoHaConfig, LoKrConfig, VeraConfig, get_peft_model  # noqa: E402
-from peft.tuners.tuners_utils import BaseTunerLayer  # noqa: E402
 from torch import nn  # noqa: E402
 
 from analysis.errors import AdapterError, UnsupportedAdapterError  # noqa: E402
 from analysis.io import load_adapter  # noqa: E402
+
+from conftest import peft_deltas  # noqa: E402
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 TOL = 1e-12  # max |ΔW − PEFT's| / max |PEFT's|: float32 factors, float64 on both sides
@@ -45,17 +46,6 @@ def _build(cfg, seed=0):
             if p.requires_grad:
                 p.copy_(torch.randn(p.shape, generator=g) * 0.5)
     return model
-
-
-def _oracle(model):
-    """``{module name: PEFT's get_delta_weight}`` in float64, in the layer's weight shape."""
-    model = model.double()
-    out = {}
-    for n, m in model.named_modules():
-        if isinstance(m, BaseTunerLayer):
-            with torch.no_grad():
-                out[n.removeprefix("base_model.model.")] = m.get_delta_weight("default").double().numpy()
-    return out
 
 
 def _max_rel(got, want):
@@ -94,7 +84,7 @@ def test_matches_peft(tmp_path, case):
     model.save_pretrained(tmp_path)
     ad = load_adapter(tmp_path)
     algo = case.split("_")[0]
-    _check(ad, _oracle(model), LOHA_TOL if algo == "loha" else TOL)
+    _check(ad, peft_deltas(model), LOHA_TOL if algo == "loha" else TOL)
     assert all(lr.meta["algo"] == algo and lr.meta["peft_type"] == algo.upper() for lr in ad.values())
 
 
@@ -117,7 +107,7 @@ def test_lokr_rank_is_the_product(tmp_path):
 def test_vera_matches_peft(tmp_path, targets):
     model = _build(VeraConfig(r=4, target_modules=targets, save_projection=True))
     model.save_pretrained(tmp_path)
-    want = _oracle(model)
+    want = peft_deltas(model)
     ad = load_adapter(tmp_path)
     if targets == ["q", "v"]:  # one input width: exact
         _check(ad, want)

@@ -23,6 +23,10 @@ import analysis  # noqa: E402
 from analysis.errors import AdapterError  # noqa: E402
 from analysis.io import load_adapter  # noqa: E402
 
+from _fake_hub import COMMIT  # noqa: E402
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 
 
@@ -82,43 +86,10 @@ def test_from_peft_model_second_adapter_and_errors(tmp_path):
 
 
 _HUB_SCRIPT = r'''
-import hashlib, http.server, json, os, sys, threading
+import json, os, sys
 from pathlib import Path
 
-repo, commit = "org/tiny-lora", "0123456789abcdef0123456789abcdef01234567"
-repos = {repo: Path(sys.argv[1]), "org/tiny-base": Path(sys.argv[2])}
-served = {r: {str(p.relative_to(src)): p.read_bytes() for p in src.rglob("*") if p.is_file()}
-          for r, src in repos.items()}
-
-class Hub(http.server.BaseHTTPRequestHandler):
-    """The two answers hf_hub_download needs: /{repo}/resolve/{revision}/{file}, HEAD and GET."""
-    def _answer(self, body):
-        here = next((r for r in served if self.path.startswith(f"/{r}/resolve/")), None)
-        files = served.get(here, {})
-        rest = self.path.split("?")[0][len(f"/{here}/resolve/"):] if here else ""
-        rev, _, name = rest.partition("/")
-        if rev not in ("main", commit) or name not in files:
-            self.send_response(404); self.send_header("X-Error-Code", "EntryNotFound"); self.end_headers(); return
-        data = files[name]
-        self.send_response(200)
-        self.send_header("X-Repo-Commit", commit)
-        self.send_header("ETag", '"' + hashlib.sha256(data).hexdigest() + '"')
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        if body:
-            self.wfile.write(data)
-    def do_HEAD(self): self._answer(False)
-    def do_GET(self): self._answer(True)
-    def log_message(self, *a): pass
-
-server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Hub)
-threading.Thread(target=server.serve_forever, daemon=True).start()
-from huggingface_hub import hf_hub_download
-for r, files in served.items():  # huggingface_hub lays out its own cache under $HF_HOME
-    for name in files:
-        hf_hub_download(r, name, endpoint=f"http://127.0.0.1:{server.server_port}")
-server.shutdown()
-
+repo, commit = "org/tiny-lora", sys.argv[1]  # in the cache _fake_hub.py filled
 import analysis
 out = {"cache": sorted(str(p.relative_to(os.environ["HF_HOME"])) for p in Path(os.environ["HF_HOME"]).rglob("*")
                        if p.is_file() or p.is_symlink())}
@@ -164,8 +135,10 @@ def test_hub_ids_resolve_through_the_local_cache(tmp_path):
 
     (tmp_path / "base").mkdir()
     save_file({k: v.contiguous() for k, v in Tiny().state_dict().items()}, str(tmp_path / "base" / "model.safetensors"))
-    run = subprocess.run([sys.executable, str(script), str(tmp_path / "repo"), str(tmp_path / "base")], env=env,
-                         capture_output=True, text=True, timeout=300)
+    fill = subprocess.run([sys.executable, os.path.join(HERE, "_fake_hub.py"), f"org/tiny-lora={tmp_path / 'repo'}",
+                           f"org/tiny-base={tmp_path / 'base'}"], env=env, capture_output=True, text=True, timeout=300)
+    assert fill.returncode == 0, fill.stderr[-2000:]
+    run = subprocess.run([sys.executable, str(script), COMMIT], env=env, capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr[-2000:]
     out = json.loads(run.stdout.strip().splitlines()[-1])
     assert any("models--org--tiny-lora/snapshots/" in p for p in out["cache"])  # huggingface_hub's own layout

@@ -226,25 +226,31 @@ def test_f16_file_and_any_mapped_spelling(tmp_path):
         np.testing.assert_array_equal(got["model.layers.0.self_attn.v_proj"], got["blk.0.attn_v"])
 
 
-def test_gpt2_conv1d_orientation_with_a_peft_adapter(tmp_path):
-    """A PEFT LoRA on GPT-2's Conv1D layers (``fan_in_fan_out``) meets the same W from the GGUF file as from the
-    HF safetensors file, for every module (``attn.c_proj`` is square: a wrong transpose would pass the shapes)."""
+
+def _gpt2_hf_and_adapter(tmp_path, targets, *, seed):
+    """The tiny GPT-2 saved as an HF folder (``tmp_path/hf``) and a PEFT LoRA on ``targets`` with random B
+    (``tmp_path/adapter``, fan_in_fan_out), read back."""
     from peft import LoraConfig, get_peft_model
 
     from analysis import load_adapter
 
-    path, weights, _ = convert("gpt2", tmp_path)
     model = _model("gpt2")
     model.save_pretrained(str(tmp_path / "hf"))
-    peft_model = get_peft_model(model, LoraConfig(r=2, lora_alpha=4, target_modules=["c_attn", "c_proj", "c_fc"],
+    peft_model = get_peft_model(model, LoraConfig(r=2, lora_alpha=4, target_modules=list(targets),
                                                   fan_in_fan_out=True, lora_dropout=0.0))
-    g = torch.Generator().manual_seed(3)
+    g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for n, p in peft_model.named_parameters():
             if "lora_B" in n:
                 p.copy_(torch.randn(p.shape, generator=g))
     peft_model.save_pretrained(str(tmp_path / "adapter"))
-    adapter = load_adapter(tmp_path / "adapter")
+    return load_adapter(tmp_path / "adapter")
+
+def test_gpt2_conv1d_orientation_with_a_peft_adapter(tmp_path):
+    """A PEFT LoRA on GPT-2's Conv1D layers (``fan_in_fan_out``) meets the same W from the GGUF file as from the
+    HF safetensors file, for every module (``attn.c_proj`` is square: a wrong transpose would pass the shapes)."""
+    path, weights, _ = convert("gpt2", tmp_path)
+    adapter = _gpt2_hf_and_adapter(tmp_path, ["c_attn", "c_proj", "c_fc"], seed=3)
     assert "transformer.h.0.attn.c_proj" in adapter and adapter["transformer.h.0.attn.c_proj"].shape == (D, D)
     with open_base(path) as gg, open_base(tmp_path / "hf") as hf:
         assert isinstance(gg.weight("transformer.h.0.attn.c_attn"), LinearOriented)
@@ -260,23 +266,10 @@ def test_gpt2_conv1d_orientation_with_a_peft_adapter(tmp_path):
 
 
 def test_gpt2_gguf_base_gives_the_same_analysis_as_the_hf_base(tmp_path):
-    from peft import LoraConfig, get_peft_model
-
-    from analysis import load_adapter
     from analysis.sweeps.adapter import analyse_adapter
 
     path, _, _ = convert("gpt2", tmp_path)
-    model = _model("gpt2")
-    model.save_pretrained(str(tmp_path / "hf"))
-    peft_model = get_peft_model(model, LoraConfig(r=2, lora_alpha=4, target_modules=["c_attn", "c_proj"],
-                                                  fan_in_fan_out=True, lora_dropout=0.0))
-    g = torch.Generator().manual_seed(5)
-    with torch.no_grad():
-        for n, p in peft_model.named_parameters():
-            if "lora_B" in n:
-                p.copy_(torch.randn(p.shape, generator=g))
-    peft_model.save_pretrained(str(tmp_path / "adapter"))
-    adapter = load_adapter(tmp_path / "adapter")
+    adapter = _gpt2_hf_and_adapter(tmp_path, ["c_attn", "c_proj"], seed=5)
     a = analyse_adapter(adapter, base=str(path), n_random=2).frame.set_index("name").sort_index()
     b = analyse_adapter(adapter, base=str(tmp_path / "hf"), n_random=2).frame.set_index("name").sort_index()
     num = a.select_dtypes("number").columns

@@ -20,11 +20,12 @@ import torch  # noqa: E402
 peft = pytest.importorskip("peft")
 from peft import (AdaLoraConfig, LoHaConfig, LoKrConfig, LoraConfig, VeraConfig,  # noqa: E402
                   get_peft_model)
-from peft.tuners.tuners_utils import BaseTunerLayer  # noqa: E402
 from safetensors.torch import save_file  # noqa: E402
 
 from analysis.cli.inspect import main  # noqa: E402
 from analysis.cli.inspect_figures import spectrum_figure  # noqa: E402
+
+from conftest import peft_deltas  # noqa: E402
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning", "ignore::FutureWarning")
 RTOL = 1e-6  # float32 factors; PEFT's LoHa multiplies by a float32 scalar (relative rounding ~6e-8)
@@ -62,17 +63,6 @@ def _check_modules(doc, want, *, scale_known=True):
             assert got["zero"] == (ref["fro"] == 0), name
         else:
             assert got["fro"] is None, name
-
-
-def _peft_deltas(model):
-    """PEFT's get_delta_weight of every adapted layer, float64, in its weight shape."""
-    model = copy.deepcopy(model).double()
-    out = {}
-    for n, m in model.named_modules():
-        if isinstance(m, BaseTunerLayer):
-            with torch.no_grad():
-                out[n.removeprefix("base_model.model.")] = m.get_delta_weight("default").double().numpy()
-    return out
 
 
 def _run(args, capsys):
@@ -141,7 +131,7 @@ def peft_set(tmp_path_factory):
         model = _randomise(get_peft_model(m, copy.deepcopy(cfg)), 10 + i,
                            keep_zero=("1.self_attn.v_proj.lora_B",) if case == "lora" else ())
         model.save_pretrained(root / case)
-        out["deltas"][case] = _peft_deltas(model)
+        out["deltas"][case] = peft_deltas(model)
         out["models"][case] = model
     return out
 
@@ -372,7 +362,7 @@ def test_diffusers_file(tmp_path, capsys):
         diffusers.StableDiffusionPipeline.save_lora_weights(tmp_path / "d", unet_lora_layers=get_peft_model_state_dict(unet),
                                                             unet_lora_adapter_metadata=cfg.to_dict())
     doc, text = _inspect(tmp_path / "d" / "pytorch_lora_weights.safetensors", tmp_path, capsys)
-    _check_modules(doc, _peft_deltas(unet))
+    _check_modules(doc, peft_deltas(unet))
     a = doc["adapter"]
     assert a["format"] == "diffusers" and a["components"] == ["unet"] and "unet." in a["recognised"]
     assert json.loads(doc["metadata"]["lora_adapter_metadata"])["unet.r"] == 2

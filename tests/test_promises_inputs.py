@@ -155,39 +155,6 @@ def test_the_content_hash_costs_little_against_the_read(tmp_path):
 
 # ---------------------------------------------------------------------------- the Hugging Face cache
 
-_HUB = textwrap.dedent(r'''
-    import hashlib, http.server, json, os, sys, threading
-    from pathlib import Path
-    commit = "0123456789abcdef0123456789abcdef01234567"
-    src = Path(sys.argv[1])
-    files = {p.name: p.read_bytes() for p in src.iterdir()}
-
-    class Hub(http.server.BaseHTTPRequestHandler):
-        def _answer(self, body):
-            rest = self.path.split("?")[0][len("/org/sharded/resolve/"):]
-            rev, _, name = rest.partition("/")
-            if rev not in ("main", commit) or name not in files:
-                self.send_response(404); self.send_header("X-Error-Code", "EntryNotFound"); self.end_headers(); return
-            data = files[name]
-            self.send_response(200)
-            self.send_header("X-Repo-Commit", commit)
-            self.send_header("ETag", '"' + hashlib.sha256(data).hexdigest() + '"')
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            if body:
-                self.wfile.write(data)
-        def do_HEAD(self): self._answer(False)
-        def do_GET(self): self._answer(True)
-        def log_message(self, *a): pass
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Hub)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    from huggingface_hub import hf_hub_download
-    for name in files:  # huggingface_hub lays out its own cache: snapshots/<commit>/x -> ../../blobs/<sha256>
-        hf_hub_download("org/sharded", name, endpoint=f"http://127.0.0.1:{server.server_port}")
-    server.shutdown()
-''')
-
 
 @pytest.mark.slow
 def test_a_sharded_base_from_the_hugging_face_cache(tmp_path, pair):
@@ -206,8 +173,8 @@ def test_a_sharded_base_from_the_hugging_face_cache(tmp_path, pair):
            "HF_HUB_DISABLE_PROGRESS_BARS": "1"}
     env.pop("HF_HUB_CACHE", None)
     env.pop("HF_HUB_OFFLINE", None)
-    assert subprocess.run([sys.executable, "-c", _HUB, str(plain)], env=env, capture_output=True,
-                          timeout=120).returncode == 0
+    assert subprocess.run([sys.executable, os.path.join(ROOT, "tests", "_fake_hub.py"), f"org/sharded={plain}"],
+                          env=env, capture_output=True, timeout=120).returncode == 0
     snap = next((tmp_path / "hf" / "hub" / "models--org--sharded" / "snapshots").iterdir())
     assert all(os.path.islink(snap / n) for n in shards)  # the shards are links into blobs/
     outs = []

@@ -13,7 +13,8 @@ if TYPE_CHECKING:
     from collections.abc import Iterable, Iterator, Sequence
     from typing import Any
 
-__all__ = ["Adapter", "Layers", "is_embedding_name", "natural_key", "parse_layers", "select_modules", "split_name"]
+__all__ = ["Adapter", "Layers", "is_embedding_name", "natural_key", "parse_layers", "ranges_text", "select_modules",
+           "split_name"]
 
 _EMBED_RE = re.compile(r"(^|_)(wte|wpe|shared|emb|embed|embeds|embedding|embeddings|embed_tokens|embed_positions|"
                        r"embed_in|token_type_embeddings)$", re.IGNORECASE)
@@ -111,8 +112,12 @@ class Layers:
         return f"Layers({self.spec!r})"
 
 
-def _ranges_text(layers):
-    """``[0, 1, 2, 5]`` -> ``"0-2, 5"``."""
+def ranges_text(layers: Iterable[int], *, sep: str = ", ") -> str:
+    """Layer indices as runs: ``[0, 1, 2, 5]`` -> ``"0-2, 5"`` (``sep`` between the runs).
+
+    >>> ranges_text([5, 0, 2, 1]), ranges_text([3, 4, 9], sep=",")
+    ('0-2, 5', '3-4,9')
+    """
     layers, out, i = sorted(layers), [], 0
     while i < len(layers):
         j = i
@@ -120,7 +125,7 @@ def _ranges_text(layers):
             j += 1
         out.append(str(layers[i]) if i == j else f"{layers[i]}-{layers[j]}")
         i = j + 1
-    return ", ".join(out)
+    return sep.join(out)
 
 
 def parse_layers(spec: str) -> Layers:
@@ -182,7 +187,7 @@ def select_modules(names: Iterable[str], *, modules: Sequence[str] | None = None
         gone = layers.missing(existing)
         if gone and existing:
             raise ValueError(f"--layers {layers.spec}: no layer {gone} here; the modules have layers "
-                             f"{_ranges_text(existing)}")
+                             f"{ranges_text(existing)}")
     from analysis.core.patterns import compile_pattern
 
     pats = []

@@ -177,7 +177,7 @@ def analyse(table: str | os.PathLike[str] | pd.DataFrame, *, n_perm: int = 10_00
         cosine) against the loss increase, with the permutation null within tasks; ``scale_choice``: for every
         (subset, method), whether the weighting the advice prefers (the smaller mean distance of weights 1 and
         1/n) is the one with the smaller mean measured increase; ``agreement``, how often, and ``agreement_p``,
-        the one-sided binomial p of that many against a coin flip.
+        the one-sided binomial p of that many against a coin flip; ``table``: the merge rows, numbers as numbers.
     """
     import pandas as pd
     from scipy.stats import binomtest
@@ -206,7 +206,7 @@ def analyse(table: str | os.PathLike[str] | pd.DataFrame, *, n_perm: int = 10_00
     p_agree = float(binomtest(n_agree, len(choice), 0.5, alternative="greater").pvalue) if len(choice) else float("nan")
     return {"checks": checks, "scale_choice": choice,
             "agreement": float(choice["agree"].mean()) if len(choice) else float("nan"), "agreement_p": p_agree,
-            "rows": int(len(fr))}
+            "rows": int(len(fr)), "table": fr}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

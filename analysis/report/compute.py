@@ -416,9 +416,13 @@ def compute_report(cfg: ReportConfig, *, progress: bool | Progress = False, jobs
         with pr.stage("collection and merge"):
             _collection(cfg, data)
         data.timings["collection_s"] = time.perf_counter() - t4
-    if cfg.merge_table and not cfg.pairs and _table_of(cfg.merge_table, cfg.checkpoints):
+    measured = (_read_merge_table(cfg.merge_table, cfg.checkpoints)
+                if cfg.merge_table and not cfg.pairs and os.path.isfile(cfg.merge_table) else None)
+    if measured is not None:
+        from analysis.reference.merge_losses import analyse
+
         with pr.stage("merge advice against measured losses"):
-            data.merge_check = _merge_check(cfg.merge_table, seed=cfg.seed)
+            data.merge_check = analyse(measured, seed=cfg.seed)
     data.timings["total_s"] = time.perf_counter() - t0
     return data
 
@@ -643,36 +647,31 @@ def _collection(cfg, data):
             data.merge_losses = {"folder": f, **man}
 
 
-def _table_of(table, checkpoints):
-    """Whether ``table`` holds measured merges of the adapters in ``checkpoints`` (every ``own`` row's folder
-    is there)."""
-    import csv
-
-    if not os.path.isfile(table):
-        return False
-    with open(table, newline="", encoding="utf-8") as fh:
-        own = [r.get("subset") for r in csv.DictReader(fh) if r.get("kind") == "own"]
-    return bool(own) and all(f and os.path.isfile(os.path.join(checkpoints, f, "adapter_config.json")) for f in own)
-
-
-def _merge_check(table, *, seed):
-    """The merge advice against the measured losses of ``table`` (read only: a partial last line is ignored)."""
+def _read_merge_table(table, checkpoints=None):
+    """The measured merge losses of ``table`` (read once, never written: a partial last line is ignored), or None
+    when it measures other adapters than those of ``checkpoints`` (an ``own`` row's folder is not there; not
+    checked when None)."""
     import pandas as pd
-
-    from analysis.reference.merge_losses import analyse
 
     with open(table, encoding="utf-8") as fh:
         lines = fh.read().splitlines(keepends=True)
     if lines and not lines[-1].endswith("\n"):  # being appended to by the measuring run
         lines = lines[:-1]
     fr = pd.read_csv(io.StringIO("".join(lines)), dtype=str, keep_default_na=False)
-    res = analyse(fr, seed=seed)
-    merges = fr[fr["kind"] == "merge"].copy()
-    for c in ("increase", "loss", "loss_own", "retained", "foreign", "distance", "ratio_pooled", "mean_cosine", "weight"):
-        merges[c] = pd.to_numeric(merges[c], errors="coerce")
-    res["table"] = merges
-    res["reference"] = fr[fr["kind"].isin(["base", "own"])].copy()
-    return res
+    if checkpoints is not None:
+        own = fr.loc[fr["kind"] == "own", "subset"]
+        if not len(own) or not all(f and os.path.isfile(os.path.join(checkpoints, f, "adapter_config.json"))
+                                    for f in own):
+            return None
+    return fr
+
+
+def _merge_check(table, *, seed, checkpoints=None):
+    """The merge advice against the measured losses of ``table`` (:func:`_read_merge_table`), or None."""
+    from analysis.reference.merge_losses import analyse
+
+    fr = _read_merge_table(table, checkpoints)
+    return None if fr is None else analyse(fr, seed=seed)
 
 
 def _manifest(path):

@@ -256,6 +256,9 @@ def fig_weight_overlap(data: ReportData, *, j: int | None = None) -> Figure:
     return fig
 
 
+_FLOOR = 1e-12  # the grid figure's lowest y: below every ratio a float64 φ yields but 0 (log scale)
+
+
 def fig_weight_overlap_grid(data: ReportData) -> Figure:
     """Fig. 8 over its grid: where ΔW's top direction sits in W's spectrum. φ(1, j), its share of W's top-j
     directions (j = 1 … 256), divided by what a random direction has (j / d), per rank and side, with the band a
@@ -293,7 +296,7 @@ def fig_weight_overlap_grid(data: ReportData) -> Figure:
             jj = np.array([j for j in FIG8_J if j < d], dtype=float)
             ax.axhline(1.0, color="k", ls="--", lw=1.2, label="a random direction (chance = 1)")
             crit = np.array([float(beta.isf(level, j / 2, (d - j) / 2)) for j in jj]) / (jj / d)
-            ax.fill_between(jj, np.full_like(jj, 1e-3), crit, color="grey", alpha=0.2, lw=0,
+            ax.fill_between(jj, np.full_like(jj, _FLOOR), crit, color="grey", alpha=0.2, lw=0,
                             label=f"random up to p = {level:.1e} (0.00135, Holm over {n_cells} cells)")
             tops += list(crit)
         ax.set_xscale("log", base=2)
@@ -307,7 +310,7 @@ def fig_weight_overlap_grid(data: ReportData) -> Figure:
         ax.grid(alpha=0.3, which="both")
         legend_below(ax, width_in=5.6)
     finite = [t for t in tops if np.isfinite(t) and t > 0]
-    axes[0].set_ylim(max(min(finite) / 2, 1e-3), max(finite) * 1.5)
+    axes[0].set_ylim(max(min(finite) / 2, _FLOOR), max(finite) * 1.5)  # every plotted value inside the axes
     fig.suptitle(wrap(f"Fig. 8 over its grid — where ΔW's top direction sits in W's spectrum at layer {data.layer}: "
                       "its share of W's top-j directions over a random direction's; above the grey band = more than "
                       "chance after the correction", 12, 10), fontsize=10)
@@ -624,7 +627,7 @@ def fig_collection(data: ReportData) -> Figure:
     col = data.collection
     labels = list(data.collection_meta)
     n_mod = len(col.module_names)
-    fig = new_figure(16, 8.4)
+    fig = new_figure(16, 7.4)
     axes = fig.subplots(1, 2)
     for ax, kind, title in ((axes[0], "similarity", "φ(1, 1), top input direction (random: 1/d)"),
                             (axes[1], "cosine", "Frobenius cosine ⟨ΔWa, ΔWb⟩ (random: ≈ 0)")):

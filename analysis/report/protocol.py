@@ -105,17 +105,19 @@ def holm(p: ArrayLike, *, level: float = P_TAIL) -> np.ndarray:
     >>> holm([0.0006, 0.0006], level=0.001).tolist()
     [False, False]
     """
-    p = np.asarray(p, dtype=float).ravel()
-    out = np.zeros(p.size, dtype=bool)
+    return _holm_rows(np.asarray(p, dtype=float).ravel()[None, :], level)[0]
+
+
+def _holm_rows(p, level):
+    """:func:`holm` of each row of ``p`` (n_draws, m): the sorted p against level / (m − rank), a module holding
+    up to the first failure."""
     q = np.where(np.isfinite(p), p, np.inf)
-    order = np.argsort(q, kind="stable")
-    n = p.size
-    for rank, i in enumerate(order):
-        if q[i] <= level / (n - rank) * (1 + 1e-12):
-            out[i] = True
-        else:
-            break
-    return out
+    m = q.shape[1]
+    order = np.argsort(q, axis=1, kind="stable")
+    passes = np.take_along_axis(q, order, axis=1) <= level / (m - np.arange(m)) * (1 + 1e-12)
+    holds = np.zeros(q.shape, dtype=bool)
+    np.put_along_axis(holds, order, np.cumprod(passes, axis=1).astype(bool), axis=1)
+    return holds
 
 
 def binomial_excess(p: ArrayLike, *, level: float = P_TAIL) -> tuple[int, float]:
@@ -221,7 +223,7 @@ def assess(p: ArrayLike, *, p_low: ArrayLike | None = None, aggregate: bool = Fa
     p = np.asarray(p, dtype=float).ravel()
     if p.size == 0:
         return Assessment(NOT_COMPUTED, np.zeros(0, bool), 0, 1.0, "none")
-    holds = _holding(p)
+    holds = _holding(p[None, :])[0]
     n_exceed, p_bin = binomial_excess(p)
     correction = "none" if p.size == 1 else f"Holm over {p.size} modules at {P_TAIL:.5f}"
     if p_low is not None:
@@ -232,7 +234,8 @@ def assess(p: ArrayLike, *, p_low: ArrayLike | None = None, aggregate: bool = Fa
         refuted = False
     if main is not None and not holds[main]:  # the main case decides
         verdict = _failed(refuted, power)
-    elif _enough(holds, aggregate=aggregate, ratio=ratio, paper_ratio=paper_ratio):
+    elif _enough(holds[None, :], aggregate=aggregate, ratio=None if ratio is None else [ratio],
+                 paper_ratio=paper_ratio)[0]:
         verdict = REPRODUCES
     elif refuted:  # the typical module lies significantly the other way: a few that hold do not make it "partly"
         verdict = NOT_REPRODUCED
@@ -257,12 +260,8 @@ def reproduces(p: ArrayLike, *, aggregate: bool = False, main: int | None = None
     -------
     bool
     """
-    p = np.asarray(p, dtype=float).ravel()
-    if p.size == 0:
-        return False
-    holds = _holding(p)
-    return (main is None or bool(holds[main])) and _enough(holds, aggregate=aggregate, ratio=ratio,
-                                                          paper_ratio=paper_ratio)
+    return bool(reproduces_rows(np.asarray(p, dtype=float).ravel()[None, :], aggregate=aggregate, main=main,
+                                ratio=None if ratio is None else [ratio], paper_ratio=paper_ratio)[0])
 
 
 def reproduces_rows(p: ArrayLike, *, aggregate: bool = False, main: int | None = None,
@@ -282,37 +281,27 @@ def reproduces_rows(p: ArrayLike, *, aggregate: bool = False, main: int | None =
     (n_draws,) ndarray of bool
     """
     p = np.asarray(p, dtype=float)
-    n, m = p.shape
-    if m == 0:
-        return np.zeros(n, dtype=bool)
-    q = np.where(np.isfinite(p), p, np.inf)
-    if m == 1:
-        holds = q <= P_TAIL
-    else:  # Holm row by row: the sorted p against level / (m − rank); a module holds up to the first failure
-        order = np.argsort(q, axis=1, kind="stable")
-        passes = np.take_along_axis(q, order, axis=1) <= P_TAIL / (m - np.arange(m)) * (1 + 1e-12)
-        prefix = np.cumprod(passes, axis=1).astype(bool)
-        holds = np.zeros((n, m), dtype=bool)
-        np.put_along_axis(holds, order, prefix, axis=1)
-    need = math.ceil(AGGREGATE_SHARE * m - 1e-9) if aggregate else m
-    ok = holds.sum(axis=1) >= need
-    if main is not None:
-        ok &= holds[:, main]
-    if ratio is not None and paper_ratio is not None:
-        ok &= np.asarray(ratio, dtype=float) >= RATIO_SHARE * paper_ratio
-    return ok
+    if p.shape[1] == 0:
+        return np.zeros(p.shape[0], dtype=bool)
+    holds = _holding(p)
+    ok = _enough(holds, aggregate=aggregate, ratio=ratio, paper_ratio=paper_ratio)
+    return ok & holds[:, main] if main is not None else ok
 
 
 def _holding(p):
-    """Modules holding: p ≤ P_TAIL after the Holm correction over them (one module: uncorrected)."""
-    return holm(p) if p.size > 1 else np.nan_to_num(p, nan=np.inf) <= P_TAIL
+    """Modules holding, per row of ``p`` (n_draws, m): p ≤ P_TAIL after the Holm correction over them (one
+    module: uncorrected)."""
+    return _holm_rows(p, P_TAIL) if p.shape[1] > 1 else np.nan_to_num(p, nan=np.inf) <= P_TAIL
 
 
 def _enough(holds, *, aggregate, ratio, paper_ratio):
-    """Enough modules hold (all, or AGGREGATE_SHARE of them) and the effect is big enough against the paper's."""
-    need = math.ceil(AGGREGATE_SHARE * holds.size - 1e-9) if aggregate else holds.size
-    big = ratio is None or paper_ratio is None or ratio >= RATIO_SHARE * paper_ratio
-    return bool(holds.sum() >= need and big)
+    """Per row: enough modules hold (all, or AGGREGATE_SHARE of them) and the effect is big enough against the
+    paper's (``ratio``: one per row, or None)."""
+    m = holds.shape[1]
+    ok = holds.sum(axis=1) >= (math.ceil(AGGREGATE_SHARE * m - 1e-9) if aggregate else m)
+    if ratio is not None and paper_ratio is not None:
+        ok &= np.asarray(ratio, dtype=float) >= RATIO_SHARE * paper_ratio
+    return ok
 
 
 def _failed(refuted, power):

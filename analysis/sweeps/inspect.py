@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from analysis.core.adapter import select_modules
+from analysis.core.adapter import ranges_text, select_modules
 from analysis.io.roles import ROLES, module_role, role_label, stack_order
 from analysis.metrics.spectrum import rank_for_energy
 from analysis.sweeps.common import require_adapter
@@ -345,17 +345,8 @@ def layer_ranges(layers: Iterable[int | float | None]) -> str:
     >>> layer_ranges([3, 0, 1, 2, 7]), layer_ranges([None])
     ('0-3,7', '-')
     """
-    xs = sorted({int(x) for x in layers if x is not None and not (isinstance(x, float) and math.isnan(x))})
-    if not xs:
-        return "-"
-    out, i = [], 0
-    while i < len(xs):
-        j = i
-        while j + 1 < len(xs) and xs[j + 1] == xs[j] + 1:
-            j += 1
-        out.append(str(xs[i]) if i == j else f"{xs[i]}-{xs[j]}")
-        i = j + 1
-    return ",".join(out)
+    xs = {int(x) for x in layers if x is not None and not (isinstance(x, float) and math.isnan(x))}
+    return ranges_text(xs, sep=",") if xs else "-"
 
 
 def _span(values, fmt="{:g}"):
