@@ -11,7 +11,7 @@ reproduce the analyses of Section 7 of the LoRA paper (Hu et al., 2021).
 from typing import TYPE_CHECKING, Any
 
 from analysis.core import Adapter, FactoredSVD, LowRank, split_name
-from analysis.errors import AdapterError, MissingAlphaError, UnsupportedAdapterError
+from analysis.errors import AdapterError, InputError, MissingAlphaError, UnsupportedAdapterError
 from analysis.io import load_adapter
 from analysis.metrics import (SimilarityResult, module_similarity, principal_angles, random_null,
                               subspace_similarity)
@@ -51,9 +51,14 @@ _LAZY = {
     "trajectory": "analysis.sweeps.trajectory",
 }
 
-__all__ = ["Adapter", "AdapterError", "FactoredSVD", "LowRank", "MissingAlphaError",
+__all__ = ["Adapter", "AdapterError", "FactoredSVD", "InputError", "LowRank", "MissingAlphaError",
            "SimilarityResult", "UnsupportedAdapterError", "load_adapter", "module_similarity",
-           "principal_angles", "random_null", "split_name", "subspace_similarity", *_LAZY]
+           "principal_angles", "random_null", "split_name", "subspace_similarity",
+           # the lazy names (_LAZY), spelled out for linters
+           "analyse_adapter", "analyse_adapters", "compare_adapters", "save_frame", "load_frame", "spectra_frame",
+           "spectra_long", "advise_ranks", "resize_adapter", "finetune_deltas", "intruder_sweep", "open_base",
+           "from_peft_model", "from_state_dict", "dora_effective", "resolve_adapter_names", "collection_similarity",
+           "merge_adapters", "trajectory"]
 
 
 def __getattr__(name: str) -> Any:

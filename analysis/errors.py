@@ -2,9 +2,15 @@
 
 Every message is one line that names the file, the key (when there is one) and
 what was expected, so that the command-line tools can print it as is:
-:class:`AdapterError` (the input's fault) becomes exit code 2,
-:class:`EnvironmentFault` (the machine's: a lost Dask scheduler, a missing optional
-package, no memory left) exit code 3 (see :mod:`analysis.cli.common`).
+:class:`InputError` (the input's fault: a bad argument or option value, a pattern,
+and its subclass :class:`AdapterError` for a file that cannot be read or analysed)
+becomes exit code 2, :class:`EnvironmentFault` (the machine's: a lost Dask scheduler,
+a missing optional package, no memory left) exit code 3, and any other exception,
+a plain ``ValueError`` included, is a bug in the toolkit: exit code 1 with its
+traceback kept (see :mod:`analysis.cli.common`).
+
+Both :class:`InputError` and :class:`AdapterError` are ``ValueError`` subclasses, so
+``except ValueError`` in user code keeps catching them.
 """
 
 from __future__ import annotations
@@ -14,7 +20,8 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     import os
 
-__all__ = ["AdapterError", "MissingAlphaError", "UnsupportedAdapterError", "EnvironmentFault", "format_error"]
+__all__ = ["InputError", "AdapterError", "MissingAlphaError", "UnsupportedAdapterError", "EnvironmentFault",
+           "format_error"]
 
 
 def format_error(path: str | os.PathLike[str] | None, key: str | None = None, message: str = "") -> str:
@@ -43,7 +50,28 @@ def format_error(path: str | os.PathLike[str] | None, key: str | None = None, me
     return ": ".join(parts)
 
 
-class AdapterError(ValueError):
+class InputError(ValueError):
+    """An input the toolkit cannot work with that is not an adapter file: a bad argument or option value
+    (out of range, not one of the accepted strings, shapes that do not match), a module pattern, a layer
+    selection.
+
+    The command-line tools print its message as one line and exit with code 2. A ``ValueError`` that is not
+    an ``InputError`` is taken for a bug in the toolkit (exit code 1, traceback kept).
+
+    Parameters
+    ----------
+    message : str
+        What was expected and what was found.
+
+    Examples
+    --------
+    >>> from analysis.errors import AdapterError, InputError
+    >>> issubclass(AdapterError, InputError) and issubclass(InputError, ValueError)
+    True
+    """
+
+
+class AdapterError(InputError):
     """A checkpoint or base model cannot be read or analysed as asked.
 
     Parameters

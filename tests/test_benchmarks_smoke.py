@@ -80,3 +80,32 @@ def test_report_cost_table_names_both_releases():
     text = render({"ref": "abc123", "repeats": 2, "date": "2026-12-06", "machine": "2 cores",
                    "previous": {"cold": run, "warm": run}, "current": {"cold": run, "warm": run}})
     assert "previous release (`abc123`)" in text and "| this tree | 10 s, 900 MB | 10 s, 900 MB |" in text
+
+
+def test_report_cost_counts_the_memory_of_forked_children():
+    """The sampler adds the children's proportional set size: a child holding 200 MB of its own shows."""
+    import subprocess
+    import sys
+    import time
+
+    from benchmarks.report_cost import _memory, _tree_pss_mb
+
+    code = ("import os, time, numpy as np\n"
+            "pid = os.fork()\n"
+            "if pid == 0:\n    x = np.ones(25_000_000)\n    time.sleep(30)\n    os._exit(0)\n"
+            "time.sleep(30)\n")
+    proc = subprocess.Popen([sys.executable, "-c", code])
+    try:
+        best = 0.0
+        for _ in range(100):
+            best = max(best, _tree_pss_mb(proc.pid))
+            if best > 200:
+                break
+            time.sleep(0.1)
+        assert best > 200  # the child's 190 MB array and both interpreters
+    finally:
+        subprocess.run(["pkill", "-P", str(proc.pid)], check=False)
+        proc.kill()
+        proc.wait()
+    assert _memory({"peak_rss_mb": 700.0, "peak_tree_pss_mb": 950.0}) == "700 MB (together 950 MB)"
+    assert _memory({"peak_rss_mb": 700.0}) == "700 MB"

@@ -124,3 +124,44 @@ def test_plot_artists_access():
         art.lines
     with pytest.raises(AttributeError):  # frozen
         art.ax = None
+
+
+def test_report_builders_take_plain_inputs(sim):
+    """The report's composite builders draw from frames, results, labels and numbers (no ReportData)."""
+    from analysis.plotting import report_figures as R
+
+    zero = type("Zero", (), {"zero": True})()
+    fig = R.seed_pair_figure({"ΔWq": (sim, "q: a vs b"), "ΔWv": (zero, "v")}, sim,
+                             {"ΔWq": dict(layers=[0, 1], values=[0.3, 0.4], d=30, null=(0.05, 0.01, 0.1))},
+                             n_diag=4, focus_layer=1, suptitle="Fig. 4")
+    assert isinstance(fig, Figure) and fig.axes[1].texts[0].get_text() == "ΔWv: zero update"
+    assert fig.get_suptitle() == "Fig. 4" and fig.axes[3].get_title().startswith("the tested statistic")
+    fig = R.phi_layers_figure({"ΔWq": {0: sim, 3: sim}, "ΔWv": {0: sim, 3: zero}}, suptitle="Fig. 6", i_max=2)
+    assert [ax.get_title() for ax in fig.axes[:3]] == ["ΔWq, layer 0", "ΔWq, layer 3", "ΔWv, layer 0"]
+    rng = np.random.default_rng(2)
+    W = rng.standard_normal((20, 16))
+    ov = {s: weight_overlap(W, LowRank(rng.standard_normal((2, 16)), rng.standard_normal((20, 2))), side=s)
+          for s in ("output", "input")}
+    assert len(R.weight_overlap_figure({"ΔWq": ov}, j=1).axes) == 2
+    js = (1, 2, 4, 8)
+    fig = R.overlap_grid_figure({s: {"r = 2": o} for s, o in ov.items()}, js=js, module="ΔWq", band_label="random",
+                                bands={s: (np.array(js, float), np.full(4, 3.0)) for s in ov})
+    assert fig.axes[0].get_title() == "ΔWq: output side (d = 20)" and len(fig.axes) == 2
+    t = pd.DataFrame({"kind": "q", "adapter": np.repeat(["a4", "a8"], 3), "r": np.repeat([4, 8], 3),
+                      "layer": [0, 1, 2] * 2, "amplification": 2.0, "amp_random": 1.0, "proj_delta": 2.0,
+                      "null_mean": 1.0, "null_sd": 0.2})
+    fig = R.amplification_layers_figure(t, {"q": "ΔWq"}, series={"a4": "r = 4", "a8": "r = 8"}, suptitle="amp")
+    assert len(fig.axes[0].get_lines()) == 4
+    fig = R.t7_layers_figure(t, {"q": "ΔWq"}, holm={"q": 3.4}, holds={("q", 4): {1: True}})
+    assert len(fig.axes[0].collections) == 4  # filled and open markers per rank
+    fig = R.spectra_grid_figure({"r = 8": {"ΔWq": {"l0": [3.0, 1.0]}, "ΔWv": {}}})
+    assert fig.axes[1].texts[0].get_text() == "ΔWv, r = 8: zero update"
+    lr = pd.DataFrame({"r": 4, "step": [0, 1, 0, 1], "layer": [0, 0, 1, 1], "z": 1.0, "amplification": 2.0,
+                       "amp_random": 1.0, "rel_norm": 0.1})
+    assert len(R.long_run_figure(lr, focus_layer=0).axes) == 6
+    line = dict(run="r8b", shared_data=True, shared_A=None, layer=[0, 1], phi11=[0.5, 0.2], d=30, verdict=None)
+    fig = R.data_vs_init_figure({"r64": {"ΔWq": [line]}}, low=8)
+    assert fig.axes[0].get_legend().get_texts()[0].get_text() == "r8b: data shared, A unchecked"
+    fig = R.control_figure({s: dict(lines=[("q", [0, 1], [0.2, 0.3], 30)], nulls=[(30, (0.01, 0.1), 0.05)])
+                            for s in ("A", "input")}, n_diag=4)
+    assert len(fig.axes) == 2 and fig.axes[1].get_title().startswith("basis right-singular vectors of $\\Delta W$")

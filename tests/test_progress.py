@@ -13,6 +13,7 @@ import time
 
 import pytest
 
+from analysis.errors import InputError
 from analysis.sweeps import progress as prog
 from analysis.sweeps.common import progress as progress_bar
 from analysis.sweeps.progress import LINE_DELAY, Progress, as_progress
@@ -144,7 +145,7 @@ def test_the_runner_installs_the_reporter_for_library_stages(capsys):
 
     def bad(args):
         print("note: before the failure", file=sys.stderr)
-        raise ValueError("x.json: expected a number")
+        raise InputError("x.json: expected a number")
 
     assert run(bad, argparse.Namespace(debug=False, progress="on", quiet=True)) == 2
     assert capsys.readouterr().err == "error: x.json: expected a number\n"  # errors are never silenced

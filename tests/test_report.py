@@ -1,6 +1,7 @@
 """The report's code path end to end on tiny synthetic adapters and base (not the full report)."""
 
 import json
+import re
 import shutil
 
 import pytest
@@ -111,10 +112,114 @@ def test_report_says_what_it_is_doing_when_stderr_is_not_a_terminal(tiny, tmp_pa
     assert main(["--checkpoints", str(tiny / "checkpoints"), "--no-base", "--out", str(tmp_path / "f"), *args,
                  "--progress", "on"]) == 0
     err = capsys.readouterr().err
-    for stage in ("loading adapters: done in", "pairs: done in", "pairs / modules:", "sweeps and the base pass: done",
+    for stage in ("loading adapters: done in", "pairs: done in", "pairs / modules:",
                   "writing figures, findings and pages: done in"):
         assert stage in err, stage
+    # in a second process beside the pairs (two cores), or after them: done either way
+    assert re.search(r"^sweeps and the base pass[^:\n]*: done in", err, re.M), err
     assert "merge advice" not in err  # the shipped table measures other adapters than these
     assert main(["--checkpoints", str(tiny / "checkpoints"), "--no-base", "--out", str(tmp_path / "g"), *args,
                  "--quiet"]) == 0
     assert capsys.readouterr().err == ""
+
+
+@pytest.mark.slow
+def test_report_with_a_rank_that_has_no_checkpoint(tiny, tmp_path, capsys):
+    """--low 3 (no r3 checkpoint), --ranks 1,2: no adapter of the spectra figure was swept; the figure is skipped,
+    not a matplotlib error on an empty grid."""
+    args = ["--layer", "1", "--fig-layers", "0,1", "--ranks", "1,2", "--low", "3", "--high", "4", "--progress", "off"]
+    assert main(["--checkpoints", str(tiny / "checkpoints"), "--no-base", "--out", str(tmp_path / "f"), *args]) == 0
+    assert "missing checkpoints" in capsys.readouterr().err
+    assert (tmp_path / "f" / "report.html").exists()
+
+
+def test_figures_rendered_in_workers_are_the_bytes_rendered_here(tmp_path):
+    from matplotlib.figure import Figure
+
+    from analysis.plotting.render import render_figures
+
+    def build(k):
+        fig = Figure(figsize=(3, 2), layout="constrained")
+        ax = fig.subplots()
+        ax.plot(range(k + 2), [x * x for x in range(k + 2)])
+        ax.set_title(f"figure {k}")
+        return fig
+
+    for jobs in (1, 2, 3):
+        (tmp_path / str(jobs)).mkdir()
+        render_figures([(str(tmp_path / str(jobs) / f"{k}.png"), (lambda k=k: build(k))) for k in range(5)],
+                       jobs=jobs)
+    for k in range(5):
+        one = (tmp_path / "1" / f"{k}.png").read_bytes()
+        assert one[:8] == PNG
+        assert (tmp_path / "2" / f"{k}.png").read_bytes() == one == (tmp_path / "3" / f"{k}.png").read_bytes()
+
+    def broken():
+        raise KeyError("no such column")
+
+    tasks = [(str(tmp_path / "ok.png"), lambda: build(0)), (str(tmp_path / "bad.png"), broken)]
+    for jobs in (2, 1):  # in a worker, the same error as in this process, with where it came from
+        with pytest.raises(KeyError, match="no such column") as err:
+            render_figures(tasks, jobs=jobs)
+        notes = getattr(err.value, "__notes__", None)  # Python 3.11+
+        assert notes is None or any("while rendering" in n and "bad.png" in n for n in notes)
+
+
+def test_report_computed_in_two_processes_equals_one(tiny):
+    """With two jobs the base pass and the merge advice run in a forked process and their fields come back by
+    pickle; every field of ReportData is the same as computed in one process (timings aside)."""
+    import numpy as np
+
+    from analysis.core.forked import can_fork
+    from analysis.report import ReportConfig, compute_report
+
+    if not can_fork():
+        pytest.skip("no fork here")
+    cfg = ReportConfig(checkpoints=str(tiny / "checkpoints"), base=str(tiny / "base.safetensors"), layer=1,
+                       layers=(0, 1), ranks=(1, 2, 4), low=2, high=4)
+    one, two = compute_report(cfg, jobs=1), compute_report(cfg, jobs=2)
+    assert set(one.timings) == set(two.timings)
+    assert one.w_spectra and one.sweeps and one.t7_layers is not None  # the base stages ran
+    for key in vars(one):
+        if key in ("timings", "adapters", "control_adapters", "config"):
+            continue
+        if key == "nulls":  # remade here from the keys the child used: the same nulls
+            assert list(one.nulls) == list(two.nulls)
+            for k in one.nulls:
+                assert (one.nulls[k].mean, one.nulls[k].sd) == (two.nulls[k].mean, two.nulls[k].sd)
+                if hasattr(one.nulls[k], "draws"):
+                    assert np.array_equal(one.nulls[k].draws, two.nulls[k].draws)
+            continue
+        _same(getattr(one, key), getattr(two, key), key)
+
+
+def _same(a, b, where):
+    """Deep equality, exact: frames, arrays (NaN equal to NaN), dataclasses, mappings, sequences, scalars."""
+    import dataclasses
+    import math
+
+    import numpy as np
+    import pandas as pd
+
+    assert type(a) is type(b), where
+    if isinstance(a, pd.DataFrame):
+        pd.testing.assert_frame_equal(a, b, check_exact=True, obj=where)
+    elif isinstance(a, np.ndarray):
+        assert a.shape == b.shape and a.dtype == b.dtype and np.array_equal(a, b, equal_nan=a.dtype.kind in "fc"), where
+    elif dataclasses.is_dataclass(a):
+        for f in dataclasses.fields(a):
+            _same(getattr(a, f.name), getattr(b, f.name), f"{where}.{f.name}")
+    elif isinstance(a, dict):
+        assert list(a) == list(b), where
+        for k in a:
+            _same(a[k], b[k], f"{where}[{k!r}]")
+    elif isinstance(a, (list, tuple)):
+        assert len(a) == len(b), where
+        for i, (x, y) in enumerate(zip(a, b)):
+            _same(x, y, f"{where}[{i}]")
+    elif isinstance(a, float) and math.isnan(a):
+        assert math.isnan(b), where
+    elif hasattr(a, "__dict__") and not isinstance(a, type):
+        _same(vars(a), vars(b), where)
+    else:
+        assert a == b, where

@@ -256,3 +256,31 @@ def test_chromium_probe_sees_an_external_request(tmp_path):
                     '<img src="http://example.invalid/x.png"></body></html>', encoding="utf-8")
     decoded, total, fetched = _chromium.probe(str(page), tmp_path)
     assert (decoded, total) == (0, 1) and fetched == ["http://example.invalid/x.png"]
+
+
+def test_webp_made_elsewhere_is_used_as_is(tmp_path, monkeypatch):
+    """An encoding remembered from a figure worker (webp_entry) is what the page embeds: not made again, and the
+    same bytes as encoding here. Oracle: Pillow decoding the WebP back to the PNG's pixels."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    from analysis.report import markdown as M
+
+    png = tmp_path / "f.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (20, 30, 3), dtype=np.uint8)).save(png)
+    key, enc = M.webp_entry(str(png))
+    M._WEBP.clear()
+    here = M.webp_of(png.read_bytes())
+    assert enc == here and enc is not None and enc[1] == (30, 20)
+    with Image.open(io.BytesIO(enc[0])) as a, Image.open(png) as b:
+        assert np.array_equal(np.asarray(a.convert("RGB")), np.asarray(b.convert("RGB")))  # lossless
+    M._WEBP.clear()
+    M.remember_webp([(key, enc)])
+    monkeypatch.setattr(Image.Image, "save", lambda *a, **k: pytest.fail("encoded again"))
+    assert M.webp_of(png.read_bytes()) == enc
+    for i in range(M._WEBP_MAX + 5):  # bounded: the oldest go first
+        M.remember_webp([(f"k{i}", None)])
+    assert len(M._WEBP) == M._WEBP_MAX and key not in M._WEBP
+    M._WEBP.clear()

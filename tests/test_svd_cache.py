@@ -48,12 +48,10 @@ def test_miss_then_hit_returns_the_stored_triplets(tmp_path, base_file, monkeypa
     first = cached_topk_svd(cache, str(base_file), "layer.q", W, 4)
     assert (cache.misses, cache.hits, cache.writes) == (1, 0, 1) and len(_entries(tmp_path / "c")) == 1
 
-    import analysis.core.randomized as rnd
-
     def boom(*a, **k):
         raise AssertionError("recomputed although cached")
 
-    monkeypatch.setattr(rnd, "randomized_svd", boom)
+    monkeypatch.setattr(svd_cache, "randomized_svd", boom)
     again = cached_topk_svd(SVDCache(tmp_path / "c"), str(base_file), "layer.q", W, 4)  # a new run
     np.testing.assert_array_equal(again.S, first.S)
     np.testing.assert_array_equal(again.U, first.U)
@@ -382,3 +380,38 @@ def test_full_basis_matches_lapack_svd(shape, side):
     X2, S2 = full_basis(W2, side=side)
     np.testing.assert_allclose(S2, np.logspace(0, -9, len(S_ref)), rtol=1e-6)
     np.testing.assert_allclose(np.abs(np.sum(X2 * ref, axis=0)), 1.0, atol=1e-6)
+
+
+def test_stability_nulls_are_read_back_the_same_from_the_cache(tmp_path):
+    """The prefix-stability null (Monte Carlo, about a second at k = 64) is drawn once and read back bit for bit;
+    a damaged entry is drawn again. Oracle: the draw itself (metrics.stability._draw_null)."""
+    from analysis.metrics import stability as S
+    from analysis.sweeps.svd_cache import cached_stability_nulls
+
+    want = S._draw_null(300, 12, 200, 3)
+    S._null.cache_clear()
+    cache = SVDCache(tmp_path / "c")
+    with cached_stability_nulls(cache):
+        got = S.random_max_cos2(300, 12, seed=3)
+    assert cache.writes == 1 and cache.hits == 0
+    S._null.cache_clear()
+    again = SVDCache(tmp_path / "c")  # a new run
+    with cached_stability_nulls(again):
+        read = S.random_max_cos2(300, 12, seed=3)
+        st = S.prefix_stability(np.eye(300)[:, :12], np.eye(300)[:, :12], seed=3)
+    assert again.hits >= 1 and again.writes == 0
+    for a, b, c in zip(want, got, read):
+        assert np.array_equal(a, b) and np.array_equal(a, c)
+    assert st.shared == 12
+    for f in (tmp_path / "c").rglob("*.npz"):
+        f.write_bytes(f.read_bytes()[:50])  # damaged: a miss, drawn again
+    S._null.cache_clear()
+    third = SVDCache(tmp_path / "c")
+    with cached_stability_nulls(third):
+        redrawn = S.random_max_cos2(300, 12, seed=3)
+    assert third.writes == 1 and all(np.array_equal(a, b) for a, b in zip(want, redrawn))
+    S._null.cache_clear()
+    with cached_stability_nulls(SVDCache(tmp_path / "off", enabled=False)):  # a disabled cache: drawn, nothing kept
+        assert np.array_equal(S.random_max_cos2(300, 12, seed=3)[0], want[0])
+    assert not (tmp_path / "off").exists()
+    S._null.cache_clear()

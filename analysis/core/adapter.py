@@ -7,6 +7,8 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
 from analysis.core.lowrank import LowRank
+from analysis.core.patterns import compile_pattern
+from analysis.errors import InputError
 
 if TYPE_CHECKING:
     import os
@@ -77,7 +79,7 @@ class Layers:
 
     def __iter__(self) -> Iterator[int]:
         if self.size() > 1 << 20:
-            raise ValueError(f"layer selection {self.spec!r} is too large to list")
+            raise InputError(f"layer selection {self.spec!r} is too large to list")
         return iter(sorted(set().union(*(range(lo, hi + 1) for lo, hi in self.ranges))))
 
     def __eq__(self, other):
@@ -152,11 +154,11 @@ def parse_layers(spec: str) -> Layers:
             continue
         m = re.fullmatch(r"(\d+)(?:-(\d+))?", part)
         if m is None:
-            raise ValueError(f"bad layer selection {spec!r}: expected integers and ranges like '0,5,10-15'")
+            raise InputError(f"bad layer selection {spec!r}: expected integers and ranges like '0,5,10-15'")
         lo = int(m.group(1))
         hi = int(m.group(2)) if m.group(2) else lo
         if hi < lo:
-            raise ValueError(f"bad layer range {part!r} in {spec!r}: end before start")
+            raise InputError(f"bad layer range {part!r} in {spec!r}: end before start")
         ranges.append((lo, hi))
     return Layers(ranges, str(spec))
 
@@ -186,16 +188,15 @@ def select_modules(names: Iterable[str], *, modules: Sequence[str] | None = None
         existing = {split_name(n)[0] for n in names} - {None}
         gone = layers.missing(existing)
         if gone and existing:
-            raise ValueError(f"--layers {layers.spec}: no layer {gone} here; the modules have layers "
+            raise InputError(f"--layers {layers.spec}: no layer {gone} here; the modules have layers "
                              f"{ranges_text(existing)}")
-    from analysis.core.patterns import compile_pattern
 
     pats = []
     for p in modules or ():
         try:
             pats.append(compile_pattern(p, "--modules"))  # matched with a time bound: no pattern hangs
         except ValueError as e:
-            raise ValueError(f"bad module pattern {p!r}: {str(e).split(': ', 1)[-1]}") from None
+            raise InputError(f"bad module pattern {p!r}: {str(e).split(': ', 1)[-1]}") from None
     out = []
     for n in sorted(names, key=natural_key):
         if pats and not any(p.search(n) for p in pats):

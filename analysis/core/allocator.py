@@ -15,7 +15,7 @@ from __future__ import annotations
 import ctypes
 import sys
 
-__all__ = ["reuse_freed_memory"]
+__all__ = ["reuse_freed_memory", "release_freed_memory"]
 
 _M_TRIM_THRESHOLD, _M_TOP_PAD, _M_MMAP_THRESHOLD = -1, -2, -3
 _DONE: list[bool] = []
@@ -53,3 +53,25 @@ def reuse_freed_memory(*, mmap_threshold: int = 32 << 20, trim_threshold: int = 
             ok = False
     _DONE.append(ok)
     return ok
+
+
+def release_freed_memory() -> bool:
+    """Give the memory the heap keeps (:func:`reuse_freed_memory`) back to the kernel now (glibc's ``malloc_trim``).
+
+    For the end of a stage whose arrays will not come again: before forking helpers (what the parent holds is
+    the memory they share) and between the figures a worker renders (their buffers are freed, not reused).
+
+    Returns
+    -------
+    bool
+        True when glibc's ``malloc_trim`` ran (Linux with glibc); False elsewhere (nothing done).
+    """
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        trim = ctypes.CDLL(None).malloc_trim
+        trim.argtypes, trim.restype = (ctypes.c_size_t,), ctypes.c_int
+        trim(0)
+        return True
+    except (OSError, AttributeError):  # not glibc
+        return False

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Mapping, NamedTuple
 
 import numpy as np
 
-from analysis.errors import AdapterError, MissingAlphaError
+from analysis.errors import AdapterError, InputError, MissingAlphaError
 
 if TYPE_CHECKING:
     import os
@@ -327,7 +327,7 @@ class LowRank:
                 f"{A.shape} (r, d_in); expected lora_B.shape[1] == lora_A.shape[0]",
                 path=self.source, key=key)
         if self.kind not in _KINDS:
-            raise ValueError(f"kind must be one of {sorted(_KINDS)}, got {self.kind!r}")
+            raise InputError(f"kind must be one of {sorted(_KINDS)}, got {self.kind!r}")
         if self.scale is not None:
             s = float(self.scale)
             if not np.isfinite(s):
@@ -511,7 +511,7 @@ class LowRank:
             return self._factor_basis("A")
         if side == "B":
             return self._factor_basis("B")
-        raise ValueError(f"side must be one of 'input', 'output', 'A', 'B'; got {side!r}")
+        raise InputError(f"side must be one of 'input', 'output', 'A', 'B'; got {side!r}")
 
     def _factor_basis(self, which):
         key = "basis_" + which
@@ -529,7 +529,7 @@ class LowRank:
         They order the paper's basis (:meth:`basis` with ``side="A"``/``"B"``).
         """
         if which not in ("A", "B"):
-            raise ValueError(f"which must be 'A' or 'B', got {which!r}")
+            raise InputError(f"which must be 'A' or 'B', got {which!r}")
         return self._small(which)[1]
 
     def side_singular_values(self, side: str) -> np.ndarray:

@@ -15,13 +15,15 @@ from __future__ import annotations
 import functools
 import re
 
+from analysis.errors import InputError
+
 __all__ = ["PATTERN_SECONDS", "PatternTimeout", "BoundedPattern", "compile_pattern"]
 
 #: Time bound of one match of a user-given pattern against one module name (seconds).
 PATTERN_SECONDS = 1.0
 
 
-class PatternTimeout(ValueError):
+class PatternTimeout(InputError):
     """A pattern did not finish matching a name within :data:`PATTERN_SECONDS`."""
 
 
@@ -77,7 +79,7 @@ class BoundedPattern:
         try:
             checked = re.compile(text)
         except (re.error, TypeError) as e:
-            raise ValueError(f"{what}: expected a regular expression, got {pattern!r} ({e})") from None
+            raise InputError(f"{what}: expected a regular expression, got {pattern!r} ({e})") from None
         try:
             import regex
         except ImportError:  # no time bound available: refuse what can run for ever
@@ -92,7 +94,7 @@ class BoundedPattern:
             except Exception:  # noqa: BLE001 - the check is a safety net only
                 parsed = None
             if parsed is not None and _nested_repeat(parsed):
-                raise ValueError(f"{what}: pattern {pattern!r} has a repeat inside a repeat (such as (a+)+), "
+                raise InputError(f"{what}: pattern {pattern!r} has a repeat inside a repeat (such as (a+)+), "
                                  "which can run for ever on a name it does not match; rewrite it without the "
                                  "nesting (or install the regex package, which bounds the matching time)")
         self._re = checked

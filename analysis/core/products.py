@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from analysis.errors import InputError
+
 __all__ = ["face_splitting", "kronecker", "full_factors", "tucker_factors"]
 
 
@@ -48,7 +50,7 @@ def face_splitting(A1: np.ndarray, B1: np.ndarray, A2: np.ndarray,
     ((6, 5), (4, 6), True)
     """
     if A1.shape[1] != A2.shape[1] or B1.shape[0] != B2.shape[0]:
-        raise ValueError(f"the two products must have one shape, got B1 {B1.shape} @ A1 {A1.shape} and "
+        raise InputError(f"the two products must have one shape, got B1 {B1.shape} @ A1 {A1.shape} and "
                          f"B2 {B2.shape} @ A2 {A2.shape}")
     r1, r2 = A1.shape[0], A2.shape[0]
     A = (A1[:, None, :] * A2[None, :, :]).reshape(r1 * r2, A1.shape[1])  # (r1, 1, n) * (1, r2, n)
@@ -126,7 +128,7 @@ def tucker_factors(t: np.ndarray, wa: np.ndarray, wb: np.ndarray) -> tuple[np.nd
     """
     r1, r2 = t.shape[:2]
     if wa.shape[0] != r1 or wb.shape[0] != r2:
-        raise ValueError(f"Tucker core {t.shape} needs factors ({r1}, out) and ({r2}, in), got {wa.shape} "
+        raise InputError(f"Tucker core {t.shape} needs factors ({r1}, out) and ({r2}, in), got {wa.shape} "
                          f"and {wb.shape}")
     K = int(np.prod(t.shape[2:], dtype=np.int64))
     core = t.reshape(r1, r2, K)  # (r1, r2, K)

@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from analysis.core.lowrank import FactoredSVD, sign_flip
+from analysis.errors import InputError
 
 if TYPE_CHECKING:
     from typing import Any
@@ -99,13 +100,13 @@ def krylov_settings(tolerance: float | str | None = None) -> dict[str, Any]:
     if isinstance(tolerance, str):
         if tolerance.strip().lower() == EXACT:
             return {"n_iter": FULL_N_ITER, "oversample": None}
-        raise ValueError(f"tolerance must be a number in (0, {_MAX_TOLERANCE}] or {EXACT!r}, got {tolerance!r}")
+        raise InputError(f"tolerance must be a number in (0, {_MAX_TOLERANCE}] or {EXACT!r}, got {tolerance!r}")
     if isinstance(tolerance, bool) or not isinstance(tolerance, (int, float, np.integer, np.floating)):
         raise TypeError(f"tolerance must be a number in (0, {_MAX_TOLERANCE}], {EXACT!r} or None, "
                         f"got {type(tolerance).__name__}")
     t = float(tolerance)
     if not 0.0 < t <= _MAX_TOLERANCE:  # also NaN
-        raise ValueError(f"tolerance must be in (0, {_MAX_TOLERANCE}] (a relative error, e.g. 1e-4) or "
+        raise InputError(f"tolerance must be in (0, {_MAX_TOLERANCE}] (a relative error, e.g. 1e-4) or "
                          f"{EXACT!r}, got {tolerance!r}")
     for tol, n_iter in TOLERANCES:
         if tol <= t * (1 + 1e-6):  # 1e-2 given in float32 is 1e-2
@@ -217,25 +218,25 @@ def randomized_svd(W: ArrayLike, k: int, *, oversample: int | None = None, n_ite
     array([5., 4.])
     """
     if method not in METHODS:
-        raise ValueError(f"method must be one of {sorted(METHODS)}, got {method!r}")
+        raise InputError(f"method must be one of {sorted(METHODS)}, got {method!r}")
     W = np.asarray(W)
     if W.ndim != 2:
-        raise ValueError(f"W must be 2-D (d_out, d_in), got shape {W.shape}")
+        raise InputError(f"W must be 2-D (d_out, d_in), got shape {W.shape}")
     if W.dtype.kind not in "fiu":
         raise TypeError(f"W must be real, got dtype {W.dtype}")
     m, n = W.shape
     if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 1 <= k <= min(m, n):
-        raise ValueError(f"k must be an integer in [1, {min(m, n)}] for W of shape {W.shape}, got {k!r}")
+        raise InputError(f"k must be an integer in [1, {min(m, n)}] for W of shape {W.shape}, got {k!r}")
     if oversample is None:
         oversample = max(int(k), 10)
     if oversample < 0 or n_iter < 0:
-        raise ValueError(f"oversample and n_iter must be >= 0, got {oversample} and {n_iter}")
+        raise InputError(f"oversample and n_iter must be >= 0, got {oversample} and {n_iter}")
     p = max(int(k) + int(oversample), _MIN_BLOCK)
     if method == "full" or (method == "auto" and p * (n_iter + 1) >= min(m, n)):
         return _full(W.astype(np.float64, copy=False), int(k))
     W = W.astype(work_dtype(W), copy=False)
     p = min(p, min(m, n)) if int(k) + int(oversample) <= min(m, n) else p
     if p > min(m, n):
-        raise ValueError(f"k + oversample = {p} exceeds min(d_out, d_in) = {min(m, n)} for W of "
+        raise InputError(f"k + oversample = {p} exceeds min(d_out, d_in) = {min(m, n)} for W of "
                          f"shape {W.shape}; lower oversample or use method='full'")
     return _block_krylov(W, int(k), p, int(n_iter), seed)

@@ -19,6 +19,8 @@ import threading
 from collections import deque
 from typing import TYPE_CHECKING
 
+from analysis.errors import InputError
+
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable, Iterator
     from typing import Any
@@ -86,7 +88,7 @@ def resolve_jobs(jobs: int | None = None) -> int:
     if jobs is None or (not isinstance(jobs, bool) and isinstance(jobs, int) and jobs == 0):
         return available_cores()
     if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
-        raise ValueError(f"jobs must be a positive integer (or None / 0 for the available cores), got {jobs!r}")
+        raise InputError(f"jobs must be a positive integer (or None / 0 for the available cores), got {jobs!r}")
     return jobs
 
 

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from analysis.core.lowrank import LowRank
+from analysis.errors import InputError
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
@@ -56,9 +57,9 @@ def from_svd(U: np.ndarray, S: np.ndarray, V: np.ndarray, *, alpha: float, name:
     S = np.asarray(S, dtype=np.float64)
     V = np.asarray(V, dtype=np.float64)
     if U.ndim != 2 or V.ndim != 2 or S.ndim != 1 or not U.shape[1] == V.shape[1] == S.size:
-        raise ValueError(f"expected U (d_out, k), S (k,), V (d_in, k), got {U.shape}, {S.shape}, {V.shape}")
+        raise InputError(f"expected U (d_out, k), S (k,), V (d_in, k), got {U.shape}, {S.shape}, {V.shape}")
     if not (math.isfinite(alpha) and alpha > 0):
-        raise ValueError(f"alpha must be a positive number, got {alpha!r}")
+        raise InputError(f"alpha must be a positive number, got {alpha!r}")
     k = S.size
     meta = dict(meta or {})
     if k == 0:
@@ -91,7 +92,7 @@ def truncate(lr: LowRank, k: int, *, alpha: float | None = None) -> LowRank:
         conv or embedding, ``meta`` keeping ``fan_in_fan_out``.
     """
     if int(k) != k or k < 0:
-        raise ValueError(f"k must be a non-negative integer, got {k!r}")
+        raise InputError(f"k must be a non-negative integer, got {k!r}")
     U, S, V = lr.svd()  # (d_out, n), (n,), (d_in, n): U diag(S) Vᵀ = ΔW, sign of the scale included
     k = min(int(k), S.size)
     kind = "linear" if lr.kind == "merged" else lr.kind

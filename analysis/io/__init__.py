@@ -15,6 +15,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from analysis.errors import AdapterError
+from analysis.io import kohya, loralib, peft
+from analysis.io.diffusers import is_diffusers_keys, load_diffusers
 from analysis.io.hub import is_repo_id, resolve_repo
 from analysis.io.tensors import TENSOR_SUFFIXES, read_tensors
 
@@ -45,7 +47,6 @@ def sniff_format(keys: Iterable[str], path: str | os.PathLike[str] | None = None
     keys = list(keys)
     if any(any(m in k for m in _LYCORIS_MARKERS) for k in keys):
         return "lycoris"
-    from analysis.io.diffusers import is_diffusers_keys
 
     if is_diffusers_keys(keys, path):
         return "diffusers"
@@ -127,8 +128,6 @@ def load_adapter(path: str | os.PathLike[str], *, alpha: float | None = None, la
 
 
 def _load(path, *, alpha, lazy, **options):
-    from analysis.io import kohya, loralib, peft
-
     if alpha is not None:
         try:
             alpha = float(alpha)
@@ -173,8 +172,6 @@ def _load(path, *, alpha, lazy, **options):
     if fmt == "kohya":
         return kohya.load_kohya(p, tensors, alpha=alpha, **options)
     if fmt == "diffusers":
-        from analysis.io.diffusers import load_diffusers
-
         return load_diffusers(p, tensors, alpha=alpha, **options)
     if fmt == "lycoris":
         if any(k.startswith("base_model.") for k in tensors):  # a PEFT LoHa / LoKr weights file

@@ -27,8 +27,10 @@ Example
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
+import struct
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -36,7 +38,9 @@ import numpy as np
 from analysis.core.lowrank import require_float
 from analysis.errors import AdapterError
 from analysis.io import gguf_layout
+from analysis.io.gguf_file import GGUFContents, read_gguf
 from analysis.io.gguf_layout import gguf_to_hf_name, unpermute_rope_rows
+from analysis.io.hub import is_repo_id, resolve_repo
 from analysis.io.kohya_names import kohya_prefix, resolve_kohya_name, underscore_index
 from analysis.io.safetensors_file import FLOAT_DTYPES, SafetensorsFile
 from analysis.io.stored import StoredMatrix
@@ -212,7 +216,7 @@ class SafetensorsBase(BaseWeights):
     """
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
-        from safetensors import safe_open
+        from safetensors import SafetensorError, safe_open
 
         self._safe_open = safe_open
         path = os.fspath(path)
@@ -254,7 +258,7 @@ class SafetensorsBase(BaseWeights):
                             self._ndim[key[: -len(".weight")]] = len(fh.get_slice(key).get_shape())
             except AdapterError:
                 raise
-            except Exception as err:  # safetensors raises its own error types on bad headers
+            except (SafetensorError, OSError, ValueError, RuntimeError) as err:  # what a bad header makes it raise
                 raise AdapterError(f"expected a valid safetensors file, got {type(err).__name__}: {err}",
                                    path=f) from None
         if shard_of is not None:
@@ -305,7 +309,7 @@ class SafetensorsBase(BaseWeights):
         with self._safe_open(f, framework="numpy") as fh:
             sl = fh.get_slice(key)
             if sl.get_dtype() in ("F8_E4M3", "F8_E5M2"):  # numpy has no such dtype: go through torch
-                import torch  # noqa: F401  (needed by framework="pt")
+                importlib.import_module("torch")  # needed by framework="pt" (imported, not used, here)
 
                 with self._safe_open(f, framework="pt") as pt:
                     W = np.ascontiguousarray(pt.get_tensor(key).float().numpy())
@@ -370,8 +374,8 @@ class GGUFBase(BaseWeights):
         self._gguf = gguf
         self.path = os.fspath(path)
         try:
-            self._reader = gguf.GGUFReader(self.path)
-        except Exception as err:
+            self._contents = read_gguf(self.path)
+        except (ValueError, OSError, struct.error) as err:  # not GGUF, truncated, inconsistent
             raise AdapterError(f"expected a valid GGUF file, got {type(err).__name__}: {err}", path=path) from None
         self.arch = arch = str(self._field("general.architecture"))
         if gguf_layout.tensor_name_map(arch, 0) is None:
@@ -391,7 +395,7 @@ class GGUFBase(BaseWeights):
         self._ndim = {}  # listed name -> ndim
         self._kinds = {}  # listed name -> (MODEL_TENSOR member name, block)
         self._listed = {}  # GGUF name without .weight -> listed name
-        for t in self._reader.tensors:
+        for t in self._contents.tensors:
             if not t.name.endswith(".weight"):
                 continue
             stem = t.name[: -len(".weight")]
@@ -404,12 +408,11 @@ class GGUFBase(BaseWeights):
             self._listed[stem] = listed
 
     def _field(self, key, *, required=True):
-        field = self._reader.fields.get(key)
-        if field is None:
+        if key not in self._contents.fields:
             if required:
                 raise AdapterError("expected this metadata key, got none", path=self.path, key=key)
             return None
-        return field.contents()
+        return self._contents.fields[key]
 
     def _index(self):
         return self._ndim
@@ -475,7 +478,7 @@ class GGUFBase(BaseWeights):
 
     def close(self) -> None:
         """Drop the memory map."""
-        self._reader = None  # type: ignore[assignment]
+        self._contents = GGUFContents({}, [])
         self._tensors = {}
         self._ndim = {}
         self._kinds = {}
@@ -514,8 +517,6 @@ def open_base(path: str | os.PathLike[str]) -> BaseWeights:
     """
     path = os.fspath(path)
     if not os.path.exists(path):
-        from analysis.io.hub import is_repo_id, resolve_repo
-
         if is_repo_id(path):  # org/name: the local Hugging Face cache, offline
             return open_base(resolve_repo(path))
         raise AdapterError("expected a base-model folder, .safetensors or .gguf file, got a missing path",

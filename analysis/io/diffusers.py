@@ -28,6 +28,7 @@ import numpy as np
 from analysis.core.adapter import Adapter
 from analysis.core.lowrank import LowRank
 from analysis.errors import AdapterError
+from analysis.io.kohya import read_metadata
 from analysis.io.peft_config import parse_settings
 
 if TYPE_CHECKING:
@@ -89,8 +90,6 @@ def is_diffusers_keys(keys: Iterable[str], path: str | os.PathLike[str] | None =
 
 
 def _metadata(path):
-    from analysis.io.kohya import read_metadata
-
     raw = read_metadata(path).get(_METADATA_KEY)
     if raw is None:
         return None

@@ -24,6 +24,7 @@ from analysis.core.adapter import Adapter
 from analysis.core.randomized import randomized_svd
 from analysis.core.truncate import from_svd
 from analysis.errors import AdapterError
+from analysis.io.base import base_matrix, base_tensor_name, read_base
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
@@ -102,8 +103,6 @@ def dora_effective(adapter: Adapter, base: BaseWeights | Mapping[str, np.ndarray
         ``meta["update"] = "effective W' − W (DoRA)"``, ``meta["energy"]`` = the share of ``‖W' − W‖_F²``
         it holds and ``meta["directional"]`` = the directional LowRank it came from.
     """
-    from analysis.io.base import base_matrix, base_tensor_name, read_base
-
     names = [n for n, lr in adapter.items() if lr.meta.get("dora")]
     if not names:
         raise AdapterError("expected DoRA modules (lora_magnitude_vector), got none", path=adapter.path)

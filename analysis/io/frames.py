@@ -18,6 +18,8 @@ import json
 import os
 from typing import TYPE_CHECKING
 
+from analysis.errors import InputError
+
 if TYPE_CHECKING:
     import pandas as pd
 
@@ -33,7 +35,7 @@ def _format(path, format):
     if not fmt.startswith("."):
         fmt = "." + fmt
     if fmt not in FRAME_FORMATS:
-        raise ValueError(f"cannot tell the format of {os.fspath(path)!r}: expected a suffix in "
+        raise InputError(f"cannot tell the format of {os.fspath(path)!r}: expected a suffix in "
                          f"{sorted(FRAME_FORMATS)} or format='csv' / 'json', got {fmt!r}")
     return fmt
 

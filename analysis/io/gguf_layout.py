@@ -42,6 +42,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from analysis.errors import InputError
+
 if TYPE_CHECKING:
     import gguf
 
@@ -254,7 +256,7 @@ def unpermute_rope_rows(W: np.ndarray, n_head: int) -> np.ndarray:
     """
     rows = W.shape[0]
     if n_head < 1 or rows % (2 * n_head):
-        raise ValueError(f"W has {rows} rows, not a multiple of 2 * n_head = {2 * n_head}: "
+        raise InputError(f"W has {rows} rows, not a multiple of 2 * n_head = {2 * n_head}: "
                          f"got W of shape {W.shape}")
     half = rows // n_head // 2
     return W.reshape(n_head, half, 2, *W.shape[1:]).swapaxes(1, 2).reshape(W.shape)
@@ -283,7 +285,7 @@ def ungroup_qkv_per_head(W: np.ndarray, n_head: int) -> np.ndarray:
     """
     rows = W.shape[0]
     if n_head < 1 or rows % (3 * n_head):
-        raise ValueError(f"W has {rows} rows, not a multiple of 3 * n_head = {3 * n_head}: got W of shape {W.shape}")
+        raise InputError(f"W has {rows} rows, not a multiple of 3 * n_head = {3 * n_head}: got W of shape {W.shape}")
     return W.reshape(3, n_head, rows // (3 * n_head), *W.shape[1:]).swapaxes(0, 1).reshape(W.shape)
 
 
@@ -311,7 +313,7 @@ def ungroup_qkv_kv_groups(W: np.ndarray, n_head: int, n_head_kv: int) -> np.ndar
     """
     rows = W.shape[0]
     if n_head_kv < 1 or n_head % n_head_kv or rows % (n_head + 2 * n_head_kv):
-        raise ValueError(f"W has {rows} rows: expected a multiple of n_head + 2 * n_head_kv = "
+        raise InputError(f"W has {rows} rows: expected a multiple of n_head + 2 * n_head_kv = "
                          f"{n_head + 2 * n_head_kv} with n_head = {n_head} a multiple of n_head_kv = {n_head_kv}")
     hd = rows // (n_head + 2 * n_head_kv)
     g, rest = n_head // n_head_kv, W.shape[1:]

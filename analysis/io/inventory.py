@@ -22,6 +22,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from analysis.errors import AdapterError
+from analysis.io.kohya import read_metadata
+from analysis.io.safetensors_file import SafetensorsFile
+from analysis.io.tensors import read_pickle  # the one safe loader (torch version, zip bomb, weights_only)
 
 if TYPE_CHECKING:
     from typing import Any
@@ -108,9 +111,6 @@ class AdapterFiles:
 
 def _header(weights):
     """``({key: (shape, dtype)}, metadata)`` of a safetensors file, from its header alone."""
-    from analysis.io.kohya import read_metadata
-    from analysis.io.safetensors_file import SafetensorsFile
-
     f = SafetensorsFile(weights)
     tensors = {k: (f.shapes[k], DTYPE_NAMES.get(f.dtypes[k], f.dtypes[k].lower())) for k in f.keys()}
     return tensors, read_metadata(weights)
@@ -118,8 +118,6 @@ def _header(weights):
 
 def _pickle_tensors(weights):
     """``{key: (shape, dtype)}`` of a torch pickle, loaded with ``weights_only=True`` (as the readers load it)."""
-    from analysis.io.tensors import read_pickle  # the one safe loader (torch version, zip bomb, weights_only)
-
     return {k: (tuple(int(s) for s in t.shape), str(t.dtype).removeprefix("torch.")) for k, t in
             read_pickle(weights).items()}
 

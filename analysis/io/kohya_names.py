@@ -31,6 +31,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from analysis.core.adapter import Adapter
 from analysis.errors import AdapterError
 
 if TYPE_CHECKING:
@@ -38,7 +39,6 @@ if TYPE_CHECKING:
 
     import numpy as np
 
-    from analysis.core.adapter import Adapter
     from analysis.core.lowrank import LowRank
     from analysis.io.base import BaseWeights
 
@@ -244,8 +244,6 @@ def resolve_adapter_names(adapter: Adapter, base: BaseWeights | Mapping[str, np.
         A name matching no base tensor or several, or two kohya names resolving to one base tensor.
     """
     from dataclasses import replace
-
-    from analysis.core.adapter import Adapter
 
     names = list(base.names()) if hasattr(base, "names") else list(base)
     known = set(names)

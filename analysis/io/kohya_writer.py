@@ -26,7 +26,9 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from analysis.core.adapter import natural_key
-from analysis.errors import AdapterError
+from analysis.errors import AdapterError, InputError
+from analysis.io.base import open_base
+from analysis.io.kohya import read_metadata
 from analysis.io.outputs import atomic_output, check_target
 
 if TYPE_CHECKING:
@@ -111,7 +113,6 @@ def flattened_shapes(modules: Mapping[str, LowRank], base: str | os.PathLike[str
         raise AdapterError(f"{len(flat)} LyCORIS LoHa / LoKr module(s) store their factors flattened, so the file "
                            "does not say whether the layer is a convolution; pass the base model (--base) to "
                            "write them with their layer's shape", path=path, key=flat[0])
-    from analysis.io.base import open_base
 
     if isinstance(base, (str, bytes)) or hasattr(base, "__fspath__"):
         with open_base(base) as bw:
@@ -125,8 +126,6 @@ def source_header(adapter: Adapter) -> dict[str, Any]:
     The reader keeps only a few entries in ``adapter.config``; sd-scripts' resize carries them all.
     """
     import os
-
-    from analysis.io.kohya import read_metadata
 
     path = str(getattr(adapter, "path", "") or "")
     header = read_metadata(path) if path.endswith(".safetensors") and os.path.isfile(path) else {}
@@ -233,7 +232,7 @@ def write_kohya_file(out: str | os.PathLike[str], modules: Mapping[str, LowRank]
 
     out = str(out)
     if dtype not in _DTYPES:
-        raise ValueError(f"dtype must be one of {tuple(_DTYPES)}, got {dtype!r}")
+        raise InputError(f"dtype must be one of {tuple(_DTYPES)}, got {dtype!r}")
     if not out.endswith(".safetensors"):
         raise AdapterError("expected a .safetensors file name for a kohya adapter", path=out)
     if not modules:

@@ -26,6 +26,13 @@ What holds for every output written through :func:`atomic_output` (every command
   their temporaries as the command goes, and put in place together at the end; if one fails, those already
   put in place are rolled back.
 
+:func:`replace_folder` is the same writer for a folder its caller owns whole (a training run's folder, which it
+rewrites as the run goes): the folder is replaced whatever it holds, except the entries the caller keeps
+(its ``checkpoint-N`` subfolders), which are carried into the new folder before the swap. This module (with
+:mod:`analysis.io.durable`) is the package's one writer that puts a temporary in place by renaming it; the SVD
+cache alone keeps its own (its entries are shared by concurrent runs without a per-entry lock, see
+:mod:`analysis.sweeps.svd_cache`).
+
 Targets that are no path to replace (:func:`~analysis.io.targets.target_type`): ``-`` writes to standard
 output (the one of :func:`~analysis.io.targets.standard_output`: the commands keep their messages off it); the
 null device, a FIFO or another character device is written as it is, without ``--force`` (nothing there can be
@@ -50,6 +57,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from analysis import __version__
 from analysis.errors import AdapterError
 from analysis.io.durable import (Lock, deferred_signals, exchange, follow_umask, fsync_dir, fsync_tree, recover,
                                  remove, rename_noreplace, tag)
@@ -57,10 +65,10 @@ from analysis.io.targets import (MANIFEST_FILE, MANIFEST_XATTR, STDOUT, kind_of,
                                  protect, standard_output, stream_label, target_type, write_manifest)
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator, Mapping
+    from collections.abc import Iterable, Iterator, Mapping
 
-__all__ = ["atomic_output", "check_target", "output_set", "protect", "json_ready", "write_json", "provenance",
-           "standard_output", "target_type", "MANIFEST_FILE", "MANIFEST_XATTR", "STDOUT"]
+__all__ = ["atomic_output", "replace_folder", "check_target", "output_set", "protect", "json_ready", "write_json",
+           "provenance", "standard_output", "target_type", "MANIFEST_FILE", "MANIFEST_XATTR", "STDOUT"]
 
 
 def json_ready(obj: Any) -> Any:
@@ -102,6 +110,7 @@ class _Output:
     """One output being written: its temporary, its lock, and how to put it in place or take it back."""
 
     stream = False
+    record = True  # a folder records the names it holds (its manifest: what --force may replace)
 
     def __init__(self, shown, *, force, folder, kind, manifest, option):
         self.shown, self.force, self.folder = shown, force, folder
@@ -147,7 +156,7 @@ class _Output:
     def finish(self):
         """The writer is done: modes, manifest, fsync, then ``.new`` (whole, not yet in place)."""
         follow_umask(self.tmp)
-        if self.folder:
+        if self.folder and self.record:
             write_manifest(self.tmp, self.manifest)
         fsync_tree(self.tmp)
         new = self._sibling("new")
@@ -219,6 +228,47 @@ class _Output:
         if self.lock is not None:
             self.lock.release()
             self.lock = None
+
+
+class _OwnedFolder(_Output):
+    """A folder its writer owns whole (:func:`replace_folder`): replaced whatever it holds, without a manifest,
+    with the entries named in ``keep`` carried over from the folder it replaces."""
+
+    record = False
+
+    def __init__(self, shown, *, keep):
+        super().__init__(shown, force=True, folder=True, kind=None, manifest=None, option=None)
+        self.keep = tuple(keep)
+
+    def check(self):
+        check_target(self.shown, folder=True, owned=True)
+
+    def finish(self):
+        """Carry the kept entries the writer did not write itself into the temporary (hard links, so the old
+        folder stays whole until the swap), then as :meth:`_Output.finish`."""
+        for name in self.keep:
+            if os.path.basename(name) != name or name in ("", ".", ".."):
+                continue  # only entries of the folder itself
+            src, dst = os.path.join(self.real, name), os.path.join(self.tmp, name)
+            if os.path.lexists(src) and not os.path.lexists(dst):
+                _carry(src, dst)
+        super().finish()
+
+
+def _carry(src, dst):
+    """Copy the file or folder ``src`` to ``dst`` as hard links (a plain copy where a link cannot be made)."""
+    if os.path.isdir(src) and not os.path.islink(src):
+        shutil.copytree(src, dst, symlinks=True, copy_function=_link_or_copy)
+    else:
+        _link_or_copy(src, dst)
+
+
+def _link_or_copy(src, dst):
+    try:
+        os.link(src, dst, follow_symlinks=False)
+    except OSError:
+        shutil.copy2(src, dst, follow_symlinks=False)
+    return dst
 
 
 class _StreamOutput:
@@ -457,6 +507,66 @@ def atomic_output(path: str | os.PathLike[str], *, force: bool = False, folder: 
     deferred = getattr(_state, "outputs", None) if getattr(_state, "depth", 0) == 0 else None
     if deferred is not None:
         deferred.claim(out)
+    with _written(out, deferred) as tmp:
+        yield tmp
+
+
+@contextlib.contextmanager
+def replace_folder(path: str | os.PathLike[str], *, keep: Iterable[str] = ()) -> Iterator[str]:
+    """Write the folder ``path`` whole, replacing the folder there whatever it holds except the entries named in
+    ``keep``, which are carried into the new one: for a folder its caller owns (a training run's, which keeps
+    its ``checkpoint-N`` subfolders when the final adapter is written over it).
+
+    The same writer as :func:`atomic_output` (a temporary folder beside ``path``, a lock a dead writer cannot
+    hold, fsync, the swap in one step where the system can), with three differences: an existing folder is
+    replaced without ``force`` and whatever it holds (no manifest is read, none is written: see
+    :func:`check_target`'s ``owned``); the kept entries the writer did not write itself are hard-linked (copied
+    where a link cannot be made) into the temporary once the writer is done, so the old folder stays whole until
+    the new one is in place; and the folder is put in place when the block ends, also inside
+    :func:`output_set` (what it keeps must be on disk when the next one is written).
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        The folder (created with its parents when missing).
+    keep : iterable of str
+        Names of entries of the existing folder (files or folders directly inside it) that survive the
+        replacement; a name the writer wrote itself takes the writer's version.
+
+    Yields
+    ------
+    str
+        The temporary folder to write into.
+
+    Raises
+    ------
+    AdapterError
+        ``path`` is a file, an input of the command, the working directory, the home folder or a mount point;
+        another process is writing it; or writing failed (full disk, no permission).
+
+    Examples
+    --------
+    >>> import os, tempfile
+    >>> run = os.path.join(tempfile.mkdtemp(), "run")
+    >>> os.makedirs(os.path.join(run, "checkpoint-2"))
+    >>> with replace_folder(run, keep=["checkpoint-2"]) as tmp:
+    ...     with open(os.path.join(tmp, "manifest.json"), "w") as fh:
+    ...         _ = fh.write("{}")
+    >>> sorted(os.listdir(run))
+    ['checkpoint-2', 'manifest.json']
+    """
+    if target_type(path) != "path":
+        raise AdapterError("expected a folder path (not standard output, a device or a FIFO)", path=os.fspath(path))
+    out = _OwnedFolder(os.path.abspath(os.fspath(path)), keep=keep)
+    out.check()
+    with _written(out, None) as tmp:
+        yield tmp
+
+
+@contextlib.contextmanager
+def _written(out, deferred):
+    """Open ``out``'s temporary, yield it, finish it and put it in place (or hand it to ``deferred``, an
+    :func:`output_set`'s); on any failure the temporary is removed and nothing changes."""
     tmp = out.open()
     _state.depth = getattr(_state, "depth", 0) + 1
     try:
@@ -532,7 +642,5 @@ def provenance(command: str, *, inputs: Mapping[str, Any], settings: Mapping[str
     -------
     dict
     """
-    from analysis import __version__
-
     return {"tool": "lora-subspace-analysis", "version": __version__, "command": command,
             "inputs": dict(inputs), "settings": dict(settings)}

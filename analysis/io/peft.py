@@ -53,9 +53,11 @@ from typing import TYPE_CHECKING
 from analysis.core.adapter import Adapter
 from analysis.core import LowRank
 from analysis.errors import AdapterError, UnsupportedAdapterError
+from analysis.io.lazy import LazyAdapter, placeholder
 from analysis.io.lycoris import LOHA_PARTS, LOKR_PARTS
 from analysis.io.peft_config import CONFIG_NAME, adalora_rank, parse_settings, read_config
-from analysis.io.peft_methods import PEFT_METHODS, add_part, check_one_adapter, load_peft_method
+from analysis.io.peft_methods import PEFT_METHODS, add_part, check_one_adapter, key_module, load_peft_method
+from analysis.io.safetensors_file import SafetensorsFile
 from analysis.io.tensors import read_tensors
 
 if TYPE_CHECKING:
@@ -67,7 +69,6 @@ if TYPE_CHECKING:
 __all__ = ["is_peft_dir", "is_peft_file", "load_peft", "non_lora_tensors", "WEIGHT_NAMES"]
 
 WEIGHT_NAMES = ("adapter_model.safetensors", "adapter_model.bin")
-_PREFIX = "base_model.model."
 _PARTS = ("lora_A", "lora_B", "lora_E", "lora_embedding_A", "lora_embedding_B", "lora_magnitude_vector")
 _KEY_RE = re.compile(
     rf"^(?P<module>.+)\.(?P<part>{'|'.join(_PARTS)})"
@@ -142,11 +143,9 @@ def _group(tensors, source, adapter_name):
         if m is None:
             ignored.append(key)
             continue
-        names.add(m["adapter"])
-        if adapter_name is not None and m["adapter"] not in (None, adapter_name):
+        module = key_module(m, names, adapter_name)
+        if module is None:
             continue
-        # PEFT's wrappers put the original layer under "base_layer"; the base model has no such level
-        module = ".".join(c for c in m["module"].removeprefix(_PREFIX).split(".") if c != "base_layer")
         if m["param"] == "bias":  # lora_bias=True trains lora_B.bias (d_out,): not part of ΔW
             if m["part"] == "lora_B":
                 biases[module] = arr
@@ -351,9 +350,6 @@ def load_peft(path: str | os.PathLike[str], *, alpha: float | None = None,
     reader = None
     if lazy and tensors is None and weights.suffix == ".safetensors" and (
             settings is None or settings.peft_type == "LORA"):
-        from analysis.io.safetensors_file import SafetensorsFile
-        from analysis.io.lazy import placeholder
-
         reader = SafetensorsFile(weights)
         # shape-only stand-ins: every structural check below runs on the header alone
         tensors = {k: placeholder(s) for k, s in reader.shapes.items()} if reader.all_float else None
@@ -408,8 +404,6 @@ def load_peft(path: str | os.PathLike[str], *, alpha: float | None = None,
 
 def _lazy(reader, groups, modules, settings, source, alpha, path, cfg, notes):
     """A LazyAdapter whose loaders re-run ``_lora_module`` on the factors read from ``reader``."""
-    from analysis.io.lazy import LazyAdapter
-
     def loader(name):
         parts = groups[name]
 

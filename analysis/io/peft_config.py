@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from analysis.core.patterns import compile_pattern
 from analysis.errors import AdapterError, UnsupportedAdapterError
 
 if TYPE_CHECKING:
@@ -114,8 +115,6 @@ def pattern_matches(pattern: str, name: str, *, what: str = "pattern") -> bool:
     >>> pattern_matches("q_proj", "model.layers.0.self_attn.q_proj"), pattern_matches("proj", "model.q_proj")
     (True, False)
     """
-    from analysis.core.patterns import compile_pattern
-
     return compile_pattern(pattern, what, r"(.*\.)?({})$").match(name) is not None
 
 

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from analysis.errors import AdapterError
+from analysis.io.peft import load_peft
 from analysis.io.tensors import check_finite
 
 if TYPE_CHECKING:
@@ -75,8 +76,6 @@ def from_state_dict(state_dict: Mapping[str, Any], config: Any, *, label: str = 
     -------
     Adapter
     """
-    from analysis.io.peft import load_peft
-
     tensors = {str(k): _numpy(v, label, str(k)) for k, v in dict(state_dict).items()}
     return load_peft(label, tensors=tensors, config=_plain_config(config, label), adapter_name=adapter_name)
 

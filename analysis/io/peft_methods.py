@@ -39,7 +39,20 @@ if TYPE_CHECKING:
     from pathlib import Path
     from typing import Any
 
-__all__ = ["PEFT_METHODS", "load_peft_method", "add_part", "check_one_adapter"]
+__all__ = ["PEFT_METHODS", "load_peft_method", "add_part", "check_one_adapter", "key_module"]
+
+
+def key_module(m: re.Match[str], names: set[str | None], adapter_name: str | None) -> str | None:
+    """The module a matched PEFT tensor key belongs to, or None when the key is another adapter's.
+
+    ``m`` has the groups ``module`` and ``adapter``; the adapter name is recorded in ``names`` (for
+    :func:`check_one_adapter`). PEFT's prefix ``base_model.model.`` is dropped, and so are the ``base_layer``
+    levels its wrappers put the original layer under (the base model has no such level).
+    """
+    names.add(m["adapter"])
+    if adapter_name is not None and m["adapter"] not in (None, adapter_name):
+        return None
+    return ".".join(c for c in m["module"].removeprefix("base_model.model.").split(".") if c != "base_layer")
 
 
 def add_part(groups: dict[str, dict[str, tuple[str, np.ndarray]]], module: str, part: str, key: str,
@@ -70,7 +83,6 @@ def check_one_adapter(names: Iterable[str | None], adapter_name: str | None, *,
                            path=source)
 
 PEFT_METHODS = ("LOHA", "LOKR", "VERA")
-_PREFIX = "base_model.model."
 _VERA_PARTS = ("vera_lambda_b", "vera_lambda_d")
 _KEY_RE = re.compile(rf"^(?P<module>.+)\.(?P<part>{'|'.join(LOHA_PARTS + LOKR_PARTS + _VERA_PARTS)})"
                      r"(?:\.(?!weight$)(?P<adapter>[^.]+))?(?:\.weight)?$")
@@ -108,11 +120,9 @@ def _group(tensors, source, adapter_name):
         if m is None:
             ignored.append(key)
             continue
-        names.add(m["adapter"])
-        if adapter_name is not None and m["adapter"] not in (None, adapter_name):
-            continue
-        module = ".".join(c for c in m["module"].removeprefix(_PREFIX).split(".") if c != "base_layer")
-        add_part(groups, module, m["part"], key, arr, source=source)
+        module = key_module(m, names, adapter_name)
+        if module is not None:
+            add_part(groups, module, m["part"], key, arr, source=source)
     check_one_adapter(names, adapter_name, source=source)
     return groups, shared, ignored
 

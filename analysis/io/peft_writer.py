@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from analysis.core.adapter import natural_key
-from analysis.errors import AdapterError
+from analysis.errors import AdapterError, InputError
 from analysis.io.outputs import atomic_output, check_target, target_type
 from analysis.io.peft_config import pattern_matches
 
@@ -171,7 +171,7 @@ def peft_factors(lr: LowRank) -> dict[str, np.ndarray]:
         return {"lora_A.weight": A, "lora_B.weight": B}
     if lr.kind == "conv":
         if lr.weight_shape is None:
-            raise ValueError(f"module {lr.name!r}: a convolution update needs its kernel's weight_shape "
+            raise InputError(f"module {lr.name!r}: a convolution update needs its kernel's weight_shape "
                              "(out, in, *kernel) to be written as PEFT factors; pass weight_shape= to LowRank")
         ws = tuple(lr.weight_shape)
         return {"lora_A.weight": A.reshape(r, *ws[1:]),
@@ -237,7 +237,7 @@ def write_peft_adapter(out: str | os.PathLike[str], modules: Mapping[str, LowRan
     out = Path(out)
     alpha = float(lora_alpha)
     if not (math.isfinite(alpha) and alpha > 0):
-        raise ValueError(f"lora_alpha must be a positive number, got {lora_alpha!r}")
+        raise InputError(f"lora_alpha must be a positive number, got {lora_alpha!r}")
     if not modules:
         raise AdapterError("no module to write", path=out)
     if out.exists() and not out.is_dir() and target_type(out) == "path":  # the null device discards a folder

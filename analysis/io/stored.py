@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from analysis.errors import AdapterError
+from analysis.errors import AdapterError, InputError
 from analysis.io.tensors import check_finite
 
 if TYPE_CHECKING:
@@ -60,7 +60,7 @@ class StoredMatrix:
     def __init__(self, bits: np.ndarray | None, fmt: str, *, path: str | None = None,
                  key: str | None = None) -> None:
         if fmt not in FORMATS:
-            raise ValueError(f"fmt must be one of {sorted(FORMATS)}, got {fmt!r}")
+            raise InputError(f"fmt must be one of {sorted(FORMATS)}, got {fmt!r}")
         if bits is not None:
             bits = np.asarray(bits)
             if bits.dtype != np.dtype(FORMATS[fmt]).newbyteorder("="):
@@ -188,13 +188,13 @@ class StoredMatrix:
             W holds NaN or Inf (naming the file and the key).
         """
         if self.ndim != 2:
-            raise ValueError(f"W @ X needs a matrix, got shape {self.shape}")
+            raise InputError(f"W @ X needs a matrix, got shape {self.shape}")
         X = np.asarray(X, dtype=self.dtype)
         one = X.ndim == 1
         X = X.reshape(X.shape[0], -1)
         m, n = self.shape
         if X.shape[0] != n:
-            raise ValueError(f"W @ X: W is {self.shape} but X has {X.shape[0]} rows")
+            raise InputError(f"W @ X: W is {self.shape} but X has {X.shape[0]} rows")
         p = X.shape[1]  # always from the bits, whether or not W was widened: one result for cold and warm runs
         Xc = np.empty((n, p + 1), dtype=self.dtype)  # X and a column of ones: the row sums flag NaN / Inf
         Xc[:, :p] = X

@@ -387,7 +387,8 @@ def stream_label(shown: str, where: str, option: str | None = None) -> str:
 
 
 def check_target(path: str | os.PathLike[str], *, force: bool = False, folder: bool | None = None,
-                 kind: str | None = None, option: str | None = None, manifest: str | None = None) -> None:
+                 kind: str | None = None, option: str | None = None, manifest: str | None = None,
+                 owned: bool = False) -> None:
     """Refuse, before any work, a target that would lose something.
 
     ``-`` (standard output), the null device, FIFOs and other character devices lose nothing: they are
@@ -408,6 +409,10 @@ def check_target(path: str | os.PathLike[str], *, force: bool = False, folder: b
     manifest : str, optional
         A folder output's own list of its files (the report's ``MANIFEST``): a folder holding only those is
         replaced without ``force``.
+    owned : bool
+        The caller owns the folder whole, whatever it holds (a training run's folder, see
+        :func:`~analysis.io.outputs.replace_folder`): an existing folder is accepted without ``force`` and
+        without a manifest; the other refusals hold.
 
     Raises
     ------
@@ -446,6 +451,8 @@ def check_target(path: str | os.PathLike[str], *, force: bool = False, folder: b
     if folder is False and isdir:
         raise AdapterError("is a folder, and this output is a file; choose a file name", path=label)
     if isdir:
+        if owned:
+            return  # its owner replaces it whole (what it keeps is carried over by the writer)
         present = set(os.listdir(real))
         if not present:
             return  # an empty folder holds nothing to lose

@@ -36,8 +36,10 @@ _NESTED_KEYS = ("model_state_dict", "state_dict", "model", "module")
 
 
 def _to_numpy(t, path, key):
-    """Torch tensor -> numpy, upcasting half precision to float32."""
-    import torch
+    """Torch tensor -> numpy, upcasting half precision to float32 (an array read without torch: as it is)."""
+    if isinstance(t, np.ndarray) and t.dtype.kind == "f" and t.dtype.itemsize >= 4:
+        return t
+    import torch  # local: torch only for files that need it (+1.5 s, +190 MB when imported)
 
     if not isinstance(t, torch.Tensor):
         raise AdapterError(f"expected a tensor, got {type(t).__name__}", path=path, key=key)
@@ -239,6 +241,13 @@ def _read_safetensors(path, keys=None):
         with open(path, "rb") as fh, safetensors_errors(path):
             tensors = load(fh.read())
         return {k: v for k, v in tensors.items() if keys is None or k in set(keys)}
+    # local: import cycle (safetensors_file checks its reads with this module's functions)
+    from analysis.io.safetensors_file import SafetensorsFile
+
+    sf = SafetensorsFile(path)
+    if sf.all_float:  # F64 / F32 / F16 / BF16: read without torch, widened exactly as torch does (half to float32)
+        wanted = sf.keys() if keys is None else [k for k in keys if k in set(sf.keys())]
+        return {k: sf.read(k) for k in wanted}
     with safetensors_errors(path):
         with safe_open(str(path), framework="pt") as f:
             names = list(f.keys()) if keys is None else [k for k in keys if k in set(f.keys())]

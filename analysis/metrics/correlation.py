@@ -26,16 +26,19 @@ import numpy as np
 
 from analysis.core.lowrank import FactoredSVD, LowRank
 from analysis.core.randomized import matmul_f64, randomized_svd, work_dtype
+from analysis.errors import InputError
 from analysis.metrics.similarity import phi_grid, random_null, random_null_std
 from analysis.core.sides import MATRIX_SIDES
 
 if TYPE_CHECKING:
+    from typing import Any
+
     import pandas as pd
     from numpy.typing import ArrayLike
 
 __all__ = ["WeightCorrelation", "weight_correlation", "random_projections", "WeightOverlap", "weight_overlap",
            "projection_norm", "random_bases", "OVERLAP_SIDES", "check_weight", "check_weight_shape",
-           "correlation_checked", "overlap_checked"]
+           "correlation_checked", "overlap_checked", "as_array", "frobenius"]
 
 #: Sides of Fig. 8: ``"output"`` = left singular vectors (R^d_out), ``"input"`` = right (R^d_in).
 OVERLAP_SIDES = MATRIX_SIDES  # left = output, right = input (analysis.core.sides)
@@ -57,7 +60,7 @@ def check_weight_shape(W: np.ndarray, lr: LowRank, name: str | None = None) -> N
     if tuple(W.shape) != tuple(lr.shape):
         hint = (" (W looks transposed: pass W.T, e.g. for a GPT-2 Conv1D weight)"
                 if tuple(W.shape[::-1]) == tuple(lr.shape) else "")
-        raise ValueError(f"module {name or lr.name!r}: base weight W has shape {W.shape} but ΔW has "
+        raise InputError(f"module {name or lr.name!r}: base weight W has shape {W.shape} but ΔW has "
                          f"shape {lr.shape} (d_out, d_in); pass the base weight of the same module "
                          f"in nn.Linear orientation{hint}")
 
@@ -77,7 +80,7 @@ def check_weight(W: ArrayLike, lr: LowRank | None = None, name: str | None = Non
     """
     W = np.asarray(W)
     if W.ndim != 2:
-        raise ValueError(f"W must be a 2-D (d_out, d_in) base weight, got shape {W.shape}")
+        raise InputError(f"W must be a 2-D (d_out, d_in) base weight, got shape {W.shape}")
     if W.dtype.kind not in "fiu":
         raise TypeError(f"W must be real, got dtype {W.dtype}")
     if lr is not None:
@@ -85,7 +88,7 @@ def check_weight(W: ArrayLike, lr: LowRank | None = None, name: str | None = Non
     # products with W run in its own precision (float32 for float32 / bf16 / fp16 weights), see _projections
     W = W.astype(work_dtype(W), copy=False)
     if not np.isfinite(W).all():
-        raise ValueError(f"W of shape {W.shape} contains NaN or Inf")
+        raise InputError(f"W of shape {W.shape} contains NaN or Inf")
     return W
 
 
@@ -113,7 +116,7 @@ def projection_norm(W: ArrayLike, U: ArrayLike, V: ArrayLike) -> float:
     W = check_weight(W)
     U, V = np.asarray(U, dtype=np.float64), np.asarray(V, dtype=np.float64)
     if U.ndim != 2 or V.ndim != 2 or U.shape[0] != W.shape[0] or V.shape[0] != W.shape[1]:
-        raise ValueError(f"expected U (d_out={W.shape[0]}, k) and V (d_in={W.shape[1]}, k) for W of "
+        raise InputError(f"expected U (d_out={W.shape[0]}, k) and V (d_in={W.shape[1]}, k) for W of "
                          f"shape {W.shape}, got U {U.shape} and V {V.shape}")
     return _projections(W, [(U, V)])[0]
 
@@ -268,13 +271,32 @@ def random_projections(W: np.ndarray, k: int, *, n_random: int = 10, seed: int =
     return np.array(out)
 
 
-def as_array(W):
-    """W as an ndarray: a lazily widened matrix (:class:`~analysis.io.stored.StoredMatrix`) widened and checked."""
+def as_array(W: Any) -> np.ndarray:
+    """W as an ndarray: a lazily widened matrix (:class:`~analysis.io.stored.StoredMatrix`) widened and checked.
+
+    Parameters
+    ----------
+    W : (d_out, d_in) ndarray or StoredMatrix
+
+    Returns
+    -------
+    (d_out, d_in) ndarray
+        ``W`` itself when it is an ndarray.
+    """
     return W.array() if hasattr(W, "array") and not isinstance(W, np.ndarray) else W
 
 
-def frobenius(W):
-    """‖W‖_F of an ndarray, accumulated in float64."""
+def frobenius(W: np.ndarray) -> float:
+    """‖W‖_F of an ndarray, accumulated in float64 (no float64 copy of W).
+
+    Parameters
+    ----------
+    W : (d_out, d_in) ndarray
+
+    Returns
+    -------
+    float
+    """
     return float(np.sqrt(np.einsum("ij,ij->", W, W, dtype=np.float64)))
 
 
@@ -283,7 +305,7 @@ def _svd_prefix(w_svd, k, W, seed):
         return randomized_svd(as_array(W), k, seed=seed)
     U, S, V = w_svd
     if U.shape[0] != W.shape[0] or V.shape[0] != W.shape[1] or U.shape[1] < k:
-        raise ValueError(f"w_svd must hold at least k={k} triplets of W {W.shape}: got U {U.shape}, "
+        raise InputError(f"w_svd must hold at least k={k} triplets of W {W.shape}: got U {U.shape}, "
                          f"V {V.shape}; pass randomized_svd(W, k) or omit it")
     return FactoredSVD(U[:, :k], S[:k], V[:, :k])
 
@@ -328,7 +350,7 @@ def weight_correlation(W: ArrayLike, lr: LowRank, *, n_random: int = 10, seed: i
     if not isinstance(lr, LowRank):
         raise TypeError(f"lr must be a LowRank, got {type(lr).__name__}")
     if n_random < 1:
-        raise ValueError(f"n_random must be >= 1, got {n_random}")
+        raise InputError(f"n_random must be >= 1, got {n_random}")
     return correlation_checked(check_weight(W, lr, name), lr, n_random=n_random, seed=seed, w_svd=w_svd, name=name,
                         random_proj=random_proj)
 
@@ -340,6 +362,23 @@ def correlation_checked(W: np.ndarray, lr: LowRank, *, n_random: int, seed: int,
     for sweeps that check every module's W once and then compute several things from it.
 
     With ``w_svd``, ``random_proj`` and ``w_norm`` (‖W‖_F) given, W is used in one product only.
+
+    Parameters
+    ----------
+    W : (d_out, d_in) ndarray or StoredMatrix
+        The base weight in ΔW's orientation, checked.
+    lr : LowRank
+        The module's update.
+    n_random, seed : int
+        Random subspace draws (at least 1) and their seed, for case (3) of Table 7 and W's randomized SVD.
+    w_svd : FactoredSVD or None
+        W's top singular triplets, at least ``lr.rank`` of them (None: computed here).
+    name : str or None
+        The module, for the result and messages (default ``lr.name``).
+    random_proj : (n_random,) ndarray or None
+        :func:`random_projections` of W for k = ``lr.rank`` (None: computed here).
+    w_norm : float, optional
+        ‖W‖_F (default: computed here).
 
     Returns
     -------
@@ -361,7 +400,7 @@ def correlation_checked(W: np.ndarray, lr: LowRank, *, n_random: int, seed: int,
     else:
         rand = np.asarray(random_proj, dtype=np.float64)
         if rand.shape != (n_random,):
-            raise ValueError(f"random_proj must have shape ({n_random},), got {rand.shape}")
+            raise InputError(f"random_proj must have shape ({n_random},), got {rand.shape}")
     return WeightCorrelation(
         name=name or lr.name, r=lr.r, k=k, d_out=d_out, d_in=d_in, w_norm=w_norm,
         delta_norm=delta_norm, proj_delta=proj_delta, proj_w=proj_w,
@@ -422,7 +461,7 @@ class WeightOverlap:
             return np.zeros(0), np.zeros(0), np.zeros(0)
         j = self.k if j is None else int(j)
         if not 1 <= j <= self.k:
-            raise ValueError(f"j must be in [1, {self.k}], got {j}")
+            raise InputError(f"j must be in [1, {self.k}], got {j}")
         return self.phi[:, j - 1], self.random[:, j - 1], self.null[:, j - 1]
 
     def to_frame(self) -> pd.DataFrame:
@@ -463,7 +502,7 @@ def weight_overlap(W: ArrayLike, lr: LowRank, *, side: str = "output", n_w: int 
     WeightOverlap
     """
     if side not in OVERLAP_SIDES:
-        raise ValueError(f"side must be one of {OVERLAP_SIDES}, got {side!r}")
+        raise InputError(f"side must be one of {OVERLAP_SIDES}, got {side!r}")
     if not isinstance(lr, LowRank):
         raise TypeError(f"lr must be a LowRank, got {type(lr).__name__}")
     return overlap_checked(check_weight(W, lr, name), lr, side=side, n_w=n_w, seed=seed, w_svd=w_svd, name=name)
@@ -473,6 +512,23 @@ def overlap_checked(W: np.ndarray, lr: LowRank, *, side: str, n_w: int | None, s
                     w_svd: FactoredSVD | None, name: str | None) -> WeightOverlap:
     """:func:`weight_overlap` on a W already checked (:func:`check_weight`).
 
+    Parameters
+    ----------
+    W : (d_out, d_in) ndarray or StoredMatrix
+        The base weight in ΔW's orientation, checked.
+    lr : LowRank
+        The module's update.
+    side : {"output", "input"}
+        Left (R^d_out) or right (R^d_in) singular vectors.
+    n_w : int or None
+        W's top directions compared, in [1, min(d_out, d_in)] (None: all of them).
+    seed : int
+        Of W's randomized SVD (without ``w_svd``) and of the random directions of the baseline.
+    w_svd : FactoredSVD or None
+        W's top singular triplets, at least ``n_w`` of them (None: computed here).
+    name : str or None
+        The module, for the result and messages (default ``lr.name``).
+
     Returns
     -------
     WeightOverlap
@@ -480,7 +536,7 @@ def overlap_checked(W: np.ndarray, lr: LowRank, *, side: str, n_w: int | None, s
     q = min(W.shape)
     n_w = q if n_w is None else int(n_w)
     if not 1 <= n_w <= q:
-        raise ValueError(f"n_w must be in [1, {q}] for W of shape {W.shape}, got {n_w}")
+        raise InputError(f"n_w must be in [1, {q}] for W of shape {W.shape}, got {n_w}")
     Uw, S, Vw = _svd_prefix(w_svd, n_w, W, seed)  # (d_out, n_w), (n_w,), (d_in, n_w)
     Bw = Uw if side == "output" else Vw  # (d, n_w)
     d = Bw.shape[0]

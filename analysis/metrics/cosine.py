@@ -23,6 +23,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from analysis.errors import InputError
+
 if TYPE_CHECKING:
     from numpy.typing import ArrayLike
 
@@ -64,7 +66,7 @@ def frobenius_inner(a: LowRank, b: LowRank) -> float:
     8.0
     """
     if tuple(a.shape) != tuple(b.shape):
-        raise ValueError(f"updates must have the same shape (d_out, d_in), got {a.shape} and {b.shape}")
+        raise InputError(f"updates must have the same shape (d_out, d_in), got {a.shape} and {b.shape}")
     Ba, Aa = _factors(a)
     Bb, Ab = _factors(b)
     # tr((Baᵀ Bb)(Ab Aaᵀ)) = sum((Baᵀ Bb) ⊙ (Aa Abᵀ))
@@ -117,7 +119,7 @@ def gram_blocks(B_i: np.ndarray, A_i: np.ndarray, off_i: np.ndarray, B_j: np.nda
     """
     off_i, off_j = np.asarray(off_i), np.asarray(off_j)
     if np.any(np.diff(off_i) < 1) or np.any(np.diff(off_j) < 1):
-        raise ValueError("every stacked update needs rank >= 1 (offsets must increase)")
+        raise InputError("every stacked update needs rank >= 1 (offsets must increase)")
     E = (B_i.T @ B_j) * (A_i @ A_j.T)  # (R_i, d_out) @ (d_out, R_j) ⊙ (R_i, d_in) @ (d_in, R_j)
     return _segment_sum(E, off_i, off_j)
 
@@ -182,9 +184,18 @@ def cosine_null_std(d_out: int, d_in: int) -> float:
     """Standard deviation of the Frobenius cosine of two updates with independent Haar-random singular bases.
 
     Exactly 1 / √(d_out d_in), whatever their ranks and spectra (the mean is 0).
+
+    Parameters
+    ----------
+    d_out, d_in : int
+        The shape of ΔW (positive).
+
+    Returns
+    -------
+    float
     """
     if d_out < 1 or d_in < 1:
-        raise ValueError(f"d_out and d_in must be positive, got {d_out}, {d_in}")
+        raise InputError(f"d_out and d_in must be positive, got {d_out}, {d_in}")
     return 1.0 / np.sqrt(float(d_out) * float(d_in))
 
 
@@ -237,7 +248,7 @@ def interference(G: np.ndarray, weights: ArrayLike, shape: tuple[int, int], *,
     G = np.asarray(G, dtype=np.float64)
     w = np.asarray(weights, dtype=np.float64)
     if G.ndim != 2 or G.shape[0] != G.shape[1] or w.shape != (G.shape[0],):
-        raise ValueError(f"expected G (N, N) and weights (N,), got {G.shape} and {w.shape}")
+        raise InputError(f"expected G (N, N) and weights (N,), got {G.shape} and {w.shape}")
     total = float(w @ G @ w)  # ‖Σ wᵢ ΔWᵢ‖²
     diag = w * w * np.diag(G)  # ‖wᵢ ΔWᵢ‖²
     sep = float(diag.sum())

@@ -29,8 +29,10 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from analysis.core.bases import full_basis
 from analysis.core.lowrank import LowRank
 from analysis.core.randomized import randomized_svd
+from analysis.errors import InputError
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -120,8 +122,7 @@ def base_singular_vectors(W: ArrayLike, *, side: str = "left") -> np.ndarray:
         n = min(d_out, d_in); columns ordered by W's singular values.
     """
     if side not in INTRUDER_SIDES:
-        raise ValueError(f"side must be one of {INTRUDER_SIDES}, got {side!r}")
-    from analysis.core.bases import full_basis
+        raise InputError(f"side must be one of {INTRUDER_SIDES}, got {side!r}")
 
     return full_basis(W, side=side)[0]
 
@@ -129,12 +130,12 @@ def base_singular_vectors(W: ArrayLike, *, side: str = "left") -> np.ndarray:
 def _dense_delta(delta, shape):
     if isinstance(delta, LowRank):
         if delta.shape != shape:
-            raise ValueError(f"ΔW of {delta.name!r} has shape {delta.shape}, W has {shape}; pass W in the "
+            raise InputError(f"ΔW of {delta.name!r} has shape {delta.shape}, W has {shape}; pass W in the "
                              "nn.Linear orientation (transpose a Conv1D / fan_in_fan_out weight)")
         return None if delta.is_zero else delta.delta()  # (d_out, d_in) float64
     D = np.asarray(delta, dtype=np.float64)
     if D.shape != shape:
-        raise ValueError(f"ΔW has shape {D.shape}, W has {shape}; they must match")
+        raise InputError(f"ΔW has shape {D.shape}, W has {shape}; they must match")
     return None if not D.any() else D
 
 
@@ -223,7 +224,7 @@ def _factors(delta, shape):
     """ΔW = P Qᵀ from its exact factored SVD (P = U diag(S), Q = V), or (None, None) when it is zero."""
     if isinstance(delta, LowRank):
         if delta.shape != shape:
-            raise ValueError(f"ΔW of {delta.name!r} has shape {delta.shape}, W has {shape}; pass W in the "
+            raise InputError(f"ΔW of {delta.name!r} has shape {delta.shape}, W has {shape}; pass W in the "
                              "nn.Linear orientation (transpose a Conv1D / fan_in_fan_out weight)")
         if delta.is_zero:
             return None, None
@@ -286,18 +287,18 @@ def intruder_dimensions(W: ArrayLike, delta: LowRank | ArrayLike, *, top_k: int 
     """
     t0 = time.perf_counter()
     if side not in INTRUDER_SIDES:
-        raise ValueError(f"side must be one of {INTRUDER_SIDES}, got {side!r}")
+        raise InputError(f"side must be one of {INTRUDER_SIDES}, got {side!r}")
     if method not in INTRUDER_METHODS:
-        raise ValueError(f"method must be one of {INTRUDER_METHODS}, got {method!r}")
+        raise InputError(f"method must be one of {INTRUDER_METHODS}, got {method!r}")
     if not 0 < threshold <= 1:
-        raise ValueError(f"threshold must be in (0, 1], got {threshold!r}")
+        raise InputError(f"threshold must be in (0, 1], got {threshold!r}")
     if int(top_k) != top_k or top_k < 1:
-        raise ValueError(f"top_k must be a positive integer, got {top_k!r}")
+        raise InputError(f"top_k must be a positive integer, got {top_k!r}")
     W = np.asarray(W, dtype=np.float64)
     if W.ndim != 2:
-        raise ValueError(f"W must be 2-D (d_out, d_in), got shape {W.shape}")
+        raise InputError(f"W must be 2-D (d_out, d_in), got shape {W.shape}")
     if not np.isfinite(W).all():
-        raise ValueError(f"W of {name or 'the module'} contains NaN or Inf")
+        raise InputError(f"W of {name or 'the module'} contains NaN or Inf")
     k = min(int(top_k), *W.shape)
     if method == "topk":
         P, Q = _factors(delta, W.shape)
@@ -329,7 +330,7 @@ def intruder_dimensions(W: ArrayLike, delta: LowRank | ArrayLike, *, top_k: int 
         U, S, V = randomized_svd(W + D, k, seed=seed)  # (d_out, k), (k,), (d_in, k)
         Y = U if side == "left" else V
     if X.shape[0] != Y.shape[0]:
-        raise ValueError(f"base_vectors have {X.shape[0]} rows, expected {Y.shape[0]} ({side} side)")
+        raise InputError(f"base_vectors have {X.shape[0]} rows, expected {Y.shape[0]} ({side} side)")
     C = np.abs(X.T @ Y)  # (n, k): |cos| between every base vector and every top vector
     return IntruderResult(name, k, float(threshold), side, np.asarray(S, dtype=np.float64),
                           np.clip(C.max(axis=0), 0.0, 1.0), C.argmax(axis=0), False, time.perf_counter() - t0)

@@ -32,6 +32,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from analysis.errors import InputError
+
 if TYPE_CHECKING:
     from collections.abc import Callable
 
@@ -63,7 +65,7 @@ def phi11_null(d: int) -> tuple[float, float]:
     """
     d = int(d)
     if d < 2:
-        raise ValueError(f"d must be >= 2, got {d}")
+        raise InputError(f"d must be >= 2, got {d}")
     return 1.0 / d, math.sqrt(2.0 * (d - 1) / (d * d * (d + 2.0)))
 
 
@@ -96,7 +98,7 @@ def diagonal_phi_draws(d: int, k: int, *, n: int = 1000, seed: int = 0) -> np.nd
     """
     d, k, n = int(d), int(k), int(n)
     if not 1 <= k <= d or n < 1:
-        raise ValueError(f"expected 1 <= k <= d and n >= 1, got d={d}, k={k}, n={n}")
+        raise InputError(f"expected 1 <= k <= d and n >= 1, got d={d}, k={k}, n={n}")
     rng = np.random.default_rng(seed)
     out = np.empty((n, k))
     i = np.arange(1, k + 1)
@@ -129,9 +131,9 @@ def projection_draws(sigma: ArrayLike, d_out: int, d_in: int, k: int, *, n: int 
     d_out, d_in, k, n = int(d_out), int(d_in), int(k), int(n)
     m = min(d_out, d_in)
     if s.size != m:
-        raise ValueError(f"expected all {m} singular values of a {d_out} x {d_in} W, got {s.size}")
+        raise InputError(f"expected all {m} singular values of a {d_out} x {d_in} W, got {s.size}")
     if not 1 <= k <= m or n < 1:
-        raise ValueError(f"expected 1 <= k <= {m} and n >= 1, got k={k}, n={n}")
+        raise InputError(f"expected 1 <= k <= {m} and n >= 1, got k={k}, n={n}")
     rng = np.random.default_rng(seed)
     out = np.empty(n)
     for start in range(0, n, _BATCH):
@@ -152,6 +154,18 @@ def projection_draws(sigma: ArrayLike, d_out: int, d_in: int, k: int, *, n: int 
 def z_score(effect: float | None, null_mean: float, null_sd: float) -> float:
     """(effect − null_mean) / null_sd; NaN when the effect is missing or the null has no spread.
 
+    Parameters
+    ----------
+    effect : float or None
+    null_mean, null_sd : float
+        Mean and standard deviation of the null distribution.
+
+    Returns
+    -------
+    float
+
+    Examples
+    --------
     >>> z_score(0.5, 0.1, 0.1)
     4.0
     """
@@ -181,7 +195,7 @@ def phi11_tail(phi: ArrayLike, d: int) -> float | np.ndarray:
 
     d = int(d)
     if d < 2:
-        raise ValueError(f"d must be >= 2, got {d}")
+        raise InputError(f"d must be >= 2, got {d}")
     return beta.sf(phi, 0.5, (d - 1) / 2.0)
 
 
@@ -204,7 +218,7 @@ def top1_overlap_tail(phi: ArrayLike, j: int, d: int) -> float | np.ndarray:
 
     j, d = int(j), int(d)
     if not 1 <= j <= d:
-        raise ValueError(f"expected 1 <= j <= d, got j={j}, d={d}")
+        raise InputError(f"expected 1 <= j <= d, got j={j}, d={d}")
     if j == d:
         return np.where(np.asarray(phi) <= 1.0, 1.0, 0.0)
     return beta.sf(phi, j / 2.0, (d - j) / 2.0)
@@ -238,7 +252,7 @@ def projection_moments(sigma: ArrayLike, d_out: int, d_in: int, k: int) -> tuple
     s = np.asarray(sigma, dtype=np.float64).ravel()
     d_out, d_in, k = int(d_out), int(d_in), int(k)
     if min(d_out, d_in) < 2 or not 1 <= k <= min(d_out, d_in):
-        raise ValueError(f"expected d_out, d_in >= 2 and 1 <= k <= min(d), got {d_out}, {d_in}, k={k}")
+        raise InputError(f"expected d_out, d_in >= 2 and 1 <= k <= min(d), got {d_out}, {d_in}, k={k}")
     t1, t2 = float(np.sum(s ** 2)), float(np.sum(s ** 4))
     ao, bo = _haar_pair_coeffs(d_out, k)
     ai, bi = _haar_pair_coeffs(d_in, k)

@@ -9,6 +9,7 @@ import numpy as np
 
 from analysis.core.lowrank import LowRank
 from analysis.core.sides import FACTOR_SIDES
+from analysis.errors import InputError
 from analysis.metrics.similarity import basis_columns, phi_and_angles_many, random_null, random_null_std
 from analysis.metrics.stability import PrefixStability, stability_from_overlap
 
@@ -192,9 +193,9 @@ def module_similarities(lr1: LowRank, lr2: LowRank, *, sides: Sequence[str] = SI
     """
     for side in sides:
         if side not in SIDES:
-            raise ValueError(f"side must be one of {SIDES}, got {side!r}")
+            raise InputError(f"side must be one of {SIDES}, got {side!r}")
     if lr1.shape != lr2.shape:
-        raise ValueError(
+        raise InputError(
             f"module {name or lr1.name!r}: ΔW shapes differ, {lr1.shape} vs {lr2.shape}; "
             "compare the same module of adapters on the same base model")
     # the larger adapter's factors meet the smaller one's Q in their own Gram: one pass over each
@@ -250,7 +251,7 @@ def gaussian_similarity(r1: int, r2: int, d: int, *, seed: int = 0) -> Similarit
         On the ``"A"`` side; φ ≈ max(i, j) / d up to sampling noise.
     """
     if min(r1, r2, d) < 1:
-        raise ValueError(f"r1, r2 and d must be positive, got {r1}, {r2}, {d}")
+        raise InputError(f"r1, r2 and d must be positive, got {r1}, {r2}, {d}")
     rng = np.random.default_rng(seed)
     a = LowRank(rng.standard_normal((r1, d)), rng.standard_normal((1, r1)))  # (r1, d), (1, r1)
     b = LowRank(rng.standard_normal((r2, d)), rng.standard_normal((1, r2)))

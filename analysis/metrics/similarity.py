@@ -11,6 +11,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from analysis.errors import InputError
+
 if TYPE_CHECKING:
     from collections.abc import Sequence
     from typing import Any
@@ -39,19 +41,19 @@ def check_orthonormal(U: ArrayLike, name: str = "U", *, atol: float | None = Non
     """
     U = np.asarray(U)
     if U.ndim != 2:
-        raise ValueError(f"{name} must be a 2-D (d, k) array of orthonormal columns, got shape {U.shape}")
+        raise InputError(f"{name} must be a 2-D (d, k) array of orthonormal columns, got shape {U.shape}")
     if U.dtype.kind not in "fiu":
         raise TypeError(f"{name} must be real, got dtype {U.dtype}")
     if atol is None:
         atol = 1e-4 if U.dtype.kind == "f" and U.dtype.itemsize <= 4 else 1e-8
     U = U.astype(np.float64, copy=False)
     if not np.isfinite(U).all():
-        raise ValueError(f"{name} contains NaN or Inf")
+        raise InputError(f"{name} contains NaN or Inf")
     if U.shape[1]:
         G = U.T @ U  # (k, k)
         err = np.abs(G - np.eye(U.shape[1])).max()
         if err > atol:
-            raise ValueError(
+            raise InputError(
                 f"{name} of shape {U.shape} does not have orthonormal columns (max |UᵀU - I| = {err:.2e}); "
                 "pass singular vectors, e.g. LowRank.basis(), or orthonormalise with np.linalg.qr")
     return U
@@ -109,7 +111,7 @@ def subspace_similarity(U1: ArrayLike, U2: ArrayLike) -> np.ndarray:
     U1 = check_orthonormal(U1, "U1")
     U2 = check_orthonormal(U2, "U2")
     if U1.shape[0] != U2.shape[0]:
-        raise ValueError(
+        raise InputError(
             f"U1 and U2 must live in the same space: U1 has {U1.shape[0]} rows and U2 has "
             f"{U2.shape[0]}; compare bases of the same side of modules of the same shape")
     return phi_grid(U1, U2)
@@ -136,7 +138,7 @@ def principal_angles(U1: ArrayLike, U2: ArrayLike) -> np.ndarray:
     U1 = check_orthonormal(U1, "U1")
     U2 = check_orthonormal(U2, "U2")
     if U1.shape[0] != U2.shape[0]:
-        raise ValueError(f"U1 has {U1.shape[0]} rows and U2 has {U2.shape[0]}; they must match")
+        raise InputError(f"U1 has {U1.shape[0]} rows and U2 has {U2.shape[0]}; they must match")
     return _principal_angles(U1, U2)
 
 
@@ -273,7 +275,7 @@ def random_null(k1: int, k2: int, d: int) -> np.ndarray:
     (k1, k2) ndarray of float64
     """
     if d <= 0:
-        raise ValueError(f"d must be positive, got {d}")
+        raise InputError(f"d must be positive, got {d}")
     i = np.arange(1, k1 + 1)[:, None]
     j = np.arange(1, k2 + 1)[None, :]
     return np.minimum(np.maximum(i, j) / d, 1.0).astype(np.float64)

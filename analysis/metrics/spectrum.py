@@ -7,6 +7,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from analysis.errors import InputError
+
 if TYPE_CHECKING:
     from typing import Any
 
@@ -24,11 +26,11 @@ NEAR_TIE_GAP = 0.1
 def _check_s(s: ArrayLike) -> np.ndarray:
     s = np.asarray(s, dtype=np.float64)
     if s.ndim != 1:
-        raise ValueError(f"singular values must be a 1-D (k,) array, got shape {s.shape}")
+        raise InputError(f"singular values must be a 1-D (k,) array, got shape {s.shape}")
     if s.size and (not np.isfinite(s).all() or (s < 0).any()):
-        raise ValueError("singular values must be finite and non-negative")
+        raise InputError("singular values must be finite and non-negative")
     if s.size > 1 and (np.diff(s) > 1e-12 * s[0]).any():
-        raise ValueError("singular values must be in descending order")
+        raise InputError("singular values must be in descending order")
     return s
 
 
@@ -83,7 +85,7 @@ def rank_for_energy(s: ArrayLike, energy: float) -> int:
         0 for a zero update.
     """
     if not 0 < energy <= 1:
-        raise ValueError(f"energy must be in (0, 1], got {energy}")
+        raise InputError(f"energy must be in (0, 1], got {energy}")
     e = energy_retained(s)
     if e.size == 0:
         return 0
@@ -103,14 +105,22 @@ def rank_for_error(s: ArrayLike, rel_error: float) -> int:
     int
     """
     if not 0 <= rel_error < 1:
-        raise ValueError(f"rel_error must be in [0, 1), got {rel_error}")
+        raise InputError(f"rel_error must be in [0, 1), got {rel_error}")
     return rank_for_energy(s, 1.0 - rel_error ** 2)
 
 
 def effective_rank(s: ArrayLike) -> float:
     """Entropy effective rank exp(H(p)), p = s / Σ s (Roy & Vetterli, 2007).
 
-    Returns 0 for a zero update; between 1 and len(s) otherwise.
+    Parameters
+    ----------
+    s : (k,) array_like
+        Singular values, non-negative.
+
+    Returns
+    -------
+    float
+        0 for a zero update; between 1 and len(s) otherwise.
     """
     s = _check_s(s)
     tot = s.sum()
@@ -183,7 +193,7 @@ def near_tie(sigma: ArrayLike, *, gap: float = NEAR_TIE_GAP) -> bool:
     False
     """
     if not 0 < gap < 1:
-        raise ValueError(f"gap must be a relative gap in (0, 1), got {gap!r}")
+        raise InputError(f"gap must be a relative gap in (0, 1), got {gap!r}")
     s = _check_s(sigma)
     if s.size < 2 or s[0] == 0:
         return False

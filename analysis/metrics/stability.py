@@ -22,19 +22,23 @@ looks shared. Counting principal angles counts directions.
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from analysis.errors import InputError
 from analysis.metrics.similarity import check_orthonormal
 
 if TYPE_CHECKING:
+    from collections.abc import Callable, Iterator
+
     import pandas as pd
     from numpy.typing import ArrayLike
 
-__all__ = ["PrefixStability", "prefix_stability", "random_max_cos2", "stability_from_overlap"]
+__all__ = ["PrefixStability", "prefix_stability", "random_max_cos2", "stability_from_overlap", "null_store"]
 
 
 def _top_blocks(rng, n, d, k):
@@ -52,8 +56,48 @@ def _top_blocks(rng, n, d, k):
     return np.linalg.solve(L, G1.transpose(0, 2, 1)).transpose(0, 2, 1)  # G₁ R⁻¹ = (L⁻¹ G₁ᵀ)ᵀ
 
 
+#: The store :func:`null_store` plugged in (innermost last): ``(get, put)`` pairs.
+_STORES: list[tuple[Callable[[tuple], Any], Callable[[tuple, tuple[np.ndarray, np.ndarray]], Any]]] = []
+
+
+@contextlib.contextmanager
+def null_store(get: Callable[[tuple], tuple[np.ndarray, np.ndarray] | None],
+               put: Callable[[tuple, tuple[np.ndarray, np.ndarray]], Any]) -> Iterator[None]:
+    """Inside the block, look the Monte-Carlo nulls of :func:`random_max_cos2` up in a store before drawing them.
+
+    A null costs about a second at k = 64 (k batched SVDs of ``trials`` blocks); a persistent store (the sweeps'
+    cache, :func:`analysis.sweeps.svd_cache.cached_stability_nulls`) makes it a file read. The values are the
+    same either way: the store only keeps what was drawn.
+
+    Parameters
+    ----------
+    get : callable
+        ``get(key) -> (mean, sd) or None``; ``key`` is ``("max_cos2", d, k, trials, seed)``.
+    put : callable
+        ``put(key, (mean, sd))``, after a null was drawn.
+    """
+    _STORES.append((get, put))
+    try:
+        yield
+    finally:
+        _STORES.remove((get, put))
+
+
 @lru_cache(maxsize=64)
 def _null(d, k, trials, seed):
+    key = ("max_cos2", d, k, trials, seed)
+    store = _STORES[-1] if _STORES else None
+    if store is not None:
+        got = store[0](key)
+        if got is not None:
+            return got
+    mean, sd = _draw_null(d, k, trials, seed)
+    if store is not None:
+        store[1](key, (mean, sd))
+    return mean, sd
+
+
+def _draw_null(d, k, trials, seed):
     rng = np.random.default_rng(seed)
     if d >= 2 * k:
         Q1 = _top_blocks(rng, trials, d, k)  # (trials, k, k)
@@ -86,7 +130,7 @@ def random_max_cos2(d: int, k: int, *, trials: int = 200, seed: int = 0) -> tupl
         For i = 1 the exact values are 1/d and √(2(d−1)) / (d √(d+2)).
     """
     if not (1 <= k <= d):
-        raise ValueError(f"need 1 <= k <= d, got k={k}, d={d}")
+        raise InputError(f"need 1 <= k <= d, got k={k}, d={d}")
     mean, sd = _null(int(d), int(k), int(trials), int(seed))
     return mean.copy(), sd.copy()
 
@@ -167,11 +211,15 @@ def prefix_stability(U1: ArrayLike, U2: ArrayLike, *, n_std: float = 3.0, trials
     U1 = check_orthonormal(U1, "U1")
     U2 = check_orthonormal(U2, "U2")
     if U1.shape[0] != U2.shape[0]:
-        raise ValueError(f"U1 has {U1.shape[0]} rows and U2 has {U2.shape[0]}; compare bases of the same space")
+        raise InputError(f"U1 has {U1.shape[0]} rows and U2 has {U2.shape[0]}; compare bases of the same space")
     if not (np.isfinite(n_std) and n_std >= 0):
-        raise ValueError(f"n_std must be a non-negative number, got {n_std!r}")
+        raise InputError(f"n_std must be a non-negative number, got {n_std!r}")
     cap = min(U1.shape[1], U2.shape[1])
     return stability_from_overlap(U1[:, :cap].T @ U2[:, :cap], U1.shape[0], n_std, trials, seed)  # (cap, cap)
+
+
+#: Prefixes whose blocks are factorised in one batch (:func:`stability_from_overlap`).
+_PREFIX_GROUP = 8
 
 
 def stability_from_overlap(M: np.ndarray, d: int, n_std: float = 3.0, trials: int = 200,
@@ -194,11 +242,16 @@ def stability_from_overlap(M: np.ndarray, d: int, n_std: float = 3.0, trials: in
     if cap == 0:
         z = np.zeros(0)
         return PrefixStability(np.zeros((0, 0)), z, np.zeros(0, dtype=int), 0, 0, d, 0, float(n_std))
-    # every prefix block M[:i, :i] zero-padded to (cap, cap): one batched SVD; the padding adds zeros only
+    # every prefix block M[:i, :i], zero-padded to the width of its group of _PREFIX_GROUP prefixes: one batched SVD
+    # per group (the padding adds zero singular values only; a quarter of the work of padding all to cap)
     i = np.arange(1, cap + 1)
-    keep = (np.arange(cap)[None, :, None] < i[:, None, None]) & (np.arange(cap)[None, None, :] < i[:, None, None])
-    blocks = np.where(keep, M[None, :cap, :cap], 0.0)  # (cap, cap, cap): block i-1 holds M[:i, :i]
-    cos2 = np.clip(np.linalg.svd(blocks, compute_uv=False) ** 2, 0.0, 1.0)  # (cap, cap), descending rows
+    sv = np.zeros((cap, cap))
+    for lo in range(0, cap, _PREFIX_GROUP):
+        w = min(lo + _PREFIX_GROUP, cap)
+        ks = i[lo:w]
+        keep = (np.arange(w)[None, :, None] < ks[:, None, None]) & (np.arange(w)[None, None, :] < ks[:, None, None])
+        sv[lo:w, :w] = np.linalg.svd(np.where(keep, M[None, :w, :w], 0.0), compute_uv=False)
+    cos2 = np.clip(sv ** 2, 0.0, 1.0)  # (cap, cap), descending rows
     cos2[np.arange(cap)[None, :] >= i[:, None]] = np.nan  # prefix i has i cosines
     mean, sd = random_max_cos2(d, cap, trials=trials, seed=seed)
     thr = mean + n_std * sd  # (cap,)

@@ -27,6 +27,8 @@ from __future__ import annotations
 import math
 from typing import TYPE_CHECKING
 
+from analysis.errors import InputError
+
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
@@ -44,7 +46,19 @@ SIGN_METHODS = ("total", "frequency")
 
 
 def check_density(rule: str, density: float | None) -> float | None:
-    """Validate ``density`` for ``rule``; returns it as a float (None for ``linear``).
+    """Validate ``density`` for ``rule``.
+
+    Parameters
+    ----------
+    rule : str
+        The combination rule (``linear``, ``ties``, ``dare_linear``, ``dare_ties``, ``magnitude_prune``).
+    density : float or None
+        Share of entries kept, in (0, 1], for the pruning rules; None for ``linear``.
+
+    Returns
+    -------
+    float or None
+        ``density`` as a float (None for ``linear``).
 
     Raises
     ------
@@ -53,11 +67,11 @@ def check_density(rule: str, density: float | None) -> float | None:
     """
     if rule == "linear":
         if density is not None:
-            raise ValueError(f"density applies to the pruning methods only, got density={density!r} for linear")
+            raise InputError(f"density applies to the pruning methods only, got density={density!r} for linear")
         return None
     if density is None or not isinstance(density, (int, float)) or isinstance(density, bool) \
             or not math.isfinite(density) or not 0 < density <= 1:
-        raise ValueError(f"method {rule!r} needs a density in (0, 1] (the share of entries kept), got {density!r}")
+        raise InputError(f"method {rule!r} needs a density in (0, 1] (the share of entries kept), got {density!r}")
     return float(density)
 
 
@@ -115,7 +129,7 @@ def _prune(tensors, rule, density, masks):
     if rule in ("ties", "magnitude_prune"):
         return [t * magnitude_mask(t, density) for t in tensors]
     if masks is None or len(masks) != len(tensors):
-        raise ValueError(f"rule {rule!r} needs one drawn mask per tensor ({len(tensors)}), got "
+        raise InputError(f"rule {rule!r} needs one drawn mask per tensor ({len(tensors)}), got "
                          f"{None if masks is None else len(masks)}")
     return [(t * m) / density for t, m in zip(tensors, masks)]
 
@@ -135,7 +149,7 @@ def _elect(stacked, method):
     elif method == "frequency":
         magnitude = sign.sum(dim=0)
     else:
-        raise ValueError(f"majority_sign_method must be one of {SIGN_METHODS}, got {method!r}")
+        raise InputError(f"majority_sign_method must be one of {SIGN_METHODS}, got {method!r}")
     majority = torch.where(magnitude >= 0, 1, -1)
     return sign == majority
 
@@ -166,13 +180,13 @@ def combine(tensors: Sequence[torch.Tensor], weights: Sequence[float], *, rule: 
     import torch
 
     if rule not in RULES:
-        raise ValueError(f"rule must be one of {RULES}, got {rule!r}")
+        raise InputError(f"rule must be one of {RULES}, got {rule!r}")
     if majority_sign_method not in SIGN_METHODS:
-        raise ValueError(f"majority_sign_method must be one of {SIGN_METHODS}, got {majority_sign_method!r}")
+        raise InputError(f"majority_sign_method must be one of {SIGN_METHODS}, got {majority_sign_method!r}")
     density = check_density(rule, density)
     w = torch.tensor([float(x) for x in weights], dtype=torch.float32)
     if len(tensors) != w.numel():
-        raise ValueError(f"expected one weight per tensor ({len(tensors)}), got {w.numel()}")
+        raise InputError(f"expected one weight per tensor ({len(tensors)}), got {w.numel()}")
     stacked = torch.stack(_prune(tensors, rule, density, masks), dim=0)  # (n, …)
     if rule in ("ties", "dare_ties"):
         agree = _elect(stacked, majority_sign_method)  # elected on the unweighted tensors, as PEFT

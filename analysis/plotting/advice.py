@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from analysis.errors import InputError
 from analysis.plotting.common import PlotArtists, check_columns, get_ax
 from analysis.plotting.layers import plot_layer_profile
 
@@ -53,7 +54,7 @@ def plot_advised_rank(advice: RankAdvice | pd.DataFrame, *, ax: Axes | None = No
     n_std = getattr(advice, "n_std", None)
     ylabel = "advised rank" + (f" (side {side}, {n_std:g} sd)" if side is not None else "")
     if show_cap not in _SHOW_CAP:
-        raise ValueError(f"show_cap must be True, False or 'auto', got {show_cap!r}")
+        raise InputError(f"show_cap must be True, False or 'auto', got {show_cap!r}")
     any_capped = "capped" in frame.columns and bool(frame["capped"].any())
     cap = "cap" in frame.columns and (show_cap is True or (show_cap == "auto" and any_capped))
     profile_kw.setdefault("ylabel", ylabel)

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from analysis.errors import InputError
 from analysis.plotting.common import PlotArtists, check_columns, get_ax, module_label
 
 if TYPE_CHECKING:
@@ -65,9 +66,9 @@ def plot_collection_matrix(matrix: ArrayLike | CollectionResult, *, labels: Sequ
         ``"image"``, ``"colorbar"`` (None when not drawn), ``"texts"`` (list, possibly empty).
     """
     if kind not in _KINDS:
-        raise ValueError(f"kind must be one of {sorted(_KINDS)}, got {kind!r}")
+        raise InputError(f"kind must be one of {sorted(_KINDS)}, got {kind!r}")
     if annotate not in ("auto", "always", "never"):
-        raise ValueError(f"annotate must be 'auto', 'always' or 'never', got {annotate!r}")
+        raise InputError(f"annotate must be 'auto', 'always' or 'never', got {annotate!r}")
     if hasattr(matrix, "similarity") and hasattr(matrix, "labels"):
         res = matrix
         labels = short_labels(res.labels) if labels is None else labels
@@ -76,14 +77,14 @@ def plot_collection_matrix(matrix: ArrayLike | CollectionResult, *, labels: Sequ
         matrix = res.spread("similarity") if kind == "spread" else getattr(res, kind)  # type: ignore[union-attr]
     M = np.asarray(matrix, dtype=np.float64)
     if M.ndim != 2 or M.shape[0] != M.shape[1]:
-        raise ValueError(f"expected a square (N, N) matrix, got shape {M.shape}")
+        raise InputError(f"expected a square (N, N) matrix, got shape {M.shape}")
     n = M.shape[0]
     order = np.arange(n) if order is None else np.asarray(order, dtype=int)
     if sorted(order.tolist()) != list(range(n)):
-        raise ValueError(f"order must be a permutation of 0 … {n - 1}, got {order.tolist()[:10]}")
+        raise InputError(f"order must be a permutation of 0 … {n - 1}, got {order.tolist()[:10]}")
     labels = [str(i + 1) for i in range(n)] if labels is None else [str(x) for x in labels]
     if len(labels) != n:
-        raise ValueError(f"expected {n} labels, got {len(labels)}")
+        raise InputError(f"expected {n} labels, got {len(labels)}")
     lo, hi, cm, cl = _KINDS[kind]
     M = M[np.ix_(order, order)]
     vmin = lo if vmin is None else vmin

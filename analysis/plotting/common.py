@@ -12,6 +12,9 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from analysis.errors import InputError
+from analysis.io.roles import module_role
+
 if TYPE_CHECKING:
     from collections.abc import Iterable, KeysView
     from typing import Any
@@ -102,7 +105,7 @@ def check_columns(frame: pd.DataFrame, cols: Iterable[str], what: str) -> None:
     """Raise ValueError naming the missing columns when ``frame`` lacks any of ``cols`` (``what``: its source)."""
     missing = set(cols) - set(getattr(frame, "columns", ()))
     if missing:
-        raise ValueError(f"expected a DataFrame with columns {sorted(cols)} ({what}); missing {sorted(missing)}")
+        raise InputError(f"expected a DataFrame with columns {sorted(cols)} ({what}); missing {sorted(missing)}")
 
 
 def get_ax(ax: Axes | None) -> Axes:
@@ -135,8 +138,6 @@ def module_label(module: str, *, plain: bool = False, stack: bool = False) -> st
     str
         Cross-attention projections get ``" (cross)"``; modules of role ``other`` their last name component.
     """
-    from analysis.io.roles import module_role
-
     text = str(module)
     stack_name, _, part = text.rpartition("/") if "/" in text else ("", "", text)
     role = module_role(part).role if part else "other"

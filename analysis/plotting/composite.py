@@ -12,6 +12,10 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from analysis.errors import InputError
+from analysis.io.roles import module_role
+from analysis.metrics.nulls import phi11_null
+from analysis.plotting.collection import plot_collection_matrix, plot_trajectory, short_labels
 from analysis.plotting.common import module_label
 from analysis.plotting.heatmap import plot_phi
 from analysis.plotting.layers import plot_layer_profile
@@ -103,7 +107,8 @@ _PHI_FIELDS = ("title", "xlabel", "ylabel")
 
 def phi_modules_figure(sweep: PairSweep, names: Sequence[str], *, panels: Sequence[Mapping[str, Any]],
                        labels: tuple[str, str] = ("A", "B"), width: float = 10.0, row_height: float = 3.3,
-                       width_ratios: Sequence[float] | None = None, suptitle: str | None = None) -> Figure:
+                       width_ratios: Sequence[float] | None = None, suptitle: str | None = None,
+                       module_labels: Mapping[str, str] | None = None) -> Figure:
     """φ(i, j) heatmaps of one pair of adapters: one row per module, one column per panel.
 
     Parameters
@@ -126,6 +131,9 @@ def phi_modules_figure(sweep: PairSweep, names: Sequence[str], *, panels: Sequen
     width_ratios : sequence of float, optional
         Relative widths of the columns.
     suptitle : str, optional
+    module_labels : Mapping[str, str], optional
+        Module name -> its ``module`` field in the templates (default
+        :func:`module_label` of the name, e.g. ΔW_q).
 
     Returns
     -------
@@ -133,7 +141,7 @@ def phi_modules_figure(sweep: PairSweep, names: Sequence[str], *, panels: Sequen
     """
     names, panels = list(names), [dict(p) for p in panels]
     if not names or not panels:
-        raise ValueError(f"need at least one module and one panel, got {len(names)} and {len(panels)}")
+        raise InputError(f"need at least one module and one panel, got {len(names)} and {len(panels)}")
     fig = new_figure(width, row_height * len(names) + 0.6)
     axes = fig.subplots(len(names), len(panels), squeeze=False,
                         gridspec_kw=None if width_ratios is None else {"width_ratios": list(width_ratios)})
@@ -146,7 +154,8 @@ def phi_modules_figure(sweep: PairSweep, names: Sequence[str], *, panels: Sequen
                 axes[row, col].text(0.5, 0.5, f"{module_label(name)}: zero update", ha="center", va="center",
                                     transform=axes[row, col].transAxes)
                 continue
-            fields = dict(module=module_label(name), a=labels[0], b=labels[1], r1=res.r1, r2=res.r2,
+            mod = module_labels[name] if module_labels and name in module_labels else module_label(name)
+            fields = dict(module=mod, a=labels[0], b=labels[1], r1=res.r1, r2=res.r2,
                           k1=res.phi.shape[0], k2=res.phi.shape[1], d=res.d)
             for key in _PHI_FIELDS:
                 if isinstance(kw.get(key), str):
@@ -192,7 +201,7 @@ def phi11_layers_figure(frames: Mapping[str, pd.DataFrame | None], *, sides: Seq
     """
     pairs = list(frames.items())
     if not pairs:
-        raise ValueError("no pair to draw")
+        raise InputError("no pair to draw")
     if len(pairs) == 1:
         fig = new_figure(5.5 * len(sides), 3.8)
         axes = fig.subplots(1, len(sides), sharey=True, squeeze=False)
@@ -259,8 +268,6 @@ def spectra_figure(spectra: Mapping[str, AdapterSweep | Mapping[str, ArrayLike]]
     -------
     matplotlib.figure.Figure
     """
-    from analysis.io.roles import module_role
-
     rows, modules = list(spectra.items()), list(modules)
     fig = new_figure(5.2 * len(modules), 3.4 * len(rows) + 0.5)
     axes = fig.subplots(len(rows), len(modules), squeeze=False)
@@ -305,7 +312,7 @@ def amplification_figure(frames: Mapping[str, pd.DataFrame], *, modules: Sequenc
 
 
     if not frames:
-        raise ValueError("no adapter frame to draw")
+        raise InputError("no adapter frame to draw")
     order = list(frames)
     fr = pd.concat([f.assign(adapter=lab) for lab, f in frames.items()], ignore_index=True)
     fr["amp_random"] = fr["fro"] / fr["proj_random"]
@@ -450,8 +457,6 @@ def collection_figure(res: Any, kind: str) -> Figure:
     -------
     matplotlib.figure.Figure
     """
-    from analysis.plotting.collection import plot_collection_matrix, short_labels
-
     n = len(res.labels)
     size = min(6.0, 2.5 + 0.18 * n)
     fig = new_figure(2 * size + 1.5, size)
@@ -484,9 +489,6 @@ def trajectory_figure(run: str, tr: Any) -> Figure:
     -------
     matplotlib.figure.Figure
     """
-    from analysis.metrics.nulls import phi11_null
-    from analysis.plotting.collection import plot_trajectory
-
     fig = new_figure(13, 3.4)
     axes = fig.subplots(1, 4)
     d = int(tr.present_from["d"].min())

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from analysis.errors import InputError
 from analysis.plotting.common import PlotArtists, get_ax, index_ticks
 
 if TYPE_CHECKING:
@@ -46,13 +47,13 @@ def phi_grid_of(result: SimilarityResult | WeightOverlap | pd.DataFrame | ArrayL
     if hasattr(result, "pivot"):
         missing = {"i", "j", "phi"} - set(result.columns)  # type: ignore[union-attr]  # a DataFrame
         if missing:
-            raise ValueError(f"a frame needs columns i, j, phi (as from SimilarityResult.to_frame()); "
+            raise InputError(f"a frame needs columns i, j, phi (as from SimilarityResult.to_frame()); "
                              f"missing {sorted(missing)}")
         g = result.pivot(index="i", columns="j", values="phi").sort_index().sort_index(axis=1)
         return g.to_numpy(dtype=np.float64)
     arr = np.asarray(result, dtype=np.float64)
     if arr.ndim != 2:
-        raise ValueError(f"expected a 2-D φ grid (k1, k2), got shape {arr.shape}")
+        raise InputError(f"expected a 2-D φ grid (k1, k2), got shape {arr.shape}")
     return arr
 
 
@@ -128,10 +129,10 @@ def plot_phi(result: SimilarityResult | WeightOverlap | pd.DataFrame | ArrayLike
         ``"texts"`` (the cell values, a list of Text; empty when not written).
     """
     if annotate not in _ANNOTATE:
-        raise ValueError(f"annotate must be one of {sorted(_ANNOTATE)}, got {annotate!r}")
+        raise InputError(f"annotate must be one of {sorted(_ANNOTATE)}, got {annotate!r}")
     phi = phi_grid_of(result)
     if phi.size == 0:
-        raise ValueError(f"empty φ grid (shape {phi.shape}): an update is zero, nothing to draw; "
+        raise InputError(f"empty φ grid (shape {phi.shape}): an update is zero, nothing to draw; "
                          "check result.zero first")
     phi = phi[: i_max or phi.shape[0], : j_max or phi.shape[1]]
     data = phi.T if transpose else phi

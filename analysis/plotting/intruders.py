@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from analysis.errors import InputError
 from analysis.plotting.common import PlotArtists, get_ax, module_label
 
 if TYPE_CHECKING:
@@ -46,10 +47,10 @@ def plot_intruders(frame: pd.DataFrame | IntruderSweep, *, ax: Axes | None = Non
     """
     frame = getattr(frame, "frame", frame)
     if value not in ("count", "energy_share"):
-        raise ValueError(f"value must be 'count' or 'energy_share', got {value!r}")
+        raise InputError(f"value must be 'count' or 'energy_share', got {value!r}")
     missing = {"layer", "module", value} - set(getattr(frame, "columns", ()))
     if missing:
-        raise ValueError(f"expected a frame with columns layer, module, {value} (from intruder_sweep); "
+        raise InputError(f"expected a frame with columns layer, module, {value} (from intruder_sweep); "
                          f"missing {sorted(missing)}")
     ax = get_ax(ax)
     types = list(dict.fromkeys(frame["module"])) if modules is None else list(modules)  # type: ignore[index]

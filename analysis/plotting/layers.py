@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from analysis.errors import InputError
 from analysis.plotting.common import PlotArtists, get_ax, module_label
 
 if TYPE_CHECKING:
@@ -65,7 +66,7 @@ def plot_layer_profile(frame: pd.DataFrame, y: str, *, ax: Axes | None = None, x
     cols = {x, y} | ({hue} if hue else set()) | ({null} if isinstance(null, str) else set())
     missing = cols - set(frame.columns)
     if missing:
-        raise ValueError(f"frame has no column(s) {sorted(missing)}; it has {list(frame.columns)[:12]} …")
+        raise InputError(f"frame has no column(s) {sorted(missing)}; it has {list(frame.columns)[:12]} …")
     ax = get_ax(ax)
     groups = [(None, frame)] if hue is None else list(frame.groupby(hue, sort=True))
     if order is not None and hue is not None:

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from analysis.errors import InputError
 from analysis.plotting.common import PlotArtists, get_ax
 
 if TYPE_CHECKING:
@@ -29,7 +30,7 @@ def _as_items(results, labels):
     if labels is None:
         labels = [f"r = {res.r}" for res in results]
     if len(labels) != len(results):
-        raise ValueError(f"got {len(labels)} labels for {len(results)} results")
+        raise InputError(f"got {len(labels)} labels for {len(results)} results")
     return list(zip(labels, results))
 
 

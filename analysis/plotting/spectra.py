@@ -12,6 +12,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from analysis.core.adapter import split_name
+from analysis.errors import InputError
 from analysis.plotting.common import PlotArtists, check_columns, get_ax, module_label
 
 if TYPE_CHECKING:
@@ -64,8 +66,6 @@ def plot_spectra(spectra: AdapterSweep | Mapping[str, ArrayLike], *, ax: Axes | 
     from matplotlib.cm import ScalarMappable
     from matplotlib.colors import Normalize
 
-    from analysis.core.adapter import split_name
-
     if hasattr(spectra, "spectra"):
         spectra = spectra.spectra
     if not isinstance(spectra, Mapping):
@@ -74,7 +74,7 @@ def plot_spectra(spectra: AdapterSweep | Mapping[str, ArrayLike], *, ax: Axes | 
     items = [(n, np.asarray(s, dtype=float)) for n, s in spectra.items() if module is None or module in n]
     items = [(n, s) for n, s in items if s.size]
     if not items:
-        raise ValueError(f"no non-zero spectrum to draw (module filter {module!r})")
+        raise InputError(f"no non-zero spectrum to draw (module filter {module!r})")
     ax = get_ax(ax)
     layers = [split_name(n)[0] for n, _ in items]
     known = [lay for lay in layers if lay is not None]
@@ -141,7 +141,7 @@ def plot_energy_spectra(frame: pd.DataFrame, *, ax: Axes | None = None, y: str =
         ``"legend"`` (of the line styles; None with a single module type).
     """
     if y not in _Y:
-        raise ValueError(f"y must be one of {sorted(_Y)}, got {y!r}")
+        raise InputError(f"y must be one of {sorted(_Y)}, got {y!r}")
     check_columns(frame, ("name", "layer", "module", "k", y),
                   "the long frame of analysis.sweeps.spectra.spectra_long")
     import matplotlib as mpl

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from typing import TYPE_CHECKING
 
+from analysis.errors import InputError
 from analysis.plotting.common import PlotArtists, get_ax
 
 if TYPE_CHECKING:
@@ -54,10 +55,10 @@ def plot_table(frame: pd.DataFrame, *, ax: Axes | None = None, columns: Sequence
     columns = list(frame.columns) if columns is None else list(columns)
     missing = set(columns) - set(frame.columns)
     if missing:
-        raise ValueError(f"frame has no column(s) {sorted(missing)}")
+        raise InputError(f"frame has no column(s) {sorted(missing)}")
     col_labels = columns if col_labels is None else list(col_labels)
     if len(col_labels) != len(columns):
-        raise ValueError(f"got {len(col_labels)} col_labels for {len(columns)} columns")
+        raise InputError(f"got {len(col_labels)} col_labels for {len(columns)} columns")
     ax = get_ax(ax)
     cells = [[_fmt(v, fmt.get(c, "{:.3g}") if hasattr(fmt, "get") else fmt) for c, v in zip(columns, row)]
              for row in frame[columns].itertuples(index=False)]

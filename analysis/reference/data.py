@@ -21,6 +21,8 @@ import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from analysis.errors import InputError
+
 if TYPE_CHECKING:
     from collections.abc import Iterable, Mapping
     from typing import Any
@@ -274,7 +276,7 @@ def read_task(task: str, root: str | os.PathLike[str] = WORDNET_DIR) -> list[Exa
     list of Example or TaskExample
     """
     if task not in TASKS:
-        raise ValueError(f"task must be one of {sorted(TASKS)}, got {task!r}")
+        raise InputError(f"task must be one of {sorted(TASKS)}, got {task!r}")
     if task == "define":
         return read_wordnet(root)
     make = {"word": _word_task, "hypernym": _hypernym_task, "synonyms": _synonym_task}[task]
@@ -324,7 +326,7 @@ def split_examples(examples: Iterable[Example | TaskExample], *,
         Sorted by digest (so "the first 256" is a fixed, unbiased set).
     """
     if not 0 < val_per_mille < 1000:
-        raise ValueError(f"val_per_mille must be in (0, 1000), got {val_per_mille}")
+        raise InputError(f"val_per_mille must be in (0, 1000), got {val_per_mille}")
     train, val = [], []
     for ex in examples:
         d = ex.digest()

@@ -22,6 +22,12 @@ import sys
 import time
 from typing import TYPE_CHECKING
 
+from analysis.io import load_adapter
+from analysis.io.outputs import atomic_output, check_target, write_json
+from analysis.reference.data import TASKS, WORDNET_DIR, manifest_task, read_task, split_examples
+from analysis.reference.train import encode_examples, load_base, val_loss
+from analysis.sweeps.merge import merge_adapters
+
 if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
 
@@ -30,8 +36,6 @@ __all__ = ["evaluate", "TaskEvaluator", "main"]
 
 def _task_of(path):
     """The reference task an adapter was trained on, from its manifest (``define`` without one)."""
-    from analysis.reference.data import manifest_task
-
     man = os.path.join(path, "manifest.json")
     if not os.path.exists(man):
         return "define"
@@ -54,9 +58,6 @@ class TaskEvaluator:
                  wordnet: str | os.PathLike[str] | None = None, tiny: bool = False, seed: int = 0) -> None:
         import torch
 
-        from analysis.reference.data import TASKS, WORDNET_DIR, read_task, split_examples
-        from analysis.reference.train import encode_examples, load_base
-
         torch.set_num_threads(threads)
         self.tasks = list(tasks or TASKS)
         self.base, self.tok, _ = load_base(tiny=tiny, seed=seed)
@@ -68,15 +69,11 @@ class TaskEvaluator:
 
     def base_losses(self, tasks: Sequence[str] | None = None) -> dict[str, float]:
         """``{task: loss}`` of the base model."""
-        from analysis.reference.train import val_loss
-
         return {t: val_loss(self.base, self.pairs[t], self.tok.pad_id) for t in (tasks or self.tasks)}
 
     def adapter_losses(self, path: str | os.PathLike[str], tasks: Sequence[str] | None = None) -> dict[str, float]:
         """``{task: loss}`` of the base with the PEFT adapter at ``path`` (the base is left untouched)."""
         from peft import PeftModel
-
-        from analysis.reference.train import val_loss
 
         model = PeftModel.from_pretrained(self.base, str(path))
         try:
@@ -121,10 +118,6 @@ def evaluate(adapters: Mapping[str, str | os.PathLike[str]], *, tasks: Sequence[
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Merge adapters exactly, write the merge and its validation losses; returns the exit code."""
-    from analysis.io import load_adapter
-    from analysis.io.outputs import atomic_output, check_target, write_json
-    from analysis.sweeps.merge import merge_adapters
-
     p = argparse.ArgumentParser(prog="python -m analysis.reference.evaluate", description=__doc__.split("\n")[0])
     p.add_argument("--merge", nargs="+", required=True, metavar="ADAPTER", help="task adapters to merge (≥ 2)")
     p.add_argument("--rank", type=int, default=8, help="rank K of the merged adapter (default 8)")

@@ -29,6 +29,11 @@ import sys
 import time
 from typing import TYPE_CHECKING, Any
 
+from analysis.io import load_adapter
+from analysis.reference.evaluate import TaskEvaluator
+from analysis.sweeps.merge import merge_adapters
+from analysis.sweeps.merge_advice import advice_vs_losses, merged_distances, suggested_scale
+
 if TYPE_CHECKING:
     from collections.abc import Callable, Mapping, Sequence
 
@@ -86,10 +91,6 @@ def _append(path, row):
 
 def _merged(name, subset, wt, method, paths, out_root, density):
     """The merged adapter's folder (written if missing) and its advice statistics per task."""
-    from analysis.io import load_adapter
-    from analysis.sweeps.merge import merge_adapters
-    from analysis.sweeps.merge_advice import merged_distances, suggested_scale
-
     ads = [load_adapter(paths[t]) for t in subset]
     w = [1.0 if wt == "1" else 1.0 / len(subset)] * len(subset)
     folder = os.path.join(out_root, name)
@@ -119,8 +120,6 @@ def run(*, out_root: str | os.PathLike[str], table: str | os.PathLike[str], chec
         methods: Sequence[str] = METHODS, wordnet: str | os.PathLike[str] | None = None, tiny: bool = False,
         log: Callable[[str], object] = print) -> int:
     """Measure every merge of :func:`merge_plan` not yet in ``table``; returns the number of rows added."""
-    from analysis.reference.evaluate import TaskEvaluator
-
     adapters = dict(adapters or DEFAULT_ADAPTERS)
     paths = {t: os.path.join(checkpoints, p) for t, p in adapters.items()}
     tasks = list(adapters)
@@ -181,8 +180,6 @@ def analyse(table: str | os.PathLike[str] | pd.DataFrame, *, n_perm: int = 10_00
     """
     import pandas as pd
     from scipy.stats import binomtest
-
-    from analysis.sweeps.merge_advice import advice_vs_losses
 
     fr = pd.DataFrame(read_table(table)) if isinstance(table, (str, os.PathLike)) else table.copy()
     fr = fr[fr["kind"] == "merge"].copy()

@@ -36,7 +36,11 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from analysis.reference.data import WORDNET_DIR, data_hash, split_examples
+from analysis.errors import AdapterError, InputError
+from analysis.io.jsonfile import read_json_object
+from analysis.io.outputs import atomic_output, replace_folder
+from analysis.io.tensors import safetensors_errors
+from analysis.reference.data import TASKS, WORDNET_DIR, data_hash, read_task, split_examples
 from analysis.reference.smollm2 import GGUF_REL, smollm2_gguf
 
 if TYPE_CHECKING:
@@ -300,39 +304,50 @@ def default_state_dir() -> str:
 
 
 def _atomic_save_adapter(peft_model, folder, manifest):
-    """Write a PEFT adapter and its manifest into ``folder`` as one rename (no half-written folder)."""
-    import tempfile
-
-    parent = os.path.dirname(os.path.abspath(folder)) or "."
-    os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix="." + os.path.basename(folder) + ".", dir=parent)
-    try:
+    """Write a PEFT adapter and its manifest into ``folder``, whole or not at all
+    (:func:`~analysis.io.outputs.replace_folder`); a run's own checkpoints (``checkpoint-N``) in it stay."""
+    keep = [f"checkpoint-{step}" for step in _checkpoint_steps(folder)]
+    with replace_folder(folder, keep=keep) as tmp:
         peft_model.save_pretrained(tmp, safe_serialization=True, save_embedding_layers=False)
         readme = os.path.join(tmp, "README.md")
         if os.path.exists(readme):
             os.remove(readme)
-        with open(os.path.join(tmp, "manifest.json"), "w") as fh:
-            json.dump(manifest, fh, indent=2)
-            fh.write("\n")
-        os.chmod(tmp, 0o755)
-        if os.path.isdir(folder):
-            import shutil
+        _dump_manifest(os.path.join(tmp, "manifest.json"), manifest)
 
-            for step in _checkpoint_steps(folder):  # a run's own checkpoints (checkpoint-0 …) stay in it
-                name = f"checkpoint-{step}"
-                if not os.path.exists(os.path.join(tmp, name)):
-                    os.rename(os.path.join(folder, name), os.path.join(tmp, name))
-            old = tmp + ".old"
-            os.rename(folder, old)
-            os.rename(tmp, folder)
-            shutil.rmtree(old)
-        else:
-            os.rename(tmp, folder)
-    except BaseException:
-        import shutil
 
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+def _read_tensors(path):
+    """The tensors of the safetensors file ``path``; a damaged file is an AdapterError naming it."""
+    from safetensors.torch import load_file
+
+    with safetensors_errors(path):
+        return load_file(path)
+
+
+def _read_state(path):
+    """The resumable training state in ``path`` (``torch.load`` with ``weights_only=True``); a damaged file is an
+    AdapterError naming it."""
+    import pickle
+    import zipfile
+
+    import torch
+
+    try:
+        state = torch.load(path, weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, zipfile.BadZipFile, ValueError, KeyError) as e:
+        raise AdapterError(f"cannot read the saved training state ({type(e).__name__}: "
+                           f"{' '.join(str(e).split())[:200]}); remove it to resume from the last checkpoint",
+                           path=path) from None
+    if not isinstance(state, dict) or "settings" not in state:
+        raise AdapterError("expected a saved training state (a dict with its settings); remove it to resume from "
+                           "the last checkpoint", path=path)
+    return state
+
+
+def _dump_manifest(path, manifest):
+    """``manifest`` as indented JSON with a final newline (the checkpoints' own layout)."""
+    with open(path, "w") as fh:
+        json.dump(manifest, fh, indent=2)
+        fh.write("\n")
 
 
 def _checkpoint_steps(folder):
@@ -408,9 +423,6 @@ def train_one(*, rank: int, seed: int, out: str, data_seed: int | None = None, i
     """
     import torch
     from peft import LoraConfig, get_peft_model
-    from safetensors.torch import load_file
-
-    from analysis.reference.data import TASKS, read_task
 
     data_seed = seed if data_seed is None else data_seed
     init_seed = seed if init_seed is None else init_seed
@@ -418,16 +430,16 @@ def train_one(*, rank: int, seed: int, out: str, data_seed: int | None = None, i
         target_modules = [t for t in target_modules.split(",") if t.strip()]
     target_modules = [t.strip() for t in target_modules]
     if not target_modules:
-        raise ValueError("target_modules must name at least one module")
+        raise InputError("target_modules must name at least one module")
     save_steps = sorted({int(s) for s in save_steps} | ({steps} if save_steps else set()))
     if rank < 1 or steps < 1 or batch_size < 1 or max_len < 2 or n_val < 1 or state_every < 0:
-        raise ValueError(f"rank, steps, batch_size, n_val must be >= 1, max_len >= 2 and state_every >= 0; got "
+        raise InputError(f"rank, steps, batch_size, n_val must be >= 1, max_len >= 2 and state_every >= 0; got "
                          f"rank={rank}, steps={steps}, batch_size={batch_size}, max_len={max_len}, n_val={n_val}, "
                          f"state_every={state_every}")
     if task not in TASKS:
-        raise ValueError(f"task must be one of {sorted(TASKS)}, got {task!r}")
+        raise InputError(f"task must be one of {sorted(TASKS)}, got {task!r}")
     if save_steps and not 1 <= save_steps[0] <= save_steps[-1] <= steps:
-        raise ValueError(f"save steps must lie in [1, {steps}], got {save_steps}")
+        raise InputError(f"save steps must lie in [1, {steps}], got {save_steps}")
     t0 = time.time()
     torch.set_num_threads(threads)
     random.seed(seed)
@@ -478,9 +490,9 @@ def train_one(*, rank: int, seed: int, out: str, data_seed: int | None = None, i
 
     start, losses, val_log, resumed, train_before = 0, [], [], [], 0.0
     if os.path.exists(state_path):
-        state = torch.load(state_path, weights_only=True)
+        state = _read_state(state_path)
         if state["settings"] != settings:
-            raise ValueError(f"{state_path}: saved state has other settings; remove it to start afresh")
+            raise InputError(f"{state_path}: saved state has other settings; remove it to start afresh")
         with torch.no_grad():
             for n, p in lora_params.items():
                 p.copy_(state["lora"][n])
@@ -493,11 +505,10 @@ def train_one(*, rank: int, seed: int, out: str, data_seed: int | None = None, i
     elif [s for s in _checkpoint_steps(out) if s > 0]:  # checkpoint-0 alone is a fresh start
         last = _checkpoint_steps(out)[-1]
         ck = os.path.join(out, f"checkpoint-{last}")
-        with open(os.path.join(ck, "manifest.json")) as fh:
-            ck_manifest = json.load(fh)
+        ck_manifest = read_json_object(os.path.join(ck, "manifest.json"))
         if ck_manifest.get("settings") != settings:
-            raise ValueError(f"{ck}: checkpoint has other settings; use another --out")
-        saved = load_file(os.path.join(ck, "adapter_model.safetensors"))
+            raise InputError(f"{ck}: checkpoint has other settings; use another --out")
+        saved = _read_tensors(os.path.join(ck, "adapter_model.safetensors"))
         with torch.no_grad():
             for n, p in lora_params.items():
                 p.copy_(saved[n.replace(".default", "")])
@@ -551,18 +562,16 @@ def train_one(*, rank: int, seed: int, out: str, data_seed: int | None = None, i
         }
 
     def save_state(step, train_seconds):
-        os.makedirs(os.path.dirname(state_path), exist_ok=True)
-        tmp = state_path + f".{os.getpid()}.tmp"
-        torch.save({"settings": settings, "step": step, "lora": {n: p.detach().clone() for n, p in lora_params.items()},
-                    "optimizer": opt.state_dict(), "schedule": sched.state_dict(), "train_loss": losses,
-                    "val_loss": val_log, "resumed": resumed, "train_seconds": train_seconds}, tmp)
-        os.replace(tmp, state_path)
+        with atomic_output(state_path, force=True) as tmp:  # replaces the run's own earlier state, whole
+            torch.save({"settings": settings, "step": step,
+                        "lora": {n: p.detach().clone() for n, p in lora_params.items()},
+                        "optimizer": opt.state_dict(), "schedule": sched.state_dict(), "train_loss": losses,
+                        "val_loss": val_log, "resumed": resumed, "train_seconds": train_seconds}, tmp)
 
     ck0 = os.path.join(out, "checkpoint-0")
     if os.path.exists(os.path.join(ck0, "manifest.json")):
-        with open(os.path.join(ck0, "manifest.json")) as fh:
-            if json.load(fh).get("settings") != settings:
-                raise ValueError(f"{ck0}: step-0 adapter has other settings; use another --out")
+        if read_json_object(os.path.join(ck0, "manifest.json")).get("settings") != settings:
+            raise InputError(f"{ck0}: step-0 adapter has other settings; use another --out")
     elif init_only:
         _check_init(out, A0)
         _atomic_save_adapter(peft_model, ck0, {**manifest_now(0, None, 0.0), "init_only": True})
@@ -610,11 +619,9 @@ def train_one(*, rank: int, seed: int, out: str, data_seed: int | None = None, i
     print(f"{tag} adapter val loss {val_adapter:.4f}", flush=True)
     manifest = manifest_now(steps, val_adapter, train_seconds)
     if save_steps:
-        os.makedirs(out, exist_ok=True)
         manifest["checkpoints"] = [f"checkpoint-{s}" for s in save_steps]
-        with open(os.path.join(out, "manifest.json"), "w") as fh:
-            json.dump(manifest, fh, indent=2)
-            fh.write("\n")
+        with atomic_output(os.path.join(out, "manifest.json"), force=True, kind="json") as tmp:
+            _dump_manifest(tmp, manifest)
     else:
         _atomic_save_adapter(peft_model, out, manifest)
     if os.path.exists(state_path):
@@ -640,18 +647,17 @@ def _init_a_rows(factors, folder, rank):
     rank : int
     """
     import torch
-    from safetensors.torch import load_file
 
     path = os.path.join(folder, "adapter_model.safetensors")
-    saved = load_file(path)
+    saved = _read_tensors(path)
     with torch.no_grad():
         for name, (a, _) in factors.items():
             key = f"base_model.model.{name}.lora_A.weight"
             if key not in saved:
-                raise ValueError(f"{path}: no {key} to start this run's A from")
+                raise InputError(f"{path}: no {key} to start this run's A from")
             src = saved[key]  # (r_src, d_in)
             if src.shape[0] < rank or src.shape[1] != a.shape[1]:
-                raise ValueError(f"{path}: {key} has shape {tuple(src.shape)}; need at least {rank} rows of "
+                raise InputError(f"{path}: {key} has shape {tuple(src.shape)}; need at least {rank} rows of "
                                  f"width {a.shape[1]}")
             a.copy_(src[:rank])
 
@@ -663,19 +669,21 @@ def _check_init(out, A0):
     the same numbers, else A₀ is not the run's true start and nothing is written.
     """
     import torch
-    from safetensors.torch import load_file
 
     path, mpath = os.path.join(out, "adapter_model.safetensors"), os.path.join(out, "manifest.json")
     if not (os.path.exists(path) and os.path.exists(mpath)):
         return
-    with open(mpath) as fh:
-        want = json.load(fh)["A_movement"]["all"]
-    final = load_file(path)
+    try:
+        want = read_json_object(mpath)["A_movement"]["all"]
+    except (KeyError, TypeError):
+        raise AdapterError("expected the run's A_movement.all (median, min, max)", path=mpath,
+                           key="A_movement") from None
+    final = _read_tensors(path)
     moves = [float(torch.linalg.norm(final[f"base_model.model.{k}.lora_A.weight"] - a0) / torch.linalg.norm(a0))
              for k, a0 in A0.items()]
     got = _summary(moves)
     if any(abs(got[k] - want[k]) > 1e-6 * max(1.0, abs(want[k])) for k in ("median", "min", "max")):
-        raise ValueError(f"{out}: the regenerated initialisation does not reproduce the run's ||A - A0|| / ||A0|| "
+        raise InputError(f"{out}: the regenerated initialisation does not reproduce the run's ||A - A0|| / ||A0|| "
                          f"({got} vs the manifest's {want}); not writing checkpoint-0")
 
 
@@ -723,11 +731,11 @@ def run_all(*, out_root: str, names: Sequence[str] | None = None, extra_args: Se
         0 if every run succeeded, else the first non-zero exit code.
     """
     if jobs < 1:
-        raise ValueError(f"jobs must be >= 1, got {jobs}")
+        raise InputError(f"jobs must be >= 1, got {jobs}")
     names = [f"r{r}_seed{s}" for r, s in ALL_RUNS] if names is None else list(names)
     unknown = [n for n in names if n not in RUNS]
     if unknown:
-        raise ValueError(f"unknown run(s) {unknown}; known: {sorted(RUNS)}")
+        raise InputError(f"unknown run(s) {unknown}; known: {sorted(RUNS)}")
     queue = []
     init_only = "--init-only" in extra_args
     for name in names:

@@ -20,10 +20,11 @@ import numpy as np
 
 from analysis.metrics.nulls import diagonal_phi_draws, z_score
 from analysis.metrics.spectrum import NEAR_TIE_GAP, near_tie
-from analysis.metrics.tails import BetaNull, DrawsNull
+from analysis.metrics.tails import BetaNull, DrawsNull, GAUSSIAN_K, GaussianNull, overlap_moments
 from analysis.report.protocol import (FAILS, HOLDS, INCONCLUSIVE, N_DRAWS, NOT_REPRODUCED, P_TAIL, REPRODUCES,
                                       Z_MIN, inherit)
 from analysis.report.record import Finding, claim_modules, fmt, fmt_z
+from analysis.sweeps.svd_cache import cached_draws
 
 if TYPE_CHECKING:
     from collections.abc import Iterable, Mapping, Sequence
@@ -130,8 +131,6 @@ def diff_null(da: int, ka: int, db: int, kb: int, seed: int) -> DrawsNull:
     """The null of (mean φ(i,i) of role a) − (of role b): independent random-subspace draws of each.
 
     One null per pair of shapes (shared by the layers of one claim, and extended once where an effect needs it)."""
-    from analysis.sweeps.svd_cache import cached_draws
-
     def draw(n, s):
         return (diagonal_phi_draws(da, ka, n=n, seed=s).mean(axis=1)
                 - diagonal_phi_draws(db, kb, n=n, seed=s + 1).mean(axis=1))
@@ -385,13 +384,10 @@ def overlap_null(d: int, k: int, n: int, seed: int) -> NullModel:
     """The null of φ(k, k) between a fixed k-subspace and a random k-frame in R^d: seeded draws (extended where a
     tail needs it) below :data:`~analysis.metrics.tails.GAUSSIAN_K` directions, exact moments and Gaussian tails
     from there on."""
-    from analysis.metrics.tails import GAUSSIAN_K, GaussianNull, overlap_moments
-
     what = f"φ({k},{k}) of a random {k}-frame against a fixed {k}-subspace of R^{d}"
     if k >= GAUSSIAN_K:
         m, v = overlap_moments(k, k, d)
         return GaussianNull(m / k, math.sqrt(v) / k, what=what)
-    from analysis.sweeps.svd_cache import cached_draws
 
     draw = cached_draws(lambda m, s: diagonal_phi_draws(d, k, n=m, seed=s)[:, k - 1], kind="overlap_phi_kk",
                         d=int(d), k=int(k))

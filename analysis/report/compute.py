@@ -9,22 +9,36 @@ main case of every claim is the middle layer of that stack; Fig. 6 / 7 use four 
 from __future__ import annotations
 
 import io
-import json
 import os
 import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from analysis.core.adapter import natural_key
+from analysis.core import randomized_svd
+from analysis.core.adapter import Adapter, natural_key, select_modules
+from analysis.core.forked import Forked, can_fork
 from analysis.core.randomized import DEFAULT_TOLERANCE
+from analysis.core.threads import resolve_jobs
+from analysis.errors import InputError
+from analysis.io import load_adapter
+from analysis.io.jsonfile import read_json_object
 from analysis.io.roles import module_role, stack_order
+from analysis.io.tensors import safetensors_errors
+from analysis.metrics import gaussian_similarity
+from analysis.metrics.correlation import OVERLAP_SIDES, weight_correlation, weight_overlap
+from analysis.metrics.nulls import projection_draws, projection_moments
+from analysis.metrics.tails import DrawsNull, GAUSSIAN_K, SquareGaussianNull
+from analysis.reference.data import manifest_task
+from analysis.sweeps.advice import advise_ranks
+from analysis.sweeps.driver import pair_modules, sweep_modules
+from analysis.sweeps.pair import compare_adapters, pair_row, pair_sweep
 from analysis.sweeps.progress import as_progress
+from analysis.sweeps.svd_cache import cached_draws, cached_stability_nulls
 
 if TYPE_CHECKING:
     from collections.abc import Iterable
     from typing import Any
 
-    from analysis.core.adapter import Adapter
     from analysis.io.roles import ModuleRole
     from analysis.sweeps.progress import Progress
 
@@ -277,8 +291,6 @@ class ReportData:
 
 def _select(adapter, cfg):
     """``adapter`` restricted to the modules the filters keep (the same Adapter when no filter is given)."""
-    from analysis.core.adapter import Adapter, select_modules
-
     if not cfg.modules and not cfg.select_layers:
         return adapter
     keep = select_modules(list(adapter), modules=cfg.modules, layers=cfg.select_layers)
@@ -287,8 +299,6 @@ def _select(adapter, cfg):
 
 
 def _load_one(path, cfg, alpha):
-    from analysis.io import load_adapter
-
     return _select(load_adapter(path, alpha=alpha), cfg)
 
 
@@ -297,7 +307,7 @@ def _load_pairs(cfg, data):
     kinds = [k for k, _, _ in cfg.pairs]
     bad = [k for k in kinds if k not in ("rank", "seed")] + [k for k in set(kinds) if kinds.count(k) > 1]
     if bad:
-        raise ValueError(f"--pair kinds are 'rank' and 'seed', each at most once; got {', '.join(kinds)}")
+        raise InputError(f"--pair kinds are 'rank' and 'seed', each at most once; got {', '.join(kinds)}")
     labels = {}
     for kind, a, b in cfg.pairs:
         for path, alpha in ((a, cfg.alpha), (b, cfg.alpha_b if cfg.alpha_b is not None else cfg.alpha)):
@@ -354,13 +364,13 @@ def _focus(cfg, data):
     main_layers = data.layers_of(q) if q else sorted({L for (k, L) in data._index if L is not None
                                                       and data.role_of(k).stack == data.main_stack})
     if not main_layers:
-        raise ValueError("no layer index in the module names; the report compares layers")
+        raise InputError("no layer index in the module names; the report compares layers")
     data.layer = main_layers[len(main_layers) // 2] if cfg.layer is None else cfg.layer
     data.layers = tuple(cfg.layers) if cfg.layers else spread_layers(main_layers)
     present = {L for (_, L) in data._index}
     bad = [L for L in (data.layer, *data.layers) if L not in present]
     if bad:
-        raise ValueError(f"--layer / --layers {', '.join(map(str, bad))}: not a layer of the adapters (they have "
+        raise InputError(f"--layer / --layers {', '.join(map(str, bad))}: not a layer of the adapters (they have "
                          f"layers {min(main_layers)}-{max(main_layers)})")
 
 
@@ -375,9 +385,11 @@ def compute_report(cfg: ReportConfig, *, progress: bool | Progress = False, jobs
         step (loading, pairs, sweeps and the base pass, collection, merge advice) with the sweeps' counters
         under it.
     jobs : int, optional
-        Modules worked on at once by each sweep (threads, BLAS pinned to one thread in each; see
-        :mod:`analysis.core.threads`). Default: the cores available to the process. The result does not
-        depend on it (``timings`` aside).
+        Cores used (default: those available to the process). With two or more (and ``fork``), the base pass
+        and the merge advice run in a second process while this one compares the pairs and the collection
+        (:class:`~analysis.core.forked.Forked`: the per-module work holds the GIL, so threads alone keep one core
+        busy), each with its half of the cores as module threads (BLAS pinned to one thread in each; see
+        :mod:`analysis.core.threads`). The result does not depend on it (``timings`` aside).
 
     Returns
     -------
@@ -392,17 +404,55 @@ def compute_report(cfg: ReportConfig, *, progress: bool | Progress = False, jobs
     if not data.adapters:
         raise FileNotFoundError(f"no reference checkpoint r*_seed* found in {cfg.checkpoints!r}")
     if not any(len(ad) for ad in data.adapters.values()):
-        raise ValueError("no module left after --modules / --layers")
+        raise InputError("no module left after --modules / --layers")
     data.index_modules()
     _focus(cfg, data)
-    with pr.stage("pairs"):
-        some = _pairs(cfg, data, pr, jobs)
-    data.timings["pairs_s"] = time.perf_counter() - t0
+    some = _union(data)
+    # the base pass and the merge advice need no pair: a second process computes them while this one compares
+    # the pairs and the collection (threads share one core here: the per-module work holds the GIL)
+    n = resolve_jobs(jobs)
+    parallel = n > 1 and can_fork()
+    # the cores shared out: the pairs' threads get the larger half, the base pass's the rest
+    mine, theirs = ((n + 1) // 2, n // 2) if parallel else (n, n)
+    with Forked(lambda: _base_stages_forked(cfg, data, some, theirs), enabled=parallel,
+                name="the base pass and the merge advice") as child:
+        with pr.stage("pairs"), cached_stability_nulls():  # the prefix-stability nulls: a second each, cached
+            _pairs(cfg, data, pr, mine)
+        data.timings["pairs_s"] = time.perf_counter() - t0
+        if not child.forked:
+            _base_stages(cfg, data, some, pr, n)
+        _collection_stage(cfg, data, pr)
+        if child.forked:
+            with pr.stage("sweeps and the base pass (a second process)"):
+                fields, timings, null_keys = child.result()
+            for key, value in fields.items():
+                setattr(data, key, value)
+            data.timings.update(timings)
+            for name, k in null_keys:  # the nulls hold the draws' function (no pickle): made again, the same
+                _projection_null(cfg, data, name, k)
+    data.timings["total_s"] = time.perf_counter() - t0
+    return data
 
+
+#: What :func:`_base_stages` sets on a :class:`ReportData` (sent back from the process that runs them).
+_BASE_FIELDS = ("sweeps", "table7", "t7_layers", "overlaps", "w_spectra", "_wshape", "long_run", "merge_check")
+
+
+def _collection_stage(cfg, data, pr):
+    """Every adapter compared with every other, the task adapters merged (:func:`_collection`)."""
+    if cfg.collection and not cfg.pairs:
+        t4 = time.perf_counter()
+        with pr.stage("collection and merge"):
+            _collection(cfg, data)
+        data.timings["collection_s"] = time.perf_counter() - t4
+
+
+def _base_stages(cfg, data, some, pr, jobs):
+    """The per-adapter sweeps and the base pass, and the merge advice: what needs no pair."""
     t1 = time.perf_counter()
     base = None
     if cfg.base is not None:
-        from analysis.io.base import open_base
+        from analysis.io.base import open_base  # local: +8 ms on report --help
 
         base = open_base(cfg.base)
     try:
@@ -411,29 +461,24 @@ def compute_report(cfg: ReportConfig, *, progress: bool | Progress = False, jobs
     finally:
         if base is not None:
             base.close()
-    if cfg.collection and not cfg.pairs:
-        t4 = time.perf_counter()
-        with pr.stage("collection and merge"):
-            _collection(cfg, data)
-        data.timings["collection_s"] = time.perf_counter() - t4
     measured = (_read_merge_table(cfg.merge_table, cfg.checkpoints)
                 if cfg.merge_table and not cfg.pairs and os.path.isfile(cfg.merge_table) else None)
     if measured is not None:
-        from analysis.reference.merge_losses import analyse
+        from analysis.reference.merge_losses import analyse  # local: merges, trainer: +41 ms on report --help
 
         with pr.stage("merge advice against measured losses"):
             data.merge_check = analyse(measured, seed=cfg.seed)
-    data.timings["total_s"] = time.perf_counter() - t0
-    return data
+
+
+def _base_stages_forked(cfg, data, some, jobs):
+    """:func:`_base_stages` in a child process: the fields it set, its timings and the projection nulls' keys."""
+    _base_stages(cfg, data, some, as_progress(False), jobs)
+    return {k: getattr(data, k) for k in _BASE_FIELDS}, dict(data.timings), list(data.nulls)
 
 
 def _pairs(cfg, data, progress, jobs):
     """The adapter pairs (rank, seed, cross, cause, control), the rank advice and the random references;
     returns every module of every adapter (:func:`_union`)."""
-    from analysis.metrics import gaussian_similarity
-    from analysis.sweeps.advice import advise_ranks
-    from analysis.sweeps.pair import compare_adapters
-
     sides = ("A", "B", "input", "output")
     lo, hi, lo1 = data.adapter("low"), data.adapter("high"), data.adapter("low_other")
     sa, sb = data.adapter("seed_a"), data.adapter("seed_b")
@@ -468,7 +513,7 @@ def _with_base(cfg, data, base, some, progress, jobs, t1):
     """The per-adapter sweeps; with a base also Table 7 (focus layer and every layer), Fig. 8 and the long runs."""
     import pandas as pd
 
-    from analysis.sweeps.adapter import analyse_adapters
+    from analysis.sweeps.adapter import analyse_adapters  # local: SVD cache, base readers: +14 ms on report --help
 
     labels = list(data.adapters)  # one pass over the base for all the adapters
     sweeps = analyse_adapters([data.adapters[lab] for lab in labels], base=base, n_random=cfg.n_random,
@@ -500,8 +545,7 @@ def _qv_kinds(data):
 def _long_runs(cfg, data):
     """The checkpoints of the long runs, read lazily: ``[(run, step, modules, validation loss)]`` (step 0 skipped:
     B = 0, no update yet)."""
-    from analysis.io import load_adapter
-    from analysis.sweeps.trajectory import checkpoint_steps
+    from analysis.sweeps.trajectory import checkpoint_steps  # local: the collection sweep, +16 ms on report --help
 
     out = []
     for lab in cfg.long_runs:
@@ -526,10 +570,7 @@ def _w_pass(cfg, data, base, some, jobs, long_runs):
     import numpy as np
     import pandas as pd
 
-    from analysis.core import randomized_svd
-    from analysis.core.threads import map_ordered
-    from analysis.io.base import base_matrix
-    from analysis.metrics.correlation import OVERLAP_SIDES, weight_correlation, weight_overlap
+    from analysis.io.base import base_matrix  # local: +8 ms on report --help
 
     kinds = _qv_kinds(data) or list(data.modules)
     names = [data.name(k, L) for k in kinds for L in data.layers_of(k)]
@@ -549,7 +590,7 @@ def _w_pass(cfg, data, base, some, jobs, long_runs):
         return name, W.shape, np.asarray(svd.S, dtype=float), over, long
 
     long_rows = []
-    for name, shape, S, over, long in map_ordered(one, ((n, _base_weight(base, n)) for n in names), jobs=jobs):
+    for name, shape, S, over, long in sweep_modules(one, ((n, _base_weight(base, n)) for n in names), jobs=jobs):
         data.w_spectra[name] = S
         data._wshape[name] = shape
         role = module_role(name)
@@ -593,9 +634,6 @@ def _w_pass(cfg, data, base, some, jobs, long_runs):
 
 def _projection_null(cfg, data, name, k):
     """The null of ‖UᵀWV‖_F for k random directions at module ``name`` (cached per module and k)."""
-    from analysis.metrics.nulls import projection_draws, projection_moments
-    from analysis.metrics.tails import GAUSSIAN_K, DrawsNull, SquareGaussianNull
-
     key = (name, int(k))
     if key not in data.nulls:
         S = data.w_spectra[name]
@@ -604,8 +642,6 @@ def _projection_null(cfg, data, name, k):
             ex, vx = projection_moments(S, d_out, d_in, k)
             data.nulls[key] = SquareGaussianNull(ex, vx, what=f"‖UᵀWV‖ for {k} Haar-random directions")
         else:
-            from analysis.sweeps.svd_cache import cached_draws
-
             draw = cached_draws(lambda n, seed: projection_draws(S, d_out, d_in, k, n=n, seed=seed),
                                 kind="projection_draws", data=S, shape=[int(d_out), int(d_in)], k=int(k))
             data.nulls[key] = DrawsNull(draw, n=cfg.n_random_table, seed=cfg.seed,
@@ -615,11 +651,9 @@ def _projection_null(cfg, data, name, k):
 
 def _collection(cfg, data):
     """Every adapter folder of ``checkpoints`` compared with every other; the task adapters merged."""
-    from analysis.io import load_adapter
-    from analysis.reference.data import manifest_task
-    from analysis.sweeps.collection import collection_similarity
-    from analysis.sweeps.merge import merge_adapters
-    from analysis.sweeps.trajectory import checkpoint_steps
+    from analysis.sweeps.collection import collection_similarity  # local: +13 ms on report --help
+    from analysis.sweeps.merge import merge_adapters  # local: +28 ms on report --help
+    from analysis.sweeps.trajectory import checkpoint_steps  # local: the collection sweep, +16 ms on report --help
 
     folders = sorted(f for f in os.listdir(cfg.checkpoints)
                      if os.path.isfile(os.path.join(cfg.checkpoints, f, "adapter_config.json"))
@@ -668,18 +702,19 @@ def _read_merge_table(table, checkpoints=None):
 
 def _merge_check(table, *, seed, checkpoints=None):
     """The merge advice against the measured losses of ``table`` (:func:`_read_merge_table`), or None."""
-    from analysis.reference.merge_losses import analyse
+    from analysis.reference.merge_losses import analyse  # local: merges, trainer: +41 ms on report --help
 
     fr = _read_merge_table(table, checkpoints)
     return None if fr is None else analyse(fr, seed=seed)
 
 
 def _manifest(path):
+    """The run's ``manifest.json`` as a dict ({} when there is none); a file that is no JSON object is an
+    :class:`~analysis.errors.AdapterError` naming it."""
     man = os.path.join(path, "manifest.json")
     if not os.path.exists(man):
         return {}
-    with open(man, encoding="utf-8") as fh:
-        return json.load(fh)
+    return read_json_object(man)
 
 
 def _seeds(manifest):
@@ -712,7 +747,10 @@ def shared_start(run, partner):
     fa, fb = (os.path.join(p, "checkpoint-0", "adapter_model.safetensors") for p in (run, partner))
     if not (os.path.exists(fa) and os.path.exists(fb)):
         return None
-    a, b = load_file(fa), load_file(fb)
+    with safetensors_errors(fa):  # a damaged file: an AdapterError naming it
+        a = load_file(fa)
+    with safetensors_errors(fb):
+        b = load_file(fb)
     keys = [k for k in a if k.endswith("lora_A.weight")]
     if not keys or any(k not in b for k in keys):
         return False
@@ -721,14 +759,15 @@ def shared_start(run, partner):
 
 def _init_pairs(cfg, data, progress, jobs=None):
     """The cause experiment: every r = low run against every r = high partner (sides A and input), with what they
-    share: the data order (manifests) and the initial A (checked from the step-0 adapters)."""
-    from analysis.sweeps.pair import compare_adapters
+    share: the data order (manifests) and the initial A (checked from the step-0 adapters).
 
+    One pass over the modules for all the pairs: a partner's bases, taken once per module, serve every run."""
     partners = {}
     for p in cfg.init_partners:
         path = os.path.join(cfg.checkpoints, p)
         if os.path.exists(path):
             partners[p] = data.adapters.get(p) or _load_one(path, cfg, cfg.alpha)
+    splits = {}
     for lab in cfg.init_runs:
         path = os.path.join(cfg.checkpoints, lab)
         if not os.path.exists(os.path.join(path, "adapter_config.json")) or not partners:
@@ -744,14 +783,30 @@ def _init_pairs(cfg, data, progress, jobs=None):
                                         "shared_data": ds == pds, "shared_A": start,
                                         "init_a_from": (man.get("init_a_from") or {}).get("path"),
                                         "steps": man.get("steps")}
-            data.init_pairs[(lab, p)] = compare_adapters(ad, pad, sides=("A", "input"), progress=progress,
-                                                         jobs=jobs)
+            splits[(lab, p)] = pair_modules(ad, pad)
+    if not splits:
+        return
+    names = sorted({n for sp in splits.values() for n in sp.names}, key=natural_key)
+    compared = {key: set(sp.names) for key, sp in splits.items()}
+
+    def involved(name):  # every adapter's module at ``name``, each once (cleared once all pairs are done)
+        return list({id(lr): lr for sp in splits.values() if name in sp.a for lr in (sp.a[name], sp.b[name])
+                     if name in sp.b}.values())
+
+    def one(name, *_):
+        return {key: pair_row(name, sp.a[name], sp.b[name], sides=("A", "input"))
+                for key, sp in splits.items() if name in compared[key]}
+
+    rows: dict = {key: [] for key in splits}
+    for done in sweep_modules(one, names, modules=involved, jobs=jobs, progress=progress):
+        for key, res in done.items():
+            rows[key].append(res)
+    for key, sp in splits.items():
+        data.init_pairs[key] = pair_sweep(rows[key], sp)
 
 
 def _control_pair(cfg, data, progress, jobs=None):
     """Fig. 4 with matched shapes: two seeds of r = high on q, k, v and o."""
-    from analysis.sweeps.pair import compare_adapters
-
     paths = [os.path.join(cfg.checkpoints, r) for r in cfg.control_runs]
     if len(paths) != 2 or not all(os.path.exists(p) for p in paths):
         return

@@ -515,6 +515,7 @@ def findings(data: ReportData) -> list[Finding]:
         Fig. 3 / 6 (same seed, different seeds, the cause), Fig. 4 / 7 (and the q/k/v/o control), Table 7 (the
         main case, every layer, over training), Fig. 8.
     """
+    diff_null.cache_clear()  # its nulls grow where a tail needs more draws: each call starts from the same draws
     fig3, cause = _fig3(data), _init(data)
     if cause:  # the same-seed verdicts name what the cause experiment measured
         why = cause[0].measured.rsplit("Cause named by the combinations against ", 1)[-1]

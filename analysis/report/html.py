@@ -21,6 +21,7 @@ import os
 import re
 import urllib.parse
 
+from analysis.errors import InputError
 from analysis.io.outputs import atomic_output
 from analysis.report.markdown import VERDICT_STYLE, Context, anchor, code_html, figure_html, markdown_to_html, render
 
@@ -100,9 +101,9 @@ def write_html(folder: str | os.PathLike[str], *, out_name: str = "report.html",
         raise TypeError(f"out_name and title must be str, got {type(out_name).__name__} and "
                         f"{type(title).__name__}")
     if not os.path.isdir(folder):
-        raise ValueError(f"{folder!r} is not a folder; pass the folder the report was written to")
+        raise InputError(f"{folder!r} is not a folder; pass the folder the report was written to")
     if os.path.basename(out_name) != out_name or not out_name.endswith(".html") or out_name.startswith("."):
-        raise ValueError(f"out_name must be a plain file name ending in '.html' (no folder), got {out_name!r}")
+        raise InputError(f"out_name must be a plain file name ending in '.html' (no folder), got {out_name!r}")
     page = _page(folder, title)
     path = os.path.join(folder, out_name)
     _write_atomic(path, page)

@@ -17,14 +17,19 @@ Rules added to its renderer, and nothing else:
 from __future__ import annotations
 
 import base64
+import hashlib
 import html
 import io
 import os
 import re
 import urllib.parse
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from collections.abc import Iterable
 
 __all__ = ["markdown_to_html", "Context", "render", "figure_html", "code_html", "anchor", "VERDICT_STYLE",
-           "PHI_FORMULA", "PHI_MATHML"]
+           "PHI_FORMULA", "PHI_MATHML", "webp_of", "webp_entry", "remember_webp"]
 
 #: verdict -> (css class, symbol); the symbol and the words carry the outcome, the colour only repeats it
 VERDICT_STYLE = {
@@ -103,17 +108,56 @@ def code_html(text: str) -> str:
     return f"<code>{html.escape(str(text))}</code>"
 
 
-def _webp(png):
-    """A PNG's pixels as lossless WebP (None when Pillow cannot); exactly the same image, fewer bytes."""
-    try:
-        from PIL import Image
+#: Encodings kept by :func:`webp_of` (a report has about 20 figures).
+_WEBP_MAX = 64
+#: Lossless WebP encodings already made, by the PNG's SHA-256 (:func:`webp_of`, :func:`remember_webp`).
+_WEBP: dict[str, tuple[bytes, tuple[int, int]] | None] = {}
 
-        with Image.open(io.BytesIO(png)) as im:
-            out = io.BytesIO()
-            im.save(out, format="WEBP", lossless=True, method=6)
-            return out.getvalue(), im.size
-    except (ImportError, OSError, ValueError):
-        return None
+
+def webp_of(png: bytes) -> tuple[bytes, tuple[int, int]] | None:
+    """A PNG's pixels as lossless WebP, and the image size (None when Pillow cannot): the same image, fewer bytes.
+
+    Parameters
+    ----------
+    png : bytes
+
+    Returns
+    -------
+    (bytes, (width, height)) or None
+    """
+    key = hashlib.sha256(png).hexdigest()
+    if key not in _WEBP:
+        try:
+            from PIL import Image
+
+            with Image.open(io.BytesIO(png)) as im:
+                out = io.BytesIO()
+                im.save(out, format="WEBP", lossless=True, method=6)
+                _WEBP[key] = (out.getvalue(), im.size)
+        except (ImportError, OSError, ValueError):
+            _WEBP[key] = None
+        _trim()
+    return _WEBP[key]
+
+
+def _trim():
+    """At most :data:`_WEBP_MAX` encodings kept, the oldest dropped (a notebook writing many reports)."""
+    while len(_WEBP) > _WEBP_MAX:
+        del _WEBP[next(iter(_WEBP))]
+
+
+def webp_entry(path: str) -> tuple[str, tuple[bytes, tuple[int, int]] | None]:
+    """``(key, encoding)`` of the PNG file ``path`` for :func:`remember_webp` (made where the figure was saved,
+    e.g. in a figure worker, so that the page does not encode it again)."""
+    with open(path, "rb") as fh:
+        png = fh.read()
+    return hashlib.sha256(png).hexdigest(), webp_of(png)
+
+
+def remember_webp(entries: Iterable[tuple[str, tuple[bytes, tuple[int, int]] | None]]) -> None:
+    """Keep encodings made elsewhere (:func:`webp_entry`): the page embeds them without encoding again."""
+    _WEBP.update(entries)
+    _trim()
 
 
 def _image(ctx, src, alt):
@@ -136,7 +180,7 @@ def _image(ctx, src, alt):
     if mime == "image/png":
         w, h = int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
         size = f' width="{w}" height="{h}"'
-        webp = _webp(data)
+        webp = webp_of(data)
         if webp is not None:
             data, mime = webp[0], "image/webp"
     return (f'<img src="data:{mime};base64,{base64.b64encode(data).decode("ascii")}"'

@@ -10,6 +10,8 @@ from __future__ import annotations
 import math
 from typing import TYPE_CHECKING
 
+from analysis.io.roles import module_role
+
 if TYPE_CHECKING:
     from collections.abc import Iterable
 
@@ -52,15 +54,13 @@ def _mod(data, role):
 
 def _short(kind):
     """A module type in words: its role label (``ΔWq``)."""
-    from analysis.plotting.common import module_label
+    from analysis.plotting.common import module_label  # local: the plotting package, +7 ms on report --help
 
     return module_label(kind, plain=True)
 
 
 def _by_kind(frame):
     """A sweep frame whose ``module`` column holds each row's module type (unique across stacks)."""
-    from analysis.io.roles import module_role
-
     return frame.assign(module=[module_role(n).kind for n in frame["name"]])
 
 
@@ -127,7 +127,6 @@ def _size_note(data):
     t, q = data.table7, _mod(data, "q")
     if t is None or q is None or not len(t):
         return None
-    from analysis.io.roles import module_role
 
     tq = t[[module_role(n).kind == q for n in t["name"]]]
     rel = ", ".join(f"{100 * n / w:.1f} % (r = {r})" for r, n, w in zip(tq["r"], tq["fro"], tq["w_norm"]))
@@ -181,8 +180,6 @@ def _swap_note(data):
             if res is None or res.zero or min(res.phi.shape) < 2:
                 continue
             if res.phi[0, 0] < SWAP_PHI11_BELOW and max(res.phi[0, 1], res.phi[1, 0]) > SWAP_TOP2_ABOVE:
-                from analysis.io.roles import module_role
-
                 pos = module_role(name)
                 swaps.append(f"{pos.stack + ' ' if len(data.stacks()) > 1 else ''}layer {pos.layer} {_short(pos.kind)} "
                              f"(φ(1,1) = {res.phi[0, 0]:.2f}, φ(1,2) = {res.phi[0, 1]:.2f}, "

@@ -10,6 +10,13 @@ from __future__ import annotations
 import os
 from typing import TYPE_CHECKING
 
+from analysis.core.threads import resolve_jobs
+from analysis.io.frames import save_frame
+from analysis.io.outputs import atomic_output, check_target, provenance, write_json
+from analysis.report import protocol
+from analysis.report.html import write_html
+from analysis.report.markdown import remember_webp, webp_entry
+from analysis.report.readme import write_readme
 from analysis.sweeps.progress import as_progress
 
 if TYPE_CHECKING:
@@ -30,13 +37,11 @@ def check_report_target(out: str | os.PathLike[str], *, force: bool = False) -> 
     ------
     AdapterError
     """
-    from analysis.io.outputs import check_target
-
     check_target(out, force=force, folder=True, manifest=MANIFEST, option="--out")
 
 
 def write_report(data: ReportData, out: str | os.PathLike[str], *, force: bool = False,
-                 progress: bool | Progress | None = None) -> list[str]:
+                 progress: bool | Progress | None = None, jobs: int | None = None) -> list[str]:
     """Write every figure, table, ``README.md``, ``findings.json`` and ``report.html`` into ``out``, atomically.
 
     Parameters
@@ -47,117 +52,136 @@ def write_report(data: ReportData, out: str | os.PathLike[str], *, force: bool =
         Replace a folder that holds files the report did not write.
     progress : bool, Progress or None
         A stage line while the figures and pages are written (None: the running command's reporter, if any).
+    jobs : int, optional
+        Processes rendering the figures (forked workers, see :mod:`analysis.plotting.render`); default: the
+        cores available to the process. The files do not depend on it.
 
     Returns
     -------
     list of str
         File names written.
     """
-    from analysis.io.outputs import atomic_output
-
     check_report_target(out, force=force)
     with (atomic_output(out, force=force, folder=True, manifest=MANIFEST, option="--out") as tmp,
           as_progress(progress).stage("writing figures, findings and pages")):
-        written = _write_files(data, tmp)
+        written = _write_files(data, tmp, jobs)
         with open(os.path.join(tmp, MANIFEST), "w", encoding="utf-8") as fh:
             fh.write("".join(f"{n}\n" for n in sorted(written)))
     return written
 
 
-def _save(fig, path, written):
-    """Save a figure as a 256-colour palette PNG (line art, text and colour maps: a third of the RGBA size, no
-    visible change; no dithering, so flat areas stay flat)."""
-    import io
+def _figure_plan(data):
+    """The report's figures: ``[(file name, build(fs) -> Figure, needs the findings)]``, in the report's order."""
+    from analysis.report import figures as F  # local: figures and plotting, +20 ms on report --help
 
-    from PIL import Image
+    plan = []
 
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=100)
-    buf.seek(0)
-    with Image.open(buf) as im:
-        im.convert("RGB").quantize(colors=256, method=Image.Quantize.MEDIANCUT,
-                                   dither=Image.Dither.NONE).save(path, format="PNG", optimize=True)
-    written.append(os.path.basename(path))
+    def add(name, build, needs_findings=False):
+        plan.append((name, build, needs_findings))
 
-
-def _write_files(data, out):
-    """Write the report's files into the (new, empty) folder ``out``; returns their names."""
-    from analysis.io.frames import save_frame
-    from analysis.report import figures as F
-    from analysis.report.findings import findings
-    from analysis.report.html import write_html
-    from analysis.report.readme import write_readme
-
-    w = []
-    j = os.path.join
-    fs = findings(data)  # first: the figures that state verdicts take them from here
     paper = bool(F.paper_kinds(data))
-    if data.rank_pair is not None:
-        if paper or data.modules:
-            _save(F.fig_rank_pair(data), j(out, "fig3_rank_pair.png"), w)
-            _save(F.fig_rank_pair(data, side="input"), j(out, "fig3_dW_input_basis.png"), w)
-            _save(F.fig_layers(data, which="rank"), j(out, "fig6_layers_rank.png"), w)
-        save_frame(data.rank_pair.frame, j(out, "pair_rank.csv"))
-        w.append("pair_rank.csv")
+    if data.rank_pair is not None and (paper or data.modules):
+        add("fig3_rank_pair.png", lambda fs: F.fig_rank_pair(data))
+        add("fig3_dW_input_basis.png", lambda fs: F.fig_rank_pair(data, side="input"))
+        add("fig6_layers_rank.png", lambda fs: F.fig_layers(data, which="rank"))
     if data.seed_pair is not None:
-        _save(F.fig_seed_pair(data), j(out, "fig4_seed_pair.png"), w)
-        _save(F.fig_seed_pair(data, side="input"), j(out, "fig4_dW_input_basis.png"), w)
-        _save(F.fig_layers(data, which="seed"), j(out, "fig7_layers_seed.png"), w)
-        save_frame(data.seed_pair.frame, j(out, "pair_seed.csv"))
-        w.append("pair_seed.csv")
+        add("fig4_seed_pair.png", lambda fs: F.fig_seed_pair(data))
+        add("fig4_dW_input_basis.png", lambda fs: F.fig_seed_pair(data, side="input"))
+        add("fig7_layers_seed.png", lambda fs: F.fig_layers(data, which="seed"))
     if data.advice is not None:
-        from analysis.io.outputs import write_json
-
-        a, b = data.roles["seed_a"], data.roles["seed_b"]
-        stem = (f"rank_advice_{a}_vs_{b.rsplit('_', 1)[-1]}" if not data.config.pairs else "rank_advice")
-        _save(F.fig_rank_advice(data), j(out, stem + ".png"), w)
-        write_json(j(out, stem + ".json"), data.advice.to_dict())
-        w.append(stem + ".json")
-    if data.cross_pair is not None:
-        save_frame(data.cross_pair.frame, j(out, "pair_cross.csv"))
-        w.append("pair_cross.csv")
+        add(_advice_stem(data) + ".png", lambda fs: F.fig_rank_advice(data))
     if data.rank_pair is not None or data.seed_pair is not None:
-        _save(F.fig_phi11_layers(data), j(out, "layers_phi11.png"), w)
-    for lab, sw in data.sweeps.items():
-        save_frame(sw.frame, j(out, f"sweep_{lab}.csv"))
-        w.append(f"sweep_{lab}.csv")
-    _save(F.fig_spectra(data), j(out, "spectra.png"), w)
+        add("layers_phi11.png", lambda fs: F.fig_phi11_layers(data))
+    if F.spectra_labels(data):
+        add("spectra.png", lambda fs: F.fig_spectra(data))
     if data.table7 is not None and paper:
-        _save(F.fig_table7(data), j(out, "table7.png"), w)
-        F.table7_frame(data).to_csv(j(out, "table7.csv"), index=False)
-        w.append("table7.csv")
-        _save(F.fig_weight_overlap(data), j(out, "fig8_W_vs_dW.png"), w)
-        _save(F.fig_weight_overlap(data, j=1), j(out, "fig8_W_vs_dW_top1.png"), w)
-        _save(F.fig_weight_overlap_grid(data), j(out, "fig8_grid.png"), w)
+        add("table7.png", lambda fs: F.fig_table7(data))
+        add("fig8_W_vs_dW.png", lambda fs: F.fig_weight_overlap(data))
+        add("fig8_W_vs_dW_top1.png", lambda fs: F.fig_weight_overlap(data, j=1))
+        add("fig8_grid.png", lambda fs: F.fig_weight_overlap_grid(data))
     if data.t7_layers is not None and len(data.t7_layers) and paper:
-        _save(F.fig_amplification_layers(data, fs), j(out, "layers_amplification.png"), w)
-        _save(F.fig_t7_layers(data, fs), j(out, "table7_layers.png"), w)
-        save_frame(data.t7_layers, j(out, "table7_layers.csv"))
-        w.append("table7_layers.csv")
+        add("layers_amplification.png", lambda fs: F.fig_amplification_layers(data, fs), True)
+        add("table7_layers.png", lambda fs: F.fig_t7_layers(data, fs), True)
     if data.long_run is not None and len(data.long_run):
-        _save(F.fig_long_run(data), j(out, "table7_over_training.png"), w)
-        save_frame(data.long_run, j(out, "table7_over_training.csv"))
-        w.append("table7_over_training.csv")
+        add("table7_over_training.png", lambda fs: F.fig_long_run(data))
     if data.init_pairs:
-        _save(F.fig_data_vs_init(data, fs), j(out, "fig3_data_vs_init.png"), w)
+        add("fig3_data_vs_init.png", lambda fs: F.fig_data_vs_init(data, fs), True)
     if data.control_pair is not None:
-        _save(F.fig_control(data, fs), j(out, "fig4_control_qkvo.png"), w)
-        save_frame(data.control_pair.frame, j(out, "pair_control_qkvo.csv"))
-        w.append("pair_control_qkvo.csv")
+        add("fig4_control_qkvo.png", lambda fs: F.fig_control(data, fs), True)
     if data.collection is not None:
-        _save(F.fig_collection(data), j(out, "collection.png"), w)
-        fr = data.collection.to_frame()
-        save_frame(fr, j(out, "collection.csv"))
-        w.append("collection.csv")
-    if data.merge is not None:
-        save_frame(data.merge.frame, j(out, "merge_tasks.csv"))
-        w.append("merge_tasks.csv")
+        add("collection.png", lambda fs: F.fig_collection(data))
     if data.merge_check is not None and data.merge_check["rows"] > 2:
-        _save(F.fig_merge_losses(data), j(out, "merge_losses.png"), w)
-        save_frame(_merge_check_frame(data.merge_check), j(out, "merge_advice.csv"))
-        w.append("merge_advice.csv")
-    write_findings(data, fs, j(out, "findings.json"))
-    w.append("findings.json")
+        add("merge_losses.png", lambda fs: F.fig_merge_losses(data))
+    return plan
+
+
+def _advice_stem(data):
+    """The rank advice's file name, without extension."""
+    a, b = data.roles["seed_a"], data.roles["seed_b"]
+    return f"rank_advice_{a}_vs_{b.rsplit('_', 1)[-1]}" if not data.config.pairs else "rank_advice"
+
+
+def _write_files(data, out, jobs=None):
+    """Write the report's files into the (new, empty) folder ``out``; returns their names.
+
+    The figures that need no finding render in forked workers (:class:`~analysis.plotting.render.FigureJobs`)
+    while this process computes the findings, renders the figures that state verdicts and writes the tables,
+    then renders what the workers have not taken yet; each figure's WebP for the page is encoded right after
+    it is saved (:func:`~analysis.report.markdown.webp_entry`); the page, which embeds every figure, comes last.
+    """
+    from analysis.plotting.render import FigureJobs  # local: plotting, +9 ms on report --help
+    from analysis.report.findings import findings  # local: the claims and their nulls, +16 ms on report --help
+
+    j = os.path.join
+    plan = _figure_plan(data)
+    early = [(j(out, name), (lambda b=build: b(None))) for name, build, needs in plan if not needs]
+    # each figure's WebP for the page is encoded where it was saved, while this process is busy
+    with FigureJobs(early, jobs=resolve_jobs(jobs), after=webp_entry) as running:
+        fs = findings(data)  # the figures that state verdicts take them from here
+        late = [(j(out, name), (lambda b=build: b(fs))) for name, build, needs in plan if needs]
+        remember_webp(FigureJobs(late, jobs=1, after=webp_entry).wait())
+        tables = []
+        if data.rank_pair is not None:
+            save_frame(data.rank_pair.frame, j(out, "pair_rank.csv"))
+            tables.append("pair_rank.csv")
+        if data.seed_pair is not None:
+            save_frame(data.seed_pair.frame, j(out, "pair_seed.csv"))
+            tables.append("pair_seed.csv")
+        if data.advice is not None:
+            write_json(j(out, _advice_stem(data) + ".json"), data.advice.to_dict())
+            tables.append(_advice_stem(data) + ".json")
+        if data.cross_pair is not None:
+            save_frame(data.cross_pair.frame, j(out, "pair_cross.csv"))
+            tables.append("pair_cross.csv")
+        for lab, sw in data.sweeps.items():
+            save_frame(sw.frame, j(out, f"sweep_{lab}.csv"))
+            tables.append(f"sweep_{lab}.csv")
+        if any(name == "table7.png" for name, *_ in plan):
+            from analysis.report.figures import table7_frame  # local: the figures, +20 ms on report --help
+
+            table7_frame(data).to_csv(j(out, "table7.csv"), index=False)
+            tables.append("table7.csv")
+        if any(name == "table7_layers.png" for name, *_ in plan):
+            save_frame(data.t7_layers, j(out, "table7_layers.csv"))
+            tables.append("table7_layers.csv")
+        if data.long_run is not None and len(data.long_run):
+            save_frame(data.long_run, j(out, "table7_over_training.csv"))
+            tables.append("table7_over_training.csv")
+        if data.control_pair is not None:
+            save_frame(data.control_pair.frame, j(out, "pair_control_qkvo.csv"))
+            tables.append("pair_control_qkvo.csv")
+        if data.collection is not None:
+            save_frame(data.collection.to_frame(), j(out, "collection.csv"))
+            tables.append("collection.csv")
+        if data.merge is not None:
+            save_frame(data.merge.frame, j(out, "merge_tasks.csv"))
+            tables.append("merge_tasks.csv")
+        if data.merge_check is not None and data.merge_check["rows"] > 2:
+            save_frame(_merge_check_frame(data.merge_check), j(out, "merge_advice.csv"))
+            tables.append("merge_advice.csv")
+        write_findings(data, fs, j(out, "findings.json"))
+        remember_webp(running.wait())
+    w = [name for name, *_ in plan] + tables + ["findings.json"]
     write_readme(data, out, w, fs)
     w.append("README.md")
     write_html(out)
@@ -185,9 +209,6 @@ def write_findings(data, fs, path):
     path : str
     """
     from dataclasses import asdict
-
-    from analysis.io.outputs import provenance, write_json
-    from analysis.report import protocol
 
     cfg = asdict(data.config)
     base, name = cfg.pop("base"), cfg.pop("base_name")

@@ -3,26 +3,32 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from analysis.core.adapter import Adapter, select_modules, split_name
-from analysis.sweeps.common import progress as progress_bar
-from analysis.sweeps.spectra import spectrum_row
+from analysis.core.randomized import krylov_settings
+from analysis.errors import InputError
+from analysis.io.base import base_matrix, base_tensor_name, open_base, read_base
 from analysis.io.roles import with_roles
+from analysis.io.stored import StoredMatrix
+from analysis.metrics.correlation import check_weight, check_weight_shape, correlation_checked, overlap_checked
+from analysis.sweeps.common import progress as progress_bar
+from analysis.sweeps.driver import sweep_modules
+from analysis.sweeps.spectra import spectrum_row
+from analysis.sweeps.svd_cache import SVDCache, cached_random_projections, cached_topk_svd, tensor_file
 
 if TYPE_CHECKING:
     import os
     from collections.abc import Mapping, Sequence
-    from typing import Any
 
     import pandas as pd
 
     from analysis.core.adapter import Layers
+    from analysis.core.lowrank import LowRank
     from analysis.io.base import BaseWeights
     from analysis.sweeps.progress import Progress
-    from analysis.sweeps.svd_cache import SVDCache
 
 __all__ = ["AdapterSweep", "analyse_adapter", "analyse_adapters"]
 
@@ -122,108 +128,134 @@ def analyse_adapters(adapters: Sequence[Adapter], *,
     """
     import pandas as pd
 
-    from analysis.core.randomized import krylov_settings
-    from analysis.core.threads import map_ordered
-    from analysis.io.base import base_matrix, base_tensor_name, open_base, read_base
-    from analysis.sweeps.svd_cache import SVDCache, cached_random_projections, cached_topk_svd, tensor_file
-    from analysis.io.stored import StoredMatrix
-    from analysis.metrics.correlation import check_weight_shape, check_weight, correlation_checked, overlap_checked
-
     svd_settings = krylov_settings(tolerance)  # checked before any work
-    runs: list[tuple[Any, ...]] = []  # per adapter: (modules, selected names, rows, spectra, correlations)
+    runs = []
     for adapter in adapters:
         mods = adapter.expanded()
-        names = select_modules(mods, modules=modules, layers=layers)
-        runs.append((mods, names, {}, {}, {}))
-    bar = progress_bar(None, enabled=progress, total=sum(len(r[1]) for r in runs) * (2 if base is not None else 1))
-
-    def spectrum(item):
-        i, name = item
-        lr = runs[i][0][name]
-        layer, module = split_name(name)
-        row = {"name": name, "layer": layer, "module": module, "d_out": lr.shape[0], "d_in": lr.shape[1],
-               "r": lr.r, "rank": lr.rank, "scale": np.nan if lr.scale is None else lr.scale,
-               "zero": lr.is_zero}
-        srow, spec = spectrum_row(lr, scale_free=True)
-        row.update(srow)
-        if not keep_cache:
-            lr.clear_cache()
-        return i, name, row, spec
-
-    items = [(i, name) for i, r in enumerate(runs) for name in r[1]]
-    for i, name, row, spec in map_ordered(spectrum, items, jobs=jobs):
-        runs[i][2][name], runs[i][3][name] = row, spec
-        if bar is not None:
-            bar.update()
+        runs.append(_Run(mods, select_modules(mods, modules=modules, layers=layers)))
+    bar = progress_bar(None, enabled=progress, total=sum(len(r.names) for r in runs) * (2 if base is not None else 1))
+    count = bar if bar is not None else False
+    for run in runs:
+        for name, row, spec in sweep_modules(_spectrum_columns, run.names, modules=(run.mods,), keep_cache=keep_cache,
+                                             jobs=jobs, progress=count):
+            run.rows[name], run.spectra[name] = row, spec
     if base is not None:
-        opened = None
-        if isinstance(base, (str, bytes)) or hasattr(base, "__fspath__"):
-            base = opened = open_base(base)
-        store = cache if isinstance(cache, SVDCache) else SVDCache(enabled=bool(cache))
-        try:
-            by_base: dict[str, list[tuple[int, str]]] = {}  # base tensor -> [(adapter index, module name)]
-            for i, (mods, names, *_) in enumerate(runs):
-                for name in names:
-                    by_base.setdefault(base_tensor_name(name, mods[name]), []).append((i, name))
-
-            def one_weight(item):
-                bname, W_raw = item  # a StoredMatrix from a reader (widened where used), or a mapping's array
-                svds = {}  # (module name, shape) -> (W, top-k triplets for the largest k any adapter needs, ‖W‖_F)
-                out = []
-                for i, name in by_base[bname]:
-                    mods = runs[i][0]
-                    lr = mods[name]
-                    key = (name, lr.shape)
-                    if key not in svds:
-                        W = base_matrix(W_raw, lr, name=name, path=getattr(base, "path", None))
-                        if isinstance(W, StoredMatrix):
-                            check_weight_shape(W, lr, name)  # NaN / Inf: checked by the product that uses W
-                        else:
-                            W = check_weight(W, lr, name)
-                        k_all = max(max(runs[j][0][n].rank, 1) for j, n in by_base[bname]
-                                    if (n, runs[j][0][n].shape) == key)
-                        svds[key] = (W, *cached_topk_svd(store, tensor_file(base, bname), f"{bname}|{name}", W,
-                                                         k_all, seed=seed, norm=True, **svd_settings))
-                    W, w_svd, w_norm = svds[key]
-                    k = max(lr.rank, 1)
-                    rp = None
-                    if lr.rank:
-                        rp = cached_random_projections(store, tensor_file(base, bname), f"{bname}|{name}", W,
-                                                       lr.rank, n_random=n_random, seed=seed)
-                    if n_random < 1:
-                        raise ValueError(f"n_random must be >= 1, got {n_random}")
-                    # W checked once above (shape; finite and working precision for an array, in its product for a
-                    # StoredMatrix): the metrics' private halves
-                    c = correlation_checked(W, lr, n_random=n_random, seed=seed, w_svd=w_svd, name=name, random_proj=rp,
-                                     w_norm=w_norm)
-                    upd = dict(w_norm=c.w_norm, w_sigma1=float(w_svd.S[0]), proj_delta=c.proj_delta,
-                               proj_w=c.proj_w, proj_random=c.proj_random, proj_random_std=c.proj_random_std,
-                               proj_random_rms=c.proj_random_rms, proj_random_expected=c.proj_random_expected,
-                               amplification=c.amplification, over_random=c.over_random)
-                    for side in ("output", "input"):
-                        ov = overlap_checked(W, lr, side=side, n_w=k, seed=seed, w_svd=w_svd, name=name)
-                        upd[f"phi_w_{side}"] = float(ov.phi[-1, -1]) if not ov.zero else np.nan
-                        upd[f"null_w_{side}"] = k / ov.d
-                    if not keep_cache:
-                        lr.clear_cache()
-                    out.append((i, name, c, upd))
-                return out
-
-            for done in map_ordered(one_weight, read_base(base, list(by_base), stored=True), jobs=jobs):
-                for i, name, c, upd in done:
-                    runs[i][4][name] = c
-                    runs[i][2][name].update(upd)
-                    if bar is not None:
-                        bar.update()
-        finally:
-            if opened is not None:
-                opened.close()
+        _base_pass(runs, base, cache=cache, svd_settings=svd_settings, n_random=n_random, seed=seed,
+                   keep_cache=keep_cache, jobs=jobs, count=count)
     if bar is not None:
         bar.close()
     out = []
-    for _, names, rows, spectra, corr in runs:
-        frame = with_roles(pd.DataFrame([rows[n] for n in names]))
+    for run in runs:
+        frame = with_roles(pd.DataFrame([run.rows[n] for n in run.names]))
         if len(frame) and frame["layer"].isna().any():
             frame["layer"] = frame["layer"].astype("Int64")
-        out.append(AdapterSweep(frame=frame, spectra=spectra, correlations=corr))
+        out.append(AdapterSweep(frame=frame, spectra=run.spectra, correlations=run.correlations))
     return out
+
+
+@dataclass
+class _Run:
+    """One adapter of :func:`analyse_adapters`: its modules, the names selected, and what the passes fill in."""
+
+    mods: Mapping[str, LowRank]
+    names: list[str]
+    rows: dict = field(default_factory=dict)
+    spectra: dict = field(default_factory=dict)
+    correlations: dict = field(default_factory=dict)
+
+
+def _spectrum_columns(name, lr):
+    """Per module: the shape, rank and spectrum columns (scale-free where α is unknown), and ΔW's spectrum."""
+    layer, module = split_name(name)
+    row = {"name": name, "layer": layer, "module": module, "d_out": lr.shape[0], "d_in": lr.shape[1],
+           "r": lr.r, "rank": lr.rank, "scale": np.nan if lr.scale is None else lr.scale, "zero": lr.is_zero}
+    srow, spec = spectrum_row(lr, scale_free=True)
+    row.update(srow)
+    return name, row, spec
+
+
+def _base_pass(runs, base, *, cache, svd_settings, n_random, seed, keep_cache, jobs, count):
+    """The base columns of every adapter's modules in one pass over the base: each W read once (``jobs`` at a
+    time) and its top singular triplets computed once for every module on it."""
+    opened = None
+    if isinstance(base, (str, bytes)) or hasattr(base, "__fspath__"):
+        base = opened = open_base(base)
+    store = cache if isinstance(cache, SVDCache) else SVDCache(enabled=bool(cache))
+    try:
+        users = {}  # base tensor -> [(adapter index, module name)]
+        for i, run in enumerate(runs):
+            for name in run.names:
+                users.setdefault(base_tensor_name(name, run.mods[name]), []).append((i, name))
+        weights = _Weights(base, store, users, svd_settings, n_random, seed)
+        for done in sweep_modules(weights.columns, read_base(base, list(users), stored=True),
+                                  modules=lambda item: [runs[i].mods[n] for i, n in users[item[0]]],
+                                  keep_cache=keep_cache, jobs=jobs, progress=count, steps=len):
+            for i, name, c, upd in done:
+                runs[i].correlations[name] = c
+                runs[i].rows[name].update(upd)
+    finally:
+        if opened is not None:
+            opened.close()
+
+
+@dataclass(frozen=True)
+class _Weights:
+    """The per-weight work of :func:`_base_pass`: Table 7 and Fig. 8 columns of the modules on one base W."""
+
+    base: Any
+    store: SVDCache
+    users: dict  # base tensor -> [(adapter index, module name)]
+    svd_settings: dict
+    n_random: int
+    seed: int
+
+    def columns(self, item, *lrs):
+        """``[(adapter index, name, WeightCorrelation, columns)]`` of every module on the base weight ``item``
+        (``(tensor name, W)``: a StoredMatrix from a reader, widened where used, or a mapping's array)."""
+        bname, W_raw = item
+        entries = self.users[bname]
+        svds = {}  # (module name, shape) -> (W, top-k triplets for the largest k any adapter needs, ‖W‖_F)
+        out = []
+        for (i, name), lr in zip(entries, lrs):
+            key = (name, lr.shape)
+            if key not in svds:
+                W = self.checked(W_raw, lr, name)
+                k_all = max(max(m.rank, 1) for (_, n), m in zip(entries, lrs) if (n, m.shape) == key)
+                svds[key] = (W, *cached_topk_svd(self.store, tensor_file(self.base, bname), f"{bname}|{name}", W,
+                                                 k_all, seed=self.seed, norm=True, **self.svd_settings))
+            W, w_svd, w_norm = svds[key]
+            out.append((i, name, *self.module(bname, name, W, lr, w_svd, w_norm)))
+        return out
+
+    def checked(self, W_raw, lr, name):
+        """W in ΔW's orientation, checked once: its shape (a StoredMatrix: NaN / Inf are checked by the product
+        that uses it), or shape, finite values and working precision (an array)."""
+        W = base_matrix(W_raw, lr, name=name, path=getattr(self.base, "path", None))
+        if isinstance(W, StoredMatrix):
+            check_weight_shape(W, lr, name)
+            return W
+        return check_weight(W, lr, name)
+
+    def module(self, bname, name, W, lr, w_svd, w_norm):
+        """Table 7 (:func:`~analysis.metrics.correlation.correlation_checked`) and the φ(k, k) of Fig. 8
+        (:func:`~analysis.metrics.correlation.overlap_checked`) for one module, from W's top triplets."""
+        n_random, seed = self.n_random, self.seed
+        k = max(lr.rank, 1)
+        rp = None
+        if lr.rank:
+            rp = cached_random_projections(self.store, tensor_file(self.base, bname), f"{bname}|{name}", W, lr.rank,
+                                           n_random=n_random, seed=seed)
+        if n_random < 1:
+            raise InputError(f"n_random must be >= 1, got {n_random}")
+        # W checked once (self.checked): the metrics' halves for a checked W
+        c = correlation_checked(W, lr, n_random=n_random, seed=seed, w_svd=w_svd, name=name, random_proj=rp,
+                                w_norm=w_norm)
+        upd = dict(w_norm=c.w_norm, w_sigma1=float(w_svd.S[0]), proj_delta=c.proj_delta, proj_w=c.proj_w,
+                   proj_random=c.proj_random, proj_random_std=c.proj_random_std, proj_random_rms=c.proj_random_rms,
+                   proj_random_expected=c.proj_random_expected, amplification=c.amplification,
+                   over_random=c.over_random)
+        for side in ("output", "input"):
+            ov = overlap_checked(W, lr, side=side, n_w=k, seed=seed, w_svd=w_svd, name=name)
+            upd[f"phi_w_{side}"] = float(ov.phi[-1, -1]) if not ov.zero else np.nan
+            upd[f"null_w_{side}"] = k / ov.d
+        return c, upd

@@ -43,12 +43,13 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from analysis.core.adapter import natural_key, select_modules, split_name
-from analysis.core.threads import map_ordered
-from analysis.errors import AdapterError
+from analysis.core.adapter import split_name
+from analysis.errors import InputError
+from analysis.io.outputs import json_ready
+from analysis.io.peft_writer import pattern_keys
 from analysis.metrics.stability import prefix_stability
-from analysis.sweeps.common import progress as progress_bar
 from analysis.sweeps.common import require_adapter
+from analysis.sweeps.driver import pair_modules, sweep_modules
 
 if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
@@ -89,6 +90,8 @@ class RankAdvice:
         Modules present in one adapter only (not advised on).
     target_modules : list of str
         For :meth:`lora_config`.
+    mismatched : list of str
+        Shared names whose ΔW shapes differ (not advised on; see :func:`~analysis.sweeps.driver.pair_modules`).
     """
 
     frame: pd.DataFrame
@@ -100,6 +103,7 @@ class RankAdvice:
     only_a: list = field(default_factory=list)
     only_b: list = field(default_factory=list)
     target_modules: list = field(default_factory=list)
+    mismatched: list = field(default_factory=list)
 
     def to_frame(self) -> pd.DataFrame:
         """The per-module table (a copy)."""
@@ -112,8 +116,6 @@ class RankAdvice:
         matching each other module (PEFT's ``get_pattern_key`` rule, see
         :func:`~analysis.io.peft_writer.pattern_keys`) to its rank.
         """
-        from analysis.io.peft_writer import pattern_keys
-
         adv = dict(zip(self.frame["name"], (int(x) for x in self.frame["advised"])))
         if not adv:
             return self.min_rank, {}
@@ -128,12 +130,12 @@ class RankAdvice:
         return {"r": r0, "rank_pattern": pat, "target_modules": list(self.target_modules)}
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-ready summary: settings, ``lora_config`` and one record per module."""
-        from analysis.io.outputs import json_ready
-
+        """JSON-ready summary: settings, ``lora_config``, the modules not advised on (``only_a``, ``only_b``, and
+        ``mismatched`` when there are any) and one record per module."""
+        differ = {"mismatched": self.mismatched} if self.mismatched else {}
         return json_ready({"a": self.a_path, "b": self.b_path, "side": self.side, "n_std": self.n_std,
                            "min_rank": self.min_rank, "lora_config": self.lora_config(),
-                           "only_a": self.only_a, "only_b": self.only_b,
+                           "only_a": self.only_a, "only_b": self.only_b, **differ,
                            "modules": self.frame.to_dict(orient="records")})
 
 
@@ -157,12 +159,12 @@ def check_min_rank(min_rank: int, ea: Mapping[str, LowRank], eb: Mapping[str, Lo
     ValueError
     """
     if min_rank < 1:
-        raise ValueError(f"{what} must be at least 1 (PEFT cannot hold r = 0), got {min_rank}")
+        raise InputError(f"{what} must be at least 1 (PEFT cannot hold r = 0), got {min_rank}")
     if not names:
         return
     r, name = min((min(ea[n].r, eb[n].r), n) for n in names)
     if min_rank > r:
-        raise ValueError(f"{what} must be at most r = {r}, the smallest rank of the modules compared (module "
+        raise InputError(f"{what} must be at most r = {r}, the smallest rank of the modules compared (module "
                          f"{name!r}), got {min_rank}")
 
 
@@ -210,28 +212,23 @@ def advise_ranks(a: Adapter, b: Adapter, *, side: str = "both", n_std: float = 3
     Returns
     -------
     RankAdvice
+        Modules both adapters have with ΔW shapes that differ are not advised on: listed in its ``mismatched``
+        (:func:`~analysis.sweeps.driver.pair_modules`, the rule of every sweep comparing two adapters).
     """
     import pandas as pd
 
     if side not in ADVICE_SIDES:
-        raise ValueError(f"side must be one of {ADVICE_SIDES}, got {side!r}")
+        raise InputError(f"side must be one of {ADVICE_SIDES}, got {side!r}")
     if not (np.isfinite(n_std) and n_std >= 0):
-        raise ValueError(f"n_std must be a non-negative number, got {n_std!r}")
+        raise InputError(f"n_std must be a non-negative number, got {n_std!r}")
     if isinstance(min_rank, bool) or int(min_rank) != min_rank or min_rank < 1:
-        raise ValueError(f"min_rank must be a positive integer (PEFT cannot hold r = 0), got {min_rank!r}")
+        raise InputError(f"min_rank must be a positive integer (PEFT cannot hold r = 0), got {min_rank!r}")
     for x, y in ((a, b), (b, a)):
         require_adapter(x, base_names=f"comparing with a {y.format} adapter" if x.format != y.format else None)
-    ea, eb = a.expanded(), b.expanded()
-    names = select_modules(set(ea) & set(eb), modules=modules, layers=layers)
-    check_min_rank(min_rank, ea, eb, names, what="min_rank")
-    only_a = sorted(set(ea) - set(eb), key=natural_key)
-    only_b = sorted(set(eb) - set(ea), key=natural_key)
+    pairs = pair_modules(a, b, modules=modules, layers=layers)
+    check_min_rank(min_rank, pairs.a, pairs.b, pairs.names, what="min_rank")
 
-    def one(name):
-        la, lb = ea[name], eb[name]
-        if la.shape != lb.shape:
-            raise AdapterError(f"module {name!r} has ΔW of shape {lb.shape} here and {la.shape} in {a.path}; "
-                               "compare adapters of the same base model", path=b.path)
+    def one(name, la, lb):
         zero = la.is_zero or lb.is_zero
         st = {}
         for s in ("input", "output", "A", "B"):
@@ -253,14 +250,12 @@ def advise_ranks(a: Adapter, b: Adapter, *, side: str = "both", n_std: float = 3
                "advised": max(needed[pick], int(min_rank)),
                "capped": bool(st[pick] is not None and st[pick].at_cap),
                "top_cos2": float(st[pick].cos2[0, 0]) if st[pick] is not None else np.nan}
-        if not keep_cache:
-            la.clear_cache()
-            lb.clear_cache()
         return row
 
     # in order, whatever ``jobs``: at most ``jobs`` modules in flight, the first error raised as a serial run would
-    rows = list(progress_bar(map_ordered(one, names, jobs=jobs), enabled=progress, total=len(names)))
+    rows = list(sweep_modules(one, pairs.names, modules=(pairs.a, pairs.b), keep_cache=keep_cache, jobs=jobs,
+                              progress=progress))
     frame = pd.DataFrame(rows)
     return RankAdvice(frame=frame, side=side, n_std=float(n_std), min_rank=int(min_rank), a_path=a.path,
-                      b_path=b.path, only_a=only_a, only_b=only_b,
-                      target_modules=_targets(a, frame["name"] if len(frame) else []))
+                      b_path=b.path, only_a=pairs.only_a, only_b=pairs.only_b,
+                      target_modules=_targets(a, frame["name"] if len(frame) else []), mismatched=pairs.mismatched)

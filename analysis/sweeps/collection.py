@@ -23,21 +23,22 @@ fsspec URL (``s3://…``, ``memory://…``), which the worker copies to a tempor
 
 from __future__ import annotations
 
+import functools
 import os
-import shutil
-import tempfile
-import threading
-from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import numpy as np
 
 from analysis.core.adapter import Adapter, natural_key, select_modules, split_name
-from analysis.errors import AdapterError
+from analysis.core.allocator import reuse_freed_memory
+from analysis.core.threads import available_cores, blas_threads
+from analysis.errors import AdapterError, EnvironmentFault, InputError
 from analysis.metrics.cosine import gram_blocks, phi_blocks
+from analysis.sweeps.driver import sweep_modules
 from analysis.sweeps.models import (ModelGroup, ModelGrouping, describe_models, describe_skipped, group_by_model,
                                     header_task, screen_headers)
+from analysis.sweeps.sources import open_source, source_label, task_source
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
@@ -94,8 +95,6 @@ def compute(tasks: Sequence[Delayed], *, client: Client | str | None = None) -> 
     import dask
 
     if client is None:
-        from analysis.core.threads import available_cores, blas_threads
-
         with blas_threads(1):
             return list(dask.compute(*tasks, scheduler="threads", num_workers=available_cores()))
     if isinstance(client, (str, os.PathLike)):
@@ -186,9 +185,6 @@ def _lost(e):
 
 
 def _on_client(client, tasks, address=None):
-    from analysis.core.allocator import reuse_freed_memory
-    from analysis.errors import EnvironmentFault
-
     try:
         client.run(reuse_freed_memory)  # the workers keep freed memory for the next task's arrays (idempotent)
         return list(client.gather(client.compute(list(tasks))))
@@ -201,112 +197,6 @@ def _on_client(client, tasks, address=None):
                                f"{' '.join(str(e).split())[:160]})", fix="check that it and its workers are "
                                "running and rerun (nothing was written)",
                                what=f"--scheduler {address}" if address else "Dask cluster") from None
-
-
-def source_label(src: str | os.PathLike[str] | Adapter) -> str:
-    """The name of an adapter source as the user gave it (a path, a URL, or an Adapter's path)."""
-    if isinstance(src, Adapter):
-        return str(src.path)
-    return os.fspath(src) if isinstance(src, os.PathLike) else str(src)
-
-
-def _task_source(src):
-    """What a task receives: an Adapter as is, a URL as is, a local path made absolute (workers' cwd differ)."""
-    if isinstance(src, Adapter):
-        return src
-    if not isinstance(src, (str, os.PathLike)):
-        raise TypeError(f"expected adapter paths, URLs or analysis.Adapter objects, got {type(src).__name__}")
-    s = os.fspath(src)
-    if "://" in s and not s.startswith("file://"):
-        return s
-    s = s[len("file://"):] if s.startswith("file://") else s
-    return os.path.abspath(s) if os.path.exists(s) else s
-
-
-class _Opened:
-    """An adapter opened in a task, and the temporary copy of a URL to remove afterwards."""
-
-    def __init__(self, adapter, tmp=None):
-        self.adapter, self.tmp = adapter, tmp
-
-    def __enter__(self):
-        return self.adapter
-
-    def __exit__(self, *exc):
-        if self.tmp:
-            shutil.rmtree(self.tmp, ignore_errors=True)
-
-
-def open_source(src: str | os.PathLike[str] | Adapter, *, alpha: float | None = None) -> _Opened:
-    """Open one adapter source in a task: an Adapter, a local path (read lazily where the format allows)
-    or an fsspec URL (copied to a temporary folder, read eagerly, the copy removed on exit).
-
-    Returns
-    -------
-    context manager yielding an Adapter
-    """
-    from analysis.io import load_adapter
-
-    if isinstance(src, Adapter):
-        return _Opened(src.with_alpha(alpha) if alpha is not None else src)
-    s = str(src)
-    if "://" in s:
-        import fsspec
-
-        tmp = tempfile.mkdtemp(prefix="lora-collection-")
-        try:
-            fs, root = fsspec.core.url_to_fs(s)
-            if not fs.exists(root):
-                raise AdapterError("no such file or folder", path=s)
-            if fs.isdir(root):
-                local = os.path.join(tmp, "adapter")
-                os.makedirs(local)
-                for f in fs.ls(root, detail=False):
-                    if fs.isfile(f):
-                        fs.get(f, os.path.join(local, os.path.basename(f.rstrip("/"))))
-            else:
-                local = os.path.join(tmp, os.path.basename(root.rstrip("/")))
-                fs.get(root, local)
-            ad = load_adapter(local, alpha=alpha)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
-        ad.path = s
-        return _Opened(ad, tmp)
-    return _Opened(_lazy_cached(s, alpha))
-
-
-#: Opened lazy adapters of this process (a worker opens each file once, not once per task): the reader holds
-#: the header and one loader per module, never the factors. Keyed by path, size and mtime.
-_OPENED: OrderedDict[Any, Any] = OrderedDict()
-_OPENED_MAX = 512
-_OPENED_LOCK = threading.Lock()
-
-
-def _lazy_cached(path, alpha):
-    from analysis.io import load_adapter
-    from analysis.io.lazy import LazyAdapter
-
-    try:
-        st = os.stat(path)
-        key = (os.path.abspath(path), alpha, st.st_size, st.st_mtime_ns)
-    except OSError:
-        return load_adapter(path, alpha=alpha, lazy=True)  # raises the reader's one-line error
-    if os.path.isdir(path):  # a folder: its files' identities too (an adapter rewritten in place)
-        key += tuple((e.name, e.stat().st_size, e.stat().st_mtime_ns) for e in os.scandir(path) if e.is_file())
-    with _OPENED_LOCK:
-        ad = _OPENED.get(key)
-        if ad is not None:
-            _OPENED.move_to_end(key)
-            return ad
-    ad = load_adapter(path, alpha=alpha, lazy=True)
-    if not isinstance(ad, LazyAdapter):  # an eager reader (loralib, kohya): holds the factors, not cached
-        return ad
-    with _OPENED_LOCK:
-        _OPENED[key] = ad
-        while len(_OPENED) > _OPENED_MAX:
-            _OPENED.popitem(last=False)
-    return ad
 
 
 def _names(ad, modules, layers):
@@ -329,20 +219,20 @@ def summarise_adapter(src: str | os.PathLike[str] | Adapter, *, alpha: float | N
     AdapterError
         A module's ‖ΔW‖ overflows float64 (naming the adapter and the module).
     """
+    def one(n, lr):
+        norm = float(lr.norm())
+        if not np.isfinite(norm):
+            raise AdapterError("expected an update whose norm float64 can hold, got ‖ΔW‖ = scale × ‖B A‖ beyond "
+                               "1.8e308 (factors or scale far outside any trained adapter)",
+                               path=source_label(src), key=n)
+        with np.errstate(over="ignore"):
+            return n, {"shape": tuple(int(x) for x in lr.shape), "r": int(lr.r), "rank": int(lr.rank),
+                       "norm": norm, "norm2": norm * norm}
+
     with open_source(src, alpha=alpha) as ad:
-        mods = ad.expanded()
-        out = {}
-        for n in _names(ad, modules, layers):
-            lr = mods[n]
-            norm = float(lr.norm())
-            if not np.isfinite(norm):
-                raise AdapterError("expected an update whose norm float64 can hold, got ‖ΔW‖ = scale × ‖B A‖ beyond "
-                                   "1.8e308 (factors or scale far outside any trained adapter)",
-                                   path=source_label(src), key=n)
-            with np.errstate(over="ignore"):
-                out[n] = {"shape": tuple(int(x) for x in lr.shape), "r": int(lr.r), "rank": int(lr.rank),
-                          "norm": norm, "norm2": norm * norm}
-            lr.clear_cache()
+        # module after module in this task's thread, BLAS threads as the task found them
+        out = dict(sweep_modules(one, _names(ad, modules, layers), modules=(ad.expanded(),), jobs=1,
+                                 alone_threads=None))
         if not out:
             raise AdapterError("no LoRA module left after the --modules / --layers filters", path=source_label(src))
         return {"path": str(ad.path), "modules": out}
@@ -379,6 +269,17 @@ def _top_basis(lr, side, k):
     return Q @ Y[:, :k]  # (d, r) @ (r, k)
 
 
+def _stack_entry(n, lr, *, t, side, k, ref):
+    """One module of adapter ``t`` for :func:`_stack`: ``(n, (t, B, A, s, top-k basis, s / ref, ‖ΔW‖ / ref,
+    ‖B A‖))``."""
+    if lr.scale is None:
+        lr.norm()  # raises MissingAlphaError, naming the file and key
+    U = _top_basis(lr, side, k) if not lr.is_zero else None
+    norm, s = float(lr.norm()), float(lr.scale)
+    raw = norm / abs(s) if s != 0 and norm > 0 else 0.0
+    return n, (t, lr.lora_B, lr.lora_A, s, U, s / ref, norm / ref, raw)
+
+
 def _stack(srcs, names, *, alpha, k, side, modules, layers, refs=None):
     """Task: for each module in ``names``, the stacked factors and top-k bases of the adapters in ``srcs``
     (``refs``: each adapter's largest module norm, the unit of its magnitudes)."""
@@ -387,17 +288,10 @@ def _stack(srcs, names, *, alpha, k, side, modules, layers, refs=None):
     for t, src in enumerate(srcs):
         with open_source(src, alpha=alpha) as ad:
             mods = ad.expanded()
-            for n in names:
-                if n not in mods:
-                    continue
-                lr = mods[n]
-                if lr.scale is None:
-                    lr.norm()  # raises MissingAlphaError, naming the file and key
-                U = _top_basis(lr, side, k) if not lr.is_zero else None
-                norm, s = float(lr.norm()), float(lr.scale)
-                raw = norm / abs(s) if s != 0 and norm > 0 else 0.0
-                per[n].append((t, lr.lora_B, lr.lora_A, s, U, s / refs[t], norm / refs[t], raw))
-                lr.clear_cache()
+            one = functools.partial(_stack_entry, t=t, side=side, k=k, ref=refs[t])
+            for n, entry in sweep_modules(one, [n for n in names if n in mods], modules=(mods,), jobs=1,
+                                          alone_threads=None):
+                per[n].append(entry)
     out = {}
     for n, items in per.items():
         if not items:
@@ -530,10 +424,10 @@ class CollectionResult:
 
     def _modules(self, kind):
         if kind not in ("similarity", "cosine"):
-            raise ValueError(f"kind must be 'similarity' or 'cosine', got {kind!r}")
+            raise InputError(f"kind must be 'similarity' or 'cosine', got {kind!r}")
         arr = self.module_similarity if kind == "similarity" else self.module_cosine
         if arr is None:
-            raise ValueError("per-module matrices were not kept: call with keep_modules=True")
+            raise InputError("per-module matrices were not kept: call with keep_modules=True")
         return arr
 
     def order(self, kind: str = "similarity") -> np.ndarray:
@@ -637,7 +531,7 @@ def seriation_order(matrix: ArrayLike) -> np.ndarray:
 
     M = np.asarray(matrix, dtype=np.float64)
     if M.ndim != 2 or M.shape[0] != M.shape[1]:
-        raise ValueError(f"expected a square matrix, got shape {M.shape}")
+        raise InputError(f"expected a square matrix, got shape {M.shape}")
     n = M.shape[0]
     if n < 3:
         return np.arange(n)
@@ -752,26 +646,26 @@ def collection_similarity(adapters: Sequence[str | os.PathLike[str] | Adapter], 
 
     srcs = list(adapters)
     if len(srcs) < 2:
-        raise ValueError(f"expected at least two adapters, got {len(srcs)}")
+        raise InputError(f"expected at least two adapters, got {len(srcs)}")
     if int(k) != k or k < 1:
-        raise ValueError(f"k must be a positive integer, got {k!r}")
+        raise InputError(f"k must be a positive integer, got {k!r}")
     k = int(k)
     if side not in COLLECTION_SIDES:
-        raise ValueError(f"side must be one of {COLLECTION_SIDES}, got {side!r}")
+        raise InputError(f"side must be one of {COLLECTION_SIDES}, got {side!r}")
     if mixed_models not in MIXED_MODELS:
-        raise ValueError(f"mixed_models must be one of {MIXED_MODELS}, got {mixed_models!r}")
+        raise InputError(f"mixed_models must be one of {MIXED_MODELS}, got {mixed_models!r}")
     if not_adapters not in NOT_ADAPTERS:
-        raise ValueError(f"not_adapters must be one of {NOT_ADAPTERS}, got {not_adapters!r}")
+        raise InputError(f"not_adapters must be one of {NOT_ADAPTERS}, got {not_adapters!r}")
     tile = None if tile is None else int(tile)
     if tile is not None and tile < 1:
-        raise ValueError(f"tile must be a positive integer, got {tile}")
+        raise InputError(f"tile must be a positive integer, got {tile}")
     labels = tuple(source_label(s) for s in srcs)
-    tsrc = [_task_source(s) for s in srcs]
+    tsrc = [task_source(s) for s in srcs]
     # 0. names and shapes (headers), bad paths named at once, models told apart: before any other work
     heads = compute([dask.delayed(header_task, pure=True)(s, alpha=alpha) for s in tsrc], client=client)
     keep, skipped = screen_headers(heads, labels, not_adapters=not_adapters)
     if len(keep) < 2:
-        raise ValueError(f"expected at least two adapters, got {len(keep)} after skipping {len(skipped)} "
+        raise InputError(f"expected at least two adapters, got {len(keep)} after skipping {len(skipped)} "
                          f"that are no adapter ({', '.join(p for p, _ in skipped[:3])})")
     labels, tsrc, heads = tuple(labels[i] for i in keep), [tsrc[i] for i in keep], [heads[i] for i in keep]
     if notes is not None and skipped:

@@ -6,6 +6,7 @@ from typing import TYPE_CHECKING, Any
 
 from analysis.core.adapter import Adapter
 from analysis.errors import AdapterError
+from analysis.sweeps.progress import as_progress
 
 if TYPE_CHECKING:
     from collections.abc import Iterable
@@ -36,8 +37,6 @@ def progress(iterable: Iterable[Any] | None, *, enabled: bool | Progress | None,
     -------
     iterable, or a counter (``update()``, ``close()``) when ``iterable`` is None, or None when that is off
     """
-    from analysis.sweeps.progress import as_progress
-
     reporter = as_progress(enabled)
     if not reporter:
         return iterable

@@ -22,11 +22,13 @@ import numpy as np
 
 from analysis.core.adapter import is_embedding_name, natural_key, select_modules, split_name
 from analysis.core.randomized import randomized_svd
-from analysis.core.threads import map_ordered
-from analysis.errors import AdapterError
-from analysis.metrics.spectrum import energy_retained, relative_error
-from analysis.sweeps.common import progress as progress_bar
+from analysis.core.truncate import from_svd
+from analysis.errors import AdapterError, InputError
+from analysis.io.base import open_base
+from analysis.io.peft_writer import write_peft_adapter
 from analysis.io.roles import with_roles
+from analysis.metrics.spectrum import energy_retained, relative_error
+from analysis.sweeps.driver import sweep_modules
 
 if TYPE_CHECKING:
     import os
@@ -78,8 +80,6 @@ class FinetuneDeltas:
 
     def write(self, out: str | os.PathLike[str], *, force: bool = False) -> dict[str, Any]:
         """Save the truncations as a PEFT adapter folder; returns the config."""
-        from analysis.io.peft_writer import write_peft_adapter
-
         if not self.modules:
             raise AdapterError("no module differs between the two models: nothing to export", path=self.ft_path)
         return write_peft_adapter(out, self.modules, lora_alpha=self.alpha, force=force,
@@ -126,14 +126,11 @@ def finetune_deltas(base: str | os.PathLike[str], finetuned: str | os.PathLike[s
     """
     import pandas as pd
 
-    from analysis.io.base import open_base
-    from analysis.core.truncate import from_svd
-
     if int(rank) != rank or rank < 1:
-        raise ValueError(f"rank must be a positive integer, got {rank!r}")
+        raise InputError(f"rank must be a positive integer, got {rank!r}")
     spectrum = int(rank) if spectrum is None else int(spectrum)
     if spectrum < rank:
-        raise ValueError(f"spectrum ({spectrum}) must be >= rank ({rank})")
+        raise InputError(f"spectrum ({spectrum}) must be >= rank ({rank})")
     alpha = float(rank if alpha is None else alpha)
     rows, longs, out, skipped = [], [], {}, {}
 
@@ -186,8 +183,7 @@ def finetune_deltas(base: str | os.PathLike[str], finetuned: str | os.PathLike[s
                 del W0
                 yield item
 
-        done = map_ordered(one, pairs(), jobs=jobs)
-        for name, lr, row, long in progress_bar(done, enabled=progress, total=len(names)):
+        for name, lr, row, long in sweep_modules(one, pairs(), jobs=jobs, progress=progress, total=len(names)):
             if lr is not None:
                 out[name] = lr
             rows.append(row)

@@ -24,9 +24,14 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from analysis.core.adapter import ranges_text, select_modules
+from analysis.errors import InputError
+from analysis.io.base import base_matrix, base_tensor_name, read_base
+from analysis.io.dora import dora_delta
+from analysis.io.inventory import named_base
 from analysis.io.roles import ROLES, module_role, role_label, stack_order
 from analysis.metrics.spectrum import rank_for_energy
 from analysis.sweeps.common import require_adapter
+from analysis.sweeps.driver import sweep_modules
 from analysis.sweeps.spectra import spectrum_row
 
 if TYPE_CHECKING:
@@ -210,24 +215,26 @@ def _module_row(name, lr):
 
 def _base_norms(base, ex, names):
     """``{name: (‖W‖_F, ‖W' − W‖_F or NaN)}`` for every module, reading each base tensor once."""
-    from analysis.io.base import base_matrix, base_tensor_name, read_base
-    from analysis.io.dora import dora_delta
-
     users = {}
     for n in names:
         users.setdefault(base_tensor_name(n, ex[n]), []).append(n)
     path = getattr(base, "path", None)
-    out = {}
-    for tensor, W in read_base(base, list(users)):
-        for n in users[tensor]:
-            lr = ex[n]
+
+    def one(item, *lrs):
+        tensor, W = item
+        out = []
+        for n, lr in zip(users[tensor], lrs):
             Wm = np.asarray(base_matrix(W, lr, name=n, path=path), dtype=np.float64)  # (d_out, d_in)
             w = float(np.linalg.norm(Wm))
             eff = float(np.linalg.norm(dora_delta(lr, Wm))) if lr.meta.get("dora") and lr.scale is not None \
                 else math.nan
-            out[n] = (w, eff)
-            lr.clear_cache()
-    return out
+            out.append((n, (w, eff)))
+        return out
+
+    # one weight after another in the caller's thread, BLAS threads as the caller left them
+    done = sweep_modules(one, read_base(base, list(users)), modules=lambda item: [ex[n] for n in users[item[0]]],
+                         jobs=1, alone_threads=None)
+    return {n: norms for part in done for n, norms in part}
 
 
 def _family_method(adapter, rows, metas, metadata):
@@ -301,20 +308,21 @@ def inspect_adapter(adapter: Adapter, *, path: str | None = None, files: Adapter
     """
     import pandas as pd
 
-    from analysis.io.inventory import named_base
-
     ex = require_adapter(adapter).expanded()
     names = select_modules(ex, modules=modules, layers=layers)
     if not names:
-        raise ValueError(f"{path or adapter.path}: no module left after the --modules / --layers filters")
+        raise InputError(f"{path or adapter.path}: no module left after the --modules / --layers filters")
     rows, spectra, metas = [], {}, []
-    for n in names:
-        lr = ex[n]  # a lazy adapter reads this module's factors now, and drops them after
+
+    def one(n, lr):  # a lazy adapter reads this module's factors now, and drops them after
         row, S = _module_row(n, lr)
+        meta = {k: v for k, v in lr.meta.items() if k in ("algo", "peft_type", "component", "alpha_source")}
+        return n, row, S, meta
+
+    for n, row, S, meta in sweep_modules(one, names, modules=(ex,), jobs=1, alone_threads=None):
         rows.append(row)
         spectra[n] = S
-        metas.append({k: v for k, v in lr.meta.items() if k in ("algo", "peft_type", "component", "alpha_source")})
-        lr.clear_cache()
+        metas.append(meta)
     frame = pd.DataFrame(rows, columns=list(MODULE_COLUMNS))
     if base is not None:
         norms = _base_norms(base, ex, names)
@@ -392,7 +400,7 @@ def group_summary(frame: pd.DataFrame, *, by: Sequence[str] = ("stack", "role"))
 
     by = list(by)
     if not set(by) <= {"stack", "role"} or not by:
-        raise ValueError(f"by must be a non-empty subset of ('stack', 'role'), got {by}")
+        raise InputError(f"by must be a non-empty subset of ('stack', 'role'), got {by}")
     rows: list[dict[str, Any]] = []
     if not len(frame):
         return pd.DataFrame(rows)

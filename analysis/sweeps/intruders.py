@@ -8,16 +8,20 @@ is :mod:`analysis.cli.intruders`.
 
 from __future__ import annotations
 
+import importlib
 import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from analysis.core.adapter import natural_key, select_modules, split_name
 from analysis.errors import AdapterError
-from analysis.metrics.intruders import intruder_dimensions
-from analysis.sweeps.common import progress as progress_bar
-from analysis.sweeps.common import require_adapter
+from analysis.io.base import BaseWeights, base_matrix, open_base
+from analysis.io.kohya_names import resolve_adapter_names
 from analysis.io.roles import with_roles
+from analysis.metrics.intruders import intruder_dimensions
+from analysis.sweeps.common import require_adapter
+from analysis.sweeps.driver import sweep_modules
+from analysis.sweeps.svd_cache import SVDCache, cached_full_basis, tensor_file
 
 if TYPE_CHECKING:
     import os
@@ -26,9 +30,7 @@ if TYPE_CHECKING:
     import pandas as pd
 
     from analysis.core.adapter import Adapter, Layers
-    from analysis.io.base import BaseWeights
     from analysis.sweeps.progress import Progress
-    from analysis.sweeps.svd_cache import SVDCache
 
 __all__ = ["IntruderSweep", "intruder_sweep"]
 
@@ -90,42 +92,35 @@ def intruder_sweep(adapter: Adapter, base: str | os.PathLike[str] | BaseWeights,
     """
     import pandas as pd
 
-    from analysis.io.base import BaseWeights, base_matrix, open_base
-
     require_adapter(adapter)
     bw = base if isinstance(base, BaseWeights) else open_base(base)
     if adapter.format == "kohya":  # kohya / LyCORIS names: resolved against the base's own tensor names
-        from analysis.io.kohya_names import resolve_adapter_names
-
         adapter = resolve_adapter_names(adapter, bw)
     names = select_modules(adapter, modules=modules, layers=layers)
     missing = [n for n in names if n not in bw]
     if missing:
         raise AdapterError(f"expected a base weight for every adapter module, got none for {len(missing)} "
                            f"(e.g. {missing[0]}.weight): is this the adapter's base model?", path=bw.path)
-    import scipy.linalg  # noqa: F401  (scipy's own OpenBLAS, used by the top-k eigensolve, must be loaded
-    # before map_ordered pins BLAS: a library loaded later keeps its default threads and spins on a busy machine)
-
-    from analysis.core.threads import map_ordered
-    from analysis.sweeps.svd_cache import SVDCache, cached_full_basis, tensor_file
+    # scipy's own OpenBLAS, used by the top-k eigensolve, must be loaded before the driver pins BLAS: a library
+    # loaded later keeps its default threads and spins on a busy machine
+    importlib.import_module("scipy.linalg")
 
     store = cache if isinstance(cache, SVDCache) else SVDCache(enabled=bool(cache))
 
-    def one(item):
+    def one(item, lr):
         name, W = item
         t0 = time.perf_counter()
-        lr = adapter[name]
         W = base_matrix(W, lr, name=name, path=bw.path)
         X, S_w = cached_full_basis(store, tensor_file(bw, bw.resolve(name)), name, W, side=side)
         res = intruder_dimensions(W, lr, top_k=top_k, threshold=threshold, side=side, method=method,
                                   seed=seed, base_vectors=X, base_singular_values=S_w, name=name)
-        lr.clear_cache()
         return name, W.shape, lr.r, res, time.perf_counter() - t0
 
     rows, results = [], {}
     try:
-        done = map_ordered(one, bw.weights(names), jobs=jobs)
-        for name, shape, r, res, seconds in progress_bar(done, enabled=progress, total=len(names)):
+        done = sweep_modules(one, bw.weights(names), modules=(adapter,), jobs=jobs, progress=progress,
+                             total=len(names))
+        for name, shape, r, res, seconds in done:
             results[name] = res
             layer, module = split_name(name)
             rows.append({"name": name, "layer": layer, "module": module, "d_out": shape[0], "d_in": shape[1],

@@ -29,6 +29,9 @@ import math
 import re
 from typing import TYPE_CHECKING
 
+from analysis.errors import InputError
+from analysis.io.roles import module_role
+
 if TYPE_CHECKING:
     from collections.abc import Iterable, Mapping, Sequence
 
@@ -95,9 +98,9 @@ def _number(text, spec):
     try:
         x = float(text)
     except ValueError:
-        raise ValueError(f"--layer-weights: expected a number, got {text!r} in {spec!r}") from None
+        raise InputError(f"--layer-weights: expected a number, got {text!r} in {spec!r}") from None
     if not math.isfinite(x):
-        raise ValueError(f"--layer-weights: expected a finite number, got {text!r} in {spec!r}")
+        raise InputError(f"--layer-weights: expected a finite number, got {text!r} in {spec!r}")
     return x
 
 
@@ -112,15 +115,15 @@ def _parse(spec):
         return "preset", text.lower()
     parts = [p.strip() for p in re.split(r"[,\s]+", text) if p.strip()]
     if not parts:
-        raise ValueError(f"--layer-weights: expected a list, a key=weight map or one of {PRESETS}, got {spec!r}")
+        raise InputError(f"--layer-weights: expected a list, a key=weight map or one of {PRESETS}, got {spec!r}")
     if all("=" in p for p in parts):
         return "map", [(p.split("=", 1)[0].strip(), _number(p.split("=", 1)[1], spec)) for p in parts]
     if any("=" in p for p in parts):
-        raise ValueError(f"--layer-weights: expected either numbers or key=weight entries, not both, got {spec!r}")
+        raise InputError(f"--layer-weights: expected either numbers or key=weight entries, not both, got {spec!r}")
     try:
         return "list", [_number(p, spec) for p in parts]
     except ValueError:
-        raise ValueError(f"--layer-weights: expected a list of numbers, a key=weight map or one of {PRESETS}, "
+        raise InputError(f"--layer-weights: expected a list of numbers, a key=weight map or one of {PRESETS}, "
                          f"got {spec!r}") from None
 
 
@@ -141,13 +144,13 @@ def _from_list(values, positions, kohya):
                 for n in positions}, f"sd-scripts block weights ({len(values)} values{', SDXL' if sdxl else ''})"
     depths = _depths(positions)
     if not depths:
-        raise ValueError("--layer-weights: a list gives one weight per layer, but no module has a layer index; "
+        raise InputError("--layer-weights: a list gives one weight per layer, but no module has a layer index; "
                          "use a key=weight map")
     bad = {s: d for s, d in depths.items() if d != len(values)}
     if bad:
         have = ", ".join(f"{s or 'layers'}: {d}" for s, d in depths.items())
         lbw = f" (or {LBW_LENGTHS} block weights for kohya SD files)" if kohya else ""
-        raise ValueError(f"--layer-weights: expected one weight per layer ({have}){lbw}, got {len(values)} values; "
+        raise InputError(f"--layer-weights: expected one weight per layer ({have}){lbw}, got {len(values)} values; "
                          "use stack:layer=weight entries for stacks of different depths")
     return {n: values[p.layer] if p.layer is not None else 1.0 for n, p in positions.items()}, \
         f"one weight per layer ({len(values)})"
@@ -172,7 +175,7 @@ def _matches(key, name, p, sdxl):
         stack, _, layers = key.partition(":")
         rng = _layers(layers.strip())
         if rng is None:
-            raise ValueError(f"--layer-weights: expected stack:layer or stack:first-last, got {key!r}")
+            raise InputError(f"--layer-weights: expected stack:layer or stack:first-last, got {key!r}")
         return 4 if _norm(stack) == _norm(p.stack) and p.layer in rng else None
     rng = _layers(key)
     if rng is not None:
@@ -190,7 +193,7 @@ def _from_map(entries, positions, sdxl):
     for key, _ in entries:
         k = key.split(":")[0]
         if key != "*" and ":" in key and _norm(k) not in known:
-            raise ValueError(f"--layer-weights: no stack {k!r} in this adapter (stacks: "
+            raise InputError(f"--layer-weights: no stack {k!r} in this adapter (stacks: "
                              f"{', '.join(sorted(s or repr('') for s in known))})")
     out = {}
     for n, p in positions.items():
@@ -202,7 +205,7 @@ def _from_map(entries, positions, sdxl):
         out[n] = w
     for key, _ in entries:
         if not any(_matches(key, n, p, sdxl) is not None for n, p in positions.items()):
-            raise ValueError(f"--layer-weights: the key {key!r} matches no module of this adapter")
+            raise InputError(f"--layer-weights: the key {key!r} matches no module of this adapter")
     return out, f"{len(entries)} key=weight entries"
 
 
@@ -253,8 +256,6 @@ def layer_weights(spec: str | Sequence[float] | Mapping[str, float],
     ValueError
         A spec that cannot be read, a list of the wrong length, a key or stack that matches nothing.
     """
-    from analysis.io.roles import module_role
-
     positions = {n: module_role(n) for n in names}
     kind, value = _parse(spec)
     kohya = bool(positions) and all(_KOHYA_SD.match(n) for n in positions)

@@ -46,10 +46,14 @@ import numpy as np
 from analysis.core.adapter import split_name
 from analysis.core.lowrank import LowRank
 from analysis.core.truncate import from_svd
-from analysis.errors import AdapterError
-from analysis.io.kohya_writer import source_header
+from analysis.errors import AdapterError, InputError
+from analysis.io.kohya_writer import flattened_shapes, source_header, write_kohya_file
+from analysis.io.peft_writer import write_peft_adapter
 from analysis.metrics.cosine import cosine_from_gram, cosine_null_std, frobenius_inner, gram_blocks, interference
 from analysis.metrics.task_arithmetic import SIGN_METHODS, check_density
+from analysis.sweeps.common import require_adapter
+from analysis.sweeps.driver import sweep_modules
+from analysis.sweeps.merge_advice import advise_merge
 from analysis.sweeps.merge_checks import (HEADS, MergeCheck, MergeWarning, SavedModules, check_mergeable,
                                           merge_saved_modules, merged_config, read_saved_tensors)
 from analysis.sweeps.merge_methods import (DENSE_METHODS, FACTOR_METHODS, MERGE_METHODS, PRUNING_METHODS,
@@ -165,8 +169,6 @@ class MergeResult:
 
     def advice(self) -> MergeAdvice:
         """What the interference statistics say about this merge (:func:`analysis.sweeps.merge_advice.advise_merge`)."""
-        from analysis.sweeps.merge_advice import advise_merge
-
         return advise_merge(self)
 
     def write(self, out: str | os.PathLike[str], *, force: bool = False,
@@ -189,14 +191,11 @@ class MergeResult:
                                f"{CANCEL_RTOL:g} · √Σ‖wᵢΔWᵢ‖²: the weighted adapters cancel), so there is no "
                                "adapter to write; nothing was written", path=out)
         if self.format == "kohya":
-            from analysis.io.kohya_writer import flattened_shapes, write_kohya_file
-
             comment = (f"merged ({self.method}) from {len(self.labels)} adapters with weights "
                        f"{', '.join(f'{w:g}' for w in self.weights)}")
             shapes = flattened_shapes(self.flattened, base, path=self.labels[0]) if self.flattened else {}
             return write_kohya_file(out, self.modules, metadata=self.config, force=force, comment=comment,
                                     shapes=shapes)
-        from analysis.io.peft_writer import write_peft_adapter
 
         cfg = dict(self.config or {})
         return write_peft_adapter(out, self.modules, lora_alpha=self.lora_alpha, config=cfg,
@@ -242,29 +241,29 @@ def _check_args(ads: Sequence[Adapter], weights: Sequence[float] | None, method:
                 heads: str | None) -> tuple[list[float], tuple[str, ...], float | None]:
     """Every argument check before any work; returns (weights, labels, density)."""
     if len(ads) < 2:
-        raise ValueError(f"expected at least two adapters to merge, got {len(ads)}")
+        raise InputError(f"expected at least two adapters to merge, got {len(ads)}")
     if method not in MERGE_METHODS:
-        raise ValueError(f"method must be one of {MERGE_METHODS}, got {method!r}")
+        raise InputError(f"method must be one of {MERGE_METHODS}, got {method!r}")
     w = [1.0] * len(ads) if weights is None else [float(x) for x in weights]
     if len(w) != len(ads):
-        raise ValueError(f"expected one weight per adapter ({len(ads)}), got {len(w)}")
+        raise InputError(f"expected one weight per adapter ({len(ads)}), got {len(w)}")
     if not all(math.isfinite(x) for x in w):
-        raise ValueError(f"weights must be finite numbers, got {w}")
+        raise InputError(f"weights must be finite numbers, got {w}")
     if rank is not None and (int(rank) != rank or rank < 1):
-        raise ValueError(f"rank must be a positive integer, got {rank!r}")
+        raise InputError(f"rank must be a positive integer, got {rank!r}")
     if method != "svd" and method not in DENSE_METHODS and rank is not None:
-        raise ValueError(f"--rank applies to svd and the *_svd methods only, got method {method!r}")
+        raise InputError(f"--rank applies to svd and the *_svd methods only, got method {method!r}")
     if method in PRUNING_METHODS:
         density = check_density(rule_of(method), density)
     elif density is not None:
-        raise ValueError(f"density applies to the pruning methods {PRUNING_METHODS} only, got method {method!r}")
+        raise InputError(f"density applies to the pruning methods {PRUNING_METHODS} only, got method {method!r}")
     if majority_sign_method not in SIGN_METHODS:
-        raise ValueError(f"majority_sign_method must be one of {SIGN_METHODS}, got {majority_sign_method!r}")
+        raise InputError(f"majority_sign_method must be one of {SIGN_METHODS}, got {majority_sign_method!r}")
     if heads is not None and heads not in HEADS:
-        raise ValueError(f"heads must be None or one of {HEADS}, got {heads!r}")
+        raise InputError(f"heads must be None or one of {HEADS}, got {heads!r}")
     labels = tuple(str(a.path) for a in ads) if labels is None else tuple(str(x) for x in labels)
     if len(labels) != len(ads):
-        raise ValueError(f"expected one label per adapter ({len(ads)}), got {len(labels)}")
+        raise InputError(f"expected one label per adapter ({len(ads)}), got {len(labels)}")
     seen: Counter[str] = Counter()
     unique = []
     for lab in labels:  # the same adapter twice: tell the two apart in the report
@@ -459,10 +458,6 @@ def merge_adapters(adapters: Sequence[Adapter], *, weights: Sequence[float] | No
     """
     import pandas as pd
 
-    from analysis.core.threads import map_ordered
-    from analysis.sweeps.common import progress as progress_bar
-    from analysis.sweeps.common import require_adapter
-
     ads = [require_adapter(a) for a in adapters]
     w, labels, density = _check_args(ads, weights, method, rank, density, majority_sign_method, labels, heads)
     fmt = _check_names(ads, labels)
@@ -479,10 +474,10 @@ def merge_adapters(adapters: Sequence[Adapter], *, weights: Sequence[float] | No
     spec = MergeSpec(method, K, density, majority_sign_method)
     order = forward_order(check.shapes, module_order)
     stream = _stream(method, order, mods, check, K, seed, ads)
-    done = map_ordered(lambda item: _merge_module(item, spec, K), _work(order, mods, w, check, labels, spec, stream),
-                       jobs=jobs)
     results = {}
-    for out, row, cos, proj in progress_bar(done, enabled=progress, total=len(order)):
+    for out, row, cos, proj in sweep_modules(lambda item: _merge_module(item, spec, K),
+                                             _work(order, mods, w, check, labels, spec, stream), jobs=jobs,
+                                             progress=progress, total=len(order)):
         results[row["name"]] = (out, row, cos, proj)
     names = list(check.shapes)  # natural order
     rows = [results[n][1] for n in names]

@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from analysis.metrics.cosine import INTERFERENCE_Z
+from analysis.metrics.cosine import INTERFERENCE_Z, frobenius_inner
 
 if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
@@ -237,8 +237,6 @@ def merged_distances(merged: Adapter, sources: Sequence[Adapter], *,
         ``adapter, norm2, inner, retained, foreign, distance`` (:func:`adapter_distances`), and ``norm2_merged``.
     """
     import pandas as pd
-
-    from analysis.metrics.cosine import frobenius_inner
 
     labels = [str(a.path) for a in sources] if labels is None else list(labels)
     m = merged.expanded()

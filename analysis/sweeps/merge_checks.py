@@ -23,7 +23,9 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from analysis.core.adapter import natural_key
-from analysis.errors import AdapterError
+from analysis.errors import AdapterError, InputError
+from analysis.io.peft import non_lora_tensors
+from analysis.io.peft_writer import saved_fields
 
 if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
@@ -203,9 +205,6 @@ def read_saved_tensors(adapter: Adapter) -> dict[str, np.ndarray]:
         A PEFT adapter that is not on disk (read from a live model) whose config makes PEFT save such
         tensors: they cannot be read from it.
     """
-    from analysis.io.peft import non_lora_tensors
-    from analysis.io.peft_writer import saved_fields
-
     if adapter.format != "peft":
         return {}
     if Path(adapter.path).exists():
@@ -267,7 +266,7 @@ def _compare(saved, labels, key):
 def _mean_weights(weights):
     w = np.asarray(weights, dtype=np.float64)
     if (w < 0).any() or not w.sum() > 0:
-        raise ValueError(f"heads='mean' (--heads mean) averages the saved tensors with the merge weights normalised "
+        raise InputError(f"heads='mean' (--heads mean) averages the saved tensors with the merge weights normalised "
                          f"to sum 1, which needs weights >= 0, not all 0; got {list(weights)}: use heads='first'")
     return w / w.sum()
 
@@ -304,7 +303,7 @@ def merge_saved_modules(saved: Sequence[Mapping[str, np.ndarray]], weights: Sequ
         ``heads`` not one of :data:`HEADS`, or ``"mean"`` with a negative weight or weights summing to 0.
     """
     if heads is not None and heads not in HEADS:
-        raise ValueError(f"heads must be None or one of {HEADS}, got {heads!r}")
+        raise InputError(f"heads must be None or one of {HEADS}, got {heads!r}")
     saved = [dict(s) for s in saved]
     labels = tuple(labels)
     keys = sorted(set().union(*saved), key=natural_key)

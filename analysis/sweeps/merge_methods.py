@@ -45,6 +45,7 @@ from analysis.core.adapter import natural_key
 from analysis.core.lowrank import LowRank
 from analysis.core.truncate import from_svd
 from analysis.errors import AdapterError
+from analysis.io.roles import module_role
 from analysis.metrics.task_arithmetic import RANDOM_RULES, combine, draw_masks
 
 if TYPE_CHECKING:
@@ -96,8 +97,6 @@ def forward_order(names: Iterable[str], order: Sequence[str] | None = None) -> l
     -------
     list of str
     """
-    from analysis.io.roles import module_role
-
     def key(n):
         p = module_role(n)
         layer = -1 if p.layer is None else p.layer

@@ -28,7 +28,11 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from analysis.core.adapter import Adapter, natural_key
-from analysis.errors import AdapterError
+from analysis.errors import AdapterError, format_error
+from analysis.io.lazy import LazyAdapter
+from analysis.io.peft import is_peft_dir
+from analysis.io.tensors import TENSOR_SUFFIXES
+from analysis.sweeps.sources import open_source
 
 if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
@@ -162,9 +166,6 @@ def _suffix(path):
 
 
 def _dir_has_checkpoint(path):
-    from analysis.io.peft import is_peft_dir
-    from analysis.io.tensors import TENSOR_SUFFIXES
-
     if is_peft_dir(path):
         return True
     for e in os.scandir(path):
@@ -193,8 +194,6 @@ def not_an_adapter(src: str | os.PathLike[str] | Adapter) -> str | None:
     str or None
         E.g. ``"a .md file, not a checkpoint"``.
     """
-    from analysis.io.tensors import TENSOR_SUFFIXES
-
     if isinstance(src, Adapter):
         return None
     s = os.fspath(src) if isinstance(src, os.PathLike) else str(src)
@@ -215,8 +214,6 @@ def not_an_adapter(src: str | os.PathLike[str] | Adapter) -> str | None:
 
 
 def _shapes_of(ad):
-    from analysis.io.lazy import LazyAdapter
-
     if isinstance(ad, LazyAdapter) and ad.shapes is not None:  # from the file header: nothing read
         return ad.shapes
     return {n: tuple(int(x) for x in lr.shape) for n, lr in ad.expanded().items()}
@@ -229,10 +226,10 @@ def read_shapes(src: str | os.PathLike[str] | Adapter, *,
     Parameters
     ----------
     src : str, os.PathLike or Adapter
-        As for :func:`~analysis.sweeps.collection.open_source`: a PEFT safetensors adapter is read from its
+        As for :func:`~analysis.sweeps.sources.open_source`: a PEFT safetensors adapter is read from its
         header only; an eager format (loralib, kohya) or a URL's copy is read whole.
     alpha : float, optional
-        As for :func:`~analysis.sweeps.collection.open_source`; shapes do not depend on it, but given, the
+        As for :func:`~analysis.sweeps.sources.open_source`; shapes do not depend on it, but given, the
         opened adapter is the one the next tasks of this process reuse.
 
     Returns
@@ -240,8 +237,6 @@ def read_shapes(src: str | os.PathLike[str] | Adapter, *,
     dict
         ``{name: (d_out, d_in)}`` for every module (merged projections split), no filter applied.
     """
-    from analysis.sweeps.collection import open_source
-
     with open_source(src, alpha=alpha) as ad:
         return {n: tuple(int(x) for x in sh) for n, sh in _shapes_of(ad).items()}
 
@@ -297,9 +292,6 @@ def screen_headers(heads: Sequence[dict[str, Any]], labels: Sequence[str], *,
     AdapterError
         One line: the first bad input's problem, and how many more there are (named, up to three).
     """
-    from analysis.errors import format_error
-    from analysis.io.tensors import TENSOR_SUFFIXES
-
     bad, skipped, keep = [], [], []
     for i, (lab, h) in enumerate(zip(labels, heads)):
         if "error" in h:

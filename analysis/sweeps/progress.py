@@ -32,6 +32,8 @@ import threading
 import time
 from typing import TYPE_CHECKING
 
+from analysis.errors import InputError
+
 if TYPE_CHECKING:
     from collections.abc import Iterable, Iterator
     from typing import Any, TextIO
@@ -148,9 +150,9 @@ class Progress:
     def __init__(self, mode: str = "off", *, stream: TextIO | None = None, delay: float = 0.0,
                  interval: float = LINE_INTERVAL, notebook: bool = False) -> None:
         if mode not in PROGRESS_MODES:
-            raise ValueError(f"mode must be one of {', '.join(PROGRESS_MODES)}, got {mode!r}")
+            raise InputError(f"mode must be one of {', '.join(PROGRESS_MODES)}, got {mode!r}")
         if not delay >= 0 or not interval >= 0:
-            raise ValueError(f"delay and interval must be >= 0 seconds, got {delay!r} and {interval!r}")
+            raise InputError(f"delay and interval must be >= 0 seconds, got {delay!r} and {interval!r}")
         self.mode, self.stream, self.delay, self.interval, self.notebook = mode, stream, delay, interval, notebook
         self._open: list[Task] = []  # open tasks, outermost first
         self._lock = threading.RLock()
@@ -167,7 +169,7 @@ class Progress:
         lines for every task from its start.
         """
         if setting not in ("auto", "on", "off"):
-            raise ValueError(f"setting must be auto, on or off, got {setting!r}")
+            raise InputError(f"setting must be auto, on or off, got {setting!r}")
         if quiet or setting == "off":
             return cls("off")
         stream = stream if stream is not None else sys.stderr

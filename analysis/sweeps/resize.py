@@ -28,13 +28,19 @@ import numpy as np
 
 from analysis.core.adapter import natural_key, split_name
 from analysis.core.lowrank import LowRank
-from analysis.core.threads import map_ordered
 from analysis.core.truncate import from_svd, truncate
-from analysis.errors import AdapterError
+from analysis.errors import AdapterError, InputError
+from analysis.io.base import base_matrix, base_tensor_name, open_base, read_base
+from analysis.io.dora import dora_delta
+from analysis.io.kohya_writer import flattened_shapes, source_header, write_kohya_file
+from analysis.io.peft import non_lora_tensors
+from analysis.io.peft_config import get_pattern_key  # PEFT's own matching rule
+from analysis.io.peft_writer import peft_factors, write_peft_adapter
 from analysis.metrics.pair import TIE_RTOL, near_tied_cuts
 from analysis.metrics.spectrum import energy_retained, rank_for_energy, relative_error
-from analysis.sweeps.common import progress as progress_bar
 from analysis.sweeps.common import require_adapter
+from analysis.sweeps.driver import sweep_modules
+from analysis.sweeps.layer_weights import layer_weights as weights_of
 from analysis.sweeps.resize_criteria import KOHYA_METHODS, kohya_rank, safetensors_overhead, size_ranks
 
 if TYPE_CHECKING:
@@ -110,8 +116,6 @@ def read_rank_pattern(spec: str | os.PathLike[str] | dict[str, Any]) -> tuple[in
 def rank_from_pattern(name: str, r: int | None, pattern: Mapping[str, int], *,
                       source: str | None = None) -> int | None:
     """The rank PEFT would give module ``name`` (None when nothing applies)."""
-    from analysis.io.peft_config import get_pattern_key  # PEFT's own matching rule
-
     key = get_pattern_key(pattern, name, source, "rank_pattern")
     return pattern.get(key, r)
 
@@ -157,9 +161,6 @@ class ResizeResult:
         """Bytes of the PEFT weights file :meth:`write` writes (``adapter_model.safetensors``), serialised here."""
         from safetensors.numpy import save
 
-        from analysis.io.peft import non_lora_tensors
-        from analysis.io.peft_writer import peft_factors
-
         tensors = {f"base_model.model.{n}.{suffix}": arr for n, lr in self.modules.items()
                    for suffix, arr in peft_factors(lr).items()}
         if getattr(self.source, "format", None) == "peft":  # so source is an Adapter (ignored below: not narrowed)
@@ -183,9 +184,6 @@ class ResizeResult:
         stored flattened (their files do not say whether the layer is a convolution): their layer shapes
         are read from it, so that a conv is written with its kernel.
         """
-        from analysis.io.peft import non_lora_tensors
-        from analysis.io.peft_writer import write_peft_adapter
-
         # ignored: source is None only in a ResizeResult not made by resize_adapter (the checks below allow it)
         src: Adapter = self.source  # type: ignore[assignment]
         dora = [n for n, lr in (src.items() if src is not None else ()) if lr.meta.get("dora")]
@@ -198,8 +196,6 @@ class ResizeResult:
             raise AdapterError("every module has layer weight 0: there is no adapter to write; nothing was written",
                                path=out)
         if getattr(src, "format", None) == "kohya":
-            from analysis.io.kohya_writer import flattened_shapes, source_header, write_kohya_file
-
             dynamic = self.criterion.split(" ")[0] in KOHYA_METHODS
             return write_kohya_file(out, self.modules, metadata=source_header(src), force=force,
                                     shapes=flattened_shapes(dict(src.items()), base, path=src.path), comment=f"resized ({self.criterion})",
@@ -251,9 +247,6 @@ class _Module:
 
     def dense_svd(self):
         """(U, S, V) of weight · (W′ − W), float64 (dense LAPACK SVD; one module's matrices in memory)."""
-        from analysis.io.base import base_matrix, base_tensor_name, read_base
-        from analysis.io.dora import dora_delta
-
         lr = self.lr
         (_, W_raw), = read_base(self.base, [base_tensor_name(self.name, lr)])
         D = dora_delta(lr, base_matrix(W_raw, lr, name=lr.name, path=getattr(self.base, "path", None)))
@@ -283,9 +276,7 @@ class _Module:
                     "source_r": self.lr.r, "update": "dora effective"}
             return from_svd(U, S, V, alpha=alpha, name=self.name, kind=kind, weight_shape=self.lr.weight_shape,
                             meta=meta, source=self.lr.source)
-        lr = self.update()
-        out = truncate(lr, k, alpha=alpha)
-        lr.clear_cache()
+        out = truncate(self.update(), k, alpha=alpha)
         if out.r < k:  # kohya's rule can ask for more directions than ΔW has: zero ones, as it writes round-off ones
             pad = k - out.r
             A = np.vstack([out.lora_A, np.zeros((pad, out.lora_A.shape[1]))])
@@ -321,7 +312,7 @@ def _row(m, S, k, out, tie_rtol):
 def _criterion(kw):
     given = {k: v for k, v in kw.items() if v is not None}
     if len(given) > 1:
-        raise ValueError(f"give at most one of {', '.join(c + '=' for c in CRITERIA)} (got {', '.join(given)})")
+        raise InputError(f"give at most one of {', '.join(c + '=' for c in CRITERIA)} (got {', '.join(given)})")
     if not given:
         return None, None
     (k, v), = given.items()
@@ -330,31 +321,27 @@ def _criterion(kw):
 
 def _check_criterion(name, value, max_rank):
     if name == "rank" and (int(value) != value or value < 1):
-        raise ValueError(f"rank must be a positive integer, got {value!r}")
+        raise InputError(f"rank must be a positive integer, got {value!r}")
     if name == "energy" and not 0 < value <= 1:
-        raise ValueError(f"energy must be in (0, 1], got {value!r}")
+        raise InputError(f"energy must be in (0, 1], got {value!r}")
     if name in KOHYA_METHODS and not (isinstance(value, (int, float)) and np.isfinite(value) and value > 0):
-        raise ValueError(f"{name} needs a positive number (kohya's --dynamic_param), got {value!r}")
+        raise InputError(f"{name} needs a positive number (kohya's --dynamic_param), got {value!r}")
     if name == "size" and not (isinstance(value, (int, float)) and np.isfinite(value) and value > 0):
-        raise ValueError(f"size must be a positive number of MB, got {value!r}")
+        raise InputError(f"size must be a positive number of MB, got {value!r}")
     if max_rank is not None and name not in KOHYA_METHODS + ("size",):
-        raise ValueError("max_rank (kohya's --new_rank cap) applies to sv_ratio, sv_fro, sv_cumulative and size only")
+        raise InputError("max_rank (kohya's --new_rank cap) applies to sv_ratio, sv_fro, sv_cumulative and size only")
     if max_rank is not None and (int(max_rank) != max_rank or max_rank < 1):
-        raise ValueError(f"max_rank must be a positive integer, got {max_rank!r}")
+        raise InputError(f"max_rank must be a positive integer, got {max_rank!r}")
 
 
 def _size_budget(adapter, mods, size_mb, kohya):
     """Bytes the directions may use: the size minus the header, the alphas and the carried tensors."""
     if kohya:
-        from analysis.io.kohya_writer import source_header
-
         keys = [f"{m.name}.{p}" for m in mods for p in ("lora_down.weight", "lora_up.weight", "alpha")]
         meta = {k: v for k, v in source_header(adapter).items() if k.startswith("ss_")}
         meta.update(ss_training_comment="x" * 200, sshs_model_hash="0" * 64, sshs_legacy_hash="0" * 8)
         fixed = safetensors_overhead(keys, meta) + _BYTES * len(mods)
     else:
-        from analysis.io.peft import non_lora_tensors
-
         extra = non_lora_tensors(adapter.path) if adapter.format == "peft" else {}
         keys = [f"base_model.model.{m.name}.lora_{p}.weight" for m in mods for p in ("A", "B")] + list(extra)
         fixed = safetensors_overhead(keys, {"format": "pt"}) + sum(int(v.nbytes) for v in extra.values())
@@ -420,15 +407,13 @@ def resize_adapter(adapter: Adapter, *, rank: int | None = None, energy: float |
     """
     import pandas as pd
 
-    from analysis.sweeps.layer_weights import layer_weights as weights_of
-
     crit, value = _criterion({"rank": rank, "energy": energy, "pattern": pattern, "sv_ratio": sv_ratio,
                               "sv_fro": sv_fro, "sv_cumulative": sv_cumulative, "size": size})
     kohya = getattr(adapter, "format", None) == "kohya"
     require_adapter(adapter, base_names=None if kohya else "resize (a PEFT adapter names the base model's modules)")
     dora = [n for n, lr in adapter.items() if lr.meta.get("dora")]
     if crit is None and layer_weights is None and not (dora and base is not None):
-        raise ValueError(f"give one of {', '.join(c + '=' for c in CRITERIA)}, or layer_weights= (or base= for a "
+        raise InputError(f"give one of {', '.join(c + '=' for c in CRITERIA)}, or layer_weights= (or base= for a "
                          "DoRA adapter) to keep the ranks")
     if crit is not None:
         _check_criterion(crit, value, max_rank)
@@ -439,8 +424,6 @@ def resize_adapter(adapter: Adapter, *, rank: int | None = None, energy: float |
     dropped = tuple(n for n in names if ws[n] == 0)
     opened = None
     if dora and base is not None and (isinstance(base, (str, bytes)) or hasattr(base, "__fspath__")):
-        from analysis.io.base import open_base
-
         base = opened = open_base(base)
     try:
         mods = [_Module(n, adapter[n], ws[n], bool(adapter[n].meta.get("dora")) and base is not None, base)
@@ -498,12 +481,11 @@ def _run(adapter, mods, crit, value, max_rank, alpha, kohya, tie_rtol, progress,
     alpha = float(alpha) if alpha is not None else (None if kohya else _source_alpha(adapter))
     keep = crit is None
 
-    def one(m):
+    def one(m, _lr):
         if keep and not m.dense:  # layer weights only: the factors as they are, B scaled
             a = _module_alpha(m, m.lr.r, alpha, kohya)
             out = m.keep(a)
             S = m.update().singular_values()
-            m.lr.clear_cache()
             return out, _row(m, S, m.lr.r, out, tie_rtol)
         S, svd = m.spectrum()
         k = _target(m, S, crit, value, max_rank, adapter.path)
@@ -511,10 +493,10 @@ def _run(adapter, mods, crit, value, max_rank, alpha, kohya, tie_rtol, progress,
         return out, _row(m, S, k, out, tie_rtol)
 
     if crit != "size" and (alpha is not None or kohya):
-        done = list(progress_bar(map_ordered(one, mods, jobs=jobs), enabled=progress, total=len(mods)))
+        done = list(sweep_modules(one, mods, modules=lambda m: (m.lr,), jobs=jobs, progress=progress))
     else:  # the ranks (size: all spectra at once) or the default α need every module first
-        spectra = list(progress_bar(map_ordered(lambda m: m.spectrum()[0], mods, jobs=jobs), enabled=progress,
-                                    total=len(mods), desc="spectra"))
+        # the SVDs stay cached for the second pass (dropped there)
+        spectra = list(sweep_modules(lambda m: m.spectrum()[0], mods, jobs=jobs, progress=progress, desc="spectra"))
         if crit == "size":
             costs = {m.name: _BYTES * sum(m.lr.shape) for m in mods}
             caps = {m.name: m.lr.r if max_rank is None else int(max_rank) for m in mods}
@@ -525,14 +507,15 @@ def _run(adapter, mods, crit, value, max_rank, alpha, kohya, tie_rtol, progress,
         if alpha is None and not kohya:
             alpha = _default_alpha(adapter, list(ks.values()))
 
-        def two(item):
+        def two(item, _lr):
             m, S = item
             k = ks[m.name]
             a = _module_alpha(m, k, alpha, kohya)
             out = m.keep(a) if keep and not m.dense else m.cut(k, a)
             return out, _row(m, S, k, out, tie_rtol)
 
-        done = list(progress_bar(map_ordered(two, zip(mods, spectra), jobs=jobs), enabled=progress, total=len(mods)))
+        done = list(sweep_modules(two, zip(mods, spectra), modules=lambda item: (item[0].lr,), jobs=jobs,
+                                  progress=progress, total=len(mods)))
     if alpha is None:
         alpha = _default_alpha(adapter, [row["k"] for _, row in done])
     return {row["name"]: out for out, row in done}, [row for _, row in done], alpha

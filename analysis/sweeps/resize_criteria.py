@@ -32,6 +32,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from analysis.errors import InputError
+
 if TYPE_CHECKING:
     from collections.abc import Iterable, Mapping
 
@@ -45,9 +47,9 @@ MIN_SV = 1e-6
 
 def _check_param(method, param):
     if method not in KOHYA_METHODS:
-        raise ValueError(f"method must be one of {KOHYA_METHODS}, got {method!r}")
+        raise InputError(f"method must be one of {KOHYA_METHODS}, got {method!r}")
     if not isinstance(param, (int, float)) or isinstance(param, bool) or not math.isfinite(param) or param <= 0:
-        raise ValueError(f"{method} needs a positive number (kohya's --dynamic_param), got {param!r}")
+        raise InputError(f"{method} needs a positive number (kohya's --dynamic_param), got {param!r}")
 
 
 def kohya_rank(S: np.ndarray, n: int, method: str, param: float, *, max_rank: int) -> int:
@@ -142,7 +144,7 @@ def size_ranks(spectra: Mapping[str, np.ndarray], costs: Mapping[str, float], bu
     ks = {n: min(min_rank, max(caps[n], 1)) for n in spectra}
     used = sum(ks[n] * costs[n] for n in spectra)
     if used > budget:
-        raise ValueError(f"even {min_rank} direction(s) per module need {used:,.0f} bytes of factors, more than the "
+        raise InputError(f"even {min_rank} direction(s) per module need {used:,.0f} bytes of factors, more than the "
                          f"{max(budget, 0):,.0f} the size leaves for them; give a larger size")
     heap = [(-float(S[ks[n]]) ** 2 / costs[n], n) for n, S in spectra.items() if ks[n] < caps[n]]
     heapq.heapify(heap)

@@ -21,8 +21,9 @@ import numpy as np
 from analysis.core.adapter import select_modules, split_name
 from analysis.metrics.spectrum import (energy_retained, rank_for_energy, rank_for_error, relative_error,
                                        spectrum_summary)
-from analysis.sweeps.common import require_adapter
 from analysis.io.roles import with_roles
+from analysis.sweeps.common import require_adapter
+from analysis.sweeps.driver import sweep_modules
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -106,9 +107,8 @@ def spectra_frame(adapter: Adapter, *, energies: Sequence[float] = (0.9, 0.99), 
     import pandas as pd
 
     ex, names = _modules(adapter, modules, layers)
-    rows = []
-    for name in names:
-        lr = ex[name]
+
+    def one(name, lr):
         srow, S = spectrum_row(lr)  # (k,) singular values
         layer, module = split_name(name)
         row = {"name": name, "layer": layer, "module": module, "d_out": lr.shape[0], "d_in": lr.shape[1],
@@ -117,9 +117,10 @@ def spectra_frame(adapter: Adapter, *, energies: Sequence[float] = (0.9, 0.99), 
             row[f"rank_e{_pct(e)}"] = rank_for_energy(S, e)
         for eps in errors:
             row[f"rank_err{_pct(eps)}"] = rank_for_error(S, eps)
-        rows.append(row)
-        if not keep_cache:
-            lr.clear_cache()
+        return row
+
+    # module after module in the caller's thread, BLAS threads as the caller left them
+    rows = list(sweep_modules(one, names, modules=(ex,), keep_cache=keep_cache, jobs=1, alone_threads=None))
     cols = list(SPECTRA_COLUMNS) + [c for c in (rows[0] if rows else {}) if c not in SPECTRA_COLUMNS]
     return with_roles(pd.DataFrame(rows, columns=cols))
 
@@ -146,19 +147,19 @@ def spectra_long(adapter: Adapter, *, modules: Sequence[str] | None = None,
     import pandas as pd
 
     ex, names = _modules(adapter, modules, layers)
-    parts = []
-    for name in names:
-        lr = ex[name]
+
+    def one(name, lr):
         S = lr.singular_values()  # (k,)
-        if not keep_cache:
-            lr.clear_cache()
         if S.size == 0:
-            continue
+            return None
         energy = energy_retained(S)  # (k,)
         layer, module = split_name(name)
-        parts.append(pd.DataFrame({
+        return pd.DataFrame({
             "name": name, "layer": layer, "module": module, "k": np.arange(1, S.size + 1), "sigma": S,
-            "share": np.diff(energy, prepend=0.0), "energy": energy, "rel_error": relative_error(energy)}))
+            "share": np.diff(energy, prepend=0.0), "energy": energy, "rel_error": relative_error(energy)})
+
+    parts = [p for p in sweep_modules(one, names, modules=(ex,), keep_cache=keep_cache, jobs=1, alone_threads=None)
+             if p is not None]
     cols = ["name", "layer", "module", "k", "sigma", "share", "energy", "rel_error"]
     if not parts:
         return pd.DataFrame(columns=cols)

@@ -49,17 +49,22 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from analysis.core.bases import full_basis
+from analysis.core.lowrank import FactoredSVD
+from analysis.core.randomized import randomized_svd, work_dtype
+from analysis.errors import AdapterError, InputError
+from analysis.io.stored import FORMATS, StoredMatrix
+from analysis.metrics.correlation import as_array, frobenius, random_projections
+from analysis.metrics.stability import null_store
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Mapping, Sequence
+    from collections.abc import Callable, Iterator, Mapping, Sequence
     from typing import Any, TypeGuard
 
-    from analysis.core.lowrank import FactoredSVD
     from analysis.io.base import BaseWeights
-    from analysis.io.stored import StoredMatrix
 
 __all__ = ["SVDCache", "cache_dir", "content_hash", "file_identity", "tensor_file", "cached_topk_svd",
-           "cached_draws", "cached_full_basis", "cached_random_projections", "DEFAULT_MAX_BYTES", "SUBFOLDER"]
+           "cached_draws", "cached_full_basis", "cached_random_projections", "cached_stability_nulls",
+           "DEFAULT_MAX_BYTES", "SUBFOLDER"]
 
 DEFAULT_MAX_BYTES = 2 * 2**30
 #: The cache's own subfolder of :func:`cache_dir`.
@@ -157,8 +162,6 @@ def content_hash(W: np.ndarray | StoredMatrix) -> str:
     str
         ``"<hash name>:<32 hex digits>"``.
     """
-    from analysis.io.stored import FORMATS, StoredMatrix
-
     h, name = _hasher()
     if isinstance(W, StoredMatrix):
         h.update(f"{W.fmt}|{tuple(W.shape)}|".encode())
@@ -178,8 +181,6 @@ def _hash_region(h, path, offset, length, *, key=None):
     """Feed ``length`` bytes of ``path`` from ``offset`` to ``h``: through a read-only mapping of the region
     (no copy: about twice as fast as reading into a buffer), else by positioned reads into one buffer."""
     import mmap
-
-    from analysis.errors import AdapterError
 
     try:
         size = os.path.getsize(path)
@@ -285,7 +286,7 @@ class SVDCache:
         if max_bytes is None:
             max_bytes = int(os.environ.get("LORA_SUBSPACE_CACHE_MAX_BYTES", DEFAULT_MAX_BYTES))
         if max_bytes < 0:
-            raise ValueError(f"max_bytes must be >= 0, got {max_bytes}")
+            raise InputError(f"max_bytes must be >= 0, got {max_bytes}")
         self.max_bytes = int(max_bytes)
         self.enabled = bool(enabled)
         self.hits = self.misses = self.writes = 0
@@ -535,10 +536,6 @@ def cached_topk_svd(cache: SVDCache | None, file: str | None, tensor: str, W: np
     -------
     FactoredSVD, or (FactoredSVD, float) with ``norm``
     """
-    from analysis.core.lowrank import FactoredSVD
-    from analysis.core.randomized import randomized_svd, work_dtype
-    from analysis.metrics.correlation import as_array, frobenius
-
     key = None
     m, n = W.shape
     if cache is not None and cache.enabled:
@@ -561,9 +558,6 @@ def cached_topk_svd(cache: SVDCache | None, file: str | None, tensor: str, W: np
 def cached_random_projections(cache: SVDCache | None, file: str | None, tensor: str, W: np.ndarray | StoredMatrix,
                               k: int, *, n_random: int = 10, seed: int = 0) -> np.ndarray:
     """:func:`~analysis.metrics.correlation.random_projections` of ``W``, read from / written to ``cache``."""
-    from analysis.core.randomized import work_dtype
-    from analysis.metrics.correlation import as_array, random_projections
-
     if cache is None or not cache.enabled:
         return random_projections(as_array(W), k, n_random=n_random, seed=seed)
     key = cache.key(W, kind="random_projections", shape=[int(s) for s in W.shape], k=int(k),
@@ -638,3 +632,38 @@ def cached_draws(draw: Callable[[int, int], np.ndarray], *, kind: str, data: np.
         return out
 
     return cached
+
+
+@contextlib.contextmanager
+def cached_stability_nulls(cache: SVDCache | None = None) -> Iterator[None]:
+    """Inside the block, the prefix-stability nulls (:func:`~analysis.metrics.stability.random_max_cos2`, about a
+    second each at k = 64) are read from / written to the cache (:func:`~analysis.metrics.stability.null_store`).
+
+    Parameters
+    ----------
+    cache : SVDCache, optional
+        Default: the user's cache (:func:`cache_dir`); a disabled cache draws every time.
+    """
+    cache = SVDCache() if cache is None else cache
+    if not cache.enabled:
+        yield
+        return
+
+    def key_of(key):
+        kind, d, k, trials, seed = key
+        return {"version": _VERSION, "kind": str(kind), "d": int(d), "k": int(k), "trials": int(trials),
+                "seed": int(seed)}
+
+    def get(key):
+        got = cache.get(key_of(key))
+        k = int(key[2])
+        if got is None or any(got.get(n) is None or got[n].shape != (k,) for n in ("mean", "sd")):
+            return None
+        return got["mean"], got["sd"]
+
+    def put(key, value):
+        cache.put(key_of(key), {"mean": np.asarray(value[0], dtype=np.float64),
+                                "sd": np.asarray(value[1], dtype=np.float64)})
+
+    with null_store(get, put):
+        yield

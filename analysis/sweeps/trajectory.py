@@ -19,9 +19,14 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from analysis.errors import AdapterError
+from analysis.core.adapter import select_modules, split_name
+from analysis.errors import AdapterError, InputError
+from analysis.metrics.nulls import phi11_null as closed_form
 from analysis.metrics.similarity import phi_grid
 from analysis.metrics.spectrum import effective_rank
+from analysis.sweeps.collection import COLLECTION_SIDES, compute
+from analysis.sweeps.driver import sweep_modules
+from analysis.sweeps.sources import open_source
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -71,28 +76,23 @@ def phi11_null(d: int, *, n_std: float = 3.0) -> tuple[float, float, float]:
 
     The closed form of :func:`analysis.metrics.nulls.phi11_null`; the threshold is ``mean + n_std · sd``.
     """
-    from analysis.metrics.nulls import phi11_null as closed_form
-
     mean, sd = closed_form(d)
     return mean, sd, mean + n_std * sd
 
 
 def _summarise(src, *, alpha, k, side, modules, layers):
     """Task: per module, the top-k basis on ``side``, ‖ΔW‖, numerical rank and effective rank."""
-    from analysis.core.adapter import select_modules
-    from analysis.sweeps.collection import open_source
+    def one(n, lr):
+        S = lr.singular_values()
+        U = lr.basis(side)[:, :k].copy() if not lr.is_zero else np.zeros((lr.basis(side).shape[0], 0))
+        return n, {"U": U, "norm": float(lr.norm()), "rank": int(lr.rank), "erank": effective_rank(S),
+                   "shape": tuple(lr.shape)}
 
     with open_source(src, alpha=alpha) as ad:
         mods = ad.expanded()
-        out = {}
-        for n in select_modules(list(mods), modules=modules, layers=layers):
-            lr = mods[n]
-            S = lr.singular_values()
-            U = lr.basis(side)[:, :k].copy() if not lr.is_zero else np.zeros((lr.basis(side).shape[0], 0))
-            out[n] = {"U": U, "norm": float(lr.norm()), "rank": int(lr.rank), "erank": effective_rank(S),
-                      "shape": tuple(lr.shape)}
-            lr.clear_cache()
-        return out
+        # module after module in this task's thread, BLAS threads as the task found them
+        return dict(sweep_modules(one, select_modules(list(mods), modules=modules, layers=layers), modules=(mods,),
+                                  jobs=1, alone_threads=None))
 
 
 def _local(p):
@@ -166,16 +166,13 @@ def trajectory(checkpoints: str | os.PathLike[str] | Sequence[tuple[int, str]], 
     import dask
     import pandas as pd
 
-    from analysis.core.adapter import split_name
-    from analysis.sweeps.collection import COLLECTION_SIDES, compute
-
     if side not in COLLECTION_SIDES:
-        raise ValueError(f"side must be one of {COLLECTION_SIDES}, got {side!r}")
+        raise InputError(f"side must be one of {COLLECTION_SIDES}, got {side!r}")
     if int(k) != k or k < 1:
-        raise ValueError(f"k must be a positive integer, got {k!r}")
+        raise InputError(f"k must be a positive integer, got {k!r}")
     steps = checkpoint_steps(checkpoints) if isinstance(checkpoints, (str, os.PathLike)) else list(checkpoints)
     if len(steps) < 2:
-        raise ValueError(f"expected at least two checkpoints, got {len(steps)}")
+        raise InputError(f"expected at least two checkpoints, got {len(steps)}")
     task = dask.delayed(_summarise, pure=True)
     sums = compute([task(_local(p), alpha=alpha, k=max(int(k), 1), side=side,
                          modules=modules, layers=layers) for _, p in steps], client=client)
