@@ -80,12 +80,9 @@ def _child(fn: Callable[[], object], conn: Connection) -> None:
     try:
         try:
             conn.send(value)
-        except OSError:  # the parent is gone (or stopped listening): nobody to tell
-            raise
-        except Exception as e:  # noqa: BLE001 - the value itself does not pickle
+        except (pickle.PicklingError, TypeError, AttributeError) as e:  # the value itself does not pickle
             conn.send(("error", f"the result could not be sent back ({type(e).__name__}: {e})", ""))
-        conn.close()
-    except BaseException:  # noqa: BLE001 - no traceback printed by a child whose parent is gone
+    except BaseException:  # noqa: BLE001 - the parent is gone: nobody to tell, and no traceback printed
         os._exit(1)
     os._exit(0)
 

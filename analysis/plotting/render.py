@@ -158,13 +158,21 @@ class FigureJobs:
         self.close()
 
 
-def render_figures(tasks: Sequence[FigureTask], *, jobs: int = 1) -> None:
+def render_figures(tasks: Sequence[FigureTask], *, jobs: int = 1,
+                   after: Callable[[str], Any] | None = None) -> list[Any]:
     """Render and save every figure of ``tasks``, in ``jobs`` forked workers.
 
     Parameters
     ----------
     tasks : sequence of (path, build)
     jobs : int
+    after : callable, optional
+        As for :class:`FigureJobs`.
+
+    Returns
+    -------
+    list
+        What ``after`` returned for each figure (in no set order); empty without ``after``.
     """
-    with FigureJobs(tasks, jobs=jobs) as running:
-        running.wait()
+    with FigureJobs(tasks, jobs=jobs, after=after) as running:
+        return running.wait()

@@ -129,7 +129,7 @@ def _write_files(data, out, jobs=None):
     then renders what the workers have not taken yet; each figure's WebP for the page is encoded right after
     it is saved (:func:`~analysis.report.markdown.webp_entry`); the page, which embeds every figure, comes last.
     """
-    from analysis.plotting.render import FigureJobs  # local: plotting, +9 ms on report --help
+    from analysis.plotting.render import FigureJobs, render_figures  # local: plotting, +9 ms on report --help
     from analysis.report.findings import findings  # local: the claims and their nulls, +16 ms on report --help
 
     j = os.path.join
@@ -139,7 +139,7 @@ def _write_files(data, out, jobs=None):
     with FigureJobs(early, jobs=resolve_jobs(jobs), after=webp_entry) as running:
         fs = findings(data)  # the figures that state verdicts take them from here
         late = [(j(out, name), (lambda b=build: b(fs))) for name, build, needs in plan if needs]
-        remember_webp(FigureJobs(late, jobs=1, after=webp_entry).wait())
+        remember_webp(render_figures(late, after=webp_entry))
         tables = []
         if data.rank_pair is not None:
             save_frame(data.rank_pair.frame, j(out, "pair_rank.csv"))
